@@ -1,0 +1,262 @@
+//! Mutual TLS for tonic: a server that only accepts admitted peers and hands
+//! each handler the caller's [`Principal`], and a channel that presents an
+//! [`Identity`].
+//!
+//! tonic's built-in TLS cannot take a custom client-certificate verifier
+//! (needed for revocation), so the TLS layer is tokio-rustls here and tonic
+//! serves the already-authenticated streams.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector, server::TlsStream};
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::tls::{RevocationList, client_config, principal_from_cert, server_config};
+use crate::{Identity, IdentityError, Principal, Result};
+
+/// The authenticated peer of a connection, available to every request on it.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub principal: Principal,
+    pub remote: Option<SocketAddr>,
+}
+
+/// A TLS stream whose client certificate has been verified.
+pub struct AdmittedStream {
+    inner: TlsStream<TcpStream>,
+    peer: Peer,
+}
+
+impl Connected for AdmittedStream {
+    type ConnectInfo = Peer;
+    fn connect_info(&self) -> Peer {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for AdmittedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for AdmittedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections on `listener` and yields those whose TLS handshake
+/// (with an admitted, unrevoked client certificate) succeeds. Handshakes run
+/// concurrently so a slow or hostile client cannot stall the accept loop.
+pub fn incoming(
+    listener: TcpListener,
+    id: &Identity,
+    revoked: RevocationList,
+) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<AdmittedStream>>> {
+    let mut cfg = server_config(id, revoked)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(cfg));
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                break;
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let tls = match acceptor.accept(tcp).await {
+                    Ok(tls) => tls,
+                    Err(e) => {
+                        tracing::info!(%remote, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                };
+                let principal = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(principal_from_cert);
+                let Some(Ok(principal)) = principal else {
+                    tracing::info!(%remote, "connection without an identity refused");
+                    return;
+                };
+                let peer = Peer {
+                    principal,
+                    remote: Some(remote),
+                };
+                let _ = tx.send(Ok(AdmittedStream { inner: tls, peer })).await;
+            });
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The authenticated caller of a gRPC request served through [`incoming`].
+pub fn caller<T>(req: &tonic::Request<T>) -> std::result::Result<Principal, tonic::Status> {
+    req.extensions()
+        .get::<Peer>()
+        .map(|p| p.principal.clone())
+        .ok_or_else(|| tonic::Status::unauthenticated("no admitted client certificate"))
+}
+
+/// Connects to a node at `addr` (`host:port`), presenting `id`.
+pub async fn connect(addr: &str, id: &Identity) -> Result<Channel> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| IdentityError::Address(addr.to_owned()))?
+        .to_owned();
+    let server_name =
+        ServerName::try_from(host.clone()).map_err(|_| IdentityError::Address(addr.to_owned()))?;
+    let mut cfg = client_config(id)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(cfg));
+    let target = addr.to_owned();
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| IdentityError::Address(addr.to_owned()))?;
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let server_name = server_name.clone();
+            let target = target.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(await_verdict(tls).await?))
+            }
+        }))
+        .await
+        .map_err(|e| IdentityError::Connect {
+            addr: addr.to_owned(),
+            reason: error_chain(&e),
+        })
+}
+
+/// In TLS 1.3 the client finishes its handshake before the server has judged
+/// the client's certificate, so a refusal (revoked, unknown authority) would
+/// surface later as a bare "connection closed". The h2 server speaks first
+/// (its SETTINGS frame), so reading that first record turns a refusal into
+/// the server's own alert ("received fatal alert: CertificateRevoked"); the
+/// bytes read are replayed to the HTTP/2 client.
+async fn await_verdict(
+    mut tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> std::io::Result<Replay<tokio_rustls::client::TlsStream<TcpStream>>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut first))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "node did not answer"))?
+        .map_err(|e| std::io::Error::new(e.kind(), format!("refused by the node: {e}")))?;
+    if n == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "refused by the node: connection closed during the handshake",
+        ));
+    }
+    first.truncate(n);
+    Ok(Replay {
+        prefix: first,
+        pos: 0,
+        inner: tls,
+    })
+}
+
+/// A stream that first yields bytes already read from it.
+pub struct Replay<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Joins an error and its sources, so a TLS alert buried under transport
+/// errors reaches the user ("received fatal alert: CertificateRevoked").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_str = s.to_string();
+        if !out.contains(&s_str) {
+            out.push_str(": ");
+            out.push_str(&s_str);
+        }
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,477 @@
+//! The ledger's state machine, sans-IO: which transactions are allowed given
+//! everything before them, and what they change (admitted identities,
+//! revocations, balances, seen transaction ids).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use yilian_identity::Role;
+use yilian_identity::tls::RevocationList;
+
+use crate::LedgerError;
+use crate::tx::{AccountId, Payload, SignedTransaction, TxId};
+
+/// An identity as the ledger knows it from its admission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub org: String,
+    pub role: Role,
+    pub name: String,
+    #[serde(with = "hex::serde")]
+    pub serial: Vec<u8>,
+    pub not_after_ms: u64,
+    pub revoked: bool,
+}
+
+/// What accepting a transaction amounts to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// New: append it at the next index.
+    Append,
+    /// Already in the log at this index: acknowledge it again, append nothing.
+    Duplicate(u64),
+}
+
+/// Everything the log's history implies.
+#[derive(Debug, Default)]
+pub struct LedgerState {
+    network: Option<String>,
+    authority: Option<AccountId>,
+    members: HashMap<AccountId, Member>,
+    balances: HashMap<AccountId, u64>,
+    seen: HashMap<TxId, u64>,
+    size: u64,
+    /// Shared with TLS servers so a revocation refuses the next handshake.
+    revocations: RevocationList,
+}
+
+impl LedgerState {
+    pub fn new(revocations: RevocationList) -> Self {
+        LedgerState {
+            revocations,
+            ..Default::default()
+        }
+    }
+
+    /// Decides whether `tx` (whose signature was already checked) may be
+    /// appended at the current size, at time `now_ms`. Changes nothing.
+    pub fn check(
+        &self,
+        tx: &SignedTransaction,
+        id: &TxId,
+        now_ms: u64,
+    ) -> Result<Decision, LedgerError> {
+        if let Some(&index) = self.seen.get(id) {
+            return Ok(Decision::Duplicate(index));
+        }
+        match &tx.tx.payload {
+            Payload::Genesis { authority, .. } => {
+                if self.size != 0 {
+                    return Err(LedgerError::GenesisMisplaced);
+                }
+                if &tx.signer != authority {
+                    return Err(LedgerError::NotAuthority);
+                }
+                return Ok(Decision::Append);
+            }
+            _ if self.authority.is_none() => return Err(LedgerError::NoGenesis),
+            Payload::Admit { public_key, .. } => {
+                self.require_authority(tx)?;
+                if self.members.contains_key(public_key) {
+                    return Err(LedgerError::AlreadyAdmitted);
+                }
+                return Ok(Decision::Append);
+            }
+            Payload::Revoke { public_key, .. } => {
+                self.require_authority(tx)?;
+                return match self.members.get(public_key) {
+                    None => Err(LedgerError::UnknownAccount(hex::encode(public_key))),
+                    Some(m) if m.revoked => Err(LedgerError::AlreadyRevoked),
+                    Some(_) => Ok(Decision::Append),
+                };
+            }
+            _ => {}
+        }
+        let member = self.active_member(&tx.signer, now_ms)?;
+        let allowed = tx.tx.payload.allowed_roles();
+        if !allowed.contains(&member.role) {
+            return Err(LedgerError::RoleNotAllowed {
+                role: member.role,
+                action: tx.tx.payload.kind(),
+            });
+        }
+        match &tx.tx.payload {
+            Payload::Transfer { to, amount } => {
+                if !self.members.contains_key(to) {
+                    return Err(LedgerError::UnknownAccount(hex::encode(to)));
+                }
+                let balance = self.balance(&tx.signer);
+                if balance < *amount {
+                    return Err(LedgerError::InsufficientBalance {
+                        balance,
+                        amount: *amount,
+                    });
+                }
+            }
+            Payload::Reward {
+                account, amount, ..
+            } => {
+                if !self.members.contains_key(account) {
+                    return Err(LedgerError::UnknownAccount(hex::encode(account)));
+                }
+                if self.balance(account).checked_add(*amount).is_none() {
+                    return Err(LedgerError::BalanceOverflow);
+                }
+            }
+            Payload::Contribution { score, .. } if !score.is_finite() => {
+                return Err(LedgerError::Malformed(
+                    "contribution score is not finite".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Decision::Append)
+    }
+
+    fn require_authority(&self, tx: &SignedTransaction) -> Result<(), LedgerError> {
+        if Some(tx.signer) != self.authority {
+            return Err(LedgerError::NotAuthority);
+        }
+        Ok(())
+    }
+
+    fn active_member(&self, account: &AccountId, now_ms: u64) -> Result<&Member, LedgerError> {
+        let m = self
+            .members
+            .get(account)
+            .ok_or_else(|| LedgerError::UnknownSigner(hex::encode(account)))?;
+        if m.revoked {
+            return Err(LedgerError::SignerRevoked);
+        }
+        if m.not_after_ms < now_ms {
+            return Err(LedgerError::SignerExpired);
+        }
+        Ok(m)
+    }
+
+    /// Applies a transaction that [`Self::check`] appended, at index `self.len()`.
+    pub fn apply(&mut self, tx: &SignedTransaction, id: TxId) {
+        match &tx.tx.payload {
+            Payload::Genesis { network, authority } => {
+                self.network = Some(network.clone());
+                self.authority = Some(*authority);
+            }
+            Payload::Admit {
+                org,
+                role,
+                name,
+                public_key,
+                serial,
+                not_after_ms,
+            } => {
+                self.members.insert(
+                    *public_key,
+                    Member {
+                        org: org.clone(),
+                        role: *role,
+                        name: name.clone(),
+                        serial: serial.clone(),
+                        not_after_ms: *not_after_ms,
+                        revoked: false,
+                    },
+                );
+            }
+            Payload::Revoke { public_key, .. } => {
+                if let Some(m) = self.members.get_mut(public_key) {
+                    m.revoked = true;
+                    self.revocations.revoke(&m.serial);
+                }
+            }
+            Payload::Transfer { to, amount } => {
+                // check() guaranteed the balance; saturating keeps replay of a
+                // (corrupt) history from ever wrapping around.
+                let from = self.balances.entry(tx.signer).or_default();
+                *from = from.saturating_sub(*amount);
+                let to = self.balances.entry(*to).or_default();
+                *to = to.saturating_add(*amount);
+            }
+            Payload::Reward {
+                account, amount, ..
+            } => {
+                let b = self.balances.entry(*account).or_default();
+                *b = b.saturating_add(*amount);
+            }
+            _ => {}
+        }
+        self.seen.insert(id, self.size);
+        self.size += 1;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.size
+    }
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+    pub fn network(&self) -> Option<&str> {
+        self.network.as_deref()
+    }
+    pub fn authority(&self) -> Option<AccountId> {
+        self.authority
+    }
+    pub fn balance(&self, account: &AccountId) -> u64 {
+        self.balances.get(account).copied().unwrap_or(0)
+    }
+    pub fn member(&self, account: &AccountId) -> Option<&Member> {
+        self.members.get(account)
+    }
+    pub fn members(&self) -> impl Iterator<Item = (&AccountId, &Member)> {
+        self.members.iter()
+    }
+    pub fn index_of(&self, id: &TxId) -> Option<u64> {
+        self.seen.get(id).copied()
+    }
+    pub fn revocations(&self) -> &RevocationList {
+        &self.revocations
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tx::Transaction;
+    use ed25519_dalek::SigningKey;
+
+    const NOW: u64 = 1_000_000;
+
+    struct Net {
+        state: LedgerState,
+        authority: SigningKey,
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    impl Net {
+        fn new() -> Net {
+            let authority = key(0);
+            let mut n = Net {
+                state: LedgerState::default(),
+                authority,
+            };
+            let g = Payload::Genesis {
+                network: "test".into(),
+                authority: n.authority.verifying_key().to_bytes(),
+            };
+            n.submit(&n.authority.clone(), g).unwrap();
+            n
+        }
+        fn submit(&mut self, by: &SigningKey, p: Payload) -> Result<Decision, LedgerError> {
+            let tx = Transaction::new(p).sign(by);
+            tx.verify_signature()?;
+            let id = tx.id();
+            let d = self.state.check(&tx, &id, NOW)?;
+            if d == Decision::Append {
+                self.state.apply(&tx, id);
+            }
+            Ok(d)
+        }
+        fn admit(&mut self, who: &SigningKey, role: Role) {
+            let p = Payload::Admit {
+                org: "o".into(),
+                role,
+                name: "n".into(),
+                public_key: who.verifying_key().to_bytes(),
+                serial: vec![who.to_bytes()[0]],
+                not_after_ms: NOW * 2,
+            };
+            let a = self.authority.clone();
+            self.submit(&a, p).unwrap();
+        }
+    }
+
+    fn acct(k: &SigningKey) -> AccountId {
+        k.verifying_key().to_bytes()
+    }
+
+    #[test]
+    fn only_the_authority_admits_and_revokes() {
+        let mut n = Net::new();
+        let m = key(1);
+        n.admit(&m, Role::Member);
+        let p = Payload::Admit {
+            org: "o".into(),
+            role: Role::Member,
+            name: "x".into(),
+            public_key: acct(&key(2)),
+            serial: vec![2],
+            not_after_ms: NOW * 2,
+        };
+        let before = n.state.len();
+        assert!(matches!(n.submit(&m, p), Err(LedgerError::NotAuthority)));
+        assert!(matches!(
+            n.submit(
+                &m,
+                Payload::Revoke {
+                    public_key: acct(&m),
+                    reason: "x".into()
+                }
+            ),
+            Err(LedgerError::NotAuthority)
+        ));
+        assert_eq!(n.state.len(), before);
+    }
+
+    #[test]
+    fn roles_limit_what_an_identity_may_write() {
+        let mut n = Net::new();
+        let (member, verifier, auditor) = (key(1), key(2), key(3));
+        n.admit(&member, Role::Member);
+        n.admit(&verifier, Role::Verifier);
+        n.admit(&auditor, Role::Auditor);
+        let reward = |to: &SigningKey| Payload::Reward {
+            task_id: "t".into(),
+            round: 1,
+            account: acct(to),
+            amount: 5,
+        };
+        assert!(matches!(
+            n.submit(&verifier, reward(&verifier)),
+            Err(LedgerError::RoleNotAllowed {
+                role: Role::Verifier,
+                action: "reward"
+            })
+        ));
+        assert!(matches!(
+            n.submit(
+                &auditor,
+                Payload::Note {
+                    topic: "a".into(),
+                    body: "b".into()
+                }
+            ),
+            Err(LedgerError::RoleNotAllowed {
+                role: Role::Auditor,
+                ..
+            })
+        ));
+        assert_eq!(n.state.balance(&acct(&verifier)), 0);
+        n.submit(&member, reward(&verifier)).unwrap();
+        assert_eq!(n.state.balance(&acct(&verifier)), 5);
+    }
+
+    #[test]
+    fn balances_never_go_negative_and_rewards_are_idempotent() {
+        let mut n = Net::new();
+        let (member, dev, other) = (key(1), key(2), key(3));
+        n.admit(&member, Role::Member);
+        n.admit(&dev, Role::Device);
+        n.admit(&other, Role::Device);
+        let reward = Transaction::new(Payload::Reward {
+            task_id: "t".into(),
+            round: 1,
+            account: acct(&dev),
+            amount: 10,
+        })
+        .sign(&member);
+        let id = reward.id();
+        assert_eq!(n.state.check(&reward, &id, NOW).unwrap(), Decision::Append);
+        let index = n.state.len();
+        n.state.apply(&reward, id);
+        // The same transaction again is acknowledged, not applied.
+        assert_eq!(
+            n.state.check(&reward, &id, NOW).unwrap(),
+            Decision::Duplicate(index)
+        );
+        assert_eq!(n.state.balance(&acct(&dev)), 10);
+        let err = n
+            .submit(
+                &dev,
+                Payload::Transfer {
+                    to: acct(&other),
+                    amount: 11,
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            LedgerError::InsufficientBalance {
+                balance: 10,
+                amount: 11
+            }
+        ));
+        n.submit(
+            &dev,
+            Payload::Transfer {
+                to: acct(&other),
+                amount: 10,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (n.state.balance(&acct(&dev)), n.state.balance(&acct(&other))),
+            (0, 10)
+        );
+    }
+
+    #[test]
+    fn revoked_unknown_and_expired_signers_are_refused() {
+        let mut n = Net::new();
+        let (m, stranger) = (key(1), key(9));
+        n.admit(&m, Role::Member);
+        let note = || Payload::Note {
+            topic: "a".into(),
+            body: "b".into(),
+        };
+        assert!(matches!(
+            n.submit(&stranger, note()),
+            Err(LedgerError::UnknownSigner(_))
+        ));
+        let tx = Transaction::new(note()).sign(&m);
+        assert!(matches!(
+            n.state.check(&tx, &tx.id(), NOW * 3),
+            Err(LedgerError::SignerExpired)
+        ));
+        let a = n.authority.clone();
+        n.submit(
+            &a,
+            Payload::Revoke {
+                public_key: acct(&m),
+                reason: "lost".into(),
+            },
+        )
+        .unwrap();
+        assert!(n.state.revocations().is_revoked(&[m.to_bytes()[0]]));
+        assert!(matches!(
+            n.submit(&m, note()),
+            Err(LedgerError::SignerRevoked)
+        ));
+    }
+
+    #[test]
+    fn genesis_comes_first_and_only_once() {
+        let mut fresh = LedgerState::default();
+        let m = key(1);
+        let tx = Transaction::new(Payload::Note {
+            topic: "a".into(),
+            body: "b".into(),
+        })
+        .sign(&m);
+        assert!(matches!(
+            fresh.check(&tx, &tx.id(), NOW),
+            Err(LedgerError::NoGenesis)
+        ));
+        let mut n = Net::new();
+        let a = n.authority.clone();
+        let g = Payload::Genesis {
+            network: "again".into(),
+            authority: acct(&a),
+        };
+        assert!(matches!(
+            n.submit(&a, g),
+            Err(LedgerError::GenesisMisplaced)
+        ));
+        let _ = &mut fresh;
+    }
+}

@@ -1,0 +1,337 @@
+//! Typed, versioned, signed transactions: the entries of the log.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use yilian_identity::Role;
+
+use crate::LedgerError;
+
+/// An account is an admitted identity's ed25519 public key.
+pub type AccountId = [u8; 32];
+
+/// A transaction's id: SHA-256 over its signer and body, so resubmitting the
+/// same transaction is recognised (idempotency) and never applied twice.
+pub type TxId = [u8; 32];
+
+/// The transaction format this build writes; older versions are still read.
+pub const TX_VERSION: u16 = 1;
+
+const SIGNING_CONTEXT: &[u8] = b"yilian/ledger/tx/v1\0";
+
+/// What happened. New variants are only ever appended, so old entries decode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Payload {
+    /// First entry of every log: names the network and its admission authority.
+    Genesis {
+        network: String,
+        #[serde(with = "crate::hexbytes")]
+        authority: AccountId,
+    },
+    /// The authority admitted an identity (its certificate's key, org, role and serial).
+    Admit {
+        org: String,
+        role: Role,
+        name: String,
+        #[serde(with = "crate::hexbytes")]
+        public_key: AccountId,
+        #[serde(with = "hex::serde")]
+        serial: Vec<u8>,
+        not_after_ms: u64,
+    },
+    /// The authority revoked an identity; its certificate is refused from now on.
+    Revoke {
+        #[serde(with = "crate::hexbytes")]
+        public_key: AccountId,
+        reason: String,
+    },
+    /// Moves reward balance from the signer to `to`; never makes a balance negative.
+    Transfer {
+        #[serde(with = "crate::hexbytes")]
+        to: AccountId,
+        amount: u64,
+    },
+    /// A free-form statement by an identity (a record of an off-ledger event).
+    Note { topic: String, body: String },
+    /// A KMS operation: who did what to which key and grant, and the result.
+    KeyAudit {
+        #[serde(with = "crate::hexbytes")]
+        owner: AccountId,
+        #[serde(with = "crate::hexbytes")]
+        actor: AccountId,
+        operation: String,
+        key_id: String,
+        key_version: Option<u32>,
+        grant_id: Option<String>,
+        outcome: String,
+        #[serde(with = "crate::hexbytes")]
+        request_hash: [u8; 32],
+    },
+    /// A data holder anchors an encrypted record for zero-knowledge queries.
+    RecordAnchor {
+        record_id: String,
+        #[serde(with = "crate::hexbytes")]
+        ciphertext_hash: [u8; 32],
+        #[serde(with = "crate::hexbytes")]
+        key_commitment: [u8; 32],
+    },
+    /// The verifying key in force for a ZK statement.
+    VerifyingKeyAnchor {
+        statement: String,
+        #[serde(with = "crate::hexbytes")]
+        vk_hash: [u8; 32],
+    },
+    /// An engineer's federated task, with the reward budget it may spend.
+    TaskSubmitted {
+        task_id: String,
+        #[serde(with = "crate::hexbytes")]
+        spec_hash: [u8; 32],
+        reward_budget: u64,
+    },
+    /// An agent's measured contribution to a round.
+    Contribution {
+        task_id: String,
+        round: u32,
+        #[serde(with = "crate::hexbytes")]
+        agent: AccountId,
+        score: f64,
+    },
+    /// Credits `amount` to `account` for a round of a task.
+    Reward {
+        task_id: String,
+        round: u32,
+        #[serde(with = "crate::hexbytes")]
+        account: AccountId,
+        amount: u64,
+    },
+}
+
+impl Payload {
+    /// A short name for logs, metrics and error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Genesis { .. } => "genesis",
+            Payload::Admit { .. } => "admit",
+            Payload::Revoke { .. } => "revoke",
+            Payload::Transfer { .. } => "transfer",
+            Payload::Note { .. } => "note",
+            Payload::KeyAudit { .. } => "key-audit",
+            Payload::RecordAnchor { .. } => "record-anchor",
+            Payload::VerifyingKeyAnchor { .. } => "verifying-key-anchor",
+            Payload::TaskSubmitted { .. } => "task-submitted",
+            Payload::Contribution { .. } => "contribution",
+            Payload::Reward { .. } => "reward",
+        }
+    }
+
+    /// Which admitted roles may sign this payload (the authority-only ones return none).
+    pub fn allowed_roles(&self) -> &'static [Role] {
+        use Role::*;
+        match self {
+            Payload::Genesis { .. } | Payload::Admit { .. } | Payload::Revoke { .. } => &[],
+            Payload::Transfer { .. } | Payload::Note { .. } => {
+                &[Member, Trustee, DataHolder, Verifier, Engineer, Device]
+            }
+            Payload::KeyAudit { .. } => &[Member, Trustee],
+            Payload::RecordAnchor { .. } | Payload::VerifyingKeyAnchor { .. } => {
+                &[Member, DataHolder]
+            }
+            Payload::TaskSubmitted { .. } => &[Member, Engineer],
+            Payload::Contribution { .. } | Payload::Reward { .. } => &[Member],
+        }
+    }
+}
+
+/// The signed body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub version: u16,
+    /// Distinguishes otherwise identical transactions (two equal rewards).
+    pub nonce: u64,
+    pub timestamp_ms: u64,
+    pub payload: Payload,
+}
+
+impl Transaction {
+    /// A current-version transaction stamped now, with a random nonce.
+    pub fn new(payload: Payload) -> Self {
+        Transaction {
+            version: TX_VERSION,
+            nonce: rand::random(),
+            timestamp_ms: now_ms(),
+            payload,
+        }
+    }
+
+    pub fn sign(self, key: &SigningKey) -> SignedTransaction {
+        SignedTransaction::sign(self, key)
+    }
+}
+
+/// A transaction with its signer's key and signature; the bytes of a log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedTransaction {
+    pub tx: Transaction,
+    #[serde(with = "crate::hexbytes")]
+    pub signer: AccountId,
+    #[serde(with = "crate::hexbytes")]
+    pub signature: [u8; 64],
+}
+
+impl SignedTransaction {
+    pub fn sign(tx: Transaction, key: &SigningKey) -> Self {
+        let signer = key.verifying_key().to_bytes();
+        let signature = key.sign(&signing_bytes(&tx, &signer)).to_bytes();
+        SignedTransaction {
+            tx,
+            signer,
+            signature,
+        }
+    }
+
+    /// Checks the signature; role and state checks are the ledger state's.
+    pub fn verify_signature(&self) -> Result<(), LedgerError> {
+        let key = VerifyingKey::from_bytes(&self.signer).map_err(|_| LedgerError::BadSignature)?;
+        key.verify(
+            &signing_bytes(&self.tx, &self.signer),
+            &Signature::from_bytes(&self.signature),
+        )
+        .map_err(|_| LedgerError::BadSignature)
+    }
+
+    pub fn id(&self) -> TxId {
+        let mut h = Sha256::new();
+        h.update(b"yilian/ledger/txid/v1\0");
+        h.update(signing_bytes(&self.tx, &self.signer));
+        h.finalize().into()
+    }
+
+    /// The canonical entry bytes (postcard), which the Merkle leaf hashes.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("transactions always serialise")
+    }
+
+    /// Decodes entry bytes, refusing trailing bytes and unknown versions.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
+        let (tx, rest): (SignedTransaction, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| LedgerError::Malformed(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(LedgerError::Malformed(format!(
+                "{} trailing bytes after the transaction",
+                rest.len()
+            )));
+        }
+        if tx.tx.version == 0 || tx.tx.version > TX_VERSION {
+            return Err(LedgerError::UnsupportedVersion(tx.tx.version));
+        }
+        Ok(tx)
+    }
+}
+
+fn signing_bytes(tx: &Transaction, signer: &AccountId) -> Vec<u8> {
+    let mut out = SIGNING_CONTEXT.to_vec();
+    out.extend_from_slice(signer);
+    postcard::to_io(tx, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn signed_transactions_round_trip_and_verify() {
+        let t = Transaction::new(Payload::Note {
+            topic: "t".into(),
+            body: "b".into(),
+        })
+        .sign(&key(1));
+        let back = SignedTransaction::decode(&t.encode()).unwrap();
+        assert_eq!(back, t);
+        back.verify_signature().unwrap();
+        assert_eq!(back.id(), t.id());
+    }
+
+    #[test]
+    fn any_change_to_a_signed_transaction_breaks_its_signature() {
+        let t = Transaction::new(Payload::Transfer {
+            to: [9; 32],
+            amount: 5,
+        })
+        .sign(&key(1));
+        let mut amount = t.clone();
+        amount.tx.payload = Payload::Transfer {
+            to: [9; 32],
+            amount: 6,
+        };
+        assert!(matches!(
+            amount.verify_signature(),
+            Err(LedgerError::BadSignature)
+        ));
+        let mut signer = t.clone();
+        signer.signer = key(2).verifying_key().to_bytes();
+        assert!(matches!(
+            signer.verify_signature(),
+            Err(LedgerError::BadSignature)
+        ));
+        let mut nonce = t;
+        nonce.tx.nonce ^= 1;
+        assert!(matches!(
+            nonce.verify_signature(),
+            Err(LedgerError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_and_trailing_bytes_are_refused() {
+        let mut t = Transaction::new(Payload::Note {
+            topic: "t".into(),
+            body: "b".into(),
+        });
+        t.version = 7;
+        let s = t.sign(&key(1));
+        assert!(matches!(
+            SignedTransaction::decode(&s.encode()),
+            Err(LedgerError::UnsupportedVersion(7))
+        ));
+        let mut ok = Transaction::new(Payload::Note {
+            topic: "t".into(),
+            body: "b".into(),
+        })
+        .sign(&key(1))
+        .encode();
+        ok.push(0);
+        assert!(matches!(
+            SignedTransaction::decode(&ok),
+            Err(LedgerError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = SignedTransaction::decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_entries_are_refused(cut in 0usize..1000) {
+            let enc = Transaction::new(Payload::Reward {
+                task_id: "task".into(), round: 3, account: [4; 32], amount: 10,
+            }).sign(&key(3)).encode();
+            let cut = cut % enc.len();
+            prop_assert!(SignedTransaction::decode(&enc[..cut]).is_err());
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The durable log end to end (without a network): group commit, restart,
+//! refusals that change nothing, and corrupt files.
+
+use ed25519_dalek::SigningKey;
+use yilian_ledger::bundle::{BUNDLE_VERSION, ConsistencyBundle, InclusionBundle};
+use yilian_ledger::{Ledger, LedgerError, Payload, Role, Transaction};
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn admit(who: &SigningKey, role: Role) -> Payload {
+    Payload::Admit {
+        org: "org".into(),
+        role,
+        name: format!("id-{}", who.to_bytes()[0]),
+        public_key: who.verifying_key().to_bytes(),
+        serial: vec![who.to_bytes()[0]],
+        not_after_ms: u64::MAX,
+    }
+}
+
+fn genesis(ledger: &Ledger, authority: &SigningKey) {
+    let g = Payload::Genesis {
+        network: "test".into(),
+        authority: authority.verifying_key().to_bytes(),
+    };
+    ledger
+        .submit_blocking(Transaction::new(g).sign(authority))
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_are_group_committed_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let (authority, log, member) = (key(1), key(2), key(3));
+    let head;
+    {
+        let ledger = Ledger::open(&path, log.clone()).unwrap();
+        let g = Payload::Genesis {
+            network: "test".into(),
+            authority: authority.verifying_key().to_bytes(),
+        };
+        ledger
+            .submit(Transaction::new(g).sign(&authority))
+            .await
+            .unwrap();
+        ledger
+            .submit(Transaction::new(admit(&member, Role::Member)).sign(&authority))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..500u32 {
+            let ledger = ledger.clone();
+            let member = member.clone();
+            tasks.push(tokio::spawn(async move {
+                let p = Payload::Note {
+                    topic: "n".into(),
+                    body: i.to_string(),
+                };
+                ledger
+                    .submit(Transaction::new(p).sign(&member))
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut indices = Vec::new();
+        for t in tasks {
+            indices.push(t.await.unwrap().index);
+        }
+        indices.sort();
+        assert_eq!(indices, (2..502).collect::<Vec<u64>>());
+        head = ledger.tree_head();
+        assert_eq!(head.tree_size, 502);
+    }
+    // Reopening replays every entry to the same signed head.
+    let ledger = Ledger::open(&path, log).unwrap();
+    assert_eq!(ledger.tree_head().root_hash, head.root_hash);
+    assert_eq!(ledger.len(), 502);
+    let e = ledger.entry(501).unwrap();
+    assert!(matches!(e.tx.payload, Payload::Note { .. }));
+}
+
+#[test]
+fn refused_transactions_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (authority, log, verifier) = (key(1), key(2), key(4));
+    let ledger = Ledger::open(&dir.path().join("l.redb"), log).unwrap();
+    genesis(&ledger, &authority);
+    ledger
+        .submit_blocking(Transaction::new(admit(&verifier, Role::Verifier)).sign(&authority))
+        .unwrap();
+    let before = ledger.tree_head();
+    let reward = Payload::Reward {
+        task_id: "t".into(),
+        round: 0,
+        account: verifier.verifying_key().to_bytes(),
+        amount: 5,
+    };
+    // Wrong role.
+    let err = ledger
+        .submit_blocking(Transaction::new(reward.clone()).sign(&verifier))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::RoleNotAllowed {
+                role: Role::Verifier,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Bad signature.
+    let mut forged = Transaction::new(Payload::Note {
+        topic: "a".into(),
+        body: "b".into(),
+    })
+    .sign(&verifier);
+    forged.signature[0] ^= 1;
+    assert!(matches!(
+        ledger.submit_blocking(forged),
+        Err(LedgerError::BadSignature)
+    ));
+    // Unknown signer.
+    let err = ledger
+        .submit_blocking(
+            Transaction::new(Payload::Note {
+                topic: "a".into(),
+                body: "b".into(),
+            })
+            .sign(&key(99)),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::UnknownSigner(_)));
+    // Unknown entry.
+    assert!(matches!(
+        ledger.entry(99),
+        Err(LedgerError::EntryNotFound { index: 99, size: 2 })
+    ));
+    assert_eq!(ledger.tree_head(), before);
+    assert_eq!(ledger.balance(&verifier.verifying_key().to_bytes()), 0);
+}
+
+#[test]
+fn resubmitting_a_reward_credits_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (authority, log, member, device) = (key(1), key(2), key(3), key(5));
+    let ledger = Ledger::open(&dir.path().join("l.redb"), log).unwrap();
+    genesis(&ledger, &authority);
+    ledger
+        .submit_blocking(Transaction::new(admit(&member, Role::Member)).sign(&authority))
+        .unwrap();
+    ledger
+        .submit_blocking(Transaction::new(admit(&device, Role::Device)).sign(&authority))
+        .unwrap();
+    let reward = Transaction::new(Payload::Reward {
+        task_id: "t".into(),
+        round: 1,
+        account: device.verifying_key().to_bytes(),
+        amount: 7,
+    })
+    .sign(&member);
+    let first = ledger.submit_blocking(reward.clone()).unwrap();
+    let again = ledger.submit_blocking(reward).unwrap();
+    assert!(!first.duplicate && again.duplicate);
+    assert_eq!(first.index, again.index);
+    assert_eq!(ledger.balance(&device.verifying_key().to_bytes()), 7);
+    assert_eq!(ledger.len(), 4);
+}
+
+#[test]
+fn proofs_from_the_store_verify_offline_and_catch_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (authority, log, member) = (key(1), key(2), key(3));
+    let ledger = Ledger::open(&dir.path().join("l.redb"), log.clone()).unwrap();
+    genesis(&ledger, &authority);
+    ledger
+        .submit_blocking(Transaction::new(admit(&member, Role::Member)).sign(&authority))
+        .unwrap();
+    let old = ledger.tree_head();
+    for i in 0..10 {
+        ledger
+            .submit_blocking(
+                Transaction::new(Payload::Note {
+                    topic: "n".into(),
+                    body: i.to_string(),
+                })
+                .sign(&member),
+            )
+            .unwrap();
+    }
+    let head = ledger.tree_head();
+    let log_key = log.verifying_key().to_bytes();
+    let bundle = InclusionBundle {
+        version: BUNDLE_VERSION,
+        entry: ledger.entry_bytes(5).unwrap(),
+        transaction: None,
+        proof: ledger.inclusion_proof(5, head.tree_size).unwrap(),
+        tree_head: head.clone(),
+    };
+    let json = serde_json::to_string(&bundle).unwrap();
+    let back: InclusionBundle = serde_json::from_str(&json).unwrap();
+    back.verify(&log_key).unwrap();
+    let mut tampered = back.clone();
+    tampered.entry[10] ^= 1;
+    assert!(tampered.verify(&log_key).is_err());
+    let mut wrong_head = back.clone();
+    wrong_head.tree_head.root_hash[0] ^= 1;
+    assert!(matches!(
+        wrong_head.verify(&log_key),
+        Err(LedgerError::BadTreeHead)
+    ));
+    assert!(matches!(
+        back.verify(&key(7).verifying_key().to_bytes()),
+        Err(LedgerError::UntrustedLogKey)
+    ));
+    let c = ConsistencyBundle {
+        version: BUNDLE_VERSION,
+        proof: ledger
+            .consistency_proof(old.tree_size, head.tree_size)
+            .unwrap(),
+        old_head: old,
+        new_head: head,
+    };
+    c.verify(&log_key).unwrap();
+}
+
+#[test]
+fn a_corrupt_store_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.redb");
+    {
+        let ledger = Ledger::open(&path, key(2)).unwrap();
+        genesis(&ledger, &key(1));
+    }
+    std::fs::write(&path, b"this is not a redb file at all, just some bytes").unwrap();
+    let err = Ledger::open(&path, key(2)).unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Storage(_) | LedgerError::Corrupt(_)),
+        "{err}"
+    );
+}

@@ -1,0 +1,464 @@
+//! `yilian`: the node and the command line of a Yilian network.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use yilian::network::{self, NetworkDir, Recorder};
+use yilian::node::{self, NodeConfig, NodeOverrides};
+use yilian_identity::ca::AdmissionRequest;
+use yilian_identity::{Identity, Role};
+use yilian_ledger::bundle::{ConsistencyBundle, InclusionBundle};
+use yilian_ledger::service::LedgerClient;
+use yilian_ledger::{Payload, SignedTreeHead, Transaction};
+
+#[derive(Parser)]
+#[command(
+    name = "yilian",
+    version,
+    about = "Yilian: a permissioned network with an admission authority, a verifiable ledger, \
+             a KMS, zero-knowledge verification and federated learning.",
+    long_about = "Yilian: a permissioned network with an admission authority, a verifiable ledger, \
+                  a KMS, zero-knowledge verification and federated learning.\n\n\
+                  New here? `yilian devnet` runs a whole local network and shows each capability.\n\
+                  To run your own: `yilian admin init-network --data DIR`, then \
+                  `yilian node --config DIR/node.toml`, then admit identities with \
+                  `yilian admin admit --data DIR --node 127.0.0.1:7400 ...`."
+)]
+struct Cli {
+    /// Log filter (e.g. info, yilian=debug); also RUST_LOG. Default: warn (devnet: error).
+    #[arg(long, global = true, env = "YILIAN_LOG")]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole local network doing real work, print what happened, exit.
+    Devnet {
+        /// Keep the network's files in this directory (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Admission authority: create a network, admit and revoke identities.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Run a node: serves the ledger over gRPC with mutual TLS.
+    Node {
+        /// TOML configuration (keys: data_dir, listen, metrics, identity).
+        #[arg(long, env = "YILIAN_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: NodeOverrides,
+    },
+    /// Read the ledger, fetch proofs, and verify them offline.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+    /// Appends entries to a ledger and prints each index once it is durable (crash tests).
+    #[command(hide = true)]
+    AppendStream {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        count: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create the admission authority, the node's identity and the ledger in a directory.
+    InitNetwork {
+        #[arg(long, env = "YILIAN_DATA_DIR", default_value = "yilian-data")]
+        data: PathBuf,
+        #[arg(long, default_value = "yilian")]
+        network: String,
+        /// Address the node will listen on (written to node.toml).
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: String,
+    },
+    /// Issue a certificate to an organisation's node, device or client and record it on the ledger.
+    Admit {
+        #[arg(long, env = "YILIAN_DATA_DIR", default_value = "yilian-data")]
+        data: PathBuf,
+        /// Organisation name (certificate O).
+        #[arg(long)]
+        org: String,
+        /// member, trustee, data-holder, verifier, engineer, device, regulator or auditor.
+        #[arg(long)]
+        role: Role,
+        /// Name of the node, device or person (certificate CN); also the identity's folder name.
+        #[arg(long)]
+        name: String,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Host names or IPs a server identity answers on.
+        #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        hosts: Vec<String>,
+        /// Record through a running node at this address instead of the local ledger file.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Revoke an identity: recorded on the ledger and refused at every TLS handshake.
+    Revoke {
+        #[arg(long, env = "YILIAN_DATA_DIR", default_value = "yilian-data")]
+        data: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "revoked by the admission authority")]
+        reason: String,
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct Conn {
+    /// Node address (host:port).
+    #[arg(long, env = "YILIAN_NODE", default_value = "127.0.0.1:7400")]
+    node: String,
+    /// Identity directory to connect with (cert.pem, key.pem, ca.pem).
+    #[arg(long, env = "YILIAN_IDENTITY")]
+    identity: PathBuf,
+}
+
+impl Conn {
+    async fn client(&self) -> Result<(LedgerClient, Identity)> {
+        let id = Identity::load(&self.identity)?;
+        let ch = yilian_identity::grpc::connect(&self.node, &id).await?;
+        Ok((LedgerClient::new(ch), id))
+    }
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Print (and optionally save) the current signed tree head.
+    Head {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print one entry.
+    Get {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        index: u64,
+    },
+    /// Fetch an inclusion proof for an entry into a file for offline verification.
+    Prove {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        index: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fetch a consistency proof from an earlier saved head to the current one.
+    Consistency {
+        #[command(flatten)]
+        conn: Conn,
+        /// A head saved earlier with `yilian ledger head --out`.
+        #[arg(long)]
+        old: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a note to the ledger, signed by your identity.
+    Note {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        body: String,
+    },
+    /// Show an account's reward balance (default: your own).
+    Balance {
+        #[command(flatten)]
+        conn: Conn,
+        /// Account (hex public key).
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Verify a proof file offline, against a trusted log key.
+    Verify {
+        /// The log's public key (hex), as you trust it (e.g. from a head you saved).
+        #[arg(long)]
+        log_key: Option<String>,
+        /// A trusted head file; its log key is trusted (alternative to --log-key).
+        #[arg(long)]
+        head: Option<PathBuf>,
+        /// An inclusion proof file from `yilian ledger prove`.
+        #[arg(long, conflicts_with = "consistency")]
+        inclusion: Option<PathBuf>,
+        /// A consistency proof file from `yilian ledger consistency`.
+        #[arg(long)]
+        consistency: Option<PathBuf>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(cli.command, Command::Devnet { .. });
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or(cli.log.clone())
+        .unwrap_or_else(|| if quiet { "error" } else { "warn" }.to_owned());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match rt.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Devnet { dir } => yilian::devnet::run(dir).await,
+        Command::Admin(a) => admin(a).await,
+        Command::Node { config, overrides } => {
+            let cfg = NodeConfig::load(config.as_deref(), &overrides)?;
+            let running = node::start(&cfg).await?;
+            println!("node serving on {} (ctrl-c to stop)", running.addr);
+            running.wait().await
+        }
+        Command::Ledger(l) => ledger(l).await,
+        Command::AppendStream { data, count } => append_stream(data, count).await,
+    }
+}
+
+async fn admin(cmd: AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::InitNetwork {
+            data,
+            network,
+            listen,
+        } => {
+            let dir = NetworkDir::new(&data);
+            network::init_network(&dir, &network, &listen).await?;
+            println!(
+                "network `{network}` created in {}\n  authority: {}\n  node identity: {}\n  config: {}\nnext: yilian node --config {}",
+                data.display(),
+                dir.authority().display(),
+                dir.identity(network::NODE_IDENTITY).display(),
+                dir.config().display(),
+                dir.config().display()
+            );
+            Ok(())
+        }
+        AdminCommand::Admit {
+            data,
+            org,
+            role,
+            name,
+            days,
+            hosts,
+            node,
+        } => {
+            let dir = NetworkDir::new(&data);
+            let mut req = AdmissionRequest::new(org, role, name);
+            req.not_after =
+                std::time::SystemTime::now() + std::time::Duration::from_secs(days * 86_400);
+            req.hosts = hosts;
+            let local;
+            let mut rec = match node {
+                Some(addr) => Recorder::Node(operator_client(&dir, &addr).await?),
+                None => {
+                    local = dir.open_ledger()?;
+                    Recorder::Local(&local)
+                }
+            };
+            let (id, receipt) = network::admit(&dir, &req, &mut rec).await?;
+            println!(
+                "admitted {} as entry {}; identity in {}",
+                id.principal(),
+                receipt.index,
+                dir.identity(&id.principal().name).display()
+            );
+            Ok(())
+        }
+        AdminCommand::Revoke {
+            data,
+            name,
+            reason,
+            node,
+        } => {
+            let dir = NetworkDir::new(&data);
+            let local;
+            let mut rec = match node {
+                Some(addr) => Recorder::Node(operator_client(&dir, &addr).await?),
+                None => {
+                    local = dir.open_ledger()?;
+                    Recorder::Local(&local)
+                }
+            };
+            let receipt = network::revoke(&dir, &name, &reason, &mut rec).await?;
+            println!("revoked `{name}` as entry {}", receipt.index);
+            Ok(())
+        }
+    }
+}
+
+async fn operator_client(dir: &NetworkDir, addr: &str) -> Result<LedgerClient> {
+    let op = dir.load_identity(network::OPERATOR_IDENTITY)?;
+    Ok(LedgerClient::new(
+        yilian_identity::grpc::connect(addr, &op).await?,
+    ))
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+async fn ledger(cmd: LedgerCommand) -> Result<()> {
+    match cmd {
+        LedgerCommand::Head { conn, out } => {
+            let (mut c, _) = conn.client().await?;
+            let head = c.tree_head().await.map_err(status)?;
+            println!("{}", serde_json::to_string_pretty(&head)?);
+            if let Some(out) = out {
+                network::write_json(&out, &head)?;
+            }
+            Ok(())
+        }
+        LedgerCommand::Get { conn, index } => {
+            let (mut c, _) = conn.client().await?;
+            let e = c.entry(index).await.map_err(status)?;
+            println!("{}", serde_json::to_string_pretty(&e)?);
+            Ok(())
+        }
+        LedgerCommand::Prove { conn, index, out } => {
+            let (mut c, _) = conn.client().await?;
+            let bundle = c.inclusion_bundle(index).await.map_err(status)?;
+            network::write_json(&out, &bundle)?;
+            println!(
+                "inclusion proof of entry {index} under tree size {} written to {}",
+                bundle.tree_head.tree_size,
+                out.display()
+            );
+            Ok(())
+        }
+        LedgerCommand::Consistency { conn, old, out } => {
+            let (mut c, _) = conn.client().await?;
+            let old: SignedTreeHead = network::read_json(&old)?;
+            let bundle = c.consistency_bundle(&old).await.map_err(status)?;
+            network::write_json(&out, &bundle)?;
+            println!(
+                "consistency proof {} -> {} written to {}",
+                bundle.old_head.tree_size,
+                bundle.new_head.tree_size,
+                out.display()
+            );
+            Ok(())
+        }
+        LedgerCommand::Note { conn, topic, body } => {
+            let (mut c, id) = conn.client().await?;
+            let tx = Transaction::new(Payload::Note { topic, body }).sign(id.signing_key());
+            let r = c.submit(&tx).await.map_err(status)?;
+            println!(
+                "note recorded as entry {} (tree size {})",
+                r.index, r.tree_head.tree_size
+            );
+            Ok(())
+        }
+        LedgerCommand::Balance { conn, account } => {
+            let (mut c, id) = conn.client().await?;
+            let account = match account {
+                Some(h) => {
+                    let mut a = [0u8; 32];
+                    hex::decode_to_slice(&h, &mut a).context("--account must be 64 hex digits")?;
+                    a
+                }
+                None => id.principal().public_key,
+            };
+            println!("{}", c.balance(&account).await.map_err(status)?);
+            Ok(())
+        }
+        LedgerCommand::Verify {
+            log_key,
+            head,
+            inclusion,
+            consistency,
+        } => {
+            let key = match (log_key, head) {
+                (Some(h), _) => {
+                    let mut a = [0u8; 32];
+                    hex::decode_to_slice(&h, &mut a).context("--log-key must be 64 hex digits")?;
+                    a
+                }
+                (None, Some(p)) => {
+                    let h: SignedTreeHead = network::read_json(&p)?;
+                    h.verify()
+                        .context("the trusted head's own signature is invalid")?;
+                    h.log_key
+                }
+                (None, None) => {
+                    anyhow::bail!("give the trusted log key: --log-key HEX or --head FILE")
+                }
+            };
+            if let Some(p) = inclusion {
+                let b: InclusionBundle = network::read_json(&p)?;
+                let tx = b.verify(&key).context("inclusion proof REFUSED")?;
+                println!(
+                    "OK: entry {} ({}) is in the log of size {} with root {}",
+                    b.proof.index,
+                    tx.tx.payload.kind(),
+                    b.tree_head.tree_size,
+                    hex::encode(b.tree_head.root_hash)
+                );
+            } else if let Some(p) = consistency {
+                let b: ConsistencyBundle = network::read_json(&p)?;
+                b.verify(&key).context("consistency proof REFUSED")?;
+                println!(
+                    "OK: the log of size {} is a prefix of the log of size {}",
+                    b.old_head.tree_size, b.new_head.tree_size
+                );
+            } else {
+                anyhow::bail!("nothing to verify: give --inclusion FILE or --consistency FILE");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Appends `count` notes as fast as group commit allows, printing each
+/// index as soon as it is acknowledged (durable). Used by the crash test.
+async fn append_stream(data: PathBuf, count: u64) -> Result<()> {
+    use std::io::Write as _;
+    let dir = NetworkDir::new(&data);
+    let ledger = dir.open_ledger()?;
+    let member = dir.load_identity(network::OPERATOR_IDENTITY)?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    for i in 0..count {
+        let ledger = ledger.clone();
+        let key = member.signing_key().clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let note = Payload::Note {
+                topic: "stress".into(),
+                body: i.to_string(),
+            };
+            let r = ledger.submit(Transaction::new(note).sign(&key)).await;
+            let _ = tx.send(r).await;
+        });
+        if i % 256 == 255 {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(tx);
+    let mut out = std::io::stdout().lock();
+    while let Some(r) = rx.recv().await {
+        writeln!(out, "acked {}", r?.index)?;
+        out.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! `yilian node`: one process serving the ledger (and the other capabilities)
+//! over gRPC with mutual TLS, with a Prometheus endpoint.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use yilian_identity::Identity;
+use yilian_ledger::Ledger;
+use yilian_ledger::service::LedgerService;
+
+/// The node's settings; the TOML file's keys are these field names.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The network directory holding `ledger.redb`.
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Prometheus metrics address (`/metrics`), if any.
+    pub metrics: Option<SocketAddr>,
+    /// The node's identity directory (certificate, key, CA).
+    pub identity: PathBuf,
+}
+
+/// Command-line and environment overrides for a [`NodeConfig`].
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NodeOverrides {
+    /// Network data directory.
+    #[arg(long, env = "YILIAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address, e.g. 127.0.0.1:7400.
+    #[arg(long, env = "YILIAN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Prometheus metrics listen address, e.g. 127.0.0.1:9464.
+    #[arg(long, env = "YILIAN_METRICS")]
+    pub metrics: Option<SocketAddr>,
+    /// Node identity directory.
+    #[arg(long, env = "YILIAN_IDENTITY")]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
+    identity: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// File, then environment and flags on top (clap merges those two).
+    pub fn load(file: Option<&Path>, over: &NodeOverrides) -> Result<NodeConfig> {
+        let f: FileConfig = match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("invalid config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = over
+            .data_dir
+            .clone()
+            .or(f.data_dir)
+            .context("no data_dir: set it in the config file, --data-dir or YILIAN_DATA_DIR")?;
+        Ok(NodeConfig {
+            identity: over.identity.clone().or(f.identity).unwrap_or_else(|| {
+                data_dir
+                    .join("identities")
+                    .join(crate::network::NODE_IDENTITY)
+            }),
+            listen: over
+                .listen
+                .or(f.listen)
+                .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid address")),
+            metrics: over.metrics.or(f.metrics),
+            data_dir,
+        })
+    }
+}
+
+/// A node serving in the background of this process.
+pub struct RunningNode {
+    pub addr: SocketAddr,
+    pub ledger: Ledger,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningNode {
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await??;
+        Ok(())
+    }
+
+    /// Waits until the server ends (on its own or at ctrl-c).
+    pub async fn wait(mut self) -> Result<()> {
+        tokio::select! {
+            r = &mut self.task => { r??; }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down");
+                if let Some(s) = self.shutdown.take() { let _ = s.send(()); }
+                (&mut self.task).await??;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Opens the ledger and starts serving on `cfg.listen` (port 0 picks one).
+pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
+    let identity = Identity::load(&cfg.identity)
+        .with_context(|| format!("cannot load node identity from {}", cfg.identity.display()))?;
+    let ledger_path = cfg.data_dir.join("ledger.redb");
+    if !ledger_path.exists() {
+        anyhow::bail!(
+            "no ledger at {} (run `yilian admin init-network --data {}` first)",
+            ledger_path.display(),
+            cfg.data_dir.display()
+        );
+    }
+    let revocations = yilian_identity::tls::RevocationList::default();
+    let ledger = Ledger::open_with(
+        &ledger_path,
+        identity.signing_key().clone(),
+        revocations.clone(),
+    )
+    .context("cannot open the ledger")?;
+    if let Some(addr) = cfg.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let incoming = yilian_identity::grpc::incoming(listener, &identity, revocations)?;
+    let router = tonic::transport::Server::builder()
+        .add_service(LedgerService::new(ledger.clone()).into_server());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = rx.await;
+    }));
+    tracing::info!(%addr, principal = %identity.principal(), size = ledger.len(), "node serving");
+    Ok(RunningNode {
+        addr,
+        ledger,
+        shutdown: Some(tx),
+        task,
+    })
+}
