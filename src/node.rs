@@ -94,12 +94,16 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    /// Stops serving and waits for the server to finish.
+    /// Stops serving: in-flight requests get a few seconds to finish, then
+    /// connections still open (idle clients) are dropped.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
-        (&mut self.task).await??;
+        match tokio::time::timeout(std::time::Duration::from_secs(3), &mut self.task).await {
+            Ok(r) => r??,
+            Err(_) => self.task.abort(),
+        }
         Ok(())
     }
 

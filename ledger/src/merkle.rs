@@ -103,7 +103,7 @@ impl MerkleTree {
         let index = self.levels[0].len() as u64 - 1;
         let mut level = 0;
         // Each time a level gains an even-indexed right sibling, a new complete parent exists.
-        while self.levels[level].len() % 2 == 0 {
+        while self.levels[level].len().is_multiple_of(2) {
             let n = self.levels[level].len();
             let parent = node_hash(&self.levels[level][n - 2], &self.levels[level][n - 1]);
             if self.levels.len() == level + 1 {

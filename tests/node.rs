@@ -1,0 +1,303 @@
+//! The node over real gRPC and mutual TLS on loopback: who is let in, and
+//! what bad input gets (a precise status, and no change to the log).
+
+use std::time::{Duration, SystemTime};
+
+use tonic::Code;
+use yilian::network::{self, NetworkDir, Recorder};
+use yilian::node::{self, NodeConfig, RunningNode};
+use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::{Identity, Role};
+use yilian_ledger::service::{LedgerClient, pb};
+use yilian_ledger::{Payload, Transaction};
+
+struct Net {
+    _tmp: tempfile::TempDir,
+    dir: NetworkDir,
+    node: RunningNode,
+    addr: String,
+}
+
+async fn network(extra: &[(&str, Role, &str)]) -> Net {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = NetworkDir::new(tmp.path());
+    network::init_network(&dir, "test", "127.0.0.1:0")
+        .await
+        .unwrap();
+    {
+        let ledger = dir.open_ledger().unwrap();
+        let mut rec = Recorder::Local(&ledger);
+        for (org, role, name) in extra {
+            network::admit(&dir, &AdmissionRequest::new(*org, *role, *name), &mut rec)
+                .await
+                .unwrap();
+        }
+    }
+    let cfg = NodeConfig {
+        data_dir: tmp.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        metrics: None,
+        identity: dir.identity(network::NODE_IDENTITY),
+    };
+    let node = node::start(&cfg).await.unwrap();
+    let addr = node.addr.to_string();
+    Net {
+        _tmp: tmp,
+        dir,
+        node,
+        addr,
+    }
+}
+
+async fn client(net: &Net, name: &str) -> (LedgerClient, Identity) {
+    let id = net.dir.load_identity(name).unwrap();
+    let ch = yilian_identity::grpc::connect(&net.addr, &id)
+        .await
+        .unwrap();
+    (LedgerClient::new(ch), id)
+}
+
+async fn refusal(addr: &str, id: &Identity) -> String {
+    match yilian_identity::grpc::connect(addr, id).await {
+        Err(e) => e.to_string(),
+        Ok(ch) => {
+            let err = LedgerClient::new(ch)
+                .tree_head()
+                .await
+                .expect_err("must be refused");
+            format!("{err:?}")
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admitted_clients_are_served_and_others_refused_at_the_handshake() {
+    let net = network(&[
+        ("bank", Role::Verifier, "alice"),
+        ("bank", Role::Device, "stolen"),
+    ])
+    .await;
+    let (mut alice, _) = client(&net, "alice").await;
+    let size = alice.tree_head().await.unwrap().tree_size;
+
+    // A certificate from another authority.
+    let rogue = Authority::create("rogue").unwrap();
+    let rdir = net.dir.root.join("rogue");
+    rogue
+        .admit(&AdmissionRequest::new("x", Role::Member, "eve"))
+        .unwrap()
+        .save(&rdir)
+        .unwrap();
+    std::fs::copy(net.dir.authority().join("ca.pem"), rdir.join("ca.pem")).unwrap();
+    let eve = Identity::load(&rdir).unwrap();
+    let msg = refusal(&net.addr, &eve).await;
+    assert!(msg.contains("UnknownCA"), "{msg}");
+
+    // An expired certificate from the right authority.
+    let ca = net.dir.load_authority().unwrap();
+    let mut req = AdmissionRequest::new("bank", Role::Verifier, "late");
+    req.not_before = SystemTime::now() - Duration::from_secs(7200);
+    req.not_after = SystemTime::now() - Duration::from_secs(3600);
+    let late = ca.admit(&req).unwrap();
+    let msg = refusal(&net.addr, &late).await;
+    assert!(msg.contains("CertificateExpired"), "{msg}");
+
+    // A certificate the authority never issued: right subject, self-signed.
+    let forger = Authority::create("test").unwrap();
+    let forged = forger
+        .admit(&AdmissionRequest::new("bank", Role::Verifier, "alice"))
+        .unwrap();
+    let fdir = net.dir.root.join("forged");
+    forged.save(&fdir).unwrap();
+    std::fs::copy(net.dir.authority().join("ca.pem"), fdir.join("ca.pem")).unwrap();
+    let msg = refusal(&net.addr, &Identity::load(&fdir).unwrap()).await;
+    assert!(msg.contains("refused by the node"), "{msg}");
+
+    // Revoked while connected: the next connection is refused.
+    let (mut stolen, stolen_id) = client(&net, "stolen").await;
+    stolen.tree_head().await.unwrap();
+    let (op, _) = client(&net, network::OPERATOR_IDENTITY).await;
+    network::revoke(&net.dir, "stolen", "lost", &mut Recorder::Node(op))
+        .await
+        .unwrap();
+    let msg = refusal(&net.addr, &stolen_id).await;
+    assert!(msg.contains("CertificateRevoked"), "{msg}");
+    // And its signature no longer writes to the ledger, even relayed by someone else.
+    let note = Transaction::new(Payload::Note {
+        topic: "t".into(),
+        body: "b".into(),
+    })
+    .sign(stolen_id.signing_key());
+    let err = alice.submit(&note).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("revoked"));
+
+    // None of the refusals wrote anything but the revocation.
+    assert_eq!(alice.tree_head().await.unwrap().tree_size, size + 1);
+    net.node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_statuses_and_change_nothing() {
+    let net = network(&[
+        ("bank", Role::Verifier, "alice"),
+        ("ops", Role::Member, "bob"),
+    ])
+    .await;
+    let (mut alice, alice_id) = client(&net, "alice").await;
+    let before = alice.tree_head().await.unwrap();
+
+    // Malformed bytes.
+    let err = alice
+        .raw()
+        .submit(pb::SubmitRequest {
+            transaction: vec![1, 2, 3],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("malformed"));
+
+    // Bad signature.
+    let mut tx = Transaction::new(Payload::Note {
+        topic: "a".into(),
+        body: "b".into(),
+    })
+    .sign(alice_id.signing_key());
+    tx.signature[5] ^= 0x10;
+    let err = alice.submit(&tx).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::Unauthenticated, "bad signature")
+    );
+
+    // Role not allowed: a verifier cannot reward.
+    let reward = Transaction::new(Payload::Reward {
+        task_id: "t".into(),
+        round: 1,
+        account: alice_id.principal().public_key,
+        amount: 1,
+    })
+    .sign(alice_id.signing_key());
+    let err = alice.submit(&reward).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(
+        err.message()
+            .contains("role `verifier` may not write `reward`"),
+        "{}",
+        err.message()
+    );
+
+    // Not the authority.
+    let admit = Transaction::new(Payload::Admit {
+        org: "x".into(),
+        role: Role::Member,
+        name: "x".into(),
+        public_key: [7; 32],
+        serial: vec![1],
+        not_after_ms: u64::MAX,
+    })
+    .sign(alice_id.signing_key());
+    assert_eq!(
+        alice.submit(&admit).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+
+    // Overdraft.
+    let (_, bob) = client(&net, "bob").await;
+    let t = Transaction::new(Payload::Transfer {
+        to: bob.principal().public_key,
+        amount: 5,
+    })
+    .sign(alice_id.signing_key());
+    let err = alice.submit(&t).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Unknown entry and proofs beyond the log.
+    let err = alice.entry(10_000).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = alice
+        .raw()
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            index: 10_000,
+            tree_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    let err = alice
+        .raw()
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            old_size: 9_999,
+            new_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange);
+    let err = alice
+        .raw()
+        .get_balance(pb::GetBalanceRequest {
+            account: vec![1; 5],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let after = alice.tree_head().await.unwrap();
+    assert_eq!(
+        (after.tree_size, after.root_hash),
+        (before.tree_size, before.root_hash)
+    );
+    net.node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_entry_stream_replays_the_backlog_then_follows_new_entries() {
+    let net = network(&[("ops", Role::Member, "bob")]).await;
+    let (mut bob, bob_id) = client(&net, "bob").await;
+    let size = bob.tree_head().await.unwrap().tree_size;
+    let mut stream = bob
+        .raw()
+        .stream_entries(pb::StreamEntriesRequest { from_index: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..size {
+        assert_eq!(stream.message().await.unwrap().unwrap().index, i);
+    }
+    let (mut writer, _) = client(&net, "bob").await;
+    for i in 0..3 {
+        let note = Transaction::new(Payload::Note {
+            topic: "live".into(),
+            body: i.to_string(),
+        })
+        .sign(bob_id.signing_key());
+        writer.submit(&note).await.unwrap();
+        let e = stream.message().await.unwrap().unwrap();
+        assert_eq!(e.index, size + i);
+        let tx = yilian_ledger::SignedTransaction::decode(&e.transaction).unwrap();
+        assert_eq!(tx, note);
+    }
+    net.node.stop().await.unwrap();
+}
+
+#[test]
+fn node_config_layers_file_then_environment_and_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("node.toml");
+    std::fs::write(&file, "data_dir = \"/data\"\nlisten = \"127.0.0.1:1000\"\nmetrics = \"127.0.0.1:2000\"\nidentity = \"/id\"\n").unwrap();
+    let over = node::NodeOverrides {
+        listen: Some("127.0.0.1:3000".parse().unwrap()),
+        ..Default::default()
+    };
+    let cfg = NodeConfig::load(Some(&file), &over).unwrap();
+    assert_eq!(cfg.listen.port(), 3000);
+    assert_eq!(cfg.metrics.unwrap().port(), 2000);
+    assert_eq!(cfg.data_dir, std::path::PathBuf::from("/data"));
+    std::fs::write(&file, "data_dir = \"/data\"\nlisen = \"typo\"\n").unwrap();
+    let err = NodeConfig::load(Some(&file), &Default::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown field `lisen`"),
+        "{err:#}"
+    );
+}
