@@ -358,9 +358,12 @@ impl Writer {
 
     fn commit(&mut self, batch: &mut Vec<Pending>) {
         // Signatures and ids are independent of each other: check them on all cores.
+        let refs: Vec<&SignedTransaction> = batch.iter().map(|p| &p.tx).collect();
+        let verdicts = SignedTransaction::verify_signatures(&refs);
         let checked: Vec<(Result<()>, TxId, Vec<u8>)> = batch
             .par_iter()
-            .map(|p| (p.tx.verify_signature(), p.tx.id(), p.tx.encode()))
+            .zip(verdicts)
+            .map(|(p, v)| (v, p.tx.id(), p.tx.encode()))
             .collect();
         let now = now_ms();
         let mut inner = self.inner.write().expect("ledger lock poisoned");

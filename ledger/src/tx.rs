@@ -199,6 +199,42 @@ impl SignedTransaction {
         .map_err(|_| LedgerError::BadSignature)
     }
 
+    /// Checks many signatures at once: ed25519 batch verification (one
+    /// multiscalar multiplication per chunk, on all cores), falling back to
+    /// one-by-one only for a chunk that holds a bad signature, so each
+    /// transaction still gets its own verdict.
+    pub fn verify_signatures(txs: &[&SignedTransaction]) -> Vec<Result<(), LedgerError>> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 64;
+        txs.par_chunks(CHUNK)
+            .flat_map_iter(|chunk| {
+                let parsed: Option<Vec<(Vec<u8>, Signature, VerifyingKey)>> = chunk
+                    .iter()
+                    .map(|t| {
+                        let key = VerifyingKey::from_bytes(&t.signer).ok()?;
+                        Some((
+                            signing_bytes(&t.tx, &t.signer),
+                            Signature::from_bytes(&t.signature),
+                            key,
+                        ))
+                    })
+                    .collect();
+                let batch_ok = parsed.as_ref().is_some_and(|p| {
+                    let msgs: Vec<&[u8]> = p.iter().map(|(m, _, _)| m.as_slice()).collect();
+                    let sigs: Vec<Signature> = p.iter().map(|(_, s, _)| *s).collect();
+                    let keys: Vec<VerifyingKey> = p.iter().map(|(_, _, k)| *k).collect();
+                    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+                });
+                let verdicts: Vec<Result<(), LedgerError>> = if batch_ok {
+                    vec![Ok(()); chunk.len()]
+                } else {
+                    chunk.iter().map(|t| t.verify_signature()).collect()
+                };
+                verdicts.into_iter()
+            })
+            .collect()
+    }
+
     pub fn id(&self) -> TxId {
         let mut h = Sha256::new();
         h.update(b"yilian/ledger/txid/v1\0");
@@ -292,6 +328,26 @@ mod tests {
             nonce.verify_signature(),
             Err(LedgerError::BadSignature)
         ));
+    }
+
+    #[test]
+    fn batch_verification_singles_out_the_bad_signature() {
+        let mut txs: Vec<SignedTransaction> = (0..150u64)
+            .map(|i| {
+                Transaction::new(Payload::Note {
+                    topic: "t".into(),
+                    body: i.to_string(),
+                })
+                .sign(&key((i % 5) as u8))
+            })
+            .collect();
+        txs[77].signature[3] ^= 1;
+        txs[140].signer = [0xff; 32];
+        let refs: Vec<&SignedTransaction> = txs.iter().collect();
+        let verdicts = SignedTransaction::verify_signatures(&refs);
+        for (i, v) in verdicts.iter().enumerate() {
+            assert_eq!(v.is_err(), i == 77 || i == 140, "transaction {i}");
+        }
     }
 
     #[test]

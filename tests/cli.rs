@@ -1,0 +1,235 @@
+//! The `yilian` binary as a newcomer uses it: init a network, run a node,
+//! admit through it, fetch proofs into files and verify them offline;
+//! a tampered file is refused; the node exposes Prometheus metrics.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn yilian(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_yilian"))
+        .args(args)
+        .output()
+        .expect("run yilian")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = yilian(args);
+    assert!(
+        out.status.success(),
+        "yilian {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Node(Child);
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "node did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("net");
+    let d = data.to_str().unwrap();
+    let (grpc, metrics) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{grpc}");
+    ok(&[
+        "admin",
+        "init-network",
+        "--data",
+        d,
+        "--network",
+        "clitest",
+        "--listen",
+        &listen,
+    ]);
+    // A second init on the same directory is refused, and changes nothing.
+    let again = yilian(&["admin", "init-network", "--data", d]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a network"));
+
+    let config = data.join("node.toml");
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_yilian"))
+            .args(["node", "--config", config.to_str().unwrap()])
+            .arg("--metrics")
+            .arg(format!("127.0.0.1:{metrics}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(grpc);
+
+    let out = ok(&[
+        "admin",
+        "admit",
+        "--data",
+        d,
+        "--node",
+        &listen,
+        "--org",
+        "acme-bank",
+        "--role",
+        "verifier",
+        "--name",
+        "alice",
+    ]);
+    assert!(out.contains("admitted acme-bank/alice (verifier)"), "{out}");
+    let bad_role = yilian(&[
+        "admin", "admit", "--data", d, "--org", "x", "--role", "admin", "--name", "y",
+    ]);
+    assert!(String::from_utf8_lossy(&bad_role.stderr).contains("unknown role `admin`"));
+
+    let alice = data.join("identities/alice");
+    let a = alice.to_str().unwrap();
+    let head = tmp.path().join("head.json");
+    let h = head.to_str().unwrap();
+    ok(&[
+        "ledger",
+        "head",
+        "--node",
+        &listen,
+        "--identity",
+        a,
+        "--out",
+        h,
+    ]);
+    let out = ok(&[
+        "ledger",
+        "note",
+        "--node",
+        &listen,
+        "--identity",
+        a,
+        "--topic",
+        "kyc",
+        "--body",
+        "checked",
+    ]);
+    assert!(out.contains("note recorded as entry 4"), "{out}");
+
+    let proof = tmp.path().join("proof.json");
+    let p = proof.to_str().unwrap();
+    ok(&[
+        "ledger",
+        "prove",
+        "--node",
+        &listen,
+        "--identity",
+        a,
+        "--index",
+        "4",
+        "--out",
+        p,
+    ]);
+    let cons = tmp.path().join("cons.json");
+    let c = cons.to_str().unwrap();
+    ok(&[
+        "ledger",
+        "consistency",
+        "--node",
+        &listen,
+        "--identity",
+        a,
+        "--old",
+        h,
+        "--out",
+        c,
+    ]);
+
+    // Offline: no node needed.
+    let out = ok(&["ledger", "verify", "--head", h, "--inclusion", p]);
+    assert!(
+        out.contains("OK: entry 4 (note) is in the log of size 5"),
+        "{out}"
+    );
+    let out = ok(&["ledger", "verify", "--head", h, "--consistency", c]);
+    assert!(
+        out.contains("OK: the log of size 4 is a prefix of the log of size 5"),
+        "{out}"
+    );
+
+    // Tampering with the proof file is caught.
+    let mut bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&proof).unwrap()).unwrap();
+    let path0 = bundle["proof"]["path"][0].as_str().unwrap().to_owned();
+    let flipped = format!(
+        "{}{}",
+        if path0.starts_with('0') { "1" } else { "0" },
+        &path0[1..]
+    );
+    bundle["proof"]["path"][0] = serde_json::Value::String(flipped);
+    let bad = tmp.path().join("bad.json");
+    std::fs::write(&bad, serde_json::to_vec(&bundle).unwrap()).unwrap();
+    let out = yilian(&[
+        "ledger",
+        "verify",
+        "--head",
+        h,
+        "--inclusion",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inclusion proof REFUSED"));
+    // A corrupt file gets a clear error too.
+    std::fs::write(&bad, b"{not json").unwrap();
+    let out = yilian(&[
+        "ledger",
+        "verify",
+        "--head",
+        h,
+        "--inclusion",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a valid file of this kind"));
+
+    let m = http_get(metrics, "/metrics");
+    assert!(m.contains("yilian_ledger_appended_total"), "{m}");
+    assert!(m.contains("yilian_ledger_size 5"), "{m}");
+
+    // While the node runs, the local ledger file is in use: a clear error.
+    let out = yilian(&[
+        "admin", "admit", "--data", d, "--org", "x", "--role", "device", "--name", "z",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a running node"));
+    assert!(!Path::new(&data.join("identities/z")).exists());
+}
