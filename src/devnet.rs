@@ -63,12 +63,30 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         listen: "127.0.0.1:0".parse()?,
         metrics: None,
         identity: net.identity(network::NODE_IDENTITY),
+        kms_sealed: false,
     };
     let running = node::start(&cfg).await?;
     let addr = running.addr.to_string();
     println!("node: serving gRPC with mutual TLS on {addr}");
 
-    let result = ledger_act(&net, &addr).await;
+    let result = async {
+        ledger_act(&net, &addr).await?;
+        let id = |n: &str| net.load_identity(n);
+        let (owner, reader, recipient) = (
+            id("shop-holder")?,
+            id("device-2")?,
+            id(network::OPERATOR_IDENTITY)?,
+        );
+        let trustees = [id("trustee-a")?, id("trustee-b")?, id("trustee-c")?];
+        let cast = yilian_kms::devnet::Cast {
+            owner: &owner,
+            trustees: [&trustees[0], &trustees[1], &trustees[2]],
+            reader: &reader,
+            recipient: &recipient,
+        };
+        yilian_kms::devnet::act(&addr, cast).await
+    }
+    .await;
     running.stop().await?;
     result?;
     println!("== devnet finished: every step above was checked");
@@ -82,7 +100,7 @@ async fn client(net: &NetworkDir, name: &str, addr: &str) -> Result<(LedgerClien
 }
 
 async fn ledger_act(net: &NetworkDir, addr: &str) -> Result<()> {
-    let (mut operator, op_id) = client(net, network::OPERATOR_IDENTITY, addr).await?;
+    let (mut operator, _) = client(net, network::OPERATOR_IDENTITY, addr).await?;
     let (mut device, device_id) = client(net, "device-1", addr).await?;
     let (mut holder, holder_id) = client(net, "shop-holder", addr).await?;
     let (mut auditor, _) = client(net, "auditor", addr).await?;
@@ -223,7 +241,6 @@ async fn ledger_act(net: &NetworkDir, addr: &str) -> Result<()> {
         unadmitted.unwrap_err(),
         revoked.unwrap_err()
     );
-    let _ = op_id;
     let end = operator.tree_head().await?;
     println!(
         "summary: {} ledger entries, final root {}",

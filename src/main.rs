@@ -55,6 +55,9 @@ enum Command {
     /// Read the ledger, fetch proofs, and verify them offline.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Key management: master and data keys, envelopes, rotation, escrow, grants, audit.
+    #[command(subcommand)]
+    Kms(yilian_kms::cli::Command),
     /// Appends entries to a ledger and prints each index once it is durable (crash tests).
     #[command(hide = true)]
     AppendStream {
@@ -232,6 +235,7 @@ async fn run(cmd: Command) -> Result<()> {
             running.wait().await
         }
         Command::Ledger(l) => ledger(l).await,
+        Command::Kms(k) => k.run().await,
         Command::AppendStream { data, count } => append_stream(data, count).await,
     }
 }

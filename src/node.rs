@@ -25,6 +25,11 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// The node's identity directory (certificate, key, CA).
     pub identity: PathBuf,
+    /// Start the KMS sealed, to be unsealed by t-of-n operator shares
+    /// (`yilian kms unseal`); otherwise its root key is the file
+    /// `kms-root.key` in the data directory (created on first start).
+    #[serde(default)]
+    pub kms_sealed: bool,
 }
 
 /// Command-line and environment overrides for a [`NodeConfig`].
@@ -42,6 +47,9 @@ pub struct NodeOverrides {
     /// Node identity directory.
     #[arg(long, env = "YILIAN_IDENTITY")]
     pub identity: Option<PathBuf>,
+    /// Start the KMS sealed (unseal with `yilian kms unseal`).
+    #[arg(long, env = "YILIAN_KMS_SEALED")]
+    pub kms_sealed: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -51,6 +59,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     metrics: Option<SocketAddr>,
     identity: Option<PathBuf>,
+    #[serde(default)]
+    kms_sealed: bool,
 }
 
 impl NodeConfig {
@@ -80,6 +90,7 @@ impl NodeConfig {
                 .or(f.listen)
                 .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid address")),
             metrics: over.metrics.or(f.metrics),
+            kms_sealed: over.kms_sealed || f.kms_sealed,
             data_dir,
         })
     }
@@ -152,11 +163,22 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let incoming = yilian_identity::grpc::incoming(listener, &identity, revocations)?;
+    let node_key = identity.signing_key().clone();
+    let (kms, kms_server) = if cfg.kms_sealed {
+        yilian_kms::service::sealed(&cfg.data_dir, ledger.clone(), node_key)
+    } else {
+        yilian_kms::service::with_key_file(&cfg.data_dir, ledger.clone(), node_key)
+            .context("cannot open the KMS")?
+    };
+    // Destroys grant-only keys whose grants have all ended (crypto-shredding).
+    let sweeper = kms.spawn_sweeper(std::time::Duration::from_secs(60));
     let router = tonic::transport::Server::builder()
-        .add_service(LedgerService::new(ledger.clone()).into_server());
+        .add_service(LedgerService::new(ledger.clone()).into_server())
+        .add_service(kms_server);
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
+        sweeper.abort();
     }));
     tracing::info!(%addr, principal = %identity.principal(), size = ledger.len(), "node serving");
     Ok(RunningNode {

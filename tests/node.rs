@@ -38,6 +38,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics: None,
         identity: dir.identity(network::NODE_IDENTITY),
+        kms_sealed: false,
     };
     let node = node::start(&cfg).await.unwrap();
     let addr = node.addr.to_string();

@@ -1,0 +1,292 @@
+//! The device side of the protocol: connect with an admitted certificate,
+//! accept only tasks that fit the local data and policy, train locally,
+//! send only model updates. The `yilian-agent` binary wraps this with a
+//! command line and progress display.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::sync::mpsc;
+use yilian_identity::Identity;
+use yilian_models::{Dataset, ModelSpec, TrainConfig};
+
+use crate::coordinator::{next_message, spawn_writer};
+use crate::protocol::{ALPN, ChunkAssembler, Message, WeightsPurpose, weight_messages};
+use crate::{AgentPolicy, DataSchema, FlError, RejectReason};
+
+/// What the agent reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentEvent {
+    Joined {
+        task_id: String,
+        rounds: u32,
+    },
+    Declined {
+        task_id: String,
+        reason: String,
+    },
+    Training {
+        round: u32,
+    },
+    Sent {
+        round: u32,
+        samples: u64,
+        loss: f32,
+    },
+    Rejected {
+        round: u32,
+        reason: RejectReason,
+    },
+    RoundResult {
+        round: u32,
+        accuracy: f64,
+        contribution: f64,
+        reward: u64,
+        /// Ledger index of the reward, if its inclusion proof verified.
+        ledger_index: Option<u64>,
+    },
+    Done {
+        task_id: String,
+    },
+}
+
+/// A reward the agent earned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarnedReward {
+    pub task_id: String,
+    pub round: u32,
+    pub amount: u64,
+    pub contribution: f64,
+    /// Ledger index of the reward transaction, present only if the agent
+    /// verified its inclusion proof under a signed tree head.
+    pub ledger_index: Option<u64>,
+}
+
+/// Where and how to join.
+pub struct AgentConfig {
+    pub node: SocketAddr,
+    /// The name the coordinator's certificate carries (`localhost` by default).
+    pub server_name: String,
+    pub data: Dataset,
+    pub label_column: String,
+    pub policy: AgentPolicy,
+    /// Stop after the first task finishes.
+    pub single_task: bool,
+}
+
+/// A QUIC client endpoint presenting `identity`.
+pub fn client_endpoint(identity: &Identity) -> Result<quinn::Endpoint, FlError> {
+    let mut tls = yilian_identity::tls::client_config(identity)
+        .map_err(|e| FlError::Transport(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| FlError::Transport(e.to_string()))?;
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    Ok(endpoint)
+}
+
+/// Opens a connection and its message stream.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    node: SocketAddr,
+    server_name: &str,
+) -> Result<
+    (
+        quinn::Connection,
+        mpsc::UnboundedSender<Message>,
+        quinn::RecvStream,
+    ),
+    FlError,
+> {
+    let conn = endpoint
+        .connect(node, server_name)
+        .map_err(|e| FlError::Transport(e.to_string()))?
+        .await
+        .map_err(|e| FlError::Transport(e.to_string()))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| FlError::Transport(e.to_string()))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    spawn_writer(send, rx);
+    Ok((conn, tx, recv))
+}
+
+/// Takes part in tasks until the connection ends (or, with `single_task`,
+/// until the first task is done). Returns the rewards earned.
+pub async fn run(
+    identity: &Identity,
+    cfg: AgentConfig,
+    mut on_event: impl FnMut(AgentEvent),
+) -> Result<Vec<EarnedReward>, FlError> {
+    let endpoint = client_endpoint(identity)?;
+    let (conn, tx, mut recv) = connect(&endpoint, cfg.node, &cfg.server_name).await?;
+    let schema = DataSchema {
+        features: cfg.data.n_features,
+        label_column: cfg.label_column.clone(),
+        classes: cfg.data.classes,
+    };
+    let send = |m: Message| {
+        tx.send(m)
+            .map_err(|_| FlError::Transport("connection closed".into()))
+    };
+    send(Message::Hello {
+        schema: schema.clone(),
+        samples: cfg.data.len() as u64,
+    })?;
+    let data = Arc::new(cfg.data);
+    let mut task: Option<(String, ModelSpec)> = None;
+    let mut round_cfg: Option<(u32, TrainConfig)> = None;
+    let mut assembler: Option<ChunkAssembler> = None;
+    let mut rewards = Vec::new();
+    while let Some(message) = next_message(&mut recv).await? {
+        match message {
+            Message::TaskOffer {
+                task_id,
+                model,
+                schema: wanted,
+                rounds,
+                local_epochs,
+                params,
+            } => {
+                let verdict = schema
+                    .check_against(&wanted)
+                    .and_then(|()| cfg.policy.admits(local_epochs, params));
+                match verdict {
+                    Ok(()) => {
+                        send(Message::TaskAccept {
+                            task_id: task_id.clone(),
+                        })?;
+                        on_event(AgentEvent::Joined {
+                            task_id: task_id.clone(),
+                            rounds,
+                        });
+                        task = Some((task_id, model));
+                    }
+                    Err(e) => {
+                        on_event(AgentEvent::Declined {
+                            task_id: task_id.clone(),
+                            reason: e.to_string(),
+                        });
+                        send(Message::TaskDecline {
+                            task_id,
+                            reason: e.to_string(),
+                        })?;
+                    }
+                }
+            }
+            Message::RoundStart { round, config, .. } => {
+                cfg.policy.admits(config.epochs, 0)?;
+                round_cfg = Some((round, config));
+            }
+            Message::WeightsHeader {
+                purpose: WeightsPurpose::Global,
+                round,
+                values,
+                chunks,
+            } => {
+                let max = cfg.policy.max_params as usize;
+                assembler = Some(ChunkAssembler::new(round, values, chunks, max)?);
+            }
+            Message::WeightsChunk {
+                round,
+                index,
+                values,
+            } => {
+                let asm = assembler
+                    .as_mut()
+                    .ok_or(FlError::BadChunk { index, total: 0 })?;
+                let Some(global) = asm.push(round, index, values)? else {
+                    continue;
+                };
+                assembler = None;
+                let (Some((_, spec)), Some((cfg_round, config))) = (&task, round_cfg.clone())
+                else {
+                    return Err(FlError::BadChunk { index, total: 0 });
+                };
+                if cfg_round != round {
+                    return Err(FlError::BadChunk { index, total: 0 });
+                }
+                on_event(AgentEvent::Training { round });
+                let (spec, data) = (spec.clone(), data.clone());
+                let out = tokio::task::spawn_blocking(move || {
+                    yilian_models::train(&spec, &global, &data, &config)
+                })
+                .await
+                .map_err(|e| FlError::Transport(e.to_string()))??;
+                for m in weight_messages(WeightsPurpose::Update, round, &out.weights) {
+                    send(m)?;
+                }
+                send(Message::UpdateDone {
+                    round,
+                    samples: out.samples as u64,
+                    loss: out.loss,
+                })?;
+                on_event(AgentEvent::Sent {
+                    round,
+                    samples: out.samples as u64,
+                    loss: out.loss,
+                });
+            }
+            Message::UpdateRejected { round, reason } => {
+                on_event(AgentEvent::Rejected { round, reason })
+            }
+            Message::RoundResult {
+                round,
+                accuracy,
+                contribution,
+                reward,
+                proof,
+            } => {
+                let account = identity.principal().public_key;
+                let ledger_index = match (&task, proof) {
+                    (Some((task_id, _)), Some(p)) => match p.verify(task_id, round, &account) {
+                        Ok(amount) if amount == reward => Some(p.index),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!("reward proof for round {round} failed: {e}");
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                if let Some((task_id, _)) = &task
+                    && reward > 0
+                {
+                    rewards.push(EarnedReward {
+                        task_id: task_id.clone(),
+                        round,
+                        amount: reward,
+                        contribution,
+                        ledger_index,
+                    });
+                }
+                on_event(AgentEvent::RoundResult {
+                    round,
+                    accuracy,
+                    contribution,
+                    reward,
+                    ledger_index,
+                });
+            }
+            Message::TaskDone { task_id } => {
+                on_event(AgentEvent::Done { task_id });
+                task = None;
+                if cfg.single_task {
+                    break;
+                }
+            }
+            Message::Refused { reason } => {
+                return Err(FlError::Transport(format!(
+                    "refused by the coordinator: {reason}"
+                )));
+            }
+            _ => {}
+        }
+    }
+    drop(tx);
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(rewards)
+}

@@ -1,0 +1,36 @@
+//! Federated learning for Yilian.
+//!
+//! Device owners' agents train on their own data and send only model
+//! updates; the coordinator runs rounds, combines updates, evaluates the
+//! global model on its validation set, scores each agent's contribution and
+//! splits the reward budget by it.
+//!
+//! - [`task`]: what an engineer submits, the data schema agents must match,
+//!   what an agent's policy allows;
+//! - [`round`]: the sans-IO round state machine ([`RoundMachine`]);
+//! - [`aggregate`]: update validation, FedAvg / FedProx / FedAdam, coordinate
+//!   median, trimmed mean, Krum;
+//! - [`contribution`]: GTG-Shapley (documented there), exact Shapley, reward split;
+//! - [`protocol`]: the versioned wire messages, framing and weight chunks;
+//! - [`store`]: the redb store that lets a killed coordinator resume;
+//! - [`sim`]: an in-process driver with local agents, for tests and demos;
+//! - [`coordinator`] and [`agent`]: both ends over QUIC with mutual TLS.
+
+pub mod agent;
+pub mod aggregate;
+pub mod cli;
+pub mod contribution;
+pub mod coordinator;
+pub mod devnet;
+mod error;
+pub mod protocol;
+pub mod round;
+pub mod sim;
+pub mod store;
+pub mod task;
+
+pub use aggregate::Update;
+pub use error::{FlError, RejectReason};
+pub use round::{AgentId, Effect, Phase, RoundMachine, RoundRecord, TaskState};
+pub use store::Store;
+pub use task::{AgentPolicy, DataSchema, Robust, Strategy, TaskSpec};

@@ -1,0 +1,443 @@
+//! The coordinator's round state machine, sans IO.
+//!
+//! It takes events (an agent recruited or gone, an update arrived, the clock
+//! moved) and returns effects (send the model to these agents, this update
+//! was rejected, this round closed with these contributions and rewards).
+//! The network driver and the tests feed it; its whole state is plain data
+//! ([`TaskState`]) that the driver persists after every event, so a restarted
+//! coordinator continues exactly where it stopped and an update that was
+//! counted before a crash is refused as a duplicate after it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use yilian_models::{Dataset, ModelSpec, TrainConfig};
+
+use crate::aggregate::{ServerState, Update, apply_strategy, combine, validate};
+use crate::contribution::{GtgConfig, gtg_shapley, split_reward};
+use crate::{DataSchema, FlError, RejectReason, TaskSpec};
+
+/// An agent is known by its certificate's ed25519 public key, which is also
+/// its ledger account.
+pub type AgentId = [u8; 32];
+
+/// Consecutive failed attempts at one round after which the task gives up.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// What happened in one closed round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: u32,
+    /// Agents whose update counted, in id order.
+    pub participants: Vec<AgentId>,
+    /// Selected agents that sent nothing usable before the round closed.
+    pub missing: Vec<AgentId>,
+    pub rejected: Vec<(AgentId, RejectReason)>,
+    pub accuracy: f64,
+    pub loss: f64,
+    /// GTG-Shapley contribution of each participant (same order).
+    pub contributions: Vec<f64>,
+    /// Reward units of each participant (same order); they add up to the round's budget share.
+    pub rewards: Vec<u64>,
+    /// Coalitions evaluated to estimate the contributions.
+    pub evaluations: usize,
+    /// When the round closed (the clock the machine was given).
+    pub closed_at_ms: u64,
+}
+
+/// Where the task is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Waiting for enough agents (or for the next round to start).
+    Waiting,
+    Training {
+        round: u32,
+        attempt: u32,
+        selected: Vec<AgentId>,
+        deadline_ms: u64,
+        received: BTreeMap<AgentId, Update>,
+        dropped: BTreeSet<AgentId>,
+        rejected: Vec<(AgentId, RejectReason)>,
+    },
+    Finished,
+    /// The task deadline passed before every round ran.
+    Expired,
+}
+
+/// Everything the coordinator must remember about a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub task: TaskSpec,
+    pub global: Vec<f32>,
+    pub server: ServerState,
+    pub recruited: BTreeSet<AgentId>,
+    pub phase: Phase,
+    pub next_round: u32,
+    pub attempts: u32,
+    pub history: Vec<RoundRecord>,
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Send the current global model and this configuration to the agent.
+    SendModel {
+        agent: AgentId,
+        round: u32,
+        config: TrainConfig,
+    },
+    /// Tell the agent its update did not count (and why).
+    Rejected {
+        agent: AgentId,
+        reason: RejectReason,
+    },
+    /// A round closed: record contributions and rewards (the ledger).
+    RoundClosed(RoundRecord),
+    /// Too few updates arrived; the round will be re-run with a new sample.
+    RoundAbandoned {
+        round: u32,
+        received: usize,
+    },
+    Finished,
+    Expired,
+}
+
+/// The state machine around a [`TaskState`] and the validation set.
+pub struct RoundMachine {
+    state: TaskState,
+    validation: Dataset,
+    params: usize,
+    gtg: GtgConfig,
+}
+
+impl RoundMachine {
+    /// Starts a task from its initial weights.
+    pub fn new(task: TaskSpec, initial: Vec<f32>, validation: Dataset) -> Result<Self, FlError> {
+        task.check()?;
+        let state = TaskState {
+            global: initial,
+            server: ServerState::default(),
+            recruited: BTreeSet::new(),
+            phase: Phase::Waiting,
+            next_round: 0,
+            attempts: 0,
+            history: Vec::new(),
+            task,
+        };
+        Self::restore(state, validation)
+    }
+
+    /// Continues from a persisted state.
+    pub fn restore(state: TaskState, validation: Dataset) -> Result<Self, FlError> {
+        let params = state.task.model.param_count()?;
+        if state.global.len() != params {
+            return Err(FlError::Model(yilian_models::ModelError::WeightCount {
+                expected: params,
+                found: state.global.len(),
+            }));
+        }
+        let schema = DataSchema {
+            features: validation.n_features,
+            label_column: state.task.schema.label_column.clone(),
+            classes: validation.classes,
+        };
+        schema.check_against(&state.task.schema)?;
+        Ok(Self {
+            state,
+            validation,
+            params,
+            gtg: GtgConfig::default(),
+        })
+    }
+
+    pub fn state(&self) -> &TaskState {
+        &self.state
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.state.task.model
+    }
+
+    pub fn global(&self) -> &[f32] {
+        &self.state.global
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.params
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.state.phase, Phase::Finished | Phase::Expired)
+    }
+
+    /// The open round, if any.
+    pub fn current_round(&self) -> Option<u32> {
+        match &self.state.phase {
+            Phase::Training { round, .. } => Some(*round),
+            _ => None,
+        }
+    }
+
+    /// For a driver that restarted mid-round: the model must go again to
+    /// every selected agent whose update has not been counted.
+    pub fn resend_effects(&self) -> Vec<Effect> {
+        match &self.state.phase {
+            Phase::Training {
+                round,
+                selected,
+                received,
+                dropped,
+                ..
+            } => selected
+                .iter()
+                .filter(|a| !received.contains_key(*a) && !dropped.contains(*a))
+                .map(|&agent| Effect::SendModel {
+                    agent,
+                    round: *round,
+                    config: self.state.task.train_config(*round, &agent),
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Admits an agent whose data matches the task's schema.
+    pub fn recruit(&mut self, agent: AgentId, schema: &DataSchema) -> Result<(), FlError> {
+        schema.check_against(&self.state.task.schema)?;
+        self.state.recruited.insert(agent);
+        Ok(())
+    }
+
+    /// An agent disconnected or withdrew.
+    pub fn leave(&mut self, agent: AgentId, now_ms: u64) -> Vec<Effect> {
+        self.state.recruited.remove(&agent);
+        if let Phase::Training {
+            selected,
+            received,
+            dropped,
+            ..
+        } = &mut self.state.phase
+            && selected.contains(&agent)
+            && !received.contains_key(&agent)
+        {
+            dropped.insert(agent);
+        }
+        self.advance(now_ms)
+    }
+
+    /// The clock moved: start a round, or close one whose deadline passed.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.advance(now_ms)
+    }
+
+    /// An agent's trained model for `round`.
+    pub fn submit(
+        &mut self,
+        agent: AgentId,
+        round: u32,
+        update: Update,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let params = self.params;
+        let verdict = match &mut self.state.phase {
+            Phase::Training {
+                round: current,
+                selected,
+                received,
+                rejected,
+                dropped,
+                ..
+            } => {
+                let verdict = if round != *current {
+                    Err(RejectReason::WrongRound {
+                        got: round,
+                        current: *current,
+                    })
+                } else if !selected.contains(&agent) || dropped.contains(&agent) {
+                    Err(RejectReason::NotSelected)
+                } else if received.contains_key(&agent) {
+                    Err(RejectReason::Duplicate)
+                } else {
+                    validate(&update, params)
+                };
+                match &verdict {
+                    Ok(()) => {
+                        received.insert(agent, update);
+                    }
+                    // A repeat of a counted update is harmless; anything else is on record.
+                    Err(RejectReason::Duplicate | RejectReason::WrongRound { .. }) => {}
+                    Err(reason) => rejected.push((agent, reason.clone())),
+                }
+                verdict
+            }
+            _ => Err(RejectReason::NoOpenRound),
+        };
+        let mut effects = match verdict {
+            Ok(()) => Vec::new(),
+            Err(reason) => vec![Effect::Rejected { agent, reason }],
+        };
+        effects.extend(self.advance(now_ms));
+        effects
+    }
+
+    fn advance(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        loop {
+            match &self.state.phase {
+                Phase::Finished | Phase::Expired => return effects,
+                Phase::Waiting => {
+                    if self.state.next_round >= self.state.task.rounds {
+                        self.state.phase = Phase::Finished;
+                        effects.push(Effect::Finished);
+                        return effects;
+                    }
+                    if self.state.task.deadline_ms.is_some_and(|d| now_ms >= d) {
+                        self.state.phase = Phase::Expired;
+                        effects.push(Effect::Expired);
+                        return effects;
+                    }
+                    if self.state.recruited.len() < self.state.task.min_agents {
+                        return effects;
+                    }
+                    effects.extend(self.start_round(now_ms));
+                    return effects;
+                }
+                Phase::Training {
+                    round,
+                    selected,
+                    deadline_ms,
+                    received,
+                    dropped,
+                    ..
+                } => {
+                    let outstanding = selected
+                        .iter()
+                        .filter(|a| !received.contains_key(*a) && !dropped.contains(*a))
+                        .count();
+                    let (round, got) = (*round, received.len());
+                    let enough = got >= self.state.task.min_agents;
+                    let over = outstanding == 0 || now_ms >= *deadline_ms;
+                    if !over {
+                        return effects;
+                    }
+                    if enough {
+                        let record = self.close_round(now_ms);
+                        effects.push(Effect::RoundClosed(record));
+                    } else {
+                        effects.push(Effect::RoundAbandoned {
+                            round,
+                            received: got,
+                        });
+                        self.state.attempts += 1;
+                        self.state.phase = Phase::Waiting;
+                        if self.state.attempts >= MAX_ATTEMPTS {
+                            self.state.phase = Phase::Expired;
+                            effects.push(Effect::Expired);
+                            return effects;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_round(&mut self, now_ms: u64) -> Vec<Effect> {
+        let round = self.state.next_round;
+        let attempt = self.state.attempts;
+        let mut pool: Vec<AgentId> = self.state.recruited.iter().copied().collect();
+        let seed = u64::from(round) << 32 | u64::from(attempt);
+        let task_seed =
+            u64::from_le_bytes(self.state.task.hash()[..8].try_into().unwrap_or([0; 8]));
+        pool.shuffle(&mut StdRng::seed_from_u64(seed ^ task_seed));
+        pool.truncate(self.state.task.agents_per_round);
+        pool.sort_unstable();
+        let effects = pool
+            .iter()
+            .map(|&agent| Effect::SendModel {
+                agent,
+                round,
+                config: self.state.task.train_config(round, &agent),
+            })
+            .collect();
+        self.state.phase = Phase::Training {
+            round,
+            attempt,
+            selected: pool,
+            deadline_ms: now_ms.saturating_add(self.state.task.round_timeout_ms),
+            received: BTreeMap::new(),
+            dropped: BTreeSet::new(),
+            rejected: Vec::new(),
+        };
+        effects
+    }
+
+    /// Accuracy of the model that the updates of `coalition` alone would give.
+    fn coalition_utility(&self, updates: &[&Update], coalition: &[usize]) -> f64 {
+        let weights = if coalition.is_empty() {
+            self.state.global.clone()
+        } else {
+            let members: Vec<&Update> = coalition.iter().map(|&i| updates[i]).collect();
+            combine(&members, self.state.task.robust)
+        };
+        yilian_models::evaluate(&self.state.task.model, &weights, &self.validation)
+            .map(|m| m.accuracy)
+            // A coalition whose model cannot even be evaluated adds nothing.
+            .unwrap_or(0.0)
+    }
+
+    fn close_round(&mut self, now_ms: u64) -> RoundRecord {
+        let Phase::Training {
+            round,
+            selected,
+            received,
+            rejected,
+            ..
+        } = std::mem::replace(&mut self.state.phase, Phase::Waiting)
+        else {
+            unreachable!("close_round is only called while training")
+        };
+        let participants: Vec<AgentId> = received.keys().copied().collect();
+        let updates: Vec<&Update> = received.values().collect();
+        let candidate = combine(&updates, self.state.task.robust);
+        let estimate = gtg_shapley(
+            updates.len(),
+            |c| self.coalition_utility(&updates, c),
+            GtgConfig {
+                seed: u64::from(round),
+                ..self.gtg
+            },
+        );
+        let global = apply_strategy(
+            self.state.task.strategy,
+            &mut self.state.server,
+            &self.state.global,
+            candidate,
+        );
+        let metrics = yilian_models::evaluate(&self.state.task.model, &global, &self.validation);
+        let (accuracy, loss) = metrics.map_or((0.0, f64::INFINITY), |m| (m.accuracy, m.loss));
+        self.state.global = global;
+        let rewards = split_reward(self.state.task.round_budget(round), &estimate.values);
+        let record = RoundRecord {
+            round,
+            missing: selected
+                .iter()
+                .filter(|a| !received.contains_key(*a))
+                .copied()
+                .collect(),
+            participants,
+            rejected,
+            accuracy,
+            loss,
+            contributions: estimate.values,
+            rewards,
+            evaluations: estimate.evaluations,
+            closed_at_ms: now_ms,
+        };
+        self.state.history.push(record.clone());
+        self.state.next_round = round + 1;
+        self.state.attempts = 0;
+        record
+    }
+}

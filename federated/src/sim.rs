@@ -1,0 +1,231 @@
+//! An in-process driver: the real round state machine, real local training
+//! on real data, agents as plain values with scripted behaviour (honest,
+//! dropping out, straggling, malicious, malformed) and a logical clock.
+//! Tests, benchmarks and the devnet's learning act use it; the QUIC driver
+//! runs the same machine over the network.
+
+use std::collections::VecDeque;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use yilian_models::{Dataset, TrainConfig};
+
+use crate::{AgentId, DataSchema, Effect, FlError, RoundMachine, RoundRecord, Store, Update};
+
+/// How a simulated agent behaves.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Behaviour {
+    Honest,
+    /// Takes the model of this round, then disconnects.
+    DropsAt(u32),
+    /// Never answers.
+    Straggler,
+    /// Trains honestly, then multiplies its change to the model by this factor.
+    Scaled(f32),
+    /// Sends random weights of the right shape.
+    Random,
+    /// Sends one weight too many.
+    WrongShape,
+    /// Sends a NaN among its weights.
+    NotFinite,
+}
+
+pub struct SimAgent {
+    pub id: AgentId,
+    pub data: Dataset,
+    pub behaviour: Behaviour,
+    /// Rejections received.
+    pub rejections: usize,
+}
+
+impl SimAgent {
+    pub fn new(index: u32, data: Dataset, behaviour: Behaviour) -> Self {
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&index.to_be_bytes());
+        id[4] = 0xA6;
+        Self {
+            id,
+            data,
+            behaviour,
+            rejections: 0,
+        }
+    }
+
+    pub fn schema(&self, label_column: &str) -> DataSchema {
+        DataSchema {
+            features: self.data.n_features,
+            label_column: label_column.to_owned(),
+            classes: self.data.classes,
+        }
+    }
+
+    /// What this agent sends back for `round`, or `None` if it sends nothing.
+    fn respond(
+        &self,
+        machine: &RoundMachine,
+        round: u32,
+        config: &TrainConfig,
+    ) -> Result<Option<Update>, FlError> {
+        let global = machine.global();
+        let honest = || -> Result<Update, FlError> {
+            let out = yilian_models::train(machine.spec(), global, &self.data, config)?;
+            Ok(Update {
+                weights: out.weights,
+                samples: out.samples as u64,
+                loss: out.loss,
+            })
+        };
+        Ok(match self.behaviour {
+            Behaviour::Honest => Some(honest()?),
+            Behaviour::DropsAt(r) if r == round => None,
+            Behaviour::DropsAt(_) => Some(honest()?),
+            Behaviour::Straggler => None,
+            Behaviour::Scaled(k) => {
+                let mut u = honest()?;
+                for (w, g) in u.weights.iter_mut().zip(global) {
+                    *w = g + k * (*w - g);
+                }
+                Some(u)
+            }
+            Behaviour::Random => {
+                let mut rng = StdRng::seed_from_u64(u64::from(round));
+                Some(Update {
+                    weights: global.iter().map(|_| rng.random_range(-5.0..5.0)).collect(),
+                    samples: self.data.len() as u64,
+                    loss: 1.0,
+                })
+            }
+            Behaviour::WrongShape => {
+                let mut u = honest()?;
+                u.weights.push(0.0);
+                Some(u)
+            }
+            Behaviour::NotFinite => {
+                let mut u = honest()?;
+                u.weights[0] = f32::NAN;
+                Some(u)
+            }
+        })
+    }
+}
+
+/// The coordinator and its agents in one process.
+pub struct Simulation {
+    pub machine: RoundMachine,
+    pub agents: Vec<SimAgent>,
+    pub store: Option<Store>,
+    pub now_ms: u64,
+    queue: VecDeque<Effect>,
+}
+
+impl Simulation {
+    /// Recruits every agent (schema mismatches are returned as errors).
+    pub fn new(
+        machine: RoundMachine,
+        agents: Vec<SimAgent>,
+        store: Option<Store>,
+    ) -> Result<Self, FlError> {
+        let mut sim = Self {
+            machine,
+            agents,
+            store,
+            now_ms: 0,
+            queue: VecDeque::new(),
+        };
+        let label = sim.machine.state().task.schema.label_column.clone();
+        for a in &sim.agents {
+            let schema = a.schema(&label);
+            if !sim.machine.state().recruited.contains(&a.id) {
+                sim.machine.recruit(a.id, &schema)?;
+            }
+        }
+        // A resumed machine may be mid-round: agents that have not answered
+        // get the model again.
+        sim.queue.extend(sim.machine.resend_effects());
+        sim.persist()?;
+        Ok(sim)
+    }
+
+    fn persist(&self) -> Result<(), FlError> {
+        if let Some(store) = &self.store {
+            store.save(self.machine.state())?;
+        }
+        Ok(())
+    }
+
+    /// Delivers one update as if it came from `agent`.
+    pub fn deliver(&mut self, agent: AgentId, round: u32, update: Update) -> Result<(), FlError> {
+        let effects = self.machine.submit(agent, round, update, self.now_ms);
+        self.persist()?;
+        self.queue.extend(effects);
+        Ok(())
+    }
+
+    /// Processes queued effects until the task finishes or `stop` says so
+    /// (checked after every closed round). Calls `on_round` for each record.
+    pub fn run_until(
+        &mut self,
+        mut on_round: impl FnMut(&RoundRecord),
+        mut stop: impl FnMut(&Simulation) -> bool,
+    ) -> Result<(), FlError> {
+        loop {
+            if self.queue.is_empty() {
+                if self.machine.is_done() {
+                    return Ok(());
+                }
+                let effects = self.machine.tick(self.now_ms);
+                self.persist()?;
+                if effects.is_empty() {
+                    // Nothing moves until the round's deadline.
+                    match &self.machine.state().phase {
+                        crate::Phase::Training { deadline_ms, .. } => self.now_ms = *deadline_ms,
+                        _ => {
+                            return Err(FlError::InvalidTask("not enough agents to start a round"));
+                        }
+                    }
+                }
+                self.queue.extend(effects);
+                continue;
+            }
+            let Some(effect) = self.queue.pop_front() else {
+                continue;
+            };
+            match effect {
+                Effect::SendModel {
+                    agent,
+                    round,
+                    config,
+                } => {
+                    let Some(idx) = self.agents.iter().position(|a| a.id == agent) else {
+                        continue;
+                    };
+                    self.now_ms += 1;
+                    match self.agents[idx].respond(&self.machine, round, &config)? {
+                        Some(update) => self.deliver(agent, round, update)?,
+                        None if matches!(self.agents[idx].behaviour, Behaviour::DropsAt(_)) => {
+                            let effects = self.machine.leave(agent, self.now_ms);
+                            self.persist()?;
+                            self.queue.extend(effects);
+                        }
+                        None => {}
+                    }
+                }
+                Effect::Rejected { agent, .. } => {
+                    if let Some(a) = self.agents.iter_mut().find(|a| a.id == agent) {
+                        a.rejections += 1;
+                    }
+                }
+                Effect::RoundClosed(record) => {
+                    on_round(&record);
+                    if stop(self) {
+                        return Ok(());
+                    }
+                }
+                Effect::RoundAbandoned { .. } | Effect::Finished | Effect::Expired => {}
+            }
+        }
+    }
+
+    pub fn run(&mut self, on_round: impl FnMut(&RoundRecord)) -> Result<(), FlError> {
+        self.run_until(on_round, |_| false)
+    }
+}

@@ -1,0 +1,75 @@
+//! Durable coordinator state in redb: one record per task, rewritten in one
+//! transaction after every event, so a coordinator killed at any point
+//! reopens to a state in which every counted update is counted once.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::{FlError, TaskState};
+
+const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fl_tasks");
+/// Persisted record layout version (first two bytes, little-endian).
+const STATE_VERSION: u16 = 1;
+
+/// The coordinator's task store.
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, FlError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(TASKS)?;
+        txn.commit()?;
+        Ok(Self { db })
+    }
+
+    /// Saves a task's state, replacing the previous one atomically.
+    pub fn save(&self, state: &TaskState) -> Result<(), FlError> {
+        let mut bytes = STATE_VERSION.to_le_bytes().to_vec();
+        bytes.extend(postcard::to_stdvec(state)?);
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(TASKS)?;
+            table.insert(state.task.id.as_str(), bytes.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn load(&self, task_id: &str) -> Result<Option<TaskState>, FlError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        let Some(guard) = table.get(task_id)? else {
+            return Ok(None);
+        };
+        decode(guard.value()).map(Some)
+    }
+
+    /// Ids of every stored task.
+    pub fn task_ids(&self) -> Result<Vec<String>, FlError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        let mut ids = Vec::new();
+        for entry in table.iter()? {
+            ids.push(entry?.0.value().to_owned());
+        }
+        Ok(ids)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<TaskState, FlError> {
+    let (version, body) = bytes
+        .split_at_checked(2)
+        .ok_or(FlError::Store("truncated task record".into()))?;
+    let version = u16::from_le_bytes([version[0], version[1]]);
+    if version != STATE_VERSION {
+        return Err(FlError::Store(format!(
+            "task record version {version} is not supported"
+        )));
+    }
+    Ok(postcard::from_bytes(body)?)
+}

@@ -1,0 +1,324 @@
+//! Training tasks: what an engineer submits (`task.toml`), what data agents
+//! must hold to take part, and what an agent's policy allows.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use yilian_models::{ModelSpec, Optimizer, TrainConfig};
+
+use crate::FlError;
+
+/// The shape of the data a task trains on; agents must hold exactly this.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSchema {
+    pub features: usize,
+    pub label_column: String,
+    pub classes: usize,
+}
+
+impl DataSchema {
+    /// Checks that an agent's data (`self`) fits `task`'s schema; the error
+    /// names the first field that differs.
+    pub fn check_against(&self, task: &DataSchema) -> Result<(), FlError> {
+        let mismatch = |field, t: &dyn ToString, a: &dyn ToString| FlError::SchemaMismatch {
+            field,
+            task: t.to_string(),
+            agent: a.to_string(),
+        };
+        if self.features != task.features {
+            return Err(mismatch("feature count", &task.features, &self.features));
+        }
+        if self.label_column != task.label_column {
+            return Err(mismatch(
+                "label column",
+                &task.label_column,
+                &self.label_column,
+            ));
+        }
+        // Fewer classes present locally is normal (non-IID); more is not.
+        if self.classes > task.classes {
+            return Err(mismatch("class count", &task.classes, &self.classes));
+        }
+        Ok(())
+    }
+}
+
+/// Server-side strategy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Sample-weighted average of the agents' models (McMahan et al. 2017).
+    #[default]
+    FedAvg,
+    /// FedAvg aggregation with a proximal term in local training (Li et al. 2020).
+    FedProx { mu: f64 },
+    /// Server-side Adam on the averaged pseudo-gradient (Reddi et al. 2021).
+    FedAdam {
+        lr: f64,
+        #[serde(default = "beta1")]
+        beta1: f64,
+        #[serde(default = "beta2")]
+        beta2: f64,
+        #[serde(default = "tau")]
+        tau: f64,
+    },
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.99
+}
+fn tau() -> f64 {
+    1e-3
+}
+
+/// Byzantine-robust combination of the agents' models.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Robust {
+    #[default]
+    None,
+    CoordinateMedian,
+    /// Drops the `beta` fraction of largest and of smallest values per coordinate.
+    TrimmedMean {
+        beta: f64,
+    },
+    /// Keeps the single update closest to its `n - f - 2` nearest neighbours.
+    Krum {
+        f: usize,
+    },
+}
+
+/// A training task as submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub id: String,
+    pub model: ModelSpec,
+    /// Initial weights (safetensors); fresh seeded weights if absent.
+    #[serde(default)]
+    pub initial_weights: Option<PathBuf>,
+    #[serde(default)]
+    pub init_seed: u64,
+    pub schema: DataSchema,
+    pub rounds: u32,
+    pub agents_per_round: usize,
+    pub min_agents: usize,
+    pub local_epochs: u32,
+    pub batch_size: usize,
+    pub optimizer: Optimizer,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub robust: Robust,
+    /// The coordinator's validation set: a CSV with a header naming the label column.
+    pub validation: PathBuf,
+    pub reward_budget: u64,
+    /// How long a round waits for updates before closing with what it has.
+    pub round_timeout_ms: u64,
+    /// Unix time (ms) after which the task stops starting rounds.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+impl TaskSpec {
+    pub fn from_toml(text: &str) -> Result<Self, FlError> {
+        let spec: Self = toml::from_str(text)?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Rejects tasks that cannot run.
+    pub fn check(&self) -> Result<(), FlError> {
+        let bad = FlError::InvalidTask;
+        if self.id.is_empty() || self.id.len() > 128 {
+            return Err(bad("the task id must be 1 to 128 characters"));
+        }
+        if self.model.input_features() != self.schema.features {
+            return Err(bad(
+                "the model's input size differs from the schema's feature count",
+            ));
+        }
+        if self.model.outputs()? < self.schema.classes {
+            return Err(bad(
+                "the model has fewer outputs than the schema has classes",
+            ));
+        }
+        if self.rounds == 0 || self.local_epochs == 0 || self.batch_size == 0 {
+            return Err(bad("rounds, local epochs and batch size must be positive"));
+        }
+        if self.round_timeout_ms == 0 {
+            return Err(bad("the round timeout must be positive"));
+        }
+        if self.min_agents == 0 || self.min_agents > self.agents_per_round {
+            return Err(bad("need 1 <= min_agents <= agents_per_round"));
+        }
+        if let Robust::TrimmedMean { beta } = self.robust
+            && !(0.0..0.5).contains(&beta)
+        {
+            return Err(bad("trimmed-mean beta must be in [0, 0.5)"));
+        }
+        if let Robust::Krum { f } = self.robust
+            && self.min_agents < 2 * f + 3
+        {
+            return Err(bad("Krum with f attackers needs min_agents >= 2f + 3"));
+        }
+        Ok(())
+    }
+
+    /// The local training configuration agents receive for `round`.
+    pub fn train_config(&self, round: u32, agent: &crate::AgentId) -> TrainConfig {
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&Sha256::digest([&agent[..], &round.to_le_bytes()].concat())[..8]);
+        TrainConfig {
+            epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            optimizer: self.optimizer,
+            proximal: match self.strategy {
+                Strategy::FedProx { mu } => Some(yilian_models::Proximal { mu }),
+                _ => None,
+            },
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+
+    /// SHA-256 of the canonical JSON form: what the ledger's `TaskSubmitted` anchors.
+    pub fn hash(&self) -> [u8; 32] {
+        Sha256::digest(serde_json::to_vec(self).unwrap_or_default()).into()
+    }
+
+    /// The budget share of `round` (0-based): equal shares, the last round
+    /// taking the remainder so the shares add up to the budget.
+    pub fn round_budget(&self, round: u32) -> u64 {
+        let per = self.reward_budget / u64::from(self.rounds);
+        if round + 1 == self.rounds {
+            self.reward_budget - per * u64::from(self.rounds - 1)
+        } else {
+            per
+        }
+    }
+}
+
+/// What a device owner lets tasks use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPolicy {
+    pub max_threads: u32,
+    pub max_epochs: u32,
+    pub max_params: u64,
+}
+
+impl Default for AgentPolicy {
+    fn default() -> Self {
+        Self {
+            max_threads: 2,
+            max_epochs: 10,
+            max_params: 1_000_000,
+        }
+    }
+}
+
+impl AgentPolicy {
+    /// Accepts a task only if it fits every limit.
+    pub fn admits(&self, epochs: u32, params: u64) -> Result<(), FlError> {
+        if epochs > self.max_epochs {
+            return Err(FlError::PolicyExceeded {
+                limit: "local epochs",
+                asked: epochs.into(),
+                allowed: self.max_epochs.into(),
+            });
+        }
+        if params > self.max_params {
+            return Err(FlError::PolicyExceeded {
+                limit: "model size (parameters)",
+                asked: params,
+                allowed: self.max_params,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample_toml() -> &'static str {
+        r#"
+id = "digits-mlp"
+rounds = 20
+agents_per_round = 10
+min_agents = 8
+local_epochs = 2
+batch_size = 16
+validation = "validation.csv"
+reward_budget = 1000
+round_timeout_ms = 30000
+
+optimizer = { adam = { lr = 0.01 } }
+strategy = { fed_prox = { mu = 0.01 } }
+robust = { trimmed_mean = { beta = 0.1 } }
+
+[model]
+input = [64]
+layers = [{ linear = { out = 32 } }, "relu", { linear = { out = 10 } }, "softmax"]
+
+[schema]
+features = 64
+label_column = "y"
+classes = 10
+"#
+    }
+
+    #[test]
+    fn the_shipped_example_task_parses() {
+        let t = TaskSpec::from_toml(include_str!("../examples/digits-task.toml")).unwrap();
+        assert_eq!(t.robust, Robust::TrimmedMean { beta: 0.1 });
+        assert_eq!(t.model.param_count().unwrap(), 64 * 64 + 64 + 64 * 10 + 10);
+    }
+
+    #[test]
+    fn parses_a_task_file_and_splits_the_budget() {
+        let t = TaskSpec::from_toml(sample_toml()).unwrap();
+        assert_eq!(t.strategy, Strategy::FedProx { mu: 0.01 });
+        assert_eq!((0..20).map(|r| t.round_budget(r)).sum::<u64>(), 1000);
+        let mut odd = t.clone();
+        odd.reward_budget = 1003;
+        assert_eq!((0..20).map(|r| odd.round_budget(r)).sum::<u64>(), 1003);
+    }
+
+    #[test]
+    fn bad_tasks_and_schemas_are_refused() {
+        let mut t = TaskSpec::from_toml(sample_toml()).unwrap();
+        t.min_agents = 11;
+        assert!(matches!(t.check(), Err(FlError::InvalidTask(_))));
+        let task = DataSchema {
+            features: 64,
+            label_column: "y".into(),
+            classes: 10,
+        };
+        let agent = DataSchema {
+            features: 30,
+            ..task.clone()
+        };
+        let err = agent.check_against(&task).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "data schema mismatch on feature count: the task needs 64, the agent has 30"
+        );
+        let agent = DataSchema {
+            label_column: "label".into(),
+            ..task.clone()
+        };
+        assert!(matches!(
+            agent.check_against(&task),
+            Err(FlError::SchemaMismatch {
+                field: "label column",
+                ..
+            })
+        ));
+        assert!(AgentPolicy::default().admits(20, 10).is_err());
+        assert!(AgentPolicy::default().admits(2, 10_000_000).is_err());
+    }
+}

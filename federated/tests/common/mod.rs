@@ -1,0 +1,98 @@
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use yilian_federated::sim::{Behaviour, SimAgent, Simulation};
+use yilian_federated::{DataSchema, Robust, RoundMachine, RoundRecord, Strategy, TaskSpec};
+use yilian_models::{Dataset, ModelSpec, Optimizer, Standardizer};
+
+pub fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+}
+
+/// Digits split into agents' pool, the coordinator's validation set and a
+/// held-out test set nobody trains or validates on.
+pub fn digits_splits() -> (Dataset, Dataset, Dataset) {
+    let all = Dataset::digits(&data_dir().join("digits.csv.gz")).unwrap();
+    let (rest, test) = all.split(0.2, 42);
+    let (train, validation) = rest.split(0.125, 43);
+    (train, validation, test)
+}
+
+pub fn breast_cancer_splits() -> (Dataset, Dataset, Dataset) {
+    let all = Dataset::breast_cancer(&data_dir().join("breast_cancer.csv")).unwrap();
+    let (rest, mut test) = all.split(0.2, 42);
+    let (mut train, mut validation) = rest.split(0.125, 43);
+    let s = Standardizer::fit(&train);
+    s.apply(&mut train);
+    s.apply(&mut validation);
+    s.apply(&mut test);
+    (train, validation, test)
+}
+
+pub fn task(
+    id: &str,
+    model: ModelSpec,
+    classes: usize,
+    rounds: u32,
+    per_round: usize,
+    min: usize,
+) -> TaskSpec {
+    TaskSpec {
+        id: id.into(),
+        schema: DataSchema {
+            features: model.input_features(),
+            label_column: "y".into(),
+            classes,
+        },
+        model,
+        initial_weights: None,
+        init_seed: 7,
+        rounds,
+        agents_per_round: per_round,
+        min_agents: min,
+        local_epochs: 2,
+        batch_size: 16,
+        optimizer: Optimizer::Adam { lr: 0.01 },
+        strategy: Strategy::FedAvg,
+        robust: Robust::None,
+        validation: PathBuf::from("validation.csv"),
+        reward_budget: 10_000,
+        round_timeout_ms: 60_000,
+        deadline_ms: None,
+    }
+}
+
+pub fn agents(shards: Vec<Dataset>, behaviours: &[(usize, Behaviour)]) -> Vec<SimAgent> {
+    shards
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let b = behaviours
+                .iter()
+                .find(|(k, _)| *k == i)
+                .map_or(Behaviour::Honest, |(_, b)| *b);
+            SimAgent::new(i as u32, d, b)
+        })
+        .collect()
+}
+
+/// Runs a task to the end and returns its records and final model.
+pub fn run(
+    task: TaskSpec,
+    validation: Dataset,
+    agents: Vec<SimAgent>,
+) -> (Vec<RoundRecord>, Vec<f32>, Vec<SimAgent>) {
+    let w0 = task.model.init_weights(task.init_seed).unwrap();
+    let machine = RoundMachine::new(task, w0, validation).unwrap();
+    let mut sim = Simulation::new(machine, agents, None).unwrap();
+    let mut records = Vec::new();
+    sim.run(|r| records.push(r.clone())).unwrap();
+    (records, sim.machine.global().to_vec(), sim.agents)
+}
+
+pub fn test_accuracy(spec: &ModelSpec, weights: &[f32], test: &Dataset) -> f64 {
+    yilian_models::evaluate(spec, weights, test)
+        .unwrap()
+        .accuracy
+}

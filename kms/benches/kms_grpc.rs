@@ -1,0 +1,198 @@
+//! GenerateDataKey and Decrypt over gRPC on loopback with mutual TLS, at 1,
+//! 16 and 64 concurrent clients, with the ledger audit on (durable, group
+//! commit) and, as the baseline in the same run, with an audit log that
+//! records nothing, so the audit's cost shows as a ratio.
+//!
+//! Run: `cargo bench -p yilian-kms --bench kms_grpc` (env BENCH_SECS, default 3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::net::TcpListener;
+use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::{Identity, Role};
+use yilian_kms::audit::{AuditLog, AuditReceipt, KeyAudit, VerifiedAudit};
+use yilian_kms::client::Client;
+use yilian_kms::policy::AccountId;
+use yilian_kms::service::{KmsNode, KmsService};
+use yilian_kms::{LedgerAudit, system_clock};
+use yilian_ledger::{Ledger, Payload, Transaction};
+
+/// The baseline only: an audit log that keeps nothing.
+#[derive(Clone)]
+struct NoAudit;
+
+impl AuditLog for NoAudit {
+    async fn record(&self, _: KeyAudit) -> yilian_kms::Result<AuditReceipt> {
+        Ok(AuditReceipt { index: 0 })
+    }
+    fn trail(&self, _: &AccountId, _: Option<&str>) -> yilian_kms::Result<Vec<VerifiedAudit>> {
+        Ok(Vec::new())
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    owner: Identity,
+    node: Identity,
+    ledger: Ledger,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::create("bench").unwrap();
+    let node = ca
+        .admit(&AdmissionRequest::new("org", Role::Member, "node"))
+        .unwrap();
+    let owner = ca
+        .admit(&AdmissionRequest::new("org", Role::Member, "owner"))
+        .unwrap();
+    let ledger = Ledger::open(&dir.path().join("ledger.redb"), node.signing_key().clone()).unwrap();
+    let authority: SigningKey = ca.signing_key();
+    ledger
+        .submit(
+            Transaction::new(Payload::Genesis {
+                network: "bench".into(),
+                authority: authority.verifying_key().to_bytes(),
+            })
+            .sign(&authority),
+        )
+        .await
+        .unwrap();
+    for id in [&node, &owner] {
+        let p = id.principal();
+        ledger
+            .submit(
+                Transaction::new(Payload::Admit {
+                    org: p.org.clone(),
+                    role: p.role,
+                    name: p.name.clone(),
+                    public_key: p.public_key,
+                    serial: p.serial.clone(),
+                    not_after_ms: u64::MAX,
+                })
+                .sign(&authority),
+            )
+            .await
+            .unwrap();
+    }
+    Setup {
+        _dir: dir,
+        owner,
+        node,
+        ledger,
+    }
+}
+
+async fn serve<A: AuditLog + Clone>(s: &Setup, name: &str, audit: A) -> String {
+    let root = yilian_kms::crypto::random_key().unwrap();
+    let node = KmsNode::unsealed(s._dir.path().join(name), root, audit, system_clock()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = yilian_identity::grpc::incoming(listener, &s.node, Default::default()).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(KmsService::new(node).into_server())
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    GenerateDataKey,
+    Decrypt,
+}
+
+struct Figures {
+    rps: f64,
+    p50_us: u128,
+    p99_us: u128,
+}
+
+async fn run(addr: &str, owner: &Identity, op: Op, clients: usize, secs: f64) -> Figures {
+    // One HTTP/2 connection per 8 clients, as a pool of real clients would.
+    let conns = clients.div_ceil(8);
+    let mut channels = Vec::new();
+    for _ in 0..conns {
+        channels.push(Client::connect(addr, owner).await.unwrap());
+    }
+    let mut c0 = channels[0].clone();
+    let wrapped = Arc::new(
+        c0.generate_data_key("bench", b"ctx", None)
+            .await
+            .unwrap()
+            .wrapped,
+    );
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let mut c = channels[i % conns].clone();
+        let wrapped = wrapped.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match op {
+                    Op::GenerateDataKey => {
+                        c.generate_data_key("bench", b"ctx", None).await.unwrap();
+                    }
+                    Op::Decrypt => {
+                        c.decrypt(&wrapped, b"ctx", None).await.unwrap();
+                    }
+                }
+                lat.push(t.elapsed().as_micros());
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Figures {
+        rps: all.len() as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+fn main() {
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let s = setup().await;
+        let audited = serve(&s, "kms-audit.redb", LedgerAudit::new(s.ledger.clone(), s.node.signing_key().clone())).await;
+        let bare = serve(&s, "kms-noaudit.redb", NoAudit).await;
+        for addr in [&audited, &bare] {
+            Client::connect(addr, &s.owner).await.unwrap().create_key("bench", false, false).await.unwrap();
+        }
+        println!(
+            "KMS over gRPC, loopback, mutual TLS (ed25519 certs), {} CPU(s), {secs:.1}s per cell; server and clients share the machine",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        );
+        println!("{:<18} {:>7} | {:>10} {:>9} {:>9} | {:>10} {:>9} {:>9} | {:>6}", "operation", "clients", "audit rq/s", "p50 us", "p99 us", "none rq/s", "p50 us", "p99 us", "ratio");
+        for (name, op) in [("GenerateDataKey", Op::GenerateDataKey), ("Decrypt", Op::Decrypt)] {
+            for clients in [1usize, 16, 64] {
+                let a = run(&audited, &s.owner, op, clients, secs).await;
+                let b = run(&bare, &s.owner, op, clients, secs).await;
+                println!(
+                    "{:<18} {:>7} | {:>10.0} {:>9} {:>9} | {:>10.0} {:>9} {:>9} | {:>6.2}",
+                    name, clients, a.rps, a.p50_us, a.p99_us, b.rps, b.p50_us, b.p99_us, a.rps / b.rps
+                );
+            }
+        }
+        println!("ledger entries written by the audited runs: {}", s.ledger.len());
+    });
+}

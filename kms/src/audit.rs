@@ -1,0 +1,183 @@
+//! The audit trail. Every KMS operation, allowed or refused, is recorded
+//! through [`AuditLog`]; an operation that would succeed but cannot be
+//! recorded fails instead (fail closed). [`LedgerAudit`] writes each record
+//! as a `KeyAudit` transaction signed by the node identity on the Yilian
+//! ledger (whose writer batches concurrent submissions into one durable
+//! commit), and lets an owner list and verify every use of their keys.
+
+use std::future::Future;
+
+use ed25519_dalek::SigningKey;
+use serde::{Deserialize, Serialize};
+use yilian_ledger::bundle::{BUNDLE_VERSION, InclusionBundle};
+use yilian_ledger::{Ledger, Payload, SignedTransaction, Transaction};
+
+use crate::error::{KmsError, Result};
+use crate::policy::AccountId;
+
+/// One audited operation. Contains identifiers and a request hash, never key
+/// material or plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAudit {
+    pub owner: AccountId,
+    pub actor: AccountId,
+    pub operation: String,
+    pub key_id: String,
+    pub key_version: Option<u32>,
+    pub grant_id: Option<String>,
+    /// "ok" or the refusal's reason label.
+    pub outcome: String,
+    pub request_hash: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditReceipt {
+    /// Position of the record in the audit log (the ledger index).
+    pub index: u64,
+}
+
+/// Where audit records go. Implementations must make the record durable
+/// before returning `Ok`.
+pub trait AuditLog: Send + Sync + 'static {
+    fn record(&self, entry: KeyAudit) -> impl Future<Output = Result<AuditReceipt>> + Send;
+
+    /// Every record about `owner`'s keys (optionally one key), each verified.
+    fn trail(&self, owner: &AccountId, key_id: Option<&str>) -> Result<Vec<VerifiedAudit>>;
+}
+
+/// Audit on the Yilian ledger, signed by the node's identity.
+#[derive(Clone)]
+pub struct LedgerAudit {
+    ledger: Ledger,
+    node_key: SigningKey,
+}
+
+impl std::fmt::Debug for LedgerAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerAudit")
+            .field(
+                "node",
+                &hex::encode(self.node_key.verifying_key().as_bytes()),
+            )
+            .finish()
+    }
+}
+
+/// A verified audit entry: the record, its ledger index and the proof bundle.
+#[derive(Clone, Debug)]
+pub struct VerifiedAudit {
+    pub index: u64,
+    pub entry: KeyAudit,
+    pub bundle: InclusionBundle,
+}
+
+impl LedgerAudit {
+    pub fn new(ledger: Ledger, node_key: SigningKey) -> Self {
+        LedgerAudit { ledger, node_key }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Every audit record about `owner`'s keys (optionally one key), each
+    /// checked by an inclusion proof against the current signed tree head.
+    fn verified_trail(
+        &self,
+        owner: &AccountId,
+        key_id: Option<&str>,
+    ) -> Result<Vec<VerifiedAudit>> {
+        let head = self.ledger.tree_head();
+        let entries = self
+            .ledger
+            .entries(0, head.tree_size)
+            .map_err(|e| KmsError::Storage(e.to_string()))?;
+        let mut out = Vec::new();
+        for (index, stx) in entries {
+            let Some(entry) = key_audit_of(&stx) else {
+                continue;
+            };
+            if &entry.owner != owner || key_id.is_some_and(|k| k != entry.key_id) {
+                continue;
+            }
+            let bundle = InclusionBundle {
+                version: BUNDLE_VERSION,
+                entry: stx.encode(),
+                transaction: None,
+                proof: self
+                    .ledger
+                    .inclusion_proof(index, head.tree_size)
+                    .map_err(|e| KmsError::Storage(e.to_string()))?,
+                tree_head: head.clone(),
+            };
+            let checked = bundle.verify(&head.log_key).map_err(|e| {
+                KmsError::Corrupt(format!("audit entry {index} fails verification: {e}"))
+            })?;
+            if checked != stx {
+                return Err(KmsError::Corrupt(format!(
+                    "audit entry {index} differs from its proof"
+                )));
+            }
+            out.push(VerifiedAudit {
+                index,
+                entry,
+                bundle,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The KMS record carried by a ledger transaction, if it is one.
+pub fn key_audit_of(stx: &SignedTransaction) -> Option<KeyAudit> {
+    match &stx.tx.payload {
+        Payload::KeyAudit {
+            owner,
+            actor,
+            operation,
+            key_id,
+            key_version,
+            grant_id,
+            outcome,
+            request_hash,
+        } => Some(KeyAudit {
+            owner: *owner,
+            actor: *actor,
+            operation: operation.clone(),
+            key_id: key_id.clone(),
+            key_version: *key_version,
+            grant_id: grant_id.clone(),
+            outcome: outcome.clone(),
+            request_hash: *request_hash,
+        }),
+        _ => None,
+    }
+}
+
+impl AuditLog for LedgerAudit {
+    async fn record(&self, a: KeyAudit) -> Result<AuditReceipt> {
+        let tx = Transaction::new(Payload::KeyAudit {
+            owner: a.owner,
+            actor: a.actor,
+            operation: a.operation,
+            key_id: a.key_id,
+            key_version: a.key_version,
+            grant_id: a.grant_id,
+            outcome: a.outcome,
+            request_hash: a.request_hash,
+        })
+        .sign(&self.node_key);
+        let receipt = self
+            .ledger
+            .submit(tx)
+            .await
+            .map_err(|e| KmsError::AuditFailed(e.to_string()))?;
+        Ok(AuditReceipt {
+            index: receipt.index,
+        })
+    }
+
+    fn trail(&self, owner: &AccountId, key_id: Option<&str>) -> Result<Vec<VerifiedAudit>> {
+        self.verified_trail(owner, key_id)
+    }
+}
