@@ -1,6 +1,7 @@
 //! `yilian devnet`: a whole local network on an embedded store, doing real
 //! work end to end, then a summary. Each capability adds its act here.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
@@ -24,8 +25,23 @@ pub const PARTICIPANTS: &[(&str, Role, &str)] = &[
     ("watchdog", Role::Auditor, "auditor"),
     ("households", Role::Device, "device-1"),
     ("households", Role::Device, "device-2"),
+    ("households", Role::Device, "device-3"),
+    ("households", Role::Device, "device-4"),
+    ("households", Role::Device, "device-5"),
+    ("households", Role::Device, "device-6"),
+    ("households", Role::Device, "device-7"),
+    ("households", Role::Device, "device-8"),
+    ("households", Role::Device, "device-9"),
+    ("households", Role::Device, "device-10"),
     ("households", Role::Device, "mallory-phone"),
 ];
+
+/// The devices that train in the learning act.
+const TRAINING_DEVICES: usize = 10;
+/// Federated rounds in the learning act.
+const ROUNDS: u32 = 10;
+/// The digits data set, embedded so the devnet needs no set-up (see data/README.md).
+const DIGITS: &[u8] = include_bytes!("../data/digits.csv.gz");
 
 pub async fn run(dir: Option<PathBuf>) -> Result<()> {
     let _tmp;
@@ -64,6 +80,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         metrics: None,
         identity: net.identity(network::NODE_IDENTITY),
         kms_sealed: false,
+        federated: Some("127.0.0.1:0".parse()?),
     };
     let running = node::start(&cfg).await?;
     let addr = running.addr.to_string();
@@ -71,25 +88,163 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
 
     let result = async {
         ledger_act(&net, &addr).await?;
-        let id = |n: &str| net.load_identity(n);
-        let (owner, reader, recipient) = (
-            id("shop-holder")?,
-            id("device-2")?,
-            id(network::OPERATOR_IDENTITY)?,
+        kms_act(&net, &addr).await?;
+        zk_act(&net, &addr).await?;
+        let fl = running
+            .federated
+            .context("the node serves no federated learning")?;
+        learning_act(&net, &root, &addr, fl).await?;
+        let mut auditor = client(&net, "auditor", &addr).await?.0;
+        let end = auditor.tree_head().await?;
+        println!(
+            "summary: {} ledger entries (admissions, transfers, key audit, record anchors, \
+             contributions, rewards), final root {}",
+            end.tree_size,
+            hex::encode(end.root_hash)
         );
-        let trustees = [id("trustee-a")?, id("trustee-b")?, id("trustee-c")?];
-        let cast = yilian_kms::devnet::Cast {
-            owner: &owner,
-            trustees: [&trustees[0], &trustees[1], &trustees[2]],
-            reader: &reader,
-            recipient: &recipient,
-        };
-        yilian_kms::devnet::act(&addr, cast).await
+        anyhow::Ok(())
     }
     .await;
     running.stop().await?;
     result?;
     println!("== devnet finished: every step above was checked");
+    Ok(())
+}
+
+async fn kms_act(net: &NetworkDir, addr: &str) -> Result<()> {
+    let id = |n: &str| net.load_identity(n);
+    let (owner, reader, recipient) = (
+        id("shop-holder")?,
+        id("device-2")?,
+        id(network::OPERATOR_IDENTITY)?,
+    );
+    let trustees = [id("trustee-a")?, id("trustee-b")?, id("trustee-c")?];
+    let cast = yilian_kms::devnet::Cast {
+        owner: &owner,
+        trustees: [&trustees[0], &trustees[1], &trustees[2]],
+        reader: &reader,
+        recipient: &recipient,
+    };
+    yilian_kms::devnet::act(addr, cast).await
+}
+
+/// The data holder encrypts a customer record under a KMS-issued BN254 key,
+/// anchors it and the statement's verifying key on the ledger; a bank then
+/// checks facts about it from proofs alone.
+async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
+    let holder = net.load_identity("shop-holder")?;
+    let mut kms = yilian_kms::client::Client::connect(addr, &holder).await?;
+    let key_id = "customer-0001-zk";
+    kms.create_key(key_id, true, false).await?;
+    let zk_key = kms
+        .raw
+        .zk_key(yilian_kms::service::pb::KeyRef {
+            key_id: key_id.into(),
+        })
+        .await?
+        .into_inner();
+    let elements = yilian_kms::zk::elements(&zk_key.elements)?;
+    println!(
+        "zk: KMS issued BN254 key `{key_id}` to shop-holder, Poseidon commitment {}",
+        hex::encode(&zk_key.commitment)
+    );
+    let outcome = tokio::task::spawn_blocking(move || {
+        let key = yilian_zk::record::CipherKey::new(elements);
+        yilian_zk::devnet::act(&mut std::io::stdout(), Some(key))
+    })
+    .await??;
+    let anchor = &outcome.record_anchor;
+    ensure!(
+        anchor.key_commitment.as_slice() == zk_key.commitment.as_slice(),
+        "the record is not bound to the KMS key"
+    );
+    let mut ledger = LedgerClient::new(yilian_identity::grpc::connect(addr, &holder).await?);
+    let rec = ledger
+        .submit(
+            &Transaction::new(Payload::RecordAnchor {
+                record_id: anchor.record_id.clone(),
+                ciphertext_hash: anchor.ciphertext_hash,
+                key_commitment: anchor.key_commitment,
+            })
+            .sign(holder.signing_key()),
+        )
+        .await?;
+    let vk = ledger
+        .submit(
+            &Transaction::new(Payload::VerifyingKeyAnchor {
+                statement: yilian_zk::KYC_STATEMENT.into(),
+                vk_hash: outcome.vk_hash,
+            })
+            .sign(holder.signing_key()),
+        )
+        .await?;
+    let yes = outcome.answers.iter().filter(|(_, a)| *a).count();
+    println!(
+        "zk: record anchored at ledger entry {}, verifying key at entry {}; \
+         the bank learned {} answers ({yes} true) and nothing else",
+        rec.index,
+        vk.index,
+        outcome.answers.len()
+    );
+    Ok(())
+}
+
+/// Ten devices train on private non-IID shares through the node's
+/// coordinator over QUIC; contributions and rewards land on the ledger.
+async fn learning_act(
+    net: &NetworkDir,
+    root: &std::path::Path,
+    addr: &str,
+    fl: SocketAddr,
+) -> Result<()> {
+    let data_dir = root.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    std::fs::write(data_dir.join("digits.csv.gz"), DIGITS)?;
+    let devices: Vec<PathBuf> = (1..=TRAINING_DEVICES)
+        .map(|i| net.identity(&format!("device-{i}")))
+        .collect();
+    let (mut auditor, _) = client(net, "auditor", addr).await?;
+    let mut accounts = Vec::new();
+    for d in &devices {
+        accounts.push(Identity::load(d)?.principal().public_key);
+    }
+    let mut before = 0;
+    for a in &accounts {
+        before += auditor.balance(a).await?;
+    }
+    let report = yilian_federated::devnet::act(
+        fl,
+        &net.identity("ml-engineer"),
+        &devices,
+        &data_dir,
+        &root.join("learning"),
+        ROUNDS,
+    )
+    .await?;
+    let last = report.history.last().context("the task closed no round")?;
+    ensure!(
+        report.onnx_accuracy > 0.8,
+        "the federated model is no better than {:.3} on held-out digits",
+        report.onnx_accuracy
+    );
+    // The rewards the coordinator wrote must show in the devices' ledger balances.
+    let mut after = 0;
+    for a in &accounts {
+        after += auditor.balance(a).await?;
+    }
+    let on_ledger = after - before;
+    let earned: u64 = report.rewards.iter().flatten().map(|r| r.amount).sum();
+    ensure!(
+        on_ledger == earned && earned > 0,
+        "rewards earned ({earned}) are not on the ledger ({on_ledger})"
+    );
+    println!(
+        "learning: task {} closed {} rounds; final validation accuracy {:.3}; model exported to {}",
+        report.task_id,
+        report.history.len(),
+        last.accuracy,
+        report.onnx_path.display()
+    );
     Ok(())
 }
 
@@ -240,12 +395,6 @@ async fn ledger_act(net: &NetworkDir, addr: &str) -> Result<()> {
         "refused: unadmitted client ({})\n         revoked client ({})",
         unadmitted.unwrap_err(),
         revoked.unwrap_err()
-    );
-    let end = operator.tree_head().await?;
-    println!(
-        "summary: {} ledger entries, final root {}",
-        end.tree_size,
-        hex::encode(end.root_hash)
     );
     Ok(())
 }

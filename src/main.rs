@@ -58,6 +58,13 @@ enum Command {
     /// Key management: master and data keys, envelopes, rotation, escrow, grants, audit.
     #[command(subcommand)]
     Kms(yilian_kms::cli::Command),
+    /// Zero-knowledge checks on encrypted records: setup, register, prove, verify.
+    #[command(subcommand)]
+    Zk(yilian_zk::cli::Command),
+    /// Federated learning, for ML engineers: submit a task, follow it, download the model.
+    /// Devices run the agent: `cargo run --release -p yilian-node-agent -- --help`.
+    #[command(subcommand)]
+    Task(yilian_federated::cli::TaskCommand),
     /// Appends entries to a ledger and prints each index once it is durable (crash tests).
     #[command(hide = true)]
     AppendStream {
@@ -236,6 +243,8 @@ async fn run(cmd: Command) -> Result<()> {
         }
         Command::Ledger(l) => ledger(l).await,
         Command::Kms(k) => k.run().await,
+        Command::Zk(z) => z.run().await,
+        Command::Task(t) => t.run().await,
         Command::AppendStream { data, count } => append_stream(data, count).await,
     }
 }

@@ -98,13 +98,26 @@ pub async fn init_network(dir: &NetworkDir, network: &str, listen: &str) -> Resu
     }
     let config = format!(
         "# Yilian node configuration (flags and YILIAN_* environment variables override it)\n\
-         data_dir = {:?}\nlisten = {:?}\nmetrics = \"127.0.0.1:9464\"\nidentity = {:?}\n",
+         data_dir = {:?}\nlisten = {:?}\nfederated = {:?}\nmetrics = \"127.0.0.1:9464\"\nidentity = {:?}\n",
         dir.root.display().to_string(),
         listen,
+        federated_addr(listen),
         dir.identity(NODE_IDENTITY).display().to_string(),
     );
     std::fs::write(dir.config(), config)?;
     Ok(())
+}
+
+/// The federated (QUIC) address next to a gRPC one: same host, next port.
+fn federated_addr(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(mut a) if a.port() != 0 => {
+            a.set_port(a.port().wrapping_add(1));
+            a.to_string()
+        }
+        Ok(a) => a.to_string(),
+        Err(_) => "127.0.0.1:7401".into(),
+    }
 }
 
 fn far_future() -> u64 {

@@ -30,6 +30,10 @@ pub struct NodeConfig {
     /// `kms-root.key` in the data directory (created on first start).
     #[serde(default)]
     pub kms_sealed: bool,
+    /// QUIC address of the federated-learning coordinator (agents and
+    /// engineers connect here); `None` serves no federated learning.
+    #[serde(default)]
+    pub federated: Option<SocketAddr>,
 }
 
 /// Command-line and environment overrides for a [`NodeConfig`].
@@ -50,6 +54,9 @@ pub struct NodeOverrides {
     /// Start the KMS sealed (unseal with `yilian kms unseal`).
     #[arg(long, env = "YILIAN_KMS_SEALED")]
     pub kms_sealed: bool,
+    /// Federated-learning (QUIC) listen address, e.g. 127.0.0.1:7401.
+    #[arg(long, env = "YILIAN_FEDERATED")]
+    pub federated: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -61,6 +68,7 @@ struct FileConfig {
     identity: Option<PathBuf>,
     #[serde(default)]
     kms_sealed: bool,
+    federated: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -91,6 +99,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid address")),
             metrics: over.metrics.or(f.metrics),
             kms_sealed: over.kms_sealed || f.kms_sealed,
+            federated: over.federated.or(f.federated),
             data_dir,
         })
     }
@@ -99,7 +108,10 @@ impl NodeConfig {
 /// A node serving in the background of this process.
 pub struct RunningNode {
     pub addr: SocketAddr,
+    /// Where the federated-learning coordinator listens (QUIC), if it runs.
+    pub federated: Option<SocketAddr>,
     pub ledger: Ledger,
+    coordinator: Option<yilian_federated::coordinator::Coordinator>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -108,6 +120,9 @@ impl RunningNode {
     /// Stops serving: in-flight requests get a few seconds to finish, then
     /// connections still open (idle clients) are dropped.
     pub async fn stop(mut self) -> Result<()> {
+        if let Some(c) = self.coordinator.take() {
+            c.shutdown();
+        }
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }
@@ -162,7 +177,25 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let incoming = yilian_identity::grpc::incoming(listener, &identity, revocations)?;
+    let incoming = yilian_identity::grpc::incoming(listener, &identity, revocations.clone())?;
+    let coordinator = match cfg.federated {
+        Some(fl_addr) => Some(
+            yilian_federated::coordinator::Coordinator::serve(
+                fl_addr,
+                identity.clone(),
+                revocations,
+                Some(ledger.clone()),
+                &cfg.data_dir.join("federated"),
+            )
+            .await
+            .with_context(|| format!("cannot start the federated coordinator on {fl_addr}"))?,
+        ),
+        None => None,
+    };
+    let federated = match &coordinator {
+        Some(c) => Some(c.local_addr()?),
+        None => None,
+    };
     let node_key = identity.signing_key().clone();
     let (kms, kms_server) = if cfg.kms_sealed {
         yilian_kms::service::sealed(&cfg.data_dir, ledger.clone(), node_key)
@@ -181,8 +214,13 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         sweeper.abort();
     }));
     tracing::info!(%addr, principal = %identity.principal(), size = ledger.len(), "node serving");
+    if let Some(fl) = federated {
+        tracing::info!(%fl, "federated coordinator serving over QUIC");
+    }
     Ok(RunningNode {
         addr,
+        federated,
+        coordinator,
         ledger,
         shutdown: Some(tx),
         task,

@@ -39,6 +39,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         metrics: None,
         identity: dir.identity(network::NODE_IDENTITY),
         kms_sealed: false,
+        federated: None,
     };
     let node = node::start(&cfg).await.unwrap();
     let addr = node.addr.to_string();
