@@ -225,7 +225,7 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli_message(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -326,6 +326,31 @@ async fn operator_client(dir: &NetworkDir, addr: &str) -> Result<LedgerClient> {
     Ok(LedgerClient::new(
         yilian_identity::grpc::connect(addr, &op).await?,
     ))
+}
+
+/// How any failure reads on the command line: a node's refusal as its gRPC
+/// code and message (the code says whether retrying can help), anything else
+/// with its chain of causes.
+fn cli_message(e: &anyhow::Error) -> String {
+    let context: Vec<String> = e
+        .chain()
+        .take_while(|c| c.downcast_ref::<tonic::Status>().is_none())
+        .map(ToString::to_string)
+        .collect();
+    match e.chain().find_map(|c| c.downcast_ref::<tonic::Status>()) {
+        Some(s) => {
+            let refusal = match std::error::Error::source(s) {
+                Some(src) if s.message().is_empty() || s.code() == tonic::Code::Unavailable => {
+                    yilian_identity::grpc::error_chain(src)
+                }
+                _ => s.message().to_owned(),
+            };
+            let mut parts = context;
+            parts.push(format!("refused ({:?}): {refusal}", s.code()));
+            parts.join(": ")
+        }
+        None => format!("{e:#}"),
+    }
 }
 
 fn status(s: tonic::Status) -> anyhow::Error {

@@ -96,13 +96,18 @@ pub async fn init_network(dir: &NetworkDir, network: &str, listen: &str) -> Resu
             .submit(admission_tx(&authority, id.principal(), far_future()))
             .await?;
     }
+    // Absolute paths, so the node can be started from any directory.
+    let root = std::fs::canonicalize(&dir.root)?;
     let config = format!(
         "# Yilian node configuration (flags and YILIAN_* environment variables override it)\n\
          data_dir = {:?}\nlisten = {:?}\nfederated = {:?}\nmetrics = \"127.0.0.1:9464\"\nidentity = {:?}\n",
-        dir.root.display().to_string(),
+        root.display().to_string(),
         listen,
         federated_addr(listen),
-        dir.identity(NODE_IDENTITY).display().to_string(),
+        root.join("identities")
+            .join(NODE_IDENTITY)
+            .display()
+            .to_string(),
     );
     std::fs::write(dir.config(), config)?;
     Ok(())
