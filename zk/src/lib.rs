@@ -27,7 +27,9 @@ pub mod keys;
 pub mod prover;
 pub mod query;
 pub mod record;
+pub mod service;
 pub mod snarkjs;
+mod store;
 pub mod verifier;
 
 pub use yilian_circuits::kyc::{KycPublic, PUBLIC_INPUTS};
@@ -66,7 +68,79 @@ pub enum ZkError {
     Groth16(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("role `{role}` may not {action}")]
+    WrongRole { role: String, action: &'static str },
+    #[error("unknown record `{0}`")]
+    UnknownRecord(String),
+    #[error("record `{0}` is registered by another data holder")]
+    NotRecordHolder(String),
+    #[error("no set with root {0} is registered; the data holder must register it first")]
+    UnknownSet(String),
+    #[error("unknown statement `{0}` (this node proves `kyc-v1`)")]
+    UnknownStatement(String),
+    #[error("record `{record_id}` is not anchored on the ledger as registered: {detail}")]
+    NotAnchored { record_id: String, detail: String },
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("ledger: {0}")]
+    Ledger(#[from] yilian_ledger::LedgerError),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
+
+impl From<ZkError> for tonic::Status {
+    fn from(e: ZkError) -> tonic::Status {
+        use ZkError::*;
+        use tonic::Code;
+        use yilian_circuits::CircuitError as C;
+        let code = match &e {
+            WrongRole { .. } | NotRecordHolder(_) => Code::PermissionDenied,
+            UnknownRecord(_) | UnknownStatement(_) => Code::NotFound,
+            TooManyFields(_)
+            | UnknownField(_)
+            | NotAnInteger(_)
+            | NonceOutOfRange
+            | Malformed { .. }
+            | BadRequest(_)
+            | InvalidProof => Code::InvalidArgument,
+            Circuit(c) => match c {
+                // A set the holder holds does not answer for this value.
+                C::MissingSetPath => Code::FailedPrecondition,
+                C::UnsupportedWidth(_) => Code::Internal,
+                _ => Code::InvalidArgument,
+            },
+            SetNotProvided
+            | SetRootMismatch
+            | UnknownSet(_)
+            | FalseClaim
+            | AnchorMismatch
+            | VerifyingKeyMismatch
+            | NotAnchored { .. } => Code::FailedPrecondition,
+            // The ledger's own mapping (a refused anchor keeps its code).
+            Ledger(l) => return tonic::Status::from(l.clone()),
+            Groth16(_) | Io(_) | Storage(_) | Corrupt(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
+}
+
+macro_rules! redb_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for ZkError {
+            fn from(e: $t) -> Self { ZkError::Storage(e.to_string()) }
+        }
+    )*};
+}
+redb_err!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
 
 pub type Result<T, E = ZkError> = std::result::Result<T, E>;
 

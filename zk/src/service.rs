@@ -1,0 +1,937 @@
+//! The ZK API over gRPC (`proto/zk.proto`), as a data holder's node serves
+//! it. The caller is the identity of the mutual-TLS client certificate
+//! ([`yilian_identity::grpc::caller`]).
+//!
+//! - Data holders register encrypted records with the cipher key the KMS
+//!   issued them, and the sets their records may be asked about. A record is
+//!   accepted only when the caller's latest `RecordAnchor` for it on the
+//!   ledger names exactly this ciphertext and key commitment, so the node
+//!   never proves about anything the holder has not publicly committed to.
+//! - Verifiers ask predicates and get the answer with its Groth16 proof; a
+//!   false answer is proven too.
+//! - Anyone admitted verifies a proof against a verifying key anchored on
+//!   the ledger and against the record's latest anchor.
+//!
+//! Keys: the node proves `kyc-v1` with the keys in `<data_dir>/zk/`
+//! (`kyc-v1.pk`, `kyc-v1.vk`). They are loaded, or made by the single-party
+//! development setup ([`keys::setup`]) when absent, on first use rather
+//! than at node start: generation takes seconds of CPU that a node which
+//! never proves should not pay, and a node start must stay fast. Once
+//! loaded, the node anchors the verifying key's hash on the ledger
+//! (`VerifyingKeyAnchor`, signed by the node identity) unless its latest
+//! anchor already names it. [`ZkService::prepare_keys`] does this eagerly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ark_bn254::{Bn254, Fr};
+use ark_groth16::{PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
+use tonic::{Request, Response, Status};
+use yilian_circuits::kyc::{self, KycPublic, SetOp};
+use yilian_circuits::set::SortedSet;
+use yilian_identity::{Identity, Principal, Role};
+use yilian_ledger::{Ledger, Payload, Transaction};
+use zeroize::Zeroizing;
+
+use crate::prover::{self, KycProof};
+use crate::query::{self, Predicate};
+use crate::record::{CipherKey, EncryptedRecord, FieldKind, FieldSpec, FieldValue, RecordAnchor};
+use crate::store::{Store, StoredRecord};
+use crate::{KYC_STATEMENT, Result, ZkError, fr_from_bytes, fr_to_bytes, keys, snarkjs, verifier};
+
+pub mod pb {
+    tonic::include_proto!("yilian.zk.v1");
+}
+
+pub use pb::zk_client::ZkClient;
+pub use pb::zk_server::ZkServer;
+
+/// Largest request the server decodes: a set of 2^20 members as field
+/// elements is about 36 MiB.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Longest record id accepted.
+pub const MAX_RECORD_ID_LEN: usize = 256;
+
+impl std::fmt::Debug for pb::RegisterRecordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRecordRequest")
+            .field("record", &self.record)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Drop for pb::RegisterRecordRequest {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Conversions between the wire and the crate's types.
+
+fn fr(bytes: &[u8], what: &'static str) -> Result<Fr> {
+    let array: &[u8; 32] = bytes.try_into().map_err(|_| ZkError::Malformed {
+        what,
+        detail: format!("{} bytes, expected 32", bytes.len()),
+    })?;
+    fr_from_bytes(array).map_err(|_| ZkError::Malformed {
+        what,
+        detail: "not a canonical field element (at or above the BN254 scalar modulus)".into(),
+    })
+}
+
+fn account(bytes: &[u8], what: &'static str) -> Result<[u8; 32]> {
+    bytes.try_into().map_err(|_| ZkError::Malformed {
+        what,
+        detail: "expected a 32-byte ed25519 public key".into(),
+    })
+}
+
+impl From<&EncryptedRecord> for pb::EncryptedRecord {
+    fn from(r: &EncryptedRecord) -> Self {
+        pb::EncryptedRecord {
+            record_id: r.record_id.clone(),
+            schema: r
+                .schema
+                .iter()
+                .map(|f| pb::FieldSpec {
+                    name: f.name.clone(),
+                    kind: match f.kind {
+                        FieldKind::Integer => pb::FieldKind::Integer,
+                        FieldKind::Identifier => pb::FieldKind::Identifier,
+                    } as i32,
+                })
+                .collect(),
+            nonce: r.nonce.to_le_bytes().to_vec(),
+            ciphertext: r
+                .ciphertext
+                .iter()
+                .map(|c| fr_to_bytes(c).to_vec())
+                .collect(),
+            key_commitment: fr_to_bytes(&r.key_commitment).to_vec(),
+        }
+    }
+}
+
+impl TryFrom<&pb::EncryptedRecord> for EncryptedRecord {
+    type Error = ZkError;
+    fn try_from(r: &pb::EncryptedRecord) -> Result<Self> {
+        let bad = |detail: String| ZkError::Malformed {
+            what: "encrypted record",
+            detail,
+        };
+        if r.record_id.is_empty() || r.record_id.len() > MAX_RECORD_ID_LEN {
+            return Err(bad(format!(
+                "record id must be 1 to {MAX_RECORD_ID_LEN} bytes"
+            )));
+        }
+        if r.schema.len() > kyc::RECORD_FIELDS {
+            return Err(ZkError::TooManyFields(r.schema.len()));
+        }
+        let mut schema: Vec<FieldSpec> = Vec::with_capacity(r.schema.len());
+        for f in &r.schema {
+            if f.name.is_empty() || schema.iter().any(|s| s.name == f.name) {
+                return Err(bad(format!(
+                    "field names must be non-empty and distinct ({:?})",
+                    f.name
+                )));
+            }
+            let kind = match pb::FieldKind::try_from(f.kind) {
+                Ok(pb::FieldKind::Integer) => FieldKind::Integer,
+                Ok(pb::FieldKind::Identifier) => FieldKind::Identifier,
+                Err(_) => return Err(bad(format!("field {:?} has an unknown kind", f.name))),
+            };
+            schema.push(FieldSpec {
+                name: f.name.clone(),
+                kind,
+            });
+        }
+        let nonce: [u8; 16] = r
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("nonce must be 16 bytes (little-endian u128)".into()))?;
+        if r.ciphertext.len() != kyc::CIPHERTEXT_LEN {
+            return Err(bad(format!(
+                "ciphertext has {} elements, expected {}",
+                r.ciphertext.len(),
+                kyc::CIPHERTEXT_LEN
+            )));
+        }
+        Ok(EncryptedRecord {
+            record_id: r.record_id.clone(),
+            schema,
+            nonce: u128::from_le_bytes(nonce),
+            ciphertext: r
+                .ciphertext
+                .iter()
+                .map(|c| fr(c, "ciphertext element"))
+                .collect::<Result<_>>()?,
+            key_commitment: fr(&r.key_commitment, "key commitment")?,
+        })
+    }
+}
+
+impl From<&Predicate> for pb::Predicate {
+    fn from(p: &Predicate) -> Self {
+        use pb::predicate::Value;
+        let value = |v: &FieldValue| match v {
+            FieldValue::Integer(i) => Value::Integer(*i),
+            FieldValue::Identifier(s) => Value::Identifier(s.clone()),
+        };
+        let (field, op, value, high) = match p {
+            Predicate::Eq { field, value: v } => (field, pb::Op::Eq, value(v), None),
+            Predicate::Ne { field, value: v } => (field, pb::Op::Ne, value(v), None),
+            Predicate::Lt { field, value } => (field, pb::Op::Lt, Value::Integer(*value), None),
+            Predicate::Lte { field, value } => (field, pb::Op::Lte, Value::Integer(*value), None),
+            Predicate::Gt { field, value } => (field, pb::Op::Gt, Value::Integer(*value), None),
+            Predicate::Gte { field, value } => (field, pb::Op::Gte, Value::Integer(*value), None),
+            Predicate::Between { field, low, high } => {
+                (field, pb::Op::Between, Value::Integer(*low), Some(*high))
+            }
+            Predicate::In { field, root } => (
+                field,
+                pb::Op::In,
+                Value::Root(fr_to_bytes(root).to_vec()),
+                None,
+            ),
+            Predicate::Nin { field, root } => (
+                field,
+                pb::Op::Nin,
+                Value::Root(fr_to_bytes(root).to_vec()),
+                None,
+            ),
+        };
+        pb::Predicate {
+            field: field.clone(),
+            op: op as i32,
+            value: Some(value),
+            high,
+        }
+    }
+}
+
+impl TryFrom<&pb::Predicate> for Predicate {
+    type Error = ZkError;
+    fn try_from(p: &pb::Predicate) -> Result<Self> {
+        use pb::predicate::Value;
+        let bad = |detail: &str| ZkError::Malformed {
+            what: "predicate",
+            detail: format!("{:?}: {detail}", p.field),
+        };
+        let op = pb::Op::try_from(p.op).map_err(|_| bad("unknown op"))?;
+        if p.high.is_some() && op != pb::Op::Between {
+            return Err(bad("only between takes a high bound"));
+        }
+        let field = p.field.clone();
+        let integer = || match &p.value {
+            Some(Value::Integer(v)) => Ok(*v),
+            _ => Err(bad("this op compares with an integer")),
+        };
+        let root = || match &p.value {
+            Some(Value::Root(r)) => fr(r, "set root"),
+            _ => Err(bad("in and nin name a set by its root")),
+        };
+        let value = || match &p.value {
+            Some(Value::Integer(v)) => Ok(FieldValue::Integer(*v)),
+            Some(Value::Identifier(s)) => Ok(FieldValue::Identifier(s.clone())),
+            _ => Err(bad("eq and ne compare with an integer or an identifier")),
+        };
+        Ok(match op {
+            pb::Op::Unspecified => return Err(bad("op is missing")),
+            pb::Op::Eq => Predicate::Eq {
+                field,
+                value: value()?,
+            },
+            pb::Op::Ne => Predicate::Ne {
+                field,
+                value: value()?,
+            },
+            pb::Op::Lt => Predicate::Lt {
+                field,
+                value: integer()?,
+            },
+            pb::Op::Lte => Predicate::Lte {
+                field,
+                value: integer()?,
+            },
+            pb::Op::Gt => Predicate::Gt {
+                field,
+                value: integer()?,
+            },
+            pb::Op::Gte => Predicate::Gte {
+                field,
+                value: integer()?,
+            },
+            pb::Op::Between => {
+                let low = integer()?;
+                let high = p.high.ok_or_else(|| bad("between needs a high bound"))?;
+                if low > high {
+                    return Err(bad("between's low bound is above its high bound"));
+                }
+                Predicate::Between { field, low, high }
+            }
+            pb::Op::In => Predicate::In {
+                field,
+                root: root()?,
+            },
+            pb::Op::Nin => Predicate::Nin {
+                field,
+                root: root()?,
+            },
+        })
+    }
+}
+
+/// A proof as the wire carries it.
+pub fn proof_to_pb(p: &KycProof, vk_hash: &[u8; 32]) -> pb::Proof {
+    pb::Proof {
+        statement: KYC_STATEMENT.into(),
+        proof: keys::to_bytes(&p.proof),
+        public_inputs: p
+            .public
+            .to_inputs()
+            .iter()
+            .map(|x| fr_to_bytes(x).to_vec())
+            .collect(),
+        vk_hash: vk_hash.to_vec(),
+    }
+}
+
+/// Parses a wire proof (for offline checking with [`verifier`]).
+pub fn proof_from_pb(p: &pb::Proof) -> Result<KycProof> {
+    let inputs = p
+        .public_inputs
+        .iter()
+        .map(|x| fr(x, "public input"))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(KycProof {
+        proof: keys::from_bytes("proof", &p.proof)?,
+        public: KycPublic::from_inputs(&inputs)?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// What the ledger says: record and verifying-key anchors, indexed as the
+// log grows (the ledger has no query by payload, so the service keeps its
+// own index and catches up before each lookup).
+
+#[derive(Clone, Debug)]
+struct AnchorEntry {
+    index: u64,
+    holder: [u8; 32],
+    anchor: RecordAnchor,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct VkEntry {
+    index: u64,
+    signer: [u8; 32],
+    vk_hash: [u8; 32],
+}
+
+#[derive(Default)]
+struct LedgerIndex {
+    scanned: u64,
+    /// By record binding (`identifier(record_id)`), oldest first: proofs
+    /// carry the binding, not the id.
+    records: HashMap<[u8; 32], Vec<AnchorEntry>>,
+    vks: HashMap<String, Vec<VkEntry>>,
+}
+
+impl LedgerIndex {
+    fn catch_up(&mut self, ledger: &Ledger) -> Result<()> {
+        const CHUNK: u64 = 4096;
+        let len = ledger.len();
+        while self.scanned < len {
+            let to = (self.scanned + CHUNK).min(len);
+            for (index, stx) in ledger.entries(self.scanned, to)? {
+                match stx.tx.payload {
+                    Payload::RecordAnchor {
+                        record_id,
+                        ciphertext_hash,
+                        key_commitment,
+                    } => {
+                        let binding = fr_to_bytes(&kyc::identifier(&record_id));
+                        self.records.entry(binding).or_default().push(AnchorEntry {
+                            index,
+                            holder: stx.signer,
+                            anchor: RecordAnchor {
+                                record_id,
+                                ciphertext_hash,
+                                key_commitment,
+                            },
+                        });
+                    }
+                    Payload::VerifyingKeyAnchor { statement, vk_hash } => {
+                        self.vks.entry(statement).or_default().push(VkEntry {
+                            index,
+                            signer: stx.signer,
+                            vk_hash,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            self.scanned = to;
+        }
+        Ok(())
+    }
+
+    /// The latest anchor for a record binding among those `keep` accepts.
+    fn latest_anchor(
+        &self,
+        binding: &[u8; 32],
+        keep: impl Fn(&AnchorEntry) -> bool,
+    ) -> Option<AnchorEntry> {
+        self.records
+            .get(binding)?
+            .iter()
+            .rev()
+            .find(|e| keep(e))
+            .cloned()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The service.
+
+/// The keys of the statement in force on this node.
+struct StatementKeys {
+    pk: ProvingKey<Bn254>,
+    vk: VerifyingKey<Bn254>,
+    pvk: PreparedVerifyingKey<Bn254>,
+    vk_hash: [u8; 32],
+    anchor_index: u64,
+}
+
+struct Inner {
+    key_dir: PathBuf,
+    ledger: Ledger,
+    node_key: SigningKey,
+    store: Store,
+    index: Mutex<LedgerIndex>,
+    keys: tokio::sync::OnceCell<Arc<StatementKeys>>,
+    sets: Mutex<HashMap<[u8; 32], Arc<SortedSet>>>,
+    /// Proving is CPU- and memory-heavy: at most one per core at a time.
+    provers: tokio::sync::Semaphore,
+}
+
+/// The tonic service. Add `ZkService::open(..)?.into_server()` to the node's router.
+#[derive(Clone)]
+pub struct ZkService {
+    inner: Arc<Inner>,
+}
+
+type R<T> = std::result::Result<Response<T>, Status>;
+
+fn require(caller: &Principal, role: Role, action: &'static str) -> Result<()> {
+    if caller.role == role {
+        Ok(())
+    } else {
+        Err(ZkError::WrongRole {
+            role: caller.role.to_string(),
+            action,
+        })
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ZkError::Groth16(format!("worker task failed: {e}")))?
+}
+
+fn statement(name: &str) -> Result<&'static str> {
+    if name.is_empty() || name == KYC_STATEMENT {
+        Ok(KYC_STATEMENT)
+    } else {
+        Err(ZkError::UnknownStatement(name.to_owned()))
+    }
+}
+
+/// Loads the statement's keys from `dir`, or makes and writes them.
+fn load_or_setup(dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
+    let pk_path = dir.join(format!("{KYC_STATEMENT}.pk"));
+    let vk_path = dir.join(format!("{KYC_STATEMENT}.vk"));
+    if pk_path.exists() && vk_path.exists() {
+        let pk = keys::read_proving_key(&pk_path)?;
+        let vk = keys::read_verifying_key(&vk_path)?;
+        if pk.vk != vk {
+            return Err(ZkError::Corrupt(format!(
+                "{} and {} are not a key pair",
+                pk_path.display(),
+                vk_path.display()
+            )));
+        }
+        tracing::info!(dir = %dir.display(), "loaded {KYC_STATEMENT} keys");
+        return Ok((pk, vk));
+    }
+    tracing::warn!(
+        dir = %dir.display(),
+        "no {KYC_STATEMENT} keys: running the single-party setup (development only)"
+    );
+    std::fs::create_dir_all(dir)?;
+    let (pk, vk) = keys::setup(&mut keys::os_rng())?;
+    // Written beside and renamed, so a crash never leaves half a key; the
+    // verifying key last, since its presence means "the pair is complete".
+    for (path, bytes) in [
+        (&pk_path, keys::to_bytes(&pk)),
+        (&vk_path, keys::to_bytes(&vk)),
+    ] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok((pk, vk))
+}
+
+impl ZkService {
+    /// Opens (or creates) `<data_dir>/zk.redb`; keys live in `<data_dir>/zk/`
+    /// and are loaded or made on first use. `node` signs the node's
+    /// verifying-key anchors (it must be an admitted member).
+    pub fn open(data_dir: &Path, ledger: Ledger, node: &Identity) -> Result<ZkService> {
+        std::fs::create_dir_all(data_dir)?;
+        let store = Store::open(&data_dir.join("zk.redb"))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(ZkService {
+            inner: Arc::new(Inner {
+                key_dir: data_dir.join("zk"),
+                ledger,
+                node_key: node.signing_key().clone(),
+                store,
+                index: Mutex::new(LedgerIndex::default()),
+                keys: tokio::sync::OnceCell::new(),
+                sets: Mutex::new(HashMap::new()),
+                provers: tokio::sync::Semaphore::new(cores),
+            }),
+        })
+    }
+
+    pub fn into_server(self) -> ZkServer<Self> {
+        ZkServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Loads or makes the keys now and anchors the verifying key; returns
+    /// its hash. Requests wait for this on first use anyway.
+    pub async fn prepare_keys(&self) -> Result<[u8; 32]> {
+        Ok(self.keys().await?.vk_hash)
+    }
+
+    async fn keys(&self) -> Result<Arc<StatementKeys>> {
+        self.inner
+            .keys
+            .get_or_try_init(|| async {
+                let dir = self.inner.key_dir.clone();
+                let (pk, vk) = blocking(move || load_or_setup(&dir)).await?;
+                let vk_hash = keys::vk_hash(&vk);
+                let anchor_index = self.anchor_verifying_key(vk_hash).await?;
+                Ok::<_, ZkError>(Arc::new(StatementKeys {
+                    pvk: keys::prepare(&vk),
+                    pk,
+                    vk,
+                    vk_hash,
+                    anchor_index,
+                }))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The ledger index of this node's anchor for `vk_hash`, submitting one
+    /// unless the node's latest anchor for the statement already names it.
+    async fn anchor_verifying_key(&self, vk_hash: [u8; 32]) -> Result<u64> {
+        let me = self.inner.node_key.verifying_key().to_bytes();
+        let existing = self.with_index(|ix| {
+            Ok(ix
+                .vks
+                .get(KYC_STATEMENT)
+                .and_then(|v| v.iter().rev().find(|e| e.signer == me))
+                .filter(|e| e.vk_hash == vk_hash)
+                .map(|e| e.index))
+        })?;
+        if let Some(index) = existing {
+            return Ok(index);
+        }
+        let receipt = self
+            .inner
+            .ledger
+            .submit(
+                Transaction::new(Payload::VerifyingKeyAnchor {
+                    statement: KYC_STATEMENT.into(),
+                    vk_hash,
+                })
+                .sign(&self.inner.node_key),
+            )
+            .await?;
+        tracing::info!(
+            index = receipt.index,
+            vk_hash = %hex::encode(vk_hash),
+            "anchored the {KYC_STATEMENT} verifying key"
+        );
+        Ok(receipt.index)
+    }
+
+    /// Runs `f` on the ledger index after catching it up with the log.
+    fn with_index<T>(&self, f: impl FnOnce(&LedgerIndex) -> Result<T>) -> Result<T> {
+        let mut ix = self
+            .inner
+            .index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ix.catch_up(&self.inner.ledger)?;
+        f(&ix)
+    }
+
+    async fn set(&self, root: Fr) -> Result<Arc<SortedSet>> {
+        let key = fr_to_bytes(&root);
+        if let Some(s) = self.cached_set(&key) {
+            return Ok(s);
+        }
+        let members = self
+            .inner
+            .store
+            .set_members(&key)?
+            .ok_or_else(|| ZkError::UnknownSet(hex::encode(key)))?;
+        let set = Arc::new(blocking(move || Ok(SortedSet::build(&members)?)).await?);
+        if set.root() != root {
+            return Err(ZkError::Corrupt(format!("set {}", hex::encode(key))));
+        }
+        self.cache_set(key, set.clone());
+        Ok(set)
+    }
+
+    fn cached_set(&self, root: &[u8; 32]) -> Option<Arc<SortedSet>> {
+        let sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.get(root).cloned()
+    }
+
+    fn cache_set(&self, root: [u8; 32], set: Arc<SortedSet>) {
+        let mut sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.insert(root, set);
+    }
+
+    async fn register_record(
+        &self,
+        caller: &Principal,
+        mut req: pb::RegisterRecordRequest,
+    ) -> Result<pb::RegisterRecordResponse> {
+        require(caller, Role::DataHolder, "register records")?;
+        let key_bytes = Zeroizing::new(std::mem::take(&mut req.key));
+        let record = EncryptedRecord::try_from(
+            req.record
+                .as_ref()
+                .ok_or_else(|| ZkError::BadRequest("the record is missing".into()))?,
+        )?;
+        let key = CipherKey::from_kms_bytes(&key_bytes)?;
+        if key.commitment() != record.key_commitment {
+            return Err(ZkError::BadRequest(
+                "the key does not match the record's key commitment".into(),
+            ));
+        }
+        // Decrypting authenticates the ciphertext under the key, and the
+        // values must be provable: integers below 2^64, identifiers below
+        // 2^248 (the set tree's range).
+        let plain = Zeroizing::new(record.decrypt(&key)?);
+        for (spec, value) in record.schema.iter().zip(plain.iter()) {
+            let bits = match spec.kind {
+                FieldKind::Integer => kyc::INT_BITS,
+                FieldKind::Identifier => yilian_circuits::set::SET_VALUE_BITS,
+            };
+            if !yilian_circuits::cmp::fits_bits(*value, bits) {
+                return Err(ZkError::BadRequest(format!(
+                    "field {:?} decrypts to a value out of range for a {:?} field",
+                    spec.name, spec.kind
+                )));
+            }
+        }
+        let anchor = record.anchor()?;
+        let holder = caller.public_key;
+        let binding = fr_to_bytes(&record.binding());
+        let latest = self.with_index(|ix| {
+            Ok(ix.latest_anchor(&binding, |e| {
+                e.holder == holder && e.anchor.record_id == record.record_id
+            }))
+        })?;
+        let entry = match latest {
+            None => {
+                return Err(ZkError::NotAnchored {
+                    record_id: record.record_id,
+                    detail: "the ledger has no RecordAnchor for it signed by the caller".into(),
+                });
+            }
+            Some(e) if e.anchor != anchor => {
+                return Err(ZkError::NotAnchored {
+                    record_id: record.record_id,
+                    detail: format!(
+                        "the caller's latest anchor (entry {}) names another ciphertext or key",
+                        e.index
+                    ),
+                });
+            }
+            Some(e) => e,
+        };
+        let stored = StoredRecord {
+            holder,
+            anchor_index: entry.index,
+            record,
+        };
+        let replaced = self.inner.store.put_record(&stored, &key)?;
+        tracing::info!(
+            record_id = %stored.record.record_id,
+            holder = %caller,
+            anchor_index = entry.index,
+            replaced,
+            "record registered"
+        );
+        Ok(pb::RegisterRecordResponse {
+            record_id: stored.record.record_id,
+            ciphertext_hash: anchor.ciphertext_hash.to_vec(),
+            key_commitment: anchor.key_commitment.to_vec(),
+            anchor_index: entry.index,
+            replaced,
+        })
+    }
+
+    async fn register_set(
+        &self,
+        caller: &Principal,
+        req: pb::RegisterSetRequest,
+    ) -> Result<pb::RegisterSetResponse> {
+        require(caller, Role::DataHolder, "register sets")?;
+        let mut members: Vec<Fr> = req.identifiers.iter().map(|s| kyc::identifier(s)).collect();
+        for e in &req.elements {
+            members.push(fr(e, "set member")?);
+        }
+        let set = blocking(move || {
+            let set = SortedSet::build(&members)?;
+            Ok((set, members))
+        })
+        .await?;
+        let (set, members) = set;
+        let root = fr_to_bytes(&set.root());
+        self.inner.store.put_set(&root, &members)?;
+        let count = set.len() as u64;
+        self.cache_set(root, Arc::new(set));
+        tracing::info!(root = %hex::encode(root), members = count, holder = %caller, "set registered");
+        Ok(pb::RegisterSetResponse {
+            root: root.to_vec(),
+            members: count,
+        })
+    }
+
+    async fn query(&self, caller: &Principal, req: pb::QueryRequest) -> Result<pb::QueryResponse> {
+        require(caller, Role::Verifier, "ask ZK queries")?;
+        if req.predicates.is_empty() {
+            return Err(ZkError::BadRequest(
+                "a query needs at least one predicate".into(),
+            ));
+        }
+        let predicates = req
+            .predicates
+            .iter()
+            .map(Predicate::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        let (stored, key) = self
+            .inner
+            .store
+            .record(&req.record_id)?
+            .ok_or_else(|| ZkError::UnknownRecord(req.record_id.clone()))?;
+        let q = query::compile(&stored.record, &predicates)?;
+        let set = match q.set.op {
+            SetOp::None => None,
+            SetOp::In | SetOp::NotIn => Some(self.set(q.set.root).await?),
+        };
+        let sk = self.keys().await?;
+        let _permit = self
+            .inner
+            .provers
+            .acquire()
+            .await
+            .map_err(|_| ZkError::Groth16("prover pool closed".into()))?;
+        let record = stored.record;
+        let k = sk.clone();
+        let started = std::time::Instant::now();
+        let proof = blocking(move || {
+            prover::prove(
+                &k.pk,
+                &record,
+                &key,
+                &q,
+                set.as_deref(),
+                &mut keys::os_rng(),
+            )
+        })
+        .await?;
+        tracing::info!(
+            record_id = %req.record_id,
+            verifier = %caller,
+            answer = proof.public.result,
+            ms = started.elapsed().as_millis() as u64,
+            "query proved"
+        );
+        Ok(pb::QueryResponse {
+            answer: proof.public.result,
+            proof: Some(proof_to_pb(&proof, &sk.vk_hash)),
+            anchor_index: stored.anchor_index,
+            holder: stored.holder.to_vec(),
+        })
+    }
+
+    async fn verify(&self, req: pb::VerifyRequest) -> Result<pb::VerifyResponse> {
+        let statement = statement(&req.statement)?;
+        let holder = if req.holder.is_empty() {
+            None
+        } else {
+            Some(account(&req.holder, "holder")?)
+        };
+        let (pvk, vk_hash) = if req.verifying_key.is_empty() {
+            let k = self.keys().await?;
+            (k.pvk.clone(), k.vk_hash)
+        } else {
+            let vk: VerifyingKey<Bn254> = keys::from_bytes("verifying key", &req.verifying_key)?;
+            (keys::prepare(&vk), keys::vk_hash(&vk))
+        };
+        let mut out = pb::VerifyResponse {
+            vk_hash: vk_hash.to_vec(),
+            ..Default::default()
+        };
+        let refuse = |mut out: pb::VerifyResponse, reason: String| -> Result<pb::VerifyResponse> {
+            out.valid = false;
+            out.reason = reason;
+            Ok(out)
+        };
+        let anchored = self.with_index(|ix| {
+            Ok(ix
+                .vks
+                .get(statement)
+                .is_some_and(|v| v.iter().any(|e| e.vk_hash == vk_hash)))
+        })?;
+        if !anchored {
+            return refuse(
+                out,
+                format!("the verifying key is not anchored on the ledger for {statement}"),
+            );
+        }
+        let mut inputs = Vec::with_capacity(req.public_inputs.len());
+        for (i, x) in req.public_inputs.iter().enumerate() {
+            match fr(x, "public input") {
+                Ok(x) => inputs.push(x),
+                Err(e) => return refuse(out, format!("public input {i}: {e}")),
+            }
+        }
+        let public = match KycPublic::from_inputs(&inputs) {
+            Ok(p) => p,
+            Err(e) => return refuse(out, format!("public inputs: {e}")),
+        };
+        let proof: Proof<Bn254> = match keys::from_bytes("proof", &req.proof) {
+            Ok(p) => p,
+            Err(e) => return refuse(out, e.to_string()),
+        };
+        let binding = fr_to_bytes(&public.record_binding);
+        let Some(entry) = self.with_index(|ix| {
+            Ok(ix.latest_anchor(&binding, |e| holder.is_none_or(|h| e.holder == h)))
+        })?
+        else {
+            return refuse(
+                out,
+                "the ledger has no record anchor for the proof's record".into(),
+            );
+        };
+        out.anchor_index = entry.index;
+        out.holder = entry.holder.to_vec();
+        out.record_id = entry.anchor.record_id.clone();
+        if verifier::check_anchor(&public, &entry.anchor).is_err() {
+            return refuse(
+                out,
+                format!(
+                    "the proof is about another ciphertext or key than the record's latest anchor (entry {})",
+                    entry.index
+                ),
+            );
+        }
+        match blocking(move || verifier::verify(&pvk, &proof, &public)).await {
+            Ok(answer) => {
+                out.valid = true;
+                out.answer = answer;
+                Ok(out)
+            }
+            Err(ZkError::InvalidProof) => refuse(out, ZkError::InvalidProof.to_string()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn verifying_key(
+        &self,
+        req: pb::VerifyingKeyRequest,
+    ) -> Result<pb::VerifyingKeyResponse> {
+        let statement = statement(&req.statement)?;
+        let k = self.keys().await?;
+        Ok(pb::VerifyingKeyResponse {
+            statement: statement.into(),
+            verifying_key: keys::to_bytes(&k.vk),
+            vk_hash: k.vk_hash.to_vec(),
+            anchor_index: k.anchor_index,
+            snarkjs_json: serde_json::to_string(&snarkjs::export_vk(&k.vk))
+                .expect("verifying keys serialise"),
+        })
+    }
+}
+
+fn caller<T>(req: &Request<T>) -> std::result::Result<Principal, Status> {
+    yilian_identity::grpc::caller(req)
+}
+
+#[tonic::async_trait]
+impl pb::zk_server::Zk for ZkService {
+    async fn register_record(
+        &self,
+        req: Request<pb::RegisterRecordRequest>,
+    ) -> R<pb::RegisterRecordResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            ZkService::register_record(self, &c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn register_set(
+        &self,
+        req: Request<pb::RegisterSetRequest>,
+    ) -> R<pb::RegisterSetResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            ZkService::register_set(self, &c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn query(&self, req: Request<pb::QueryRequest>) -> R<pb::QueryResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            ZkService::query(self, &c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn verify(&self, req: Request<pb::VerifyRequest>) -> R<pb::VerifyResponse> {
+        // Any admitted identity may check a proof.
+        caller(&req)?;
+        Ok(Response::new(
+            ZkService::verify(self, req.into_inner()).await?,
+        ))
+    }
+
+    async fn verifying_key(
+        &self,
+        req: Request<pb::VerifyingKeyRequest>,
+    ) -> R<pb::VerifyingKeyResponse> {
+        caller(&req)?;
+        Ok(Response::new(
+            ZkService::verifying_key(self, req.into_inner()).await?,
+        ))
+    }
+}

@@ -1,0 +1,883 @@
+//! The ZK API over gRPC with mutual-TLS identities from a real admission
+//! authority and a real ledger: holders register anchored records and
+//! sets, verifiers get proven answers (true and false) that anyone admitted
+//! can check, and every refusal carries a precise status and changes nothing.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use ark_bn254::Fr;
+use ark_ff::UniformRand;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::Channel;
+use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::{Identity, Role};
+use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_zk::query::Predicate;
+use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
+use yilian_zk::service::{self, ZkClient, ZkService, pb};
+use yilian_zk::{KYC_STATEMENT, fr_to_bytes, keys, verifier};
+
+const NAMES: &[(&str, Role)] = &[
+    ("node", Role::Member),
+    ("holder", Role::DataHolder),
+    ("other-holder", Role::DataHolder),
+    ("verifier", Role::Verifier),
+    ("auditor", Role::Auditor),
+];
+const NODE: usize = 0;
+const HOLDER: usize = 1;
+const OTHER_HOLDER: usize = 2;
+const VERIFIER: usize = 3;
+const AUDITOR: usize = 4;
+
+/// One single-party setup for the whole test binary (it takes seconds);
+/// each node gets a copy of the key files, as if it had made them before.
+fn shared_keys() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let (pk, vk) = keys::setup(&mut keys::os_rng()).unwrap();
+        keys::write_key(&dir.path().join(format!("{KYC_STATEMENT}.pk")), &pk).unwrap();
+        keys::write_key(&dir.path().join(format!("{KYC_STATEMENT}.vk")), &vk).unwrap();
+        dir
+    })
+    .path()
+}
+
+struct Net {
+    dir: tempfile::TempDir,
+    ids: Vec<Identity>,
+    ledger: Ledger,
+    addr: String,
+    service: ZkService,
+}
+
+impl Net {
+    async fn client(&self, who: usize) -> ZkClient<Channel> {
+        let channel = yilian_identity::grpc::connect(&self.addr, &self.ids[who])
+            .await
+            .unwrap();
+        ZkClient::new(channel).max_decoding_message_size(service::MAX_MESSAGE_BYTES)
+    }
+}
+
+/// A ledger with genesis and every identity admitted, and a node serving
+/// the ZK API over mutual TLS; `with_keys` gives it the shared key files.
+async fn net(with_keys: bool) -> Net {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::create("zk-test").unwrap();
+    let ids: Vec<Identity> = NAMES
+        .iter()
+        .map(|(n, r)| ca.admit(&AdmissionRequest::new("org", *r, *n)).unwrap())
+        .collect();
+    let ledger = Ledger::open(
+        &dir.path().join("ledger.redb"),
+        ids[NODE].signing_key().clone(),
+    )
+    .unwrap();
+    let authority = ca.signing_key();
+    ledger
+        .submit(
+            Transaction::new(Payload::Genesis {
+                network: "zk-test".into(),
+                authority: authority.verifying_key().to_bytes(),
+            })
+            .sign(&authority),
+        )
+        .await
+        .unwrap();
+    for id in &ids {
+        let p = id.principal();
+        ledger
+            .submit(
+                Transaction::new(Payload::Admit {
+                    org: p.org.clone(),
+                    role: p.role,
+                    name: p.name.clone(),
+                    public_key: p.public_key,
+                    serial: p.serial.clone(),
+                    not_after_ms: u64::MAX,
+                })
+                .sign(&authority),
+            )
+            .await
+            .unwrap();
+    }
+    if with_keys {
+        let key_dir = dir.path().join("zk");
+        std::fs::create_dir_all(&key_dir).unwrap();
+        for ext in ["pk", "vk"] {
+            let name = format!("{KYC_STATEMENT}.{ext}");
+            std::fs::copy(shared_keys().join(&name), key_dir.join(&name)).unwrap();
+        }
+    }
+    let service = ZkService::open(dir.path(), ledger.clone(), &ids[NODE]).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming =
+        yilian_identity::grpc::incoming(listener, &ids[NODE], Default::default()).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service.clone().into_server())
+            .serve_with_incoming(incoming),
+    );
+    Net {
+        dir,
+        ids,
+        ledger,
+        addr,
+        service,
+    }
+}
+
+fn customer(id_number: &str) -> Record {
+    Record {
+        fields: vec![
+            ("id_number".into(), FieldValue::Identifier(id_number.into())),
+            ("birth_date".into(), FieldValue::Integer(19_900_101)),
+            ("income".into(), FieldValue::Integer(120_000)),
+            ("credit_score".into(), FieldValue::Integer(720)),
+        ],
+    }
+}
+
+/// A fresh cipher key as the KMS's `ZkKey` would issue it.
+fn zk_key() -> CipherKey {
+    let mut rng = keys::os_rng();
+    CipherKey::new([Fr::rand(&mut rng), Fr::rand(&mut rng)])
+}
+
+fn key_bytes(key: &CipherKey) -> Vec<u8> {
+    key.elements().iter().flat_map(fr_to_bytes).collect()
+}
+
+fn encrypt(record_id: &str, id_number: &str, key: &CipherKey) -> EncryptedRecord {
+    EncryptedRecord::encrypt(record_id, &customer(id_number), key, rand::random::<u128>()).unwrap()
+}
+
+/// The holder anchors its record on the ledger (as `yilian ledger submit`
+/// would); returns the entry index.
+async fn anchor(net: &Net, who: usize, record: &EncryptedRecord) -> u64 {
+    let a = record.anchor().unwrap();
+    net.ledger
+        .submit(
+            Transaction::new(Payload::RecordAnchor {
+                record_id: a.record_id,
+                ciphertext_hash: a.ciphertext_hash,
+                key_commitment: a.key_commitment,
+            })
+            .sign(net.ids[who].signing_key()),
+        )
+        .await
+        .unwrap()
+        .index
+}
+
+fn register_request(record: &EncryptedRecord, key: &[u8]) -> pb::RegisterRecordRequest {
+    pb::RegisterRecordRequest {
+        record: Some(record.into()),
+        key: key.to_vec(),
+    }
+}
+
+/// Anchors and registers a record by the holder; returns it and its key.
+async fn registered(net: &Net, record_id: &str, id_number: &str) -> (EncryptedRecord, CipherKey) {
+    let key = zk_key();
+    let record = encrypt(record_id, id_number, &key);
+    let index = anchor(net, HOLDER, &record).await;
+    let r = net
+        .client(HOLDER)
+        .await
+        .register_record(register_request(&record, &key_bytes(&key)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.anchor_index, index);
+    assert!(!r.replaced);
+    (record, key)
+}
+
+fn query(record_id: &str, predicates: &[Predicate]) -> pb::QueryRequest {
+    pb::QueryRequest {
+        record_id: record_id.into(),
+        predicates: predicates.iter().map(Into::into).collect(),
+    }
+}
+
+fn verify_request(p: &pb::Proof) -> pb::VerifyRequest {
+    pb::VerifyRequest {
+        statement: p.statement.clone(),
+        proof: p.proof.clone(),
+        public_inputs: p.public_inputs.clone(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifiers_get_proven_answers_true_and_false_that_anyone_admitted_can_check() {
+    let net = net(true).await;
+    let (record, _key) = registered(&net, "customer-0001", "310101199001011234").await;
+    let mut verifier_client = net.client(VERIFIER).await;
+
+    // The verifying key is anchored on the ledger by the node.
+    let vk = verifier_client
+        .verifying_key(pb::VerifyingKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let entry = net.ledger.entry(vk.anchor_index).unwrap();
+    assert_eq!(entry.signer, net.ids[NODE].principal().public_key);
+    assert_eq!(
+        entry.tx.payload,
+        Payload::VerifyingKeyAnchor {
+            statement: KYC_STATEMENT.into(),
+            vk_hash: vk.vk_hash.as_slice().try_into().unwrap(),
+        }
+    );
+    let vk_parsed: ark_groth16::VerifyingKey<ark_bn254::Bn254> =
+        keys::from_bytes("vk", &vk.verifying_key).unwrap();
+    assert_eq!(keys::vk_hash(&vk_parsed).to_vec(), vk.vk_hash);
+    assert!(vk.snarkjs_json.contains("\"protocol\""));
+
+    let started = Instant::now();
+    let yes = verifier_client
+        .query(query(
+            "customer-0001",
+            &[Predicate::Eq {
+                field: "id_number".into(),
+                value: FieldValue::Identifier("310101199001011234".into()),
+            }],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!("eq query proved in {:?}", started.elapsed());
+    assert!(yes.answer);
+    assert_eq!(yes.holder, net.ids[HOLDER].principal().public_key.to_vec());
+    let started = Instant::now();
+    let no = verifier_client
+        .query(query(
+            "customer-0001",
+            &[
+                Predicate::Between {
+                    field: "income".into(),
+                    low: 150_000,
+                    high: 1_000_000,
+                },
+                Predicate::Lte {
+                    field: "birth_date".into(),
+                    value: 20_071_125,
+                },
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!("range query proved in {:?}", started.elapsed());
+    assert!(!no.answer, "income 120000 is not in [150000, 1000000]");
+    let yes_proof = yes.proof.unwrap();
+    let no_proof = no.proof.unwrap();
+    assert_eq!(yes_proof.vk_hash, vk.vk_hash);
+
+    // Anyone admitted checks them on the node, against the ledger's anchor.
+    let mut auditor = net.client(AUDITOR).await;
+    for (p, answer) in [(&yes_proof, true), (&no_proof, false)] {
+        let v = auditor
+            .verify(verify_request(p))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.valid, "{}", v.reason);
+        assert_eq!(v.answer, answer);
+        assert_eq!(v.record_id, "customer-0001");
+        assert_eq!(v.anchor_index, yes.anchor_index);
+        assert_eq!(v.holder, net.ids[HOLDER].principal().public_key.to_vec());
+        // ... with the verifying key given explicitly, and restricted to the holder.
+        let v = auditor
+            .verify(pb::VerifyRequest {
+                verifying_key: vk.verifying_key.clone(),
+                holder: net.ids[HOLDER].principal().public_key.to_vec(),
+                ..verify_request(p)
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.valid && v.answer == answer, "{}", v.reason);
+        // ... and offline, with nothing but the verifying key and the anchor.
+        let proof = service::proof_from_pb(p).unwrap();
+        let got = verifier::verify_against_anchor(
+            &keys::prepare(&vk_parsed),
+            &proof.proof,
+            &proof.public,
+            &record.anchor().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got, answer);
+    }
+
+    // Another holder's anchors do not vouch for this proof.
+    let v = auditor
+        .verify(pb::VerifyRequest {
+            holder: net.ids[OTHER_HOLDER].principal().public_key.to_vec(),
+            ..verify_request(&yes_proof)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!v.valid);
+    assert!(v.reason.contains("no record anchor"), "{}", v.reason);
+
+    // Tampering is caught: the flipped answer, another ciphertext, another
+    // query's proof, proof bytes that are not a proof.
+    let invalid = |reason: &str, v: pb::VerifyResponse| {
+        assert!(!v.valid, "tampered proof accepted");
+        assert!(
+            v.reason.contains(reason),
+            "reason {:?} lacks {reason:?}",
+            v.reason
+        );
+    };
+    let mut flipped = verify_request(&no_proof);
+    flipped.public_inputs[yilian_zk::PUBLIC_INPUTS - 1] = fr_to_bytes(&Fr::from(1u64)).to_vec();
+    invalid(
+        "does not verify",
+        auditor.verify(flipped).await.unwrap().into_inner(),
+    );
+    let mut other_ciphertext = verify_request(&yes_proof);
+    other_ciphertext.public_inputs[1] = fr_to_bytes(&Fr::from(7u64)).to_vec();
+    invalid(
+        "another ciphertext",
+        auditor.verify(other_ciphertext).await.unwrap().into_inner(),
+    );
+    let swapped = pb::VerifyRequest {
+        proof: no_proof.proof.clone(),
+        ..verify_request(&yes_proof)
+    };
+    invalid(
+        "does not verify",
+        auditor.verify(swapped).await.unwrap().into_inner(),
+    );
+    let mut garbage = verify_request(&yes_proof);
+    garbage.proof[5] ^= 0x40;
+    let v = auditor.verify(garbage).await.unwrap().into_inner();
+    assert!(!v.valid);
+    let mut short = verify_request(&yes_proof);
+    short.public_inputs.pop();
+    invalid(
+        "public inputs",
+        auditor.verify(short).await.unwrap().into_inner(),
+    );
+
+    // A verifying key nobody anchored is not trusted, whatever it verifies.
+    let (_, rogue_vk) = keys::setup(&mut keys::os_rng()).unwrap();
+    let v = auditor
+        .verify(pb::VerifyRequest {
+            verifying_key: keys::to_bytes(&rogue_vk),
+            ..verify_request(&yes_proof)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    invalid("not anchored", v);
+
+    // Request errors are statuses, not answers.
+    let e = auditor
+        .verify(pb::VerifyRequest {
+            statement: "kyc-v9".into(),
+            ..verify_request(&yes_proof)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = auditor
+        .verify(pb::VerifyRequest {
+            verifying_key: vec![1, 2, 3],
+            ..verify_request(&yes_proof)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_does_only_its_part_and_refusals_change_nothing() {
+    let net = net(true).await;
+    let (record, key) = registered(&net, "customer-0002", "110101198001010011").await;
+    let size = net.ledger.len();
+
+    // A verifier cannot register records or sets.
+    let mut verifier_client = net.client(VERIFIER).await;
+    let other = encrypt("customer-x", "1", &key);
+    let e = verifier_client
+        .register_record(register_request(&other, &key_bytes(&key)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = verifier_client
+        .query(query(
+            "customer-x",
+            &[Predicate::Gte {
+                field: "income".into(),
+                value: 1,
+            }],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::NotFound,
+        "the refused record was not stored"
+    );
+    let e = verifier_client
+        .register_set(pb::RegisterSetRequest {
+            identifiers: vec!["a".into(), "b".into()],
+            elements: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let root = yilian_circuits::set::SortedSet::build(&[
+        yilian_circuits::kyc::identifier("a"),
+        yilian_circuits::kyc::identifier("b"),
+    ])
+    .unwrap()
+    .root();
+    let e = verifier_client
+        .query(query(
+            "customer-0002",
+            &[Predicate::In {
+                field: "id_number".into(),
+                root,
+            }],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "the refused set was not stored: {e:?}"
+    );
+
+    // Holders and auditors cannot ask queries.
+    let q = query(
+        "customer-0002",
+        &[Predicate::Gte {
+            field: "income".into(),
+            value: 1,
+        }],
+    );
+    for who in [HOLDER, AUDITOR, NODE] {
+        let e = net.client(who).await.query(q.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("may not ask ZK queries"), "{e:?}");
+    }
+
+    // Another holder cannot take over a record id, even with its own anchor.
+    let theirs = zk_key();
+    let hijack = encrypt("customer-0002", "999", &theirs);
+    anchor(&net, OTHER_HOLDER, &hijack).await;
+    let e = net
+        .client(OTHER_HOLDER)
+        .await
+        .register_record(register_request(&hijack, &key_bytes(&theirs)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // The holder's registration is untouched: registering again replaces
+    // its own record, still matched with its original anchor.
+    let r = net
+        .client(HOLDER)
+        .await
+        .register_record(register_request(&record, &key_bytes(&key)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.replaced);
+    assert_eq!(r.anchor_index, size - 1);
+    assert_eq!(
+        net.ledger.len(),
+        size + 1,
+        "only the other holder's anchor was added"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_change_nothing() {
+    let net = net(true).await;
+    let mut holder = net.client(HOLDER).await;
+    let mut verifier_client = net.client(VERIFIER).await;
+    let income = |value| Predicate::Gte {
+        field: "income".into(),
+        value,
+    };
+
+    let e = verifier_client
+        .query(query("nobody", &[income(1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("nobody"));
+
+    // Not on the ledger; on the ledger but for another ciphertext; anchored
+    // by someone else.
+    let key = zk_key();
+    let record = encrypt("customer-0003", "120101197001010022", &key);
+    let e = holder
+        .register_record(register_request(&record, &key_bytes(&key)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("no RecordAnchor"), "{e:?}");
+    anchor(&net, OTHER_HOLDER, &record).await;
+    let e = holder
+        .register_record(register_request(&record, &key_bytes(&key)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let anchored_then_reencrypted = encrypt("customer-0003", "120101197001010022", &key);
+    anchor(&net, HOLDER, &anchored_then_reencrypted).await;
+    let e = holder
+        .register_record(register_request(&record, &key_bytes(&key)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("another ciphertext"), "{e:?}");
+
+    // Malformed registrations.
+    let size = net.ledger.len();
+    let wrong_key = zk_key();
+    let mut short_ciphertext: pb::EncryptedRecord = (&anchored_then_reencrypted).into();
+    short_ciphertext.ciphertext.pop();
+    let mut bad_nonce: pb::EncryptedRecord = (&anchored_then_reencrypted).into();
+    bad_nonce.nonce = vec![1; 17];
+    let mut duplicate_field: pb::EncryptedRecord = (&anchored_then_reencrypted).into();
+    duplicate_field.schema[1].name = "id_number".into();
+    let good = key_bytes(&key);
+    let cases: Vec<(&str, pb::RegisterRecordRequest)> = vec![
+        (
+            "key of another commitment",
+            register_request(&anchored_then_reencrypted, &key_bytes(&wrong_key)),
+        ),
+        (
+            "key of 63 bytes",
+            register_request(&anchored_then_reencrypted, &good[..63]),
+        ),
+        (
+            "key elements out of range",
+            register_request(&anchored_then_reencrypted, &[0xff; 64]),
+        ),
+        (
+            "no record",
+            pb::RegisterRecordRequest {
+                record: None,
+                key: good.clone(),
+            },
+        ),
+        (
+            "short ciphertext",
+            pb::RegisterRecordRequest {
+                record: Some(short_ciphertext),
+                key: good.clone(),
+            },
+        ),
+        (
+            "17-byte nonce",
+            pb::RegisterRecordRequest {
+                record: Some(bad_nonce),
+                key: good.clone(),
+            },
+        ),
+        (
+            "duplicate field",
+            pb::RegisterRecordRequest {
+                record: Some(duplicate_field),
+                key: good.clone(),
+            },
+        ),
+    ];
+    for (what, req) in cases {
+        let e = holder.register_record(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+    }
+    // None of it was stored.
+    let e = verifier_client
+        .query(query("customer-0003", &[income(1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // Malformed queries on a registered record.
+    let (_record, _key) = registered(&net, "customer-0004", "130101196001010033").await;
+    let size_after = net.ledger.len();
+    assert_eq!(size_after, size + 1);
+    let pred = |field: &str, op: pb::Op, value: Option<pb::predicate::Value>, high| pb::Predicate {
+        field: field.into(),
+        op: op as i32,
+        value,
+        high,
+    };
+    use pb::predicate::Value;
+    let fine = pred("income", pb::Op::Gte, Some(Value::Integer(1)), None);
+    let cases: Vec<(&str, Vec<pb::Predicate>)> = vec![
+        ("no predicates", vec![]),
+        (
+            "unknown field",
+            vec![pred("salary", pb::Op::Gte, Some(Value::Integer(1)), None)],
+        ),
+        (
+            "ordering on an identifier",
+            vec![pred("id_number", pb::Op::Lt, Some(Value::Integer(1)), None)],
+        ),
+        (
+            "identifier constant on an integer field",
+            vec![pred(
+                "income",
+                pb::Op::Eq,
+                Some(Value::Identifier("x".into())),
+                None,
+            )],
+        ),
+        (
+            "missing op",
+            vec![pred(
+                "income",
+                pb::Op::Unspecified,
+                Some(Value::Integer(1)),
+                None,
+            )],
+        ),
+        (
+            "unknown op",
+            vec![pb::Predicate {
+                op: 42,
+                ..fine.clone()
+            }],
+        ),
+        (
+            "missing constant",
+            vec![pred("income", pb::Op::Gt, None, None)],
+        ),
+        (
+            "between without high",
+            vec![pred(
+                "income",
+                pb::Op::Between,
+                Some(Value::Integer(1)),
+                None,
+            )],
+        ),
+        (
+            "between upside down",
+            vec![pred(
+                "income",
+                pb::Op::Between,
+                Some(Value::Integer(10)),
+                Some(9),
+            )],
+        ),
+        (
+            "high bound on gte",
+            vec![pred(
+                "income",
+                pb::Op::Gte,
+                Some(Value::Integer(1)),
+                Some(2),
+            )],
+        ),
+        ("five comparisons", vec![fine.clone(); 5]),
+        (
+            "set root out of range",
+            vec![pred(
+                "id_number",
+                pb::Op::In,
+                Some(Value::Root(vec![0xff; 32])),
+                None,
+            )],
+        ),
+        (
+            "set root of 31 bytes",
+            vec![pred(
+                "id_number",
+                pb::Op::Nin,
+                Some(Value::Root(vec![1; 31])),
+                None,
+            )],
+        ),
+        (
+            "two set predicates",
+            vec![
+                pred(
+                    "id_number",
+                    pb::Op::In,
+                    Some(Value::Root(vec![1; 32])),
+                    None,
+                ),
+                pred(
+                    "id_number",
+                    pb::Op::Nin,
+                    Some(Value::Root(vec![1; 32])),
+                    None,
+                ),
+            ],
+        ),
+    ];
+    for (what, predicates) in cases {
+        let e = verifier_client
+            .query(pb::QueryRequest {
+                record_id: "customer-0004".into(),
+                predicates,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
+    }
+    // A set the holder never registered.
+    let e = verifier_client
+        .query(pb::QueryRequest {
+            record_id: "customer-0004".into(),
+            predicates: vec![pred(
+                "id_number",
+                pb::Op::In,
+                Some(Value::Root(vec![1; 32])),
+                None,
+            )],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("register it first"), "{e:?}");
+
+    // Malformed sets.
+    let e = holder
+        .register_set(pb::RegisterSetRequest {
+            identifiers: vec!["a".into(), "a".into()],
+            elements: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let e = holder
+        .register_set(pb::RegisterSetRequest {
+            identifiers: vec![],
+            elements: vec![vec![0xff; 32]],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    // Nothing above wrote to the ledger (not even a verifying-key anchor:
+    // every refusal came before proving).
+    assert_eq!(net.ledger.len(), size_after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
+    let net = net(false).await;
+    let key_dir = net.dir.path().join("zk");
+    assert!(!key_dir.join(format!("{KYC_STATEMENT}.pk")).exists());
+    let size = net.ledger.len();
+    let started = Instant::now();
+    let vk_hash = net.service.prepare_keys().await.unwrap();
+    eprintln!("single-party setup on first use: {:?}", started.elapsed());
+    assert!(key_dir.join(format!("{KYC_STATEMENT}.pk")).exists());
+    assert_eq!(net.ledger.len(), size + 1);
+    assert_eq!(
+        net.ledger.entry(size).unwrap().tx.payload,
+        Payload::VerifyingKeyAnchor {
+            statement: KYC_STATEMENT.into(),
+            vk_hash,
+        }
+    );
+    // Asked again over the wire: the same key, not anchored again.
+    let vk = net
+        .client(AUDITOR)
+        .await
+        .verifying_key(pb::VerifyingKeyRequest {
+            statement: KYC_STATEMENT.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(vk.vk_hash, vk_hash.to_vec());
+    assert_eq!(vk.anchor_index, size);
+
+    // Another service over the same files (as after a restart; a second
+    // store file, since the first is still open) loads them and finds its
+    // anchor on the ledger.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("zk")).unwrap();
+    for ext in ["pk", "vk"] {
+        let name = format!("{KYC_STATEMENT}.{ext}");
+        std::fs::copy(key_dir.join(&name), data.path().join("zk").join(&name)).unwrap();
+    }
+    let again = ZkService::open(data.path(), net.ledger.clone(), &net.ids[NODE]).unwrap();
+    assert_eq!(again.prepare_keys().await.unwrap(), vk_hash);
+    assert_eq!(net.ledger.len(), size + 1, "no second anchor");
+}
+
+/// 2^16 members: building the set (about 2^17 Poseidon hashes) and one
+/// membership and one non-membership proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_65536_members_proves_membership_and_non_membership() {
+    let net = net(true).await;
+    let members: Vec<String> = (0..1u32 << 16)
+        .map(|i| format!("SANCTIONED-{i:06}"))
+        .collect();
+    let started = Instant::now();
+    let set = net
+        .client(HOLDER)
+        .await
+        .register_set(pb::RegisterSetRequest {
+            identifiers: members,
+            elements: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    eprintln!(
+        "registered a set of 2^16 members in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(set.members, 1 << 16);
+    let root = yilian_zk::fr_from_bytes(set.root.as_slice().try_into().unwrap()).unwrap();
+
+    registered(&net, "listed", "SANCTIONED-031337").await;
+    registered(&net, "clean", "310101199001011234").await;
+    let mut verifier_client = net.client(VERIFIER).await;
+    let mut auditor = net.client(AUDITOR).await;
+    for (record_id, predicate) in [
+        (
+            "listed",
+            Predicate::In {
+                field: "id_number".into(),
+                root,
+            },
+        ),
+        (
+            "clean",
+            Predicate::Nin {
+                field: "id_number".into(),
+                root,
+            },
+        ),
+    ] {
+        let started = Instant::now();
+        let r = verifier_client
+            .query(query(record_id, std::slice::from_ref(&predicate)))
+            .await
+            .unwrap()
+            .into_inner();
+        eprintln!("{record_id}: proved in {:?}", started.elapsed());
+        assert!(r.answer, "{record_id}");
+        let v = auditor
+            .verify(verify_request(&r.proof.unwrap()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(v.valid && v.answer, "{}", v.reason);
+        assert_eq!(v.record_id, record_id);
+    }
+}
