@@ -1,15 +1,18 @@
 //! The device side of the protocol: connect with an admitted certificate,
 //! accept only tasks that fit the local data and policy, train locally,
-//! send only model updates. The `yilian-agent` binary wraps this with a
+//! send only model updates. For an evaluation, download the engineer's ONNX
+//! model (within the policy's size limits), run it with tract on the local
+//! data and send only counts. The `yilian-agent` binary wraps this with a
 //! command line and progress display.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use quinn::crypto::rustls::QuicClientConfig;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use yilian_identity::Identity;
-use yilian_models::{Dataset, ModelSpec, TrainConfig};
+use yilian_models::{Dataset, ModelSpec, OnnxModel, OutputKind, TrainConfig};
 
 use crate::coordinator::{next_message, spawn_writer};
 use crate::protocol::{ALPN, ChunkAssembler, Message, WeightsPurpose, weight_messages};
@@ -49,6 +52,25 @@ pub enum AgentEvent {
     Done {
         task_id: String,
     },
+    /// Joined an evaluation.
+    Evaluating {
+        task_id: String,
+    },
+    /// Sent an evaluation's counts; `correct` of `samples` stays visible
+    /// to the device owner, as it is their own data.
+    Reported {
+        task_id: String,
+        samples: u64,
+        correct: u64,
+    },
+}
+
+/// An evaluation the agent accepted: what it agreed to download and run.
+struct EvaluationJob {
+    task_id: String,
+    output: OutputKind,
+    model_bytes: u64,
+    model_sha256: [u8; 32],
 }
 
 /// A reward the agent earned.
@@ -139,6 +161,8 @@ pub async fn run(
     let mut task: Option<(String, ModelSpec)> = None;
     let mut round_cfg: Option<(u32, TrainConfig)> = None;
     let mut assembler: Option<ChunkAssembler> = None;
+    let mut evaluation: Option<EvaluationJob> = None;
+    let mut model_assembler: Option<ChunkAssembler<u8>> = None;
     let mut rewards = Vec::new();
     while let Some(message) = next_message(&mut recv).await? {
         match message {
@@ -270,9 +294,103 @@ pub async fn run(
                     ledger_index,
                 });
             }
+            Message::EvaluationOffer {
+                task_id,
+                schema: wanted,
+                output,
+                model_bytes,
+                params,
+                model_sha256,
+            } => {
+                let verdict = schema
+                    .check_against(&wanted)
+                    .and_then(|()| cfg.policy.admits_onnx(model_bytes, params));
+                match verdict {
+                    Ok(()) => {
+                        send(Message::TaskAccept {
+                            task_id: task_id.clone(),
+                        })?;
+                        on_event(AgentEvent::Evaluating {
+                            task_id: task_id.clone(),
+                        });
+                        evaluation = Some(EvaluationJob {
+                            task_id,
+                            output,
+                            model_bytes,
+                            model_sha256,
+                        });
+                    }
+                    Err(e) => {
+                        on_event(AgentEvent::Declined {
+                            task_id: task_id.clone(),
+                            reason: e.to_string(),
+                        });
+                        send(Message::TaskDecline {
+                            task_id,
+                            reason: e.to_string(),
+                        })?;
+                    }
+                }
+            }
+            Message::EvaluationStart {
+                task_id,
+                bytes,
+                chunks,
+            } => {
+                let job = evaluation
+                    .as_ref()
+                    .filter(|j| j.task_id == task_id)
+                    .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
+                // The model must be the size offered; the policy caps what is buffered.
+                if bytes != job.model_bytes {
+                    return Err(FlError::BadChunk {
+                        index: 0,
+                        total: chunks,
+                    });
+                }
+                let max = usize::try_from(cfg.policy.max_model_bytes).unwrap_or(usize::MAX);
+                model_assembler = Some(ChunkAssembler::for_model(bytes, chunks, max)?);
+            }
+            Message::ModelChunk { index, bytes } => {
+                let asm = model_assembler
+                    .as_mut()
+                    .ok_or(FlError::BadChunk { index, total: 0 })?;
+                let Some(model) = asm.push(0, index, bytes)? else {
+                    continue;
+                };
+                model_assembler = None;
+                let Some(job) = &evaluation else {
+                    return Err(FlError::BadChunk { index, total: 0 });
+                };
+                if Sha256::digest(&model)[..] != job.model_sha256 {
+                    return Err(FlError::Transport(
+                        "the evaluation model is not the one offered".into(),
+                    ));
+                }
+                let (data, output, policy) = (data.clone(), job.output, cfg.policy.clone());
+                let counts = tokio::task::spawn_blocking(move || {
+                    let onnx = OnnxModel::from_bytes(model)?;
+                    // The offer's parameter count was the coordinator's word; check it.
+                    policy.admits_onnx(onnx.byte_len() as u64, onnx.param_count())?;
+                    Ok::<_, FlError>(onnx.evaluate_counts(&data, output)?)
+                })
+                .await
+                .map_err(|e| FlError::Transport(e.to_string()))??;
+                let (samples, correct) = (counts.samples, counts.correct());
+                send(Message::EvaluationReport {
+                    task_id: job.task_id.clone(),
+                    counts,
+                })?;
+                on_event(AgentEvent::Reported {
+                    task_id: job.task_id.clone(),
+                    samples,
+                    correct,
+                });
+            }
             Message::TaskDone { task_id } => {
                 on_event(AgentEvent::Done { task_id });
                 task = None;
+                evaluation = None;
                 if cfg.single_task {
                     break;
                 }

@@ -10,8 +10,8 @@ use yilian_models::ModelSpec;
 
 use crate::agent::{client_endpoint, connect};
 use crate::coordinator::next_message;
-use crate::protocol::{ChunkAssembler, Message};
-use crate::{RoundRecord, TaskSpec};
+use crate::protocol::{ChunkAssembler, Message, model_chunk_count, model_chunks};
+use crate::{EvaluationResult, RoundRecord, TaskFile};
 
 /// How to reach the coordinator.
 #[derive(Clone, Debug, clap::Args)]
@@ -29,16 +29,19 @@ pub struct NodeArgs {
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum TaskCommand {
-    /// Submit a training task described by a TOML file.
+    /// Submit a task described by a TOML file: training (the default) or,
+    /// with `kind = "evaluation"`, an evaluation of an ONNX model.
     Submit {
         task: PathBuf,
-        /// Initial weights (safetensors); overrides `initial_weights` in the file.
+        /// Initial weights (safetensors) of a training task; overrides
+        /// `initial_weights` in the file.
         #[arg(long)]
         weights: Option<PathBuf>,
         #[command(flatten)]
         node: NodeArgs,
     },
-    /// Per-round accuracy, loss, participants and rewards.
+    /// Per-round accuracy, loss, participants and rewards; for an
+    /// evaluation, the aggregate accuracy, mean loss and confusion matrix.
     Status {
         task_id: String,
         #[command(flatten)]
@@ -65,14 +68,25 @@ impl TaskCommand {
                 let id = submit(&node, &task, weights.as_deref()).await?;
                 println!("task {id} submitted");
             }
-            TaskCommand::Status { task_id, node } => {
-                let (phase, rounds, history) = status(&node, &task_id).await?;
-                println!(
-                    "task {task_id}: {phase} ({} of {rounds} rounds done)",
-                    history.len()
-                );
-                print_history(&history);
-            }
+            TaskCommand::Status { task_id, node } => match task_status(&node, &task_id).await? {
+                TaskStatus::Training {
+                    phase,
+                    rounds,
+                    history,
+                } => {
+                    println!(
+                        "task {task_id}: {phase} ({} of {rounds} rounds done)",
+                        history.len()
+                    );
+                    print_history(&history);
+                }
+                TaskStatus::Evaluation { phase, result } => {
+                    println!("evaluation {task_id}: {phase}");
+                    if let Some(r) = result {
+                        print_evaluation(&r);
+                    }
+                }
+            },
             TaskCommand::Download { task_id, out, node } => {
                 let (spec, weights) = download(&node, &task_id).await?;
                 std::fs::create_dir_all(&out)?;
@@ -105,20 +119,77 @@ pub fn print_history(history: &[RoundRecord]) {
     }
 }
 
+/// Prints an evaluation's aggregate and its confusion matrix.
+pub fn print_evaluation(r: &EvaluationResult) {
+    println!(
+        "{} samples from {} agents ({} missing): accuracy {:.4}, mean loss {:.4}",
+        r.samples,
+        r.participants.len(),
+        r.missing.len(),
+        r.accuracy,
+        r.loss
+    );
+    println!("confusion matrix (rows: true class, columns: predicted class)");
+    let width = r
+        .confusion
+        .iter()
+        .flatten()
+        .max()
+        .map_or(1, |m| m.to_string().len())
+        .max(r.confusion.len().to_string().len());
+    print!("{:>5}", "");
+    for c in 0..r.confusion.len() {
+        print!(" {c:>width$}");
+    }
+    println!();
+    for (t, row) in r.confusion.iter().enumerate() {
+        print!("{t:>5}");
+        for n in row {
+            print!(" {n:>width$}");
+        }
+        println!();
+    }
+}
+
+/// What `status` reports for either kind of task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskStatus {
+    Training {
+        phase: String,
+        rounds: u32,
+        history: Vec<RoundRecord>,
+    },
+    Evaluation {
+        phase: String,
+        result: Option<EvaluationResult>,
+    },
+}
+
 async fn request(
     node: &NodeArgs,
     first: Message,
+) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, quinn::RecvStream)> {
+    request_all(node, vec![first]).await
+}
+
+/// Opens a connection and sends `messages`, in order.
+async fn request_all(
+    node: &NodeArgs,
+    messages: Vec<Message>,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection, quinn::RecvStream)> {
     let identity = Identity::load(&node.identity)
         .with_context(|| format!("loading identity from {}", node.identity.display()))?;
     let endpoint = client_endpoint(&identity)?;
     let (conn, tx, recv) = connect(&endpoint, node.node, &node.server_name).await?;
-    tx.send(first)
-        .map_err(|_| anyhow::anyhow!("connection closed"))?;
+    for m in messages {
+        tx.send(m)
+            .map_err(|_| anyhow::anyhow!("connection closed"))?;
+    }
     Ok((endpoint, conn, recv))
 }
 
-/// Submits a task file; the validation set path in it is read relative to the file.
+/// Submits a task file. A training task's validation set and initial
+/// weights, and an evaluation's ONNX model, are read relative to the file.
 pub async fn submit(
     node: &NodeArgs,
     task_file: &Path,
@@ -126,8 +197,26 @@ pub async fn submit(
 ) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(task_file)
         .with_context(|| format!("reading {}", task_file.display()))?;
-    let task = TaskSpec::from_toml(&text)?;
     let base = task_file.parent().unwrap_or(Path::new("."));
+    let task = match TaskFile::from_toml(&text)? {
+        TaskFile::Training(t) => t,
+        TaskFile::Evaluation(e) => {
+            if weights.is_some() {
+                bail!("an evaluation task takes no initial weights");
+            }
+            let path = base.join(&e.model);
+            let model =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let mut messages = vec![Message::SubmitEvaluation {
+                task_toml: text,
+                bytes: model.len() as u64,
+                chunks: model_chunk_count(model.len()),
+            }];
+            messages.extend(model_chunks(&model));
+            let (_ep, conn, mut recv) = request_all(node, messages).await?;
+            return accepted(&conn, next_message(&mut recv).await?);
+        }
+    };
     let validation = base.join(&task.validation);
     let validation_csv = std::fs::read(&validation)
         .with_context(|| format!("reading validation set {}", validation.display()))?;
@@ -144,7 +233,10 @@ pub async fn submit(
         },
     )
     .await?;
-    let reply = next_message(&mut recv).await?;
+    accepted(&conn, next_message(&mut recv).await?)
+}
+
+fn accepted(conn: &quinn::Connection, reply: Option<Message>) -> anyhow::Result<String> {
     conn.close(0u32.into(), b"done");
     match reply {
         Some(Message::TaskAccepted { task_id, .. }) => Ok(task_id),
@@ -153,10 +245,23 @@ pub async fn submit(
     }
 }
 
+/// A training task's phase, round count and closed rounds.
 pub async fn status(
     node: &NodeArgs,
     task_id: &str,
 ) -> anyhow::Result<(String, u32, Vec<RoundRecord>)> {
+    match task_status(node, task_id).await? {
+        TaskStatus::Training {
+            phase,
+            rounds,
+            history,
+        } => Ok((phase, rounds, history)),
+        TaskStatus::Evaluation { .. } => bail!("task {task_id} is an evaluation"),
+    }
+}
+
+/// The status of a task of either kind.
+pub async fn task_status(node: &NodeArgs, task_id: &str) -> anyhow::Result<TaskStatus> {
     let (_ep, conn, mut recv) = request(
         node,
         Message::StatusRequest {
@@ -172,7 +277,14 @@ pub async fn status(
             rounds,
             history,
             ..
-        }) => Ok((phase, rounds, history)),
+        }) => Ok(TaskStatus::Training {
+            phase,
+            rounds,
+            history,
+        }),
+        Some(Message::EvaluationStatus { phase, result, .. }) => {
+            Ok(TaskStatus::Evaluation { phase, result })
+        }
         Some(Message::Refused { reason }) => bail!("{reason}"),
         other => bail!("unexpected reply: {other:?}"),
     }

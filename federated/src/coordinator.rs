@@ -7,6 +7,11 @@
 //! tasks whose schema matches their data; engineers (role `engineer`) submit
 //! tasks, ask for status and download models. Everything else is refused at
 //! the first message.
+//!
+//! Evaluation tasks run beside training tasks: their ONNX model is kept in
+//! the task's directory (checked against its hash on restart), their state
+//! in its own redb table, and an agent is offered one only when no training
+//! task fits its data.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -15,32 +20,55 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use yilian_identity::{Identity, Principal, Role, tls::RevocationList};
 use yilian_ledger::{Ledger, Payload, Transaction};
-use yilian_models::{Dataset, LabelColumn};
+use yilian_models::{Dataset, LabelColumn, OnnxModel};
 
 use crate::protocol::{
     ALPN, ChunkAssembler, MAX_FRAME, Message, RewardProof, WeightsPurpose, decode_body, encode,
-    weight_messages,
+    model_chunk_count, model_chunks, weight_messages,
 };
-use crate::{AgentId, Effect, FlError, RoundMachine, RoundRecord, Store, TaskSpec, Update};
+use crate::{
+    AgentId, Effect, EvaluationEffect, EvaluationMachine, EvaluationPhase, EvaluationResult,
+    EvaluationState, FlError, RoundMachine, RoundRecord, Store, TaskFile, TaskSpec, Update,
+};
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
+/// Largest ONNX model an engineer may submit for evaluation. The
+/// coordinator holds it in memory and queues a copy per selected agent, so
+/// it is bounded; agents apply their own, usually smaller, limit.
+pub const MAX_EVALUATION_MODEL_BYTES: usize = 256 << 20;
 
 type Outbox = mpsc::UnboundedSender<Message>;
 
 struct AgentLink {
     outbox: Outbox,
     schema: crate::DataSchema,
+    /// Examples the agent declared in its `Hello`; its evaluation report must agree.
+    samples: u64,
     task: Option<String>,
+}
+
+/// An evaluation and the ONNX file it sends out.
+struct EvaluationTask {
+    machine: EvaluationMachine,
+    model: Arc<Vec<u8>>,
 }
 
 struct Inner {
     store: Store,
     tasks: BTreeMap<String, RoundMachine>,
+    evaluations: BTreeMap<String, EvaluationTask>,
     agents: HashMap<AgentId, AgentLink>,
+}
+
+impl Inner {
+    fn task_exists(&self, id: &str) -> bool {
+        self.tasks.contains_key(id) || self.evaluations.contains_key(id)
+    }
 }
 
 struct Shared {
@@ -79,6 +107,20 @@ fn load_validation(data_dir: &Path, task: &TaskSpec) -> Result<Dataset, FlError>
     )?)
 }
 
+fn model_path(data_dir: &Path, task_id: &str) -> PathBuf {
+    task_dir(data_dir, task_id).join("model.onnx")
+}
+
+/// The stored ONNX file of an evaluation, refused if it is not the one the
+/// evaluation was created with.
+fn load_model(data_dir: &Path, state: &EvaluationState) -> Result<Arc<Vec<u8>>, FlError> {
+    let bytes = std::fs::read(model_path(data_dir, &state.task.id))?;
+    if Sha256::digest(&bytes)[..] != state.model_sha256 {
+        return Err(FlError::ModelFileChanged(state.task.id.clone()));
+    }
+    Ok(Arc::new(bytes))
+}
+
 /// The authenticated peer of a QUIC connection.
 pub fn peer_principal(conn: &quinn::Connection) -> Option<Principal> {
     let certs = conn
@@ -109,6 +151,14 @@ impl Coordinator {
                 tasks.insert(id, RoundMachine::restore(state, validation)?);
             }
         }
+        let mut evaluations = BTreeMap::new();
+        for id in store.evaluation_ids()? {
+            if let Some(state) = store.load_evaluation(&id)? {
+                let model = load_model(data_dir, &state)?;
+                let machine = EvaluationMachine::restore(state)?;
+                evaluations.insert(id, EvaluationTask { machine, model });
+            }
+        }
         let mut tls = yilian_identity::tls::server_config(&identity, revoked)
             .map_err(|e| FlError::Transport(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -128,6 +178,7 @@ impl Coordinator {
             inner: Mutex::new(Inner {
                 store,
                 tasks,
+                evaluations,
                 agents: HashMap::new(),
             }),
             identity,
@@ -165,6 +216,17 @@ impl Coordinator {
                         };
                         records.extend(process(&mut inner, &id, effects));
                     }
+                    let ids: Vec<String> = inner.evaluations.keys().cloned().collect();
+                    for id in ids {
+                        let effects = match inner.evaluations.get_mut(&id) {
+                            Some(e) => e.machine.tick(now_ms()),
+                            None => continue,
+                        };
+                        // A tick that did nothing changed nothing: skip the write.
+                        if !effects.is_empty() {
+                            process_evaluation(&mut inner, &id, effects);
+                        }
+                    }
                     records
                 };
                 for (task, record) in records {
@@ -188,10 +250,20 @@ impl Coordinator {
     }
 
     pub fn is_done(&self, task_id: &str) -> bool {
+        let inner = lock(&self.shared);
+        inner.tasks.get(task_id).is_some_and(RoundMachine::is_done)
+            || inner
+                .evaluations
+                .get(task_id)
+                .is_some_and(|e| e.machine.is_done())
+    }
+
+    /// An evaluation's aggregate, once it closed.
+    pub fn evaluation_result(&self, task_id: &str) -> Option<EvaluationResult> {
         lock(&self.shared)
-            .tasks
+            .evaluations
             .get(task_id)
-            .is_some_and(RoundMachine::is_done)
+            .and_then(|e| e.machine.result().cloned())
     }
 
     /// Stops accepting connections and closes the open ones.
@@ -273,6 +345,82 @@ fn process(inner: &mut Inner, task_id: &str, effects: Vec<Effect>) -> Vec<(Strin
         tracing::error!(task_id, "cannot persist task state: {e}");
     }
     closed
+}
+
+/// Applies effects of an evaluation's machine: the model to agents,
+/// refusals, the end of the task; then persists its state.
+fn process_evaluation(inner: &mut Inner, task_id: &str, effects: Vec<EvaluationEffect>) {
+    let mut queue: std::collections::VecDeque<EvaluationEffect> = effects.into();
+    let mut done = false;
+    while let Some(effect) = queue.pop_front() {
+        let Some(eval) = inner.evaluations.get_mut(task_id) else {
+            return;
+        };
+        match effect {
+            EvaluationEffect::SendModel { agent } => {
+                let sent = inner.agents.get(&agent).is_some_and(|link| {
+                    let mut ok = link
+                        .outbox
+                        .send(Message::EvaluationStart {
+                            task_id: task_id.to_owned(),
+                            bytes: eval.model.len() as u64,
+                            chunks: model_chunk_count(eval.model.len()),
+                        })
+                        .is_ok();
+                    for m in model_chunks(&eval.model) {
+                        ok &= link.outbox.send(m).is_ok();
+                    }
+                    ok
+                });
+                if !sent {
+                    queue.extend(eval.machine.leave(agent, now_ms()));
+                }
+            }
+            EvaluationEffect::Rejected { agent, reason } => {
+                tracing::info!(task_id, agent = hex::encode(&agent[..4]), %reason, "evaluation report refused");
+                if let Some(link) = inner.agents.get(&agent) {
+                    let _ = link
+                        .outbox
+                        .send(Message::UpdateRejected { round: 0, reason });
+                }
+            }
+            EvaluationEffect::Evaluated(result) => {
+                tracing::info!(
+                    task_id,
+                    participants = result.participants.len(),
+                    samples = result.samples,
+                    accuracy = result.accuracy,
+                    "evaluation closed"
+                );
+                done = true;
+            }
+            EvaluationEffect::Abandoned { attempt, received } => {
+                tracing::warn!(
+                    task_id,
+                    attempt,
+                    received,
+                    "evaluation attempt abandoned: too few reports"
+                );
+            }
+            EvaluationEffect::Expired => done = true,
+        }
+    }
+    if done {
+        for link in inner
+            .agents
+            .values()
+            .filter(|l| l.task.as_deref() == Some(task_id))
+        {
+            let _ = link.outbox.send(Message::TaskDone {
+                task_id: task_id.to_owned(),
+            });
+        }
+    }
+    if let Some(eval) = inner.evaluations.get(task_id)
+        && let Err(e) = inner.store.save_evaluation(eval.machine.state())
+    {
+        tracing::error!(task_id, "cannot persist evaluation state: {e}");
+    }
 }
 
 /// A deterministic transaction, so that replaying a round after a crash
@@ -442,8 +590,8 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> Re
         return Ok(());
     };
     let result = match (principal.role, first) {
-        (Role::Device, Message::Hello { schema, .. }) => {
-            agent_session(&shared, &principal, schema, tx.clone(), &mut recv).await
+        (Role::Device, Message::Hello { schema, samples }) => {
+            agent_session(&shared, &principal, schema, samples, tx.clone(), &mut recv).await
         }
         (Role::Engineer | Role::Member, m) => engineer_request(&shared, m, &tx, &mut recv).await,
         (role, _) => Err(FlError::Transport(format!(
@@ -465,6 +613,7 @@ async fn agent_session(
     shared: &Arc<Shared>,
     principal: &Principal,
     schema: crate::DataSchema,
+    samples: u64,
     outbox: Outbox,
     recv: &mut quinn::RecvStream,
 ) -> Result<(), FlError> {
@@ -476,6 +625,7 @@ async fn agent_session(
             AgentLink {
                 outbox: outbox.clone(),
                 schema: schema.clone(),
+                samples,
                 task: None,
             },
         );
@@ -486,6 +636,15 @@ async fn agent_session(
         let mut inner = lock(shared);
         let task = inner.agents.remove(&agent).and_then(|l| l.task);
         match task {
+            Some(task) if inner.evaluations.contains_key(&task) => {
+                let effects = inner
+                    .evaluations
+                    .get_mut(&task)
+                    .map(|e| e.machine.leave(agent, now_ms()))
+                    .unwrap_or_default();
+                process_evaluation(&mut inner, &task, effects);
+                Vec::new()
+            }
             Some(task) => {
                 let effects = inner
                     .tasks
@@ -503,7 +662,8 @@ async fn agent_session(
     result
 }
 
-/// Offers the agent the first unfinished task its data fits.
+/// Offers the agent the first unfinished training task its data fits, or
+/// failing that the first such evaluation.
 fn offer_task(inner: &mut Inner, agent: AgentId) {
     let Some(link) = inner.agents.get(&agent) else {
         return;
@@ -511,12 +671,18 @@ fn offer_task(inner: &mut Inner, agent: AgentId) {
     if link.task.is_some() {
         return;
     }
-    let open: Vec<&RoundMachine> = inner.tasks.values().filter(|m| !m.is_done()).collect();
-    let offer = open
+    let training: Vec<&RoundMachine> = inner.tasks.values().filter(|m| !m.is_done()).collect();
+    let evaluating: Vec<&EvaluationState> = inner
+        .evaluations
+        .values()
+        .filter(|e| !e.machine.is_done())
+        .map(|e| e.machine.state())
+        .collect();
+    let fits = |schema: &crate::DataSchema| link.schema.check_against(schema);
+    let offer = training
         .iter()
-        .find(|m| link.schema.check_against(&m.state().task.schema).is_ok());
-    let message = match offer {
-        Some(m) => {
+        .find(|m| fits(&m.state().task.schema).is_ok())
+        .map(|m| {
             let t = &m.state().task;
             Message::TaskOffer {
                 task_id: t.id.clone(),
@@ -526,12 +692,29 @@ fn offer_task(inner: &mut Inner, agent: AgentId) {
                 local_epochs: t.local_epochs,
                 params: m.param_count() as u64,
             }
-        }
+        })
+        .or_else(|| {
+            evaluating
+                .iter()
+                .find(|e| fits(&e.task.schema).is_ok())
+                .map(|e| Message::EvaluationOffer {
+                    task_id: e.task.id.clone(),
+                    schema: e.task.schema.clone(),
+                    output: e.task.output,
+                    model_bytes: e.model_bytes,
+                    params: e.params,
+                    model_sha256: e.model_sha256,
+                })
+        });
+    let message = match offer {
+        Some(m) => m,
         // Open tasks, none of which this data fits: say why rather than
         // leave the agent waiting.
-        None => match open
+        None => match training
             .first()
-            .map(|m| link.schema.check_against(&m.state().task.schema))
+            .map(|m| &m.state().task.schema)
+            .or(evaluating.first().map(|e| &e.task.schema))
+            .map(fits)
         {
             Some(Err(e)) => Message::Refused {
                 reason: format!("no open task fits your data: {e}"),
@@ -554,6 +737,38 @@ async fn agent_loop(
             let mut inner = lock(shared);
             let task = inner.agents.get(&agent).and_then(|l| l.task.clone());
             match message {
+                Message::TaskAccept { task_id } if inner.evaluations.contains_key(&task_id) => {
+                    let Some((schema, samples)) = inner
+                        .agents
+                        .get(&agent)
+                        .map(|l| (l.schema.clone(), l.samples))
+                    else {
+                        return Err(FlError::NoSuchTask(task_id));
+                    };
+                    let effects = match inner.evaluations.get_mut(&task_id) {
+                        Some(e) => e.machine.recruit(agent, &schema, samples, now_ms())?,
+                        None => Vec::new(),
+                    };
+                    if let Some(l) = inner.agents.get_mut(&agent) {
+                        l.task = Some(task_id.clone());
+                    }
+                    process_evaluation(&mut inner, &task_id, effects);
+                    Vec::new()
+                }
+                Message::EvaluationReport { task_id, counts } => {
+                    if task.as_deref() != Some(task_id.as_str()) {
+                        return Err(FlError::Transport(format!(
+                            "a report for task {task_id}, which this agent has not joined"
+                        )));
+                    }
+                    let effects = inner
+                        .evaluations
+                        .get_mut(&task_id)
+                        .map(|e| e.machine.submit(agent, counts, now_ms()))
+                        .unwrap_or_default();
+                    process_evaluation(&mut inner, &task_id, effects);
+                    Vec::new()
+                }
                 Message::TaskAccept { task_id } => {
                     let schema = inner.agents.get(&agent).map(|l| l.schema.clone());
                     let (Some(machine), Some(schema)) = (inner.tasks.get_mut(&task_id), schema)
@@ -648,6 +863,9 @@ fn kind(m: &Message) -> &'static str {
         Message::Hello { .. } => "hello",
         Message::SubmitTask { .. } => "submit-task",
         Message::StatusRequest { .. } => "status-request",
+        Message::SubmitEvaluation { .. } => "submit-evaluation",
+        Message::ModelChunk { .. } => "model-chunk",
+        Message::EvaluationReport { .. } => "evaluation-report",
         Message::DownloadRequest { .. } => "download-request",
         _ => "other",
     }
@@ -657,21 +875,94 @@ async fn engineer_request(
     shared: &Arc<Shared>,
     first: Message,
     outbox: &Outbox,
-    _recv: &mut quinn::RecvStream,
+    recv: &mut quinn::RecvStream,
 ) -> Result<(), FlError> {
     match first {
+        Message::SubmitEvaluation {
+            task_toml,
+            bytes,
+            chunks,
+        } => {
+            let TaskFile::Evaluation(task) = TaskFile::from_toml(&task_toml)? else {
+                return Err(FlError::InvalidTask(
+                    "a training task is submitted with its validation set, not an ONNX model",
+                ));
+            };
+            if lock(shared).task_exists(&task.id) {
+                return Err(FlError::InvalidTask("a task with this id already exists"));
+            }
+            // Refuses an oversized model at its header, before buffering any of it.
+            let mut asm = ChunkAssembler::for_model(bytes, chunks, MAX_EVALUATION_MODEL_BYTES)?;
+            let model = loop {
+                match read_message(recv).await? {
+                    Some(Message::ModelChunk { index, bytes }) => {
+                        if let Some(model) = asm.push(0, index, bytes)? {
+                            break model;
+                        }
+                    }
+                    Some(other) => {
+                        return Err(FlError::Transport(format!(
+                            "expected the model's chunks, got {}",
+                            kind(&other)
+                        )));
+                    }
+                    None => {
+                        return Err(FlError::Transport(
+                            "the stream ended before the whole model arrived".into(),
+                        ));
+                    }
+                }
+            };
+            // tract parses and test-runs the graph: CPU work, off the async threads.
+            let onnx = tokio::task::spawn_blocking(move || OnnxModel::from_bytes(model))
+                .await
+                .map_err(|e| FlError::Transport(e.to_string()))??;
+            let machine = EvaluationMachine::new(task.clone(), &onnx)?;
+            let state = machine.state();
+            let params = state.params;
+            std::fs::create_dir_all(task_dir(&shared.data_dir, &task.id))?;
+            std::fs::write(model_path(&shared.data_dir, &task.id), onnx.bytes())?;
+            if let Some(ledger) = &shared.ledger {
+                let tx = Transaction::new(Payload::TaskSubmitted {
+                    task_id: task.id.clone(),
+                    spec_hash: task.hash(&state.model_sha256),
+                    reward_budget: 0,
+                });
+                if let Err(e) = ledger.submit(tx.sign(shared.identity.signing_key())).await {
+                    tracing::error!(task_id = task.id, "task not anchored on the ledger: {e}");
+                }
+            }
+            let mut inner = lock(shared);
+            if inner.task_exists(&task.id) {
+                return Err(FlError::InvalidTask("a task with this id already exists"));
+            }
+            inner.store.save_evaluation(machine.state())?;
+            let model = Arc::new(onnx.bytes().to_vec());
+            inner
+                .evaluations
+                .insert(task.id.clone(), EvaluationTask { machine, model });
+            let idle: Vec<AgentId> = inner.agents.keys().copied().collect();
+            for agent in idle {
+                offer_task(&mut inner, agent);
+            }
+            let _ = outbox.send(Message::TaskAccepted {
+                task_id: task.id,
+                params,
+            });
+        }
         Message::SubmitTask {
             task_toml,
             validation_csv,
             initial_weights,
         } => {
-            let task = TaskSpec::from_toml(&task_toml)?;
+            let TaskFile::Training(task) = TaskFile::from_toml(&task_toml)? else {
+                return Err(FlError::InvalidTask(
+                    "an evaluation task is submitted with its ONNX model",
+                ));
+            };
             let dir = task_dir(&shared.data_dir, &task.id);
-            {
-                let inner = lock(shared);
-                if inner.tasks.contains_key(&task.id) {
-                    return Err(FlError::InvalidTask("a task with this id already exists"));
-                }
+            if lock(shared).task_exists(&task.id) {
+                return Err(FlError::InvalidTask("a task with this id already exists"));
             }
             std::fs::create_dir_all(&dir)?;
             std::fs::write(dir.join("validation.csv"), &validation_csv)?;
@@ -702,6 +993,35 @@ async fn engineer_request(
             let _ = outbox.send(Message::TaskAccepted {
                 task_id: task.id,
                 params,
+            });
+        }
+        Message::StatusRequest { task_id } if lock(shared).evaluations.contains_key(&task_id) => {
+            let inner = lock(shared);
+            let e = inner
+                .evaluations
+                .get(&task_id)
+                .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
+            let state = e.machine.state();
+            let phase = match &state.phase {
+                EvaluationPhase::Waiting => format!(
+                    "waiting for agents ({} of at least {} joined)",
+                    state.recruited.len(),
+                    state.task.min_agents
+                ),
+                EvaluationPhase::Collecting {
+                    selected, received, ..
+                } => format!(
+                    "evaluating: {} of {} reports",
+                    received.len(),
+                    selected.len()
+                ),
+                EvaluationPhase::Done(_) => "finished".to_owned(),
+                EvaluationPhase::Expired => "expired".to_owned(),
+            };
+            let _ = outbox.send(Message::EvaluationStatus {
+                task_id,
+                phase,
+                result: e.machine.result().cloned(),
             });
         }
         Message::StatusRequest { task_id } => {

@@ -34,6 +34,8 @@ pub enum FlError {
     BadChunk { index: u32, total: u32 },
     #[error("task {0} not found")]
     NoSuchTask(String),
+    #[error("the stored ONNX model of evaluation {0} does not match its recorded hash")]
+    ModelFileChanged(String),
     #[error("model: {0}")]
     Model(#[from] yilian_models::ModelError),
     #[error("task file: {0}")]
@@ -63,6 +65,21 @@ pub enum RejectReason {
     BadSampleCount(u64),
     #[error("no round is open")]
     NoOpenRound,
+    // Evaluation reports (appended: the wire encoding of the variants above stays).
+    #[error("its confusion matrix is {rows}x{cols}, the model has {expected} classes")]
+    MatrixShape {
+        rows: usize,
+        cols: usize,
+        expected: usize,
+    },
+    #[error("its confusion counts add up to {counted}, it claims {samples} samples")]
+    CountsDoNotAddUp { counted: u64, samples: u64 },
+    #[error("it reports {reported} samples, the agent declared {declared}")]
+    SamplesDiffer { reported: u64, declared: u64 },
+    #[error("it counts examples of class {class}, outside the task's schema")]
+    ClassOutsideSchema { class: usize },
+    #[error("its summed loss is negative, not finite or above the bound for {samples} samples")]
+    ImpossibleLoss { samples: u64 },
 }
 
 macro_rules! store_err {

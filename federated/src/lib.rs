@@ -3,11 +3,14 @@
 //! Device owners' agents train on their own data and send only model
 //! updates; the coordinator runs rounds, combines updates, evaluates the
 //! global model on its validation set, scores each agent's contribution and
-//! splits the reward budget by it.
+//! splits the reward budget by it. In a federated evaluation agents instead
+//! run an engineer's ONNX model on their data and send only counts, which
+//! the coordinator adds up into accuracy, mean loss and a confusion matrix.
 //!
 //! - [`task`]: what an engineer submits, the data schema agents must match,
 //!   what an agent's policy allows;
 //! - [`round`]: the sans-IO round state machine ([`RoundMachine`]);
+//! - [`evaluation`]: the sans-IO evaluation state machine ([`EvaluationMachine`]);
 //! - [`aggregate`]: update validation, FedAvg / FedProx / FedAdam, coordinate
 //!   median, trimmed mean, Krum;
 //! - [`contribution`]: GTG-Shapley (documented there), exact Shapley, reward split;
@@ -23,6 +26,7 @@ pub mod contribution;
 pub mod coordinator;
 pub mod devnet;
 mod error;
+pub mod evaluation;
 pub mod protocol;
 pub mod round;
 pub mod sim;
@@ -31,6 +35,11 @@ pub mod task;
 
 pub use aggregate::Update;
 pub use error::{FlError, RejectReason};
+pub use evaluation::{
+    EvaluationEffect, EvaluationMachine, EvaluationPhase, EvaluationResult, EvaluationState,
+};
 pub use round::{AgentId, Effect, Phase, RoundMachine, RoundRecord, TaskState};
 pub use store::Store;
-pub use task::{AgentPolicy, DataSchema, Robust, Strategy, TaskSpec};
+pub use task::{
+    AgentPolicy, DataSchema, EvaluationSpec, Robust, Strategy, TaskFile, TaskKind, TaskSpec,
+};

@@ -6,18 +6,32 @@
 //! [`Envelope`]. Weights travel as a [`Message::WeightsHeader`] followed by
 //! [`Message::WeightsChunk`]s, reassembled by [`ChunkAssembler`], which
 //! refuses anything out of order, out of range or larger than announced.
+//! ONNX files for evaluation travel the same way as [`Message::ModelChunk`]s
+//! of bytes.
+//!
+//! Version 2 added the evaluation messages at the end of [`Message`], so
+//! every version-1 message keeps its encoding. Each frame carries the
+//! lowest version that has its message ([`Message::since`]): a version-1
+//! peer still understands every version-1 message, and one sent an
+//! evaluation message fails with a clear version error rather than a
+//! decoding one.
 
 use serde::{Deserialize, Serialize};
-use yilian_models::{ModelSpec, TrainConfig};
+use yilian_models::{EvalCounts, ModelSpec, OutputKind, TrainConfig};
 
+use crate::evaluation::EvaluationResult;
 use crate::{DataSchema, FlError, RejectReason};
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still reads.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted (a chunk of weights plus headroom).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Weights per chunk: 128 KiB of `f32`.
 pub const CHUNK_VALUES: usize = 32 * 1024;
+/// ONNX bytes per chunk.
+pub const CHUNK_BYTES: usize = 256 * 1024;
 /// ALPN for QUIC connections.
 pub const ALPN: &[u8] = b"yilian-fl/1";
 
@@ -127,6 +141,59 @@ pub enum Message {
     Refused {
         reason: String,
     },
+    // Version 2: federated evaluation. New messages go after this point only.
+    /// Coordinator: an evaluation the agent may join; what it would download and run.
+    EvaluationOffer {
+        task_id: String,
+        schema: DataSchema,
+        output: OutputKind,
+        model_bytes: u64,
+        params: u64,
+        model_sha256: [u8; 32],
+    },
+    /// Coordinator: evaluate now; the ONNX model follows in `chunks` [`Message::ModelChunk`]s.
+    EvaluationStart {
+        task_id: String,
+        bytes: u64,
+        chunks: u32,
+    },
+    /// A slice of an ONNX file (engineer to coordinator, coordinator to agent).
+    ModelChunk {
+        index: u32,
+        bytes: Vec<u8>,
+    },
+    /// Agent: the counts of the model on its data; nothing per example.
+    EvaluationReport {
+        task_id: String,
+        counts: EvalCounts,
+    },
+    /// Engineer: an evaluation task (its TOML); the ONNX model follows in chunks.
+    SubmitEvaluation {
+        task_toml: String,
+        bytes: u64,
+        chunks: u32,
+    },
+    /// Coordinator: an evaluation's phase and, once it closed, the aggregate.
+    EvaluationStatus {
+        task_id: String,
+        phase: String,
+        result: Option<EvaluationResult>,
+    },
+}
+
+impl Message {
+    /// The protocol version that introduced this message.
+    pub fn since(&self) -> u16 {
+        match self {
+            Message::EvaluationOffer { .. }
+            | Message::EvaluationStart { .. }
+            | Message::ModelChunk { .. }
+            | Message::EvaluationReport { .. }
+            | Message::SubmitEvaluation { .. }
+            | Message::EvaluationStatus { .. } => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// A reward transaction as logged, with what an agent needs to check
@@ -185,7 +252,7 @@ pub struct Envelope {
 /// Encodes one message as a frame.
 pub fn encode(message: &Message) -> Result<Vec<u8>, FlError> {
     let body = postcard::to_stdvec(&Envelope {
-        version: PROTOCOL_VERSION,
+        version: message.since(),
         message: message.clone(),
     })?;
     if body.len() > MAX_FRAME {
@@ -201,11 +268,20 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, FlError> {
 
 /// Decodes a frame's body (without the length prefix).
 pub fn decode_body(body: &[u8]) -> Result<Message, FlError> {
+    // The version comes first: read it alone, so that a newer peer's message
+    // fails as a version error, not as a garbled body.
+    let (version, _) = postcard::take_from_bytes::<u16>(body)?;
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(FlError::ProtocolVersion {
+            found: version,
+            supported: PROTOCOL_VERSION,
+        });
+    }
     let env: Envelope = postcard::from_bytes(body)?;
-    if env.version != PROTOCOL_VERSION {
+    if env.message.since() > env.version {
         return Err(FlError::ProtocolVersion {
             found: env.version,
-            supported: PROTOCOL_VERSION,
+            supported: env.message.since(),
         });
     }
     Ok(env.message)
@@ -265,19 +341,61 @@ pub fn weight_messages(purpose: WeightsPurpose, round: u32, weights: &[f32]) -> 
     out
 }
 
-/// Reassembles chunked weights, refusing anything that does not fit the header.
+/// The ONNX file as a run of [`Message::ModelChunk`]s.
+pub fn model_chunks(bytes: &[u8]) -> impl Iterator<Item = Message> + '_ {
+    bytes
+        .chunks(CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, c)| Message::ModelChunk {
+            index: i as u32,
+            bytes: c.to_vec(),
+        })
+}
+
+/// How many chunks an ONNX file of `bytes` bytes travels in.
+pub fn model_chunk_count(bytes: usize) -> u32 {
+    bytes.div_ceil(CHUNK_BYTES) as u32
+}
+
+/// Reassembles chunked weights (or ONNX bytes), refusing anything that does
+/// not fit the header.
 #[derive(Debug)]
-pub struct ChunkAssembler {
+pub struct ChunkAssembler<T = f32> {
     round: u32,
     expected: usize,
     chunks: u32,
     next: u32,
-    values: Vec<f32>,
+    per_chunk: usize,
+    values: Vec<T>,
 }
 
-impl ChunkAssembler {
+impl ChunkAssembler<f32> {
     /// From a `WeightsHeader`; `max_values` is what the receiver will accept.
     pub fn new(round: u32, values: u64, chunks: u32, max_values: usize) -> Result<Self, FlError> {
+        Self::with_chunk_len(round, values, chunks, max_values, CHUNK_VALUES)
+    }
+}
+
+impl ChunkAssembler<u8> {
+    /// For an ONNX file announced as `bytes` long in `chunks` chunks;
+    /// `max_bytes` is what the receiver will accept.
+    pub fn for_model(bytes: u64, chunks: u32, max_bytes: usize) -> Result<Self, FlError> {
+        let asm = Self::with_chunk_len(0, bytes, chunks, max_bytes, CHUNK_BYTES)?;
+        if asm.expected == 0 {
+            return Err(FlError::BadChunk { index: 0, total: 0 });
+        }
+        Ok(asm)
+    }
+}
+
+impl<T> ChunkAssembler<T> {
+    fn with_chunk_len(
+        round: u32,
+        values: u64,
+        chunks: u32,
+        max_values: usize,
+        per_chunk: usize,
+    ) -> Result<Self, FlError> {
         let expected = usize::try_from(values).unwrap_or(usize::MAX);
         if expected > max_values {
             return Err(FlError::UpdateRejected {
@@ -288,7 +406,7 @@ impl ChunkAssembler {
                 },
             });
         }
-        if chunks as usize != expected.div_ceil(CHUNK_VALUES) {
+        if chunks as usize != expected.div_ceil(per_chunk) {
             return Err(FlError::BadChunk {
                 index: 0,
                 total: chunks,
@@ -299,6 +417,7 @@ impl ChunkAssembler {
             expected,
             chunks,
             next: 0,
+            per_chunk,
             values: Vec::with_capacity(expected),
         })
     }
@@ -308,8 +427,8 @@ impl ChunkAssembler {
         &mut self,
         round: u32,
         index: u32,
-        values: Vec<f32>,
-    ) -> Result<Option<Vec<f32>>, FlError> {
+        values: Vec<T>,
+    ) -> Result<Option<Vec<T>>, FlError> {
         let bad = FlError::BadChunk {
             index,
             total: self.chunks,
@@ -320,7 +439,7 @@ impl ChunkAssembler {
         let want = if index + 1 == self.chunks {
             self.expected - self.values.len()
         } else {
-            CHUNK_VALUES
+            self.per_chunk
         };
         if values.len() != want {
             return Err(bad);
@@ -398,12 +517,63 @@ mod tests {
             Err(FlError::ProtocolVersion { found: 99, .. })
         ));
         // Oversized model refused at the header.
-        assert!(ChunkAssembler::new(0, 10_000_000, 306, 1000).is_err());
+        assert!(ChunkAssembler::<f32>::new(0, 10_000_000, 306, 1000).is_err());
         // Out-of-order and wrong-sized chunks refused.
         let mut asm = ChunkAssembler::new(0, 10, 1, 100).unwrap();
         assert!(asm.push(0, 1, vec![0.0; 10]).is_err());
         assert!(asm.push(0, 0, vec![0.0; 11]).is_err());
         assert_eq!(asm.push(0, 0, vec![1.0; 10]).unwrap(), Some(vec![1.0; 10]));
+    }
+
+    #[test]
+    fn onnx_bytes_travel_in_chunks_and_oversized_models_are_refused_at_the_header() {
+        let model: Vec<u8> = (0..CHUNK_BYTES * 2 + 5).map(|i| i as u8).collect();
+        let chunks: Vec<Message> = model_chunks(&model).collect();
+        assert_eq!(chunks.len() as u32, model_chunk_count(model.len()));
+        let mut asm =
+            ChunkAssembler::for_model(model.len() as u64, chunks.len() as u32, 1 << 20).unwrap();
+        let mut out = None;
+        for m in chunks {
+            let frame = encode(&m).unwrap();
+            assert!(frame.len() <= MAX_FRAME + 4);
+            let Message::ModelChunk { index, bytes } = decode_body(&frame[4..]).unwrap() else {
+                panic!("a chunk")
+            };
+            out = asm.push(0, index, bytes).unwrap();
+        }
+        assert_eq!(out.unwrap(), model);
+        assert!(ChunkAssembler::for_model(1 << 21, 8, 1 << 20).is_err());
+        assert!(ChunkAssembler::for_model(0, 0, 1 << 20).is_err());
+        assert!(ChunkAssembler::for_model(10, 2, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn version_1_messages_keep_version_1_frames_and_new_ones_need_version_2() {
+        let old = Message::TaskDone {
+            task_id: "t".into(),
+        };
+        let frame = encode(&old).unwrap();
+        // A version-1 peer reads this frame exactly as before.
+        let env: Envelope = postcard::from_bytes(&frame[4..]).unwrap();
+        assert_eq!((env.version, &env.message), (1, &old));
+        let new = Message::ModelChunk {
+            index: 0,
+            bytes: vec![1, 2, 3],
+        };
+        let frame = encode(&new).unwrap();
+        assert_eq!(decode_body(&frame[4..]).unwrap(), new);
+        let env: Envelope = postcard::from_bytes(&frame[4..]).unwrap();
+        assert_eq!(env.version, 2);
+        // An evaluation message claiming version 1 is refused.
+        let forged = postcard::to_stdvec(&Envelope {
+            version: 1,
+            message: new,
+        })
+        .unwrap();
+        assert!(matches!(
+            decode_body(&forged),
+            Err(FlError::ProtocolVersion { found: 1, .. })
+        ));
     }
 
     proptest::proptest! {

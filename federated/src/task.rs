@@ -1,11 +1,15 @@
-//! Training tasks: what an engineer submits (`task.toml`), what data agents
-//! must hold to take part, and what an agent's policy allows.
+//! Tasks: what an engineer submits (`task.toml`), what data agents must
+//! hold to take part, and what an agent's policy allows.
+//!
+//! A task file has a `kind`: `"training"` (the default, so files written
+//! before evaluation existed mean what they meant) or `"evaluation"`, which
+//! names an ONNX model for agents to score on their data ([`EvaluationSpec`]).
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use yilian_models::{ModelSpec, Optimizer, TrainConfig};
+use yilian_models::{ModelSpec, OnnxModel, Optimizer, OutputKind, TrainConfig};
 
 use crate::FlError;
 
@@ -201,12 +205,135 @@ impl TaskSpec {
     }
 }
 
+/// The two kinds of task a file can describe.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    #[default]
+    Training,
+    Evaluation,
+}
+
+/// A federated evaluation: agents run the engineer's ONNX model on their
+/// own data and send back only counts (a confusion matrix, a summed loss and
+/// the number of examples), which the coordinator adds up.
+///
+/// Evaluation earns no reward: there is no model improvement to measure a
+/// contribution against, and the coordinator cannot tell honest counts from
+/// made-up ones, so paying per report would pay for fabrication too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSpec {
+    pub id: String,
+    /// The ONNX model (`[N, features]` in, `[N, outputs]` out), read relative
+    /// to the task file; it reaches agents in chunks.
+    pub model: PathBuf,
+    /// What the model's output rows hold; see [`OutputKind`].
+    #[serde(default)]
+    pub output: OutputKind,
+    pub schema: DataSchema,
+    /// How many agents to ask.
+    pub agents: usize,
+    /// Fewest reports that make a result; with fewer at the timeout the
+    /// attempt is abandoned and retried.
+    pub min_agents: usize,
+    /// How long, once the model went out, to wait for reports.
+    pub timeout_ms: u64,
+    /// Unix time (ms) after which the task gives up.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+impl EvaluationSpec {
+    /// Rejects evaluations that cannot run.
+    pub fn check(&self) -> Result<(), FlError> {
+        let bad = FlError::InvalidTask;
+        if self.id.is_empty() || self.id.len() > 128 {
+            return Err(bad("the task id must be 1 to 128 characters"));
+        }
+        if self.schema.features == 0 || self.schema.classes == 0 {
+            return Err(bad("the schema needs features and classes"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(bad("the timeout must be positive"));
+        }
+        if self.min_agents == 0 || self.min_agents > self.agents {
+            return Err(bad("need 1 <= min_agents <= agents"));
+        }
+        Ok(())
+    }
+
+    /// Checks that `model` reads the schema's rows and scores its classes.
+    pub fn check_model(&self, model: &OnnxModel) -> Result<(), FlError> {
+        if model.features() != self.schema.features {
+            return Err(FlError::InvalidTask(
+                "the ONNX model's input width differs from the schema's feature count",
+            ));
+        }
+        if model.outputs() < self.schema.classes {
+            return Err(FlError::InvalidTask(
+                "the ONNX model has fewer outputs than the schema has classes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the canonical JSON form and the model's SHA-256: what the
+    /// ledger's `TaskSubmitted` anchors.
+    pub fn hash(&self, model_sha256: &[u8; 32]) -> [u8; 32] {
+        let spec = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest([&spec[..], model_sha256].concat()).into()
+    }
+}
+
+/// A task file of either kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskFile {
+    Training(TaskSpec),
+    Evaluation(EvaluationSpec),
+}
+
+impl TaskFile {
+    /// Parses and checks a task file; without a `kind` it is a training task.
+    pub fn from_toml(text: &str) -> Result<Self, FlError> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        let kind = match table.remove("kind") {
+            None => TaskKind::Training,
+            Some(v) => v.try_into()?,
+        };
+        let task = match kind {
+            TaskKind::Training => TaskFile::Training(table.try_into()?),
+            TaskKind::Evaluation => TaskFile::Evaluation(table.try_into()?),
+        };
+        match &task {
+            TaskFile::Training(t) => t.check()?,
+            TaskFile::Evaluation(e) => e.check()?,
+        }
+        Ok(task)
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            TaskFile::Training(t) => &t.id,
+            TaskFile::Evaluation(e) => &e.id,
+        }
+    }
+}
+
 /// What a device owner lets tasks use.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentPolicy {
     pub max_threads: u32,
     pub max_epochs: u32,
     pub max_params: u64,
+    /// Largest ONNX file (bytes) this device will download and run; absent
+    /// from configuration files written before evaluation tasks existed.
+    #[serde(default = "default_max_model_bytes")]
+    pub max_model_bytes: u64,
+}
+
+fn default_max_model_bytes() -> u64 {
+    16 << 20
 }
 
 impl Default for AgentPolicy {
@@ -215,6 +342,7 @@ impl Default for AgentPolicy {
             max_threads: 2,
             max_epochs: 10,
             max_params: 1_000_000,
+            max_model_bytes: default_max_model_bytes(),
         }
     }
 }
@@ -237,6 +365,19 @@ impl AgentPolicy {
             });
         }
         Ok(())
+    }
+
+    /// Accepts an ONNX model for evaluation only if both its file size and
+    /// its parameter count fit.
+    pub fn admits_onnx(&self, bytes: u64, params: u64) -> Result<(), FlError> {
+        if bytes > self.max_model_bytes {
+            return Err(FlError::PolicyExceeded {
+                limit: "ONNX model size (bytes)",
+                asked: bytes,
+                allowed: self.max_model_bytes,
+            });
+        }
+        self.admits(0, params)
     }
 }
 
@@ -320,5 +461,55 @@ classes = 10
         ));
         assert!(AgentPolicy::default().admits(20, 10).is_err());
         assert!(AgentPolicy::default().admits(2, 10_000_000).is_err());
+        assert!(AgentPolicy::default().admits_onnx(1 << 30, 10).is_err());
+        assert!(
+            AgentPolicy::default()
+                .admits_onnx(1 << 10, 10_000_000)
+                .is_err()
+        );
+        assert!(AgentPolicy::default().admits_onnx(1 << 10, 10).is_ok());
+    }
+
+    #[test]
+    fn task_files_default_to_training_and_evaluation_files_parse() {
+        let TaskFile::Training(t) = TaskFile::from_toml(sample_toml()).unwrap() else {
+            panic!("no kind means training")
+        };
+        assert_eq!(t, TaskSpec::from_toml(sample_toml()).unwrap());
+        let explicit = format!("kind = \"training\"\n{}", sample_toml());
+        assert_eq!(
+            TaskFile::from_toml(&explicit).unwrap(),
+            TaskFile::Training(t)
+        );
+
+        let TaskFile::Evaluation(e) =
+            TaskFile::from_toml(include_str!("../examples/digits-eval.toml")).unwrap()
+        else {
+            panic!("an evaluation")
+        };
+        assert_eq!(
+            (e.agents, e.min_agents, e.output),
+            (10, 5, OutputKind::Probabilities)
+        );
+        assert_eq!(e.model, PathBuf::from("digits.onnx"));
+        let logits = "kind = \"evaluation\"\nid = \"e\"\nmodel = \"m.onnx\"\noutput = \"logits\"\n\
+                      agents = 3\nmin_agents = 3\ntimeout_ms = 1000\n\
+                      [schema]\nfeatures = 4\nlabel_column = \"y\"\nclasses = 2\n";
+        let TaskFile::Evaluation(e) = TaskFile::from_toml(logits).unwrap() else {
+            panic!("an evaluation")
+        };
+        assert_eq!(e.output, OutputKind::Logits);
+        // Training-only keys are mistakes in an evaluation, not ignored.
+        let stray = logits.replace("agents = 3", "agents = 3\nrounds = 2");
+        assert!(matches!(
+            TaskFile::from_toml(&stray),
+            Err(FlError::TaskFile(_))
+        ));
+        let too_few = logits.replace("min_agents = 3", "min_agents = 4");
+        assert!(matches!(
+            TaskFile::from_toml(&too_few),
+            Err(FlError::InvalidTask(_))
+        ));
+        assert!(TaskFile::from_toml(&logits.replace("evaluation", "auditing")).is_err());
     }
 }

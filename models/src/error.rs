@@ -52,6 +52,10 @@ pub enum ModelError {
     Json(#[from] serde_json::Error),
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error(
+        "output row {row} is not a probability distribution (declare the model's output as logits?)"
+    )]
+    NotProbabilities { row: usize },
     #[error("ONNX (tract): {0}")]
     Onnx(String),
 }

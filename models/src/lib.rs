@@ -17,7 +17,7 @@ mod weights;
 pub use data::{Dataset, LabelColumn, Standardizer};
 pub use error::ModelError;
 pub use net::{Metrics, Optimizer, Proximal, TrainConfig, TrainOutcome, evaluate, predict, train};
-pub use onnx::{OnnxModel, to_onnx};
+pub use onnx::{EvalCounts, MAX_SAMPLE_LOSS, MIN_PROBABILITY, OnnxModel, OutputKind, to_onnx};
 pub use spec::{Layer, ModelSpec, ParamShape, SPEC_VERSION};
 pub use weights::{
     from_safetensors_bytes, load_safetensors, save_safetensors, to_safetensors_bytes,

@@ -15,7 +15,7 @@ use yilian_node_agent::{AgentFile, load_data, predict};
 #[command(
     name = "yilian-agent",
     version,
-    about = "Train on your own data for a Yilian network; your data never leaves this machine"
+    about = "Train or evaluate models on your own data for a Yilian network; your data never leaves this machine"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -48,9 +48,12 @@ enum Command {
         max_threads: Option<u32>,
         #[arg(long)]
         max_epochs: Option<u32>,
-        /// Largest model (parameters) this device will train.
+        /// Largest model (parameters) this device will train or evaluate.
         #[arg(long)]
         max_params: Option<u64>,
+        /// Largest ONNX file (bytes) this device will download for an evaluation.
+        #[arg(long)]
+        max_model_bytes: Option<u64>,
         /// Leave after the first task finishes.
         #[arg(long)]
         once: bool,
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             max_threads,
             max_epochs,
             max_params,
+            max_model_bytes,
             once,
         } => {
             let file = config
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             policy.max_threads = max_threads.unwrap_or(policy.max_threads);
             policy.max_epochs = max_epochs.unwrap_or(policy.max_epochs);
             policy.max_params = max_params.unwrap_or(policy.max_params);
+            policy.max_model_bytes = max_model_bytes.unwrap_or(policy.max_model_bytes);
             join(
                 node,
                 identity_dir,
@@ -201,6 +206,17 @@ async fn join(
             bar.set_message(format!("global accuracy {accuracy:.3}, reward {reward}"));
         }
         AgentEvent::Done { task_id } => bar.println(format!("task {task_id} finished")),
+        AgentEvent::Evaluating { task_id } => {
+            bar.set_prefix(task_id);
+            bar.set_message("waiting for the model to evaluate");
+        }
+        AgentEvent::Reported {
+            task_id,
+            samples,
+            correct,
+        } => bar.println(format!(
+            "evaluation {task_id}: sent counts only ({correct} of {samples} local examples right)"
+        )),
     })
     .await?;
     bar.finish();

@@ -96,3 +96,31 @@ pub fn test_accuracy(spec: &ModelSpec, weights: &[f32], test: &Dataset) -> f64 {
         .unwrap()
         .accuracy
 }
+
+/// A digits MLP trained centrally for a few epochs and exported to ONNX:
+/// the kind of model an engineer brings to a federated evaluation.
+pub fn digits_onnx(train: &Dataset) -> Vec<u8> {
+    let spec = ModelSpec::mlp(64, 32, 10);
+    let cfg = yilian_models::TrainConfig {
+        epochs: 2,
+        batch_size: 32,
+        optimizer: Optimizer::Adam { lr: 0.01 },
+        proximal: None,
+        seed: 3,
+    };
+    let w = yilian_models::train(&spec, &spec.init_weights(5).unwrap(), train, &cfg)
+        .unwrap()
+        .weights;
+    yilian_models::to_onnx(&spec, &w).unwrap()
+}
+
+/// The rows of every shard, in order, as one data set.
+pub fn union(shards: &[Dataset]) -> Dataset {
+    Dataset::new(
+        shards.iter().flat_map(|s| s.features.clone()).collect(),
+        shards[0].n_features,
+        shards.iter().flat_map(|s| s.labels.clone()).collect(),
+        shards[0].classes,
+    )
+    .unwrap()
+}
