@@ -8,7 +8,8 @@
 //! 3. local training throughput (samples/s) of the digits MLP and the small
 //!    CNN with candle on the CPU.
 //!
-//! Run: `cargo bench -p yilian-federated --bench fl`.
+//! Run: `cargo bench -p yilian-federated --bench fl`. On a loaded machine,
+//! `YILIAN_FL_BENCH_AGENTS=10,100,250` picks other agent counts for part 1.
 
 use std::path::Path;
 use std::time::Instant;
@@ -147,12 +148,17 @@ async fn main() {
     println!(
         "== round wall time over loopback QUIC (mutual TLS), logistic regression 64->10 (650 params), 3 rounds"
     );
+    let counts: Vec<usize> = std::env::var("YILIAN_FL_BENCH_AGENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![10, 100, 500]);
     let mut base = None;
-    for n in [10usize, 100, 500] {
+    for n in counts {
         let t = round_time(n, 3, &train, &validation).await;
-        let b = *base.get_or_insert(t);
+        let (first, b) = *base.get_or_insert((n, t));
         println!(
-            "{n:>4} agents: {:>8.3} s/round   ({:>5.1}x the 10-agent round, {:>6.2} ms per agent)",
+            "{n:>4} agents: {:>8.3} s/round   ({:>5.1}x the {first}-agent round, {:>6.2} ms per agent)",
             t,
             t / b,
             t * 1000.0 / n as f64
