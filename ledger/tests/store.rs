@@ -253,7 +253,14 @@ async fn own_transactions_share_commits_and_still_pass_the_state_checks() {
     let path = dir.path().join("ledger.redb");
     let (authority, log, node, stranger) = (key(1), key(2), key(3), key(4));
     let ledger = Ledger::open(&path, log.clone()).unwrap();
-    genesis(&ledger, &authority);
+    let g = Payload::Genesis {
+        network: "test".into(),
+        authority: authority.verifying_key().to_bytes(),
+    };
+    ledger
+        .submit(Transaction::new(g).sign(&authority))
+        .await
+        .unwrap();
     ledger
         .submit(Transaction::new(admit(&node, Role::Member)).sign(&authority))
         .await
