@@ -10,7 +10,7 @@ use std::future::Future;
 use ed25519_dalek::SigningKey;
 use serde::{Deserialize, Serialize};
 use yilian_ledger::bundle::{BUNDLE_VERSION, InclusionBundle};
-use yilian_ledger::{Ledger, Payload, SignedTransaction, Transaction};
+use yilian_ledger::{Ledger, OwnTransaction, Payload, SignedTransaction, Transaction};
 
 use crate::error::{KmsError, Result};
 use crate::policy::AccountId;
@@ -156,20 +156,25 @@ pub fn key_audit_of(stx: &SignedTransaction) -> Option<KeyAudit> {
 
 impl AuditLog for LedgerAudit {
     async fn record(&self, a: KeyAudit) -> Result<AuditReceipt> {
-        let tx = Transaction::new(Payload::KeyAudit {
-            owner: a.owner,
-            actor: a.actor,
-            operation: a.operation,
-            key_id: a.key_id,
-            key_version: a.key_version,
-            grant_id: a.grant_id,
-            outcome: a.outcome,
-            request_hash: a.request_hash,
-        })
-        .sign(&self.node_key);
+        // Signed here (on the request's own runtime thread, in parallel with
+        // other requests) and submitted as our own, so the ledger's serial
+        // writer neither re-encodes, re-hashes nor re-verifies it.
+        let tx = OwnTransaction::sign(
+            Transaction::new(Payload::KeyAudit {
+                owner: a.owner,
+                actor: a.actor,
+                operation: a.operation,
+                key_id: a.key_id,
+                key_version: a.key_version,
+                grant_id: a.grant_id,
+                outcome: a.outcome,
+                request_hash: a.request_hash,
+            }),
+            &self.node_key,
+        );
         let receipt = self
             .ledger
-            .submit(tx)
+            .submit_own(tx)
             .await
             .map_err(|e| KmsError::AuditFailed(e.to_string()))?;
         Ok(AuditReceipt {

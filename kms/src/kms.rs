@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use redb::{
-    Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+    WriteTransaction,
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -308,13 +309,40 @@ impl<A: AuditLog> Kms<A> {
 
     /// Records the outcome. A success becomes a failure if it cannot be
     /// audited, and its write transaction is then dropped (aborted).
+    ///
+    /// The order is audit, then commit, then release, on purpose:
+    ///
+    /// * Nothing leaves the KMS (a plaintext, a data key, a recovered key)
+    ///   and no state change becomes durable before its audit record is
+    ///   durable on the ledger. Committing first would let a crash or an
+    ///   audit failure leave a durable change (a created key, a spent grant
+    ///   use) that no audit record explains.
+    /// * A failure after the audit (commit error, crash, the caller's request
+    ///   dropped) leaves the store as it was before the operation: the write
+    ///   transaction is aborted, the key cache is only updated after the
+    ///   commit, and nothing was released. The trail then holds an "ok" record
+    ///   for an operation without effect, which over-reports and never hides:
+    ///   a grant use recorded but not counted was also never delivered, so
+    ///   the reader can still spend it once. A commit error is followed by a
+    ///   "not-committed" record with the same request hash so the trail says
+    ///   so (a crash cannot add one).
     async fn finish<T>(&self, base: AuditBase, decided: Result<Decided<T>>) -> Result<T> {
         match decided {
             Ok(d) => {
                 let entry = base.with("ok", d.version);
+                let retraction = KeyAudit {
+                    outcome: "not-committed".to_owned(),
+                    ..entry.clone()
+                };
                 self.inner.audit.record(entry).await?;
-                if let Some(txn) = d.txn {
-                    txn.commit()?;
+                if let Some(txn) = d.txn
+                    && let Err(e) = txn.commit()
+                {
+                    let e = KmsError::from(e);
+                    if let Err(audit_err) = self.inner.audit.record(retraction).await {
+                        tracing::warn!(error = %audit_err, "failed commit could not be audited");
+                    }
+                    return Err(e);
                 }
                 Ok(d.value)
             }
@@ -362,6 +390,19 @@ impl<A: AuditLog> Kms<A> {
             )?,
             created_ms: self.now_ms(),
         })
+    }
+
+    /// Every KMS write is durable when its commit returns: a grant use that
+    /// released key material must survive a restart (or the grant could be
+    /// spent again), and key versions are the only copy of the material.
+    /// Redb's `Durability::None` would defer that to a later commit, so it is
+    /// never used here; the throughput comes from not writing at all on the
+    /// owner's read-only path and from the ledger's group commit.
+    fn begin_write(&self) -> Result<WriteTransaction> {
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| KmsError::Storage(e.to_string()))?;
+        Ok(txn)
     }
 
     fn put<T: Serialize>(
@@ -438,7 +479,7 @@ impl<A: AuditLog> Kms<A> {
                 destroyed: false,
                 created_ms: self.now_ms(),
             };
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, KEYS, key_id, &record)?;
             Ok(Decided {
                 value: CachedKey {
@@ -486,7 +527,7 @@ impl<A: AuditLog> Kms<A> {
                 .push(self.seal_version(key_id, version, &material)?);
             let mut all = k.material.clone();
             all.push(material);
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, KEYS, key_id, &record)?;
             Ok(Decided {
                 value: CachedKey {
@@ -525,7 +566,7 @@ impl<A: AuditLog> Kms<A> {
             k.record.check_min_version(min_version)?;
             let mut record = k.record.clone();
             record.min_decryption_version = min_version;
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, KEYS, key_id, &record)?;
             Ok(Decided {
                 value: CachedKey {
@@ -565,7 +606,7 @@ impl<A: AuditLog> Kms<A> {
             key.record.check_owner(caller)?;
             return Ok(None);
         };
-        let txn = self.inner.db.begin_write()?;
+        let txn = self.begin_write()?;
         let grant: GrantRecord = Self::get(&txn, GRANTS, grant_id)?
             .ok_or_else(|| KmsError::UnknownGrant(grant_id.to_owned()))?;
         let used = grant.decide_use(caller, &key.record.key_id, op, context, self.now_ms())?;
@@ -782,7 +823,7 @@ impl<A: AuditLog> Kms<A> {
                 required_context: terms.required_context.clone(),
                 revoked: false,
             };
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, GRANTS, &grant.grant_id, &grant)?;
             Ok(Decided {
                 value: grant,
@@ -814,7 +855,7 @@ impl<A: AuditLog> Kms<A> {
         let guard = self.inner.writer.lock().await;
         let decided = (|| {
             policy::check_owner_role(caller, "revoke grants")?;
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             let mut g: GrantRecord = Self::get(&txn, GRANTS, grant_id)?
                 .ok_or_else(|| KmsError::UnknownGrant(grant_id.to_owned()))?;
             if g.owner != caller.account {
@@ -886,7 +927,7 @@ impl<A: AuditLog> Kms<A> {
             for v in &mut record.versions {
                 v.sealed.clear();
             }
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, KEYS, key_id, &record)?;
             txn.open_table(ESCROWS)?.remove(key_id)?;
             Ok(Decided {
@@ -957,7 +998,7 @@ impl<A: AuditLog> Kms<A> {
                 trustees,
                 threshold,
             )?;
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, ESCROWS, key_id, &pkg)?;
             Ok(Decided {
                 value: pkg,
@@ -1010,7 +1051,7 @@ impl<A: AuditLog> Kms<A> {
                 approvals: Vec::new(),
                 completed: false,
             };
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             Self::put(&txn, RECOVERIES, &rec.recovery_id, &rec)?;
             Ok(Decided {
                 value: rec,
@@ -1045,7 +1086,7 @@ impl<A: AuditLog> Kms<A> {
         let _w = self.inner.writer.lock().await;
         let decided = (|| {
             policy::check_trustee_role(caller)?;
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             let mut rec: RecoveryRecord = Self::get(&txn, RECOVERIES, recovery_id)?
                 .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))?;
             let pkg: EscrowPackage = Self::get(&txn, ESCROWS, &rec.key_id)?
@@ -1094,7 +1135,7 @@ impl<A: AuditLog> Kms<A> {
         );
         let _w = self.inner.writer.lock().await;
         let decided = (|| {
-            let txn = self.inner.db.begin_write()?;
+            let txn = self.begin_write()?;
             let mut rec: RecoveryRecord = Self::get(&txn, RECOVERIES, recovery_id)?
                 .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))?;
             if rec.recipient != caller.account {

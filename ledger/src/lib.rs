@@ -22,7 +22,7 @@ pub mod tx;
 pub use head::SignedTreeHead;
 pub use merkle::{ConsistencyProof, Hash, InclusionProof, ProofError};
 pub use state::{Decision, LedgerState, Member};
-pub use store::{Ledger, Receipt};
+pub use store::{Ledger, OwnTransaction, Receipt};
 pub use tx::{AccountId, Payload, SignedTransaction, Transaction, TxId};
 pub use yilian_identity::Role;
 

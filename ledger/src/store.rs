@@ -7,21 +7,26 @@
 //! signed tree head in one redb transaction and fsyncs once, and only then
 //! acknowledges. An acknowledged entry is therefore on disk, and a crash
 //! loses at most unacknowledged ones.
+//!
+//! The writer is the one serial stage, so work that does not depend on the
+//! log's order (entry encoding, transaction id, Merkle leaf hash) is done by
+//! the submitter before queueing, and transactions this process signed
+//! itself ([`OwnTransaction`], e.g. the KMS's audit records) skip signature
+//! verification: their signature was made here a moment ago.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use ed25519_dalek::SigningKey;
-use rayon::prelude::*;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use yilian_identity::tls::RevocationList;
 
 use crate::head::SignedTreeHead;
-use crate::merkle::{ConsistencyProof, InclusionProof, MerkleTree, leaf_hash};
+use crate::merkle::{ConsistencyProof, Hash, InclusionProof, MerkleTree, leaf_hash};
 use crate::state::{Decision, LedgerState, Member};
-use crate::tx::{AccountId, SignedTransaction, TxId, now_ms};
+use crate::tx::{AccountId, SignedTransaction, Transaction, TxId, now_ms};
 use crate::{LedgerError, Result};
 
 const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
@@ -48,8 +53,52 @@ struct Inner {
     head: SignedTreeHead,
 }
 
-struct Pending {
+/// A transaction with the order-independent work for its entry done.
+struct Prepared {
     tx: SignedTransaction,
+    id: TxId,
+    bytes: Vec<u8>,
+    leaf: Hash,
+}
+
+impl Prepared {
+    fn new(tx: SignedTransaction, id: TxId) -> Self {
+        let bytes = tx.encode();
+        let leaf = leaf_hash(&bytes);
+        Prepared {
+            tx,
+            id,
+            bytes,
+            leaf,
+        }
+    }
+}
+
+/// A transaction signed in this process by a key it holds. It can only be
+/// made by signing, so its signature is valid by construction and the
+/// writer does not check it again; the ledger state still checks that the
+/// signer is an active member allowed to write it.
+pub struct OwnTransaction(Prepared);
+
+impl OwnTransaction {
+    pub fn sign(tx: Transaction, key: &SigningKey) -> Self {
+        let (stx, id) = SignedTransaction::sign_with_id(tx, key);
+        OwnTransaction(Prepared::new(stx, id))
+    }
+
+    pub fn id(&self) -> TxId {
+        self.0.id
+    }
+
+    pub fn transaction(&self) -> &SignedTransaction {
+        &self.0.tx
+    }
+}
+
+struct Pending {
+    entry: Prepared,
+    /// False until the signature has been checked (or was made here).
+    verified: bool,
     reply: oneshot::Sender<Result<Receipt>>,
 }
 
@@ -62,6 +111,7 @@ pub struct Ledger {
     writer: Arc<WriterHandle>,
     entries: broadcast::Sender<(u64, Arc<SignedTransaction>)>,
     failed: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
     path: Arc<PathBuf>,
 }
 
@@ -175,6 +225,7 @@ impl Ledger {
         let (queue, rx) = mpsc::channel(MAX_BATCH * 2);
         let (entries, _) = broadcast::channel(4096);
         let failed = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             db: db.clone(),
             inner: inner.clone(),
@@ -182,6 +233,7 @@ impl Ledger {
             entries: entries.clone(),
             log_key,
             failed: failed.clone(),
+            commits: commits.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
@@ -196,16 +248,32 @@ impl Ledger {
             }),
             entries,
             failed,
+            commits,
             path: Arc::new(path.to_owned()),
         })
     }
 
     /// Appends `tx` durably (group-committed with concurrent submissions).
     pub async fn submit(&self, tx: SignedTransaction) -> Result<Receipt> {
+        let id = tx.id();
+        self.enqueue(Prepared::new(tx, id), false).await
+    }
+
+    /// As [`Ledger::submit`] for a transaction signed in this process: its
+    /// signature is not checked again.
+    pub async fn submit_own(&self, tx: OwnTransaction) -> Result<Receipt> {
+        self.enqueue(tx.0, true).await
+    }
+
+    async fn enqueue(&self, entry: Prepared, verified: bool) -> Result<Receipt> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .queue()
-            .send(Pending { tx, reply })
+            .send(Pending {
+                entry,
+                verified,
+                reply,
+            })
             .await
             .map_err(|_| LedgerError::Closed)?;
         rx.await.map_err(|_| LedgerError::Closed)?
@@ -214,11 +282,22 @@ impl Ledger {
     /// As [`Ledger::submit`], from a thread outside any async runtime.
     pub fn submit_blocking(&self, tx: SignedTransaction) -> Result<Receipt> {
         let (reply, rx) = oneshot::channel();
+        let id = tx.id();
         self.writer
             .queue()
-            .blocking_send(Pending { tx, reply })
+            .blocking_send(Pending {
+                entry: Prepared::new(tx, id),
+                verified: false,
+                reply,
+            })
             .map_err(|_| LedgerError::Closed)?;
         rx.blocking_recv().map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Durable commits (one fsync each) since this ledger was opened; with
+    /// [`Ledger::len`] it shows how many entries a commit carries.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub fn tree_head(&self) -> SignedTreeHead {
@@ -333,6 +412,7 @@ struct Writer {
     entries: broadcast::Sender<(u64, Arc<SignedTransaction>)>,
     log_key: SigningKey,
     failed: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -357,26 +437,33 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &mut Vec<Pending>) {
-        // Signatures and ids are independent of each other: check them on all cores.
-        let refs: Vec<&SignedTransaction> = batch.iter().map(|p| &p.tx).collect();
-        let verdicts = SignedTransaction::verify_signatures(&refs);
-        let checked: Vec<(Result<()>, TxId, Vec<u8>)> = batch
-            .par_iter()
-            .zip(verdicts)
-            .map(|(p, v)| (v, p.tx.id(), p.tx.encode()))
-            .collect();
+        // Only signatures not made in this process are checked (in one
+        // batch verification).
+        let unverified: Vec<usize> = (0..batch.len()).filter(|&i| !batch[i].verified).collect();
+        let mut sigs: Vec<Result<()>> = vec![Ok(()); batch.len()];
+        if !unverified.is_empty() {
+            let refs: Vec<&SignedTransaction> =
+                unverified.iter().map(|&i| &batch[i].entry.tx).collect();
+            for (i, v) in unverified
+                .iter()
+                .zip(SignedTransaction::verify_signatures(&refs))
+            {
+                sigs[*i] = v;
+            }
+        }
         let now = now_ms();
         let mut inner = self.inner.write().expect("ledger lock poisoned");
         let start = inner.tree.len();
         let mut outcomes: Vec<Result<(u64, bool)>> = Vec::with_capacity(batch.len());
         let mut appended: Vec<(u64, usize)> = Vec::new();
-        for (i, (p, (sig, id, _))) in batch.iter().zip(&checked).enumerate() {
-            let outcome = sig.clone().and_then(|()| inner.state.check(&p.tx, id, now));
+        for (i, (p, sig)) in batch.iter().zip(sigs).enumerate() {
+            let e = &p.entry;
+            let outcome = sig.and_then(|()| inner.state.check(&e.tx, &e.id, now));
             outcomes.push(match outcome {
                 Ok(Decision::Append) => {
                     let index = inner.state.len();
-                    inner.state.apply(&p.tx, *id);
-                    inner.tree.push(leaf_hash(&checked[i].2));
+                    inner.state.apply(&e.tx, e.id);
+                    inner.tree.push(e.leaf);
                     appended.push((index, i));
                     Ok((index, false))
                 }
@@ -393,7 +480,7 @@ impl Writer {
                     let mut table = wtx.open_table(ENTRIES).map_err(storage)?;
                     for &(index, i) in &appended {
                         table
-                            .insert(index, checked[i].2.as_slice())
+                            .insert(index, batch[i].entry.bytes.as_slice())
                             .map_err(storage)?;
                     }
                     let mut meta = wtx.open_table(META).map_err(storage)?;
@@ -414,6 +501,7 @@ impl Writer {
                 return;
             }
             inner.head = head;
+            self.commits.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("yilian_ledger_appended_total").increment(appended.len() as u64);
             metrics::counter!("yilian_ledger_commits_total").increment(1);
             metrics::gauge!("yilian_ledger_size").set(inner.tree.len() as f64);
@@ -421,14 +509,15 @@ impl Writer {
         let head = inner.head.clone();
         drop(inner);
         debug_assert!(start + appended.len() as u64 == head.tree_size);
-        for ((p, outcome), (_, id, _)) in batch.drain(..).zip(outcomes).zip(&checked) {
+        for (p, outcome) in batch.drain(..).zip(outcomes) {
+            let id = p.entry.id;
             let reply = outcome.map(|(index, duplicate)| {
-                if !duplicate {
-                    let _ = self.entries.send((index, Arc::new(p.tx.clone())));
+                if !duplicate && self.entries.receiver_count() > 0 {
+                    let _ = self.entries.send((index, Arc::new(p.entry.tx)));
                 }
                 Receipt {
                     index,
-                    tx_id: *id,
+                    tx_id: id,
                     tree_head: head.clone(),
                     duplicate,
                 }

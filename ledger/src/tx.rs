@@ -180,13 +180,23 @@ pub struct SignedTransaction {
 
 impl SignedTransaction {
     pub fn sign(tx: Transaction, key: &SigningKey) -> Self {
+        Self::sign_with_id(tx, key).0
+    }
+
+    /// Signs and returns the id too, serialising the signed bytes once for both.
+    pub fn sign_with_id(tx: Transaction, key: &SigningKey) -> (Self, TxId) {
         let signer = key.verifying_key().to_bytes();
-        let signature = key.sign(&signing_bytes(&tx, &signer)).to_bytes();
-        SignedTransaction {
-            tx,
-            signer,
-            signature,
-        }
+        let bytes = signing_bytes(&tx, &signer);
+        let signature = key.sign(&bytes).to_bytes();
+        let id = id_of_signing_bytes(&bytes);
+        (
+            SignedTransaction {
+                tx,
+                signer,
+                signature,
+            },
+            id,
+        )
     }
 
     /// Checks the signature; role and state checks are the ledger state's.
@@ -205,41 +215,52 @@ impl SignedTransaction {
     /// transaction still gets its own verdict.
     pub fn verify_signatures(txs: &[&SignedTransaction]) -> Vec<Result<(), LedgerError>> {
         use rayon::prelude::*;
+        use std::collections::HashMap;
         const CHUNK: usize = 64;
+        // A batch usually comes from few signers (the node's own audit
+        // records, one client's stream): decompress each key once.
+        let mut keys: HashMap<AccountId, Option<VerifyingKey>> = HashMap::new();
+        for t in txs {
+            keys.entry(t.signer)
+                .or_insert_with(|| VerifyingKey::from_bytes(&t.signer).ok());
+        }
+        let verify_chunk = |chunk: &[&SignedTransaction]| -> Vec<Result<(), LedgerError>> {
+            let parsed: Option<Vec<(Vec<u8>, Signature, VerifyingKey)>> = chunk
+                .iter()
+                .map(|t| {
+                    let key = keys.get(&t.signer).copied().flatten()?;
+                    Some((
+                        signing_bytes(&t.tx, &t.signer),
+                        Signature::from_bytes(&t.signature),
+                        key,
+                    ))
+                })
+                .collect();
+            let batch_ok = parsed.as_ref().is_some_and(|p| {
+                let msgs: Vec<&[u8]> = p.iter().map(|(m, _, _)| m.as_slice()).collect();
+                let sigs: Vec<Signature> = p.iter().map(|(_, s, _)| *s).collect();
+                let keys: Vec<VerifyingKey> = p.iter().map(|(_, _, k)| *k).collect();
+                ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
+            });
+            if batch_ok {
+                vec![Ok(()); chunk.len()]
+            } else {
+                chunk.iter().map(|t| t.verify_signature()).collect()
+            }
+        };
+        // One chunk gains nothing from the pool, and handing it over (and
+        // the pool's idle spinning afterwards) costs the serial writer more
+        // than the verification itself on a small machine.
+        if txs.len() <= CHUNK {
+            return verify_chunk(txs);
+        }
         txs.par_chunks(CHUNK)
-            .flat_map_iter(|chunk| {
-                let parsed: Option<Vec<(Vec<u8>, Signature, VerifyingKey)>> = chunk
-                    .iter()
-                    .map(|t| {
-                        let key = VerifyingKey::from_bytes(&t.signer).ok()?;
-                        Some((
-                            signing_bytes(&t.tx, &t.signer),
-                            Signature::from_bytes(&t.signature),
-                            key,
-                        ))
-                    })
-                    .collect();
-                let batch_ok = parsed.as_ref().is_some_and(|p| {
-                    let msgs: Vec<&[u8]> = p.iter().map(|(m, _, _)| m.as_slice()).collect();
-                    let sigs: Vec<Signature> = p.iter().map(|(_, s, _)| *s).collect();
-                    let keys: Vec<VerifyingKey> = p.iter().map(|(_, _, k)| *k).collect();
-                    ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok()
-                });
-                let verdicts: Vec<Result<(), LedgerError>> = if batch_ok {
-                    vec![Ok(()); chunk.len()]
-                } else {
-                    chunk.iter().map(|t| t.verify_signature()).collect()
-                };
-                verdicts.into_iter()
-            })
+            .flat_map_iter(|chunk| verify_chunk(chunk).into_iter())
             .collect()
     }
 
     pub fn id(&self) -> TxId {
-        let mut h = Sha256::new();
-        h.update(b"yilian/ledger/txid/v1\0");
-        h.update(signing_bytes(&self.tx, &self.signer));
-        h.finalize().into()
+        id_of_signing_bytes(&signing_bytes(&self.tx, &self.signer))
     }
 
     /// The canonical entry bytes (postcard), which the Merkle leaf hashes.
@@ -262,6 +283,13 @@ impl SignedTransaction {
         }
         Ok(tx)
     }
+}
+
+fn id_of_signing_bytes(bytes: &[u8]) -> TxId {
+    let mut h = Sha256::new();
+    h.update(b"yilian/ledger/txid/v1\0");
+    h.update(bytes);
+    h.finalize().into()
 }
 
 fn signing_bytes(tx: &Transaction, signer: &AccountId) -> Vec<u8> {

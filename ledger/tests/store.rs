@@ -242,3 +242,71 @@ fn a_corrupt_store_is_refused_with_a_clear_error() {
         "{err}"
     );
 }
+
+/// The node's own transactions skip only the signature check: they are
+/// group-committed with everyone else's, still refused when the signer is
+/// not an active member, idempotent, and verify like any other entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_transactions_share_commits_and_still_pass_the_state_checks() {
+    use yilian_ledger::OwnTransaction;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.redb");
+    let (authority, log, node, stranger) = (key(1), key(2), key(3), key(4));
+    let ledger = Ledger::open(&path, log.clone()).unwrap();
+    let g = Payload::Genesis {
+        network: "test".into(),
+        authority: authority.verifying_key().to_bytes(),
+    };
+    ledger
+        .submit(Transaction::new(g).sign(&authority))
+        .await
+        .unwrap();
+    ledger
+        .submit(Transaction::new(admit(&node, Role::Member)).sign(&authority))
+        .await
+        .unwrap();
+    let note = |i: u32| Payload::Note {
+        topic: "own".into(),
+        body: i.to_string(),
+    };
+    let refused = ledger
+        .submit_own(OwnTransaction::sign(Transaction::new(note(0)), &stranger))
+        .await;
+    assert!(matches!(refused, Err(LedgerError::UnknownSigner(_))));
+    assert_eq!(ledger.len(), 2);
+
+    let commits = ledger.commits();
+    let mut tasks = Vec::new();
+    for i in 0..200u32 {
+        let (ledger, node) = (ledger.clone(), node.clone());
+        tasks.push(tokio::spawn(async move {
+            let own = OwnTransaction::sign(Transaction::new(note(i)), &node);
+            let id = own.id();
+            assert_eq!(id, own.transaction().id());
+            let r = ledger.submit_own(own).await.unwrap();
+            assert_eq!(r.tx_id, id);
+            r
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(ledger.len(), 202);
+    assert!(
+        ledger.commits() - commits < 200,
+        "200 concurrent submissions took {} commits",
+        ledger.commits() - commits
+    );
+    // Resubmitting one of them is recognised, not appended again.
+    let entry = ledger.entry(2).unwrap();
+    let again = ledger.submit(entry.clone()).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.index, 2);
+    for (_, stx) in ledger.entries(0, ledger.len()).unwrap() {
+        stx.verify_signature().unwrap();
+    }
+    let head = ledger.tree_head();
+    drop(ledger);
+    let reopened = Ledger::open(&path, log).unwrap();
+    assert_eq!(reopened.tree_head().root_hash, head.root_hash);
+}
