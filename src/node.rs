@@ -205,9 +205,13 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     };
     // Destroys grant-only keys whose grants have all ended (crypto-shredding).
     let sweeper = kms.spawn_sweeper(std::time::Duration::from_secs(60));
+    // The ZK API: proving keys are made or loaded on first use, so start stays fast.
+    let zk = yilian_zk::service::ZkService::open(&cfg.data_dir, ledger.clone(), &identity)
+        .context("cannot open the ZK API")?;
     let router = tonic::transport::Server::builder()
         .add_service(LedgerService::new(ledger.clone()).into_server())
-        .add_service(kms_server);
+        .add_service(kms_server)
+        .add_service(zk.into_server());
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
