@@ -307,6 +307,29 @@ impl<A: AuditLog> Kms<A> {
             .map(|k| k.record.owner)
     }
 
+    /// One use of a key, possibly through a grant: a grant's use count is
+    /// decided under the writer lock (so concurrent uses of a one-use grant
+    /// serialise), and a grant-only key whose last grant this use ended is
+    /// shredded once the lock is released.
+    async fn use_key<T>(
+        &self,
+        base: AuditBase,
+        key_id: &str,
+        grant_id: Option<&str>,
+        decide: impl FnOnce() -> Result<Decided<T>>,
+    ) -> Result<T> {
+        let writer = match grant_id {
+            Some(_) => Some(self.inner.writer.lock().await),
+            None => None,
+        };
+        let out = self.finish(base, decide()).await?;
+        if writer.is_some() {
+            drop(writer);
+            self.shred_if_dead(key_id).await?;
+        }
+        Ok(out)
+    }
+
     /// Records the outcome. A success becomes a failure if it cannot be
     /// audited, and its write transaction is then dropped (aborted).
     ///
@@ -625,11 +648,7 @@ impl<A: AuditLog> Kms<A> {
     ) -> Result<DataKey> {
         let hash = request_hash(&[b"generate-data-key", key_id.as_bytes(), context]);
         let base = self.base(caller, "generate-data-key", key_id, grant_id, hash);
-        let _w = match grant_id {
-            Some(_) => Some(self.inner.writer.lock().await),
-            None => None,
-        };
-        let decided = (|| {
+        self.use_key(base, key_id, grant_id, || {
             let k = self.cached(key_id)?;
             let txn = self.authorize(caller, &k, Operation::GenerateDataKey, context, grant_id)?;
             let version = k.record.latest();
@@ -652,13 +671,8 @@ impl<A: AuditLog> Kms<A> {
                 version: Some(version),
                 txn,
             })
-        })();
-        let out = self.finish(base, decided).await?;
-        if grant_id.is_some() {
-            drop(_w);
-            self.shred_if_dead(key_id).await?;
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// Encrypts a small payload under the newest version of the master key.
@@ -677,11 +691,7 @@ impl<A: AuditLog> Kms<A> {
             &crypto::sha256(&[plaintext]),
         ]);
         let base = self.base(caller, "encrypt", key_id, grant_id, hash);
-        let _w = match grant_id {
-            Some(_) => Some(self.inner.writer.lock().await),
-            None => None,
-        };
-        let decided = (|| {
+        self.use_key(base, key_id, grant_id, || {
             let k = self.cached(key_id)?;
             let txn = self.authorize(caller, &k, Operation::Encrypt, context, grant_id)?;
             let version = k.record.latest();
@@ -698,13 +708,8 @@ impl<A: AuditLog> Kms<A> {
                 version: Some(version),
                 txn,
             })
-        })();
-        let out = self.finish(base, decided).await?;
-        if grant_id.is_some() {
-            drop(_w);
-            self.shred_if_dead(key_id).await?;
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// Decrypts (or unwraps a data key from) an envelope, for the key's owner
@@ -724,11 +729,7 @@ impl<A: AuditLog> Kms<A> {
         let hash = request_hash(&[b"decrypt", &crypto::sha256(&[envelope]), context]);
         let mut base = self.base(caller, "decrypt", &key_id, grant_id, hash);
         base.key_version = parsed.as_ref().ok().map(|e| e.key_version);
-        let _w = match grant_id {
-            Some(_) => Some(self.inner.writer.lock().await),
-            None => None,
-        };
-        let decided = (|| {
+        self.use_key(base, &key_id, grant_id, || {
             let env = parsed?;
             let k = self.cached(&env.key_id)?;
             // Authenticate before counting a grant use, so a tampered
@@ -741,13 +742,8 @@ impl<A: AuditLog> Kms<A> {
                 version: Some(env.key_version),
                 txn,
             })
-        })();
-        let out = self.finish(base, decided).await?;
-        if grant_id.is_some() {
-            drop(_w);
-            self.shred_if_dead(&key_id).await?;
-        }
-        Ok(out)
+        })
+        .await
     }
 
     /// Re-encrypts an envelope under the newest version of its key (owner only).
