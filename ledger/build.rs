@@ -4,7 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(
         config,
-        &["../proto/ledger.proto"],
+        &["../proto/ledger.proto", "../proto/consortium.proto"],
         &["../proto"],
     )?;
     Ok(())

@@ -176,6 +176,38 @@ pub async fn connect(addr: &str, id: &Identity) -> Result<Channel> {
         })
 }
 
+/// As [`connect`], but connects on first use (and again after a failure),
+/// so a peer that is down now is reached once it is back.
+pub fn connect_lazy(addr: &str, id: &Identity) -> Result<Channel> {
+    let host = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| IdentityError::Address(addr.to_owned()))?
+        .to_owned();
+    let server_name =
+        ServerName::try_from(host).map_err(|_| IdentityError::Address(addr.to_owned()))?;
+    let mut cfg = client_config(id)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnector::from(Arc::new(cfg));
+    let target = addr.to_owned();
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| IdentityError::Address(addr.to_owned()))?
+        .connect_timeout(std::time::Duration::from_secs(3));
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let connector = connector.clone();
+            let server_name = server_name.clone();
+            let target = target.clone();
+            async move {
+                let tcp = TcpStream::connect(&target).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(await_verdict(tls).await?))
+            }
+        })),
+    )
+}
+
 /// In TLS 1.3 the client finishes its handshake before the server has judged
 /// the client's certificate, so a refusal (revoked, unknown authority) would
 /// surface later as a bare "connection closed". The h2 server speaks first

@@ -11,13 +11,18 @@
 #![forbid(unsafe_code)]
 
 pub mod bundle;
+pub mod checkpoint;
+pub mod consensus;
 pub mod head;
 mod hexbytes;
 pub mod merkle;
+pub mod peer;
+pub mod raft;
 pub mod service;
 pub mod state;
 pub mod store;
 pub mod tx;
+pub mod witness;
 
 pub use head::SignedTreeHead;
 pub use merkle::{ConsistencyProof, Hash, InclusionProof, ProofError};
@@ -26,8 +31,10 @@ pub use store::{Ledger, OwnTransaction, Receipt};
 pub use tx::{AccountId, Payload, SignedTransaction, Transaction, TxId};
 pub use yilian_identity::Role;
 
-/// Every way a ledger operation can be refused.
-#[derive(Clone, Debug, thiserror::Error)]
+/// Every way a ledger operation can be refused. It travels between member
+/// nodes (a forwarded write's refusal), hence serde.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum LedgerError {
     #[error("malformed transaction: {0}")]
     Malformed(String),
@@ -46,7 +53,10 @@ pub enum LedgerError {
     #[error("signer's admission has expired")]
     SignerExpired,
     #[error("role `{role}` may not write `{action}` transactions")]
-    RoleNotAllowed { role: Role, action: &'static str },
+    RoleNotAllowed {
+        role: Role,
+        action: std::borrow::Cow<'static, str>,
+    },
     #[error("only the admission authority may do this")]
     NotAuthority,
     #[error("identity is already admitted")]
@@ -75,6 +85,30 @@ pub enum LedgerError {
     Corrupt(String),
     #[error("the ledger is closed")]
     Closed,
+    #[error("this node is not the leader{}", leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| "; no leader is reachable now".into()))]
+    NotLeader { leader: Option<String> },
+    #[error("no quorum of members answered within {millis} ms; retry when the network heals")]
+    NoQuorum { millis: u64 },
+    #[error("consensus: {0}")]
+    Consensus(String),
+    #[error("cosignature by `{cosigner}` does not verify")]
+    BadCosignature { cosigner: String },
+    #[error("the head has {got} valid member cosignatures, {need} are required")]
+    TooFewCosignatures { got: usize, need: usize },
+    #[error("{0} is not a consortium member")]
+    NotConsortiumMember(String),
+    #[error("{0} is already a consortium member")]
+    AlreadyConsortiumMember(String),
+    #[error("membership proposal {0} is not on the ledger")]
+    UnknownProposal(String),
+    #[error("membership proposal {0} has already taken effect")]
+    ProposalDecided(String),
+    #[error("this member has already approved proposal {0}")]
+    AlreadyApproved(String),
+    #[error("the last consortium member cannot be removed")]
+    LastMember,
+    #[error("peer message: {0}")]
+    PeerMessage(String),
 }
 
 impl LedgerError {
@@ -96,6 +130,18 @@ impl LedgerError {
             LedgerError::EntryNotFound { .. } => "not-found",
             LedgerError::Proof(_) | LedgerError::EntryMismatch => "proof",
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Closed => "storage",
+            LedgerError::NotLeader { .. } | LedgerError::NoQuorum { .. } => "unavailable",
+            LedgerError::Consensus(_) => "consensus",
+            LedgerError::BadCosignature { .. } | LedgerError::TooFewCosignatures { .. } => {
+                "cosignature"
+            }
+            LedgerError::NotConsortiumMember(_)
+            | LedgerError::AlreadyConsortiumMember(_)
+            | LedgerError::UnknownProposal(_)
+            | LedgerError::ProposalDecided(_)
+            | LedgerError::AlreadyApproved(_)
+            | LedgerError::LastMember => "membership",
+            LedgerError::PeerMessage(_) => "peer-message",
         }
     }
 }
@@ -125,11 +171,36 @@ impl From<LedgerError> for tonic::Status {
             | LedgerError::Proof(ProofError::SizeOutOfRange { .. })
             | LedgerError::Proof(ProofError::SizesReversed { .. }) => Code::OutOfRange,
             LedgerError::Proof(_) | LedgerError::EntryMismatch => Code::InvalidArgument,
-            LedgerError::Storage(_) | LedgerError::Corrupt(_) => Code::Internal,
-            LedgerError::Closed => Code::Unavailable,
+            LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Consensus(_) => {
+                Code::Internal
+            }
+            LedgerError::Closed | LedgerError::NotLeader { .. } | LedgerError::NoQuorum { .. } => {
+                Code::Unavailable
+            }
+            LedgerError::BadCosignature { .. } | LedgerError::PeerMessage(_) => {
+                Code::InvalidArgument
+            }
+            LedgerError::TooFewCosignatures { .. }
+            | LedgerError::UnknownProposal(_)
+            | LedgerError::ProposalDecided(_)
+            | LedgerError::LastMember => Code::FailedPrecondition,
+            LedgerError::AlreadyConsortiumMember(_) | LedgerError::AlreadyApproved(_) => {
+                Code::AlreadyExists
+            }
+            LedgerError::NotConsortiumMember(_) => Code::PermissionDenied,
         };
-        tonic::Status::new(code, e.to_string())
+        let mut status = tonic::Status::new(code, e.to_string());
+        // The client library follows this to the leader (see service::LedgerClient).
+        if let LedgerError::NotLeader { leader: Some(l) } = &e
+            && let Ok(v) = l.parse()
+        {
+            status.metadata_mut().insert(LEADER_HINT, v);
+        }
+        status
     }
 }
+
+/// gRPC metadata key carrying the leader's address on an `Unavailable` refusal.
+pub const LEADER_HINT: &str = "yilian-leader";
 
 pub type Result<T, E = LedgerError> = std::result::Result<T, E>;

@@ -38,7 +38,7 @@ pub fn empty_root() -> Hash {
 }
 
 /// Why a proof or a request about the tree was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ProofError {
     #[error("index {index} is not below tree size {size}")]
     IndexOutOfRange { index: u64, size: u64 },
@@ -51,7 +51,7 @@ pub enum ProofError {
     #[error("proof does not lead to the trusted root")]
     RootMismatch,
     #[error("malformed proof: {0}")]
-    Malformed(&'static str),
+    Malformed(std::borrow::Cow<'static, str>),
 }
 
 /// An RFC 9162 inclusion proof (audit path) for one leaf in a tree of a given size.
@@ -340,7 +340,7 @@ pub fn verify_consistency(
         path.insert(0, *old_root);
     }
     let Some((&head, rest)) = path.split_first() else {
-        return Err(ProofError::Malformed("consistency proof is empty"));
+        return Err(ProofError::Malformed("consistency proof is empty".into()));
     };
     let (mut fnode, mut snode) = (first - 1, second - 1);
     while fnode & 1 == 1 {
@@ -350,7 +350,9 @@ pub fn verify_consistency(
     let (mut fr, mut sr) = (head, head);
     for c in rest {
         if snode == 0 {
-            return Err(ProofError::Malformed("consistency proof is too long"));
+            return Err(ProofError::Malformed(
+                "consistency proof is too long".into(),
+            ));
         }
         if fnode & 1 == 1 || fnode == snode {
             fr = node_hash(c, &fr);
@@ -368,7 +370,9 @@ pub fn verify_consistency(
         snode >>= 1;
     }
     if snode != 0 {
-        return Err(ProofError::Malformed("consistency proof is too short"));
+        return Err(ProofError::Malformed(
+            "consistency proof is too short".into(),
+        ));
     }
     if &fr != old_root || &sr != new_root {
         return Err(ProofError::RootMismatch);

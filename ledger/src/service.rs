@@ -44,6 +44,9 @@ impl From<&SignedTreeHead> for pb::TreeHead {
             timestamp_ms: h.timestamp_ms,
             log_key: h.log_key.to_vec(),
             signature: h.signature.to_vec(),
+            cosigned: String::new(),
+            stale: false,
+            cosigners: Vec::new(),
         }
     }
 }
@@ -106,7 +109,61 @@ impl pb::ledger_server::Ledger for LedgerService {
         &self,
         _req: Request<pb::GetTreeHeadRequest>,
     ) -> Result<Response<pb::TreeHead>, Status> {
-        Ok(Response::new((&self.ledger.tree_head()).into()))
+        let mut head: pb::TreeHead = (&self.ledger.tree_head()).into();
+        head.cosigned = self
+            .ledger
+            .cosigned_head()
+            .map(|c| c.to_note())
+            .unwrap_or_default();
+        head.stale = self.ledger.is_stale();
+        head.cosigners = self
+            .ledger
+            .cosigners()
+            .into_iter()
+            .map(|c| pb::Cosigner {
+                name: c.name,
+                key: c.key.to_vec(),
+            })
+            .collect();
+        Ok(Response::new(head))
+    }
+
+    async fn get_consortium(
+        &self,
+        _req: Request<pb::GetConsortiumRequest>,
+    ) -> Result<Response<pb::Consortium>, Status> {
+        let status = self.ledger.status();
+        let members = self
+            .ledger
+            .consortium()
+            .into_iter()
+            .map(|(k, m)| pb::consortium::Member {
+                key: k.to_vec(),
+                org: m.org,
+                name: m.name,
+                addr: m.addr,
+                raft_id: m.raft_id,
+            })
+            .collect();
+        let proposals = self
+            .ledger
+            .proposals()
+            .into_iter()
+            .map(|(id, p)| pb::consortium::Proposal {
+                id: id.to_vec(),
+                change: serde_json::to_string(&p.change).expect("serialises"),
+                approvals: p.approvals.iter().map(|a| a.to_vec()).collect(),
+                decided: p.decided,
+            })
+            .collect();
+        let (leader_raft_id, leader_addr) = status.leader.unwrap_or_default();
+        Ok(Response::new(pb::Consortium {
+            members,
+            proposals,
+            leader_raft_id,
+            leader_addr,
+            term: status.term,
+        }))
     }
 
     async fn get_inclusion_proof(

@@ -2,14 +2,14 @@
 //! everything before them, and what they change (admitted identities,
 //! revocations, balances, seen transaction ids).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use yilian_identity::Role;
 use yilian_identity::tls::RevocationList;
 
 use crate::LedgerError;
-use crate::tx::{AccountId, Payload, SignedTransaction, TxId};
+use crate::tx::{AccountId, MembershipChange, Payload, SignedTransaction, TxId};
 
 /// An identity as the ledger knows it from its admission.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +21,31 @@ pub struct Member {
     pub serial: Vec<u8>,
     pub not_after_ms: u64,
     pub revoked: bool,
+}
+
+/// A node that replicates the ledger and cosigns its heads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsortiumMember {
+    pub org: String,
+    pub name: String,
+    /// Where the other members reach it (gRPC, mutual TLS).
+    pub addr: String,
+    /// Its Raft node id ([`raft_id`]).
+    pub raft_id: u64,
+}
+
+/// A member node's Raft id: the first 8 bytes of its key, so a node knows
+/// its id before it has any of the ledger.
+pub fn raft_id(node: &AccountId) -> u64 {
+    u64::from_be_bytes(node[..8].try_into().expect("8 bytes"))
+}
+
+/// A membership proposal still gathering approvals (or decided).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipProposal {
+    pub change: MembershipChange,
+    pub approvals: BTreeSet<AccountId>,
+    pub decided: bool,
 }
 
 /// What accepting a transaction amounts to.
@@ -41,6 +66,8 @@ pub struct LedgerState {
     balances: HashMap<AccountId, u64>,
     seen: HashMap<TxId, u64>,
     size: u64,
+    consortium: BTreeMap<AccountId, ConsortiumMember>,
+    proposals: HashMap<TxId, MembershipProposal>,
     /// Shared with TLS servers so a revocation refuses the next handshake.
     revocations: RevocationList,
 }
@@ -97,7 +124,7 @@ impl LedgerState {
         if !allowed.contains(&member.role) {
             return Err(LedgerError::RoleNotAllowed {
                 role: member.role,
-                action: tx.tx.payload.kind(),
+                action: tx.tx.payload.kind().into(),
             });
         }
         match &tx.tx.payload {
@@ -128,9 +155,125 @@ impl LedgerState {
                     "contribution score is not finite".into(),
                 ));
             }
+            Payload::MemberProposal { change } => self.check_proposal(tx, change)?,
+            Payload::MemberApproval { proposal } => {
+                let p = self
+                    .proposals
+                    .get(proposal)
+                    .ok_or_else(|| LedgerError::UnknownProposal(hex::encode(proposal)))?;
+                self.require_consortium(&tx.signer)?;
+                if p.decided {
+                    return Err(LedgerError::ProposalDecided(hex::encode(proposal)));
+                }
+                if p.approvals.contains(&tx.signer) {
+                    return Err(LedgerError::AlreadyApproved(hex::encode(proposal)));
+                }
+            }
             _ => {}
         }
         Ok(Decision::Append)
+    }
+
+    fn require_consortium(&self, who: &AccountId) -> Result<(), LedgerError> {
+        if !self.consortium.contains_key(who) {
+            return Err(LedgerError::NotConsortiumMember(self.describe(who)));
+        }
+        Ok(())
+    }
+
+    fn describe(&self, who: &AccountId) -> String {
+        match self.members.get(who) {
+            Some(m) => format!("{}/{}", m.org, m.name),
+            None => hex::encode(who),
+        }
+    }
+
+    fn check_proposal(
+        &self,
+        tx: &SignedTransaction,
+        change: &MembershipChange,
+    ) -> Result<(), LedgerError> {
+        match change {
+            MembershipChange::Add { node, addr } => {
+                // The first member joins by proposing itself; after that only members propose.
+                if !(self.consortium.is_empty() && *node == tx.signer) {
+                    self.require_consortium(&tx.signer)?;
+                }
+                let m = self
+                    .members
+                    .get(node)
+                    .ok_or_else(|| LedgerError::UnknownAccount(hex::encode(node)))?;
+                if m.revoked {
+                    return Err(LedgerError::SignerRevoked);
+                }
+                if m.role != Role::Member {
+                    return Err(LedgerError::RoleNotAllowed {
+                        role: m.role,
+                        action: "consortium membership".into(),
+                    });
+                }
+                if self.consortium.contains_key(node) {
+                    return Err(LedgerError::AlreadyConsortiumMember(self.describe(node)));
+                }
+                if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+                    return Err(LedgerError::Malformed(format!(
+                        "member address `{addr}` is not host:port"
+                    )));
+                }
+            }
+            MembershipChange::Remove { node } => {
+                self.require_consortium(&tx.signer)?;
+                self.require_consortium(node)?;
+                if self.consortium.len() == 1 {
+                    return Err(LedgerError::LastMember);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts `proposal`'s approvals by current members; a majority applies it.
+    fn decide(&mut self, proposal: &TxId) {
+        let Some(p) = self.proposals.get(proposal) else {
+            return;
+        };
+        if p.decided {
+            return;
+        }
+        let votes = p
+            .approvals
+            .iter()
+            .filter(|a| self.consortium.contains_key(*a))
+            .count();
+        let bootstrap = self.consortium.is_empty();
+        if !bootstrap && votes < crate::checkpoint::majority(self.consortium.len()) {
+            return;
+        }
+        let change = p.change.clone();
+        match change {
+            MembershipChange::Add { node, addr } => {
+                let (org, name) = self
+                    .members
+                    .get(&node)
+                    .map(|m| (m.org.clone(), m.name.clone()))
+                    .unwrap_or_default();
+                self.consortium.insert(
+                    node,
+                    ConsortiumMember {
+                        org,
+                        name,
+                        addr,
+                        raft_id: raft_id(&node),
+                    },
+                );
+            }
+            MembershipChange::Remove { node } => {
+                self.consortium.remove(&node);
+            }
+        }
+        if let Some(p) = self.proposals.get_mut(proposal) {
+            p.decided = true;
+        }
     }
 
     fn require_authority(&self, tx: &SignedTransaction) -> Result<(), LedgerError> {
@@ -201,6 +344,23 @@ impl LedgerState {
                 let b = self.balances.entry(*account).or_default();
                 *b = b.saturating_add(*amount);
             }
+            Payload::MemberProposal { change } => {
+                self.proposals.insert(
+                    id,
+                    MembershipProposal {
+                        change: change.clone(),
+                        approvals: BTreeSet::from([tx.signer]),
+                        decided: false,
+                    },
+                );
+                self.decide(&id);
+            }
+            Payload::MemberApproval { proposal } => {
+                if let Some(p) = self.proposals.get_mut(proposal) {
+                    p.approvals.insert(tx.signer);
+                }
+                self.decide(proposal);
+            }
             _ => {}
         }
         self.seen.insert(id, self.size);
@@ -233,6 +393,16 @@ impl LedgerState {
     }
     pub fn revocations(&self) -> &RevocationList {
         &self.revocations
+    }
+    /// The member nodes that replicate and cosign the ledger.
+    pub fn consortium(&self) -> &BTreeMap<AccountId, ConsortiumMember> {
+        &self.consortium
+    }
+    pub fn proposal(&self, id: &TxId) -> Option<&MembershipProposal> {
+        self.proposals.get(id)
+    }
+    pub fn proposals(&self) -> impl Iterator<Item = (&TxId, &MembershipProposal)> {
+        self.proposals.iter()
     }
 }
 
@@ -340,8 +510,8 @@ mod tests {
             n.submit(&verifier, reward(&verifier)),
             Err(LedgerError::RoleNotAllowed {
                 role: Role::Verifier,
-                action: "reward"
-            })
+                action
+            }) if action == "reward"
         ));
         assert!(matches!(
             n.submit(

@@ -104,6 +104,30 @@ pub enum Payload {
         account: AccountId,
         amount: u64,
     },
+    /// A consortium member asks to add or remove a member node. It takes
+    /// effect once a majority of the current members approved it (the
+    /// proposer's own approval included).
+    MemberProposal { change: MembershipChange },
+    /// A consortium member approves a proposal (the id of its transaction).
+    MemberApproval {
+        #[serde(with = "crate::hexbytes")]
+        proposal: TxId,
+    },
+}
+
+/// A change to the set of member nodes that replicate and cosign the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Adds an admitted member-role node, reachable for peers at `addr`.
+    Add {
+        #[serde(with = "crate::hexbytes")]
+        node: AccountId,
+        addr: String,
+    },
+    Remove {
+        #[serde(with = "crate::hexbytes")]
+        node: AccountId,
+    },
 }
 
 impl Payload {
@@ -121,6 +145,8 @@ impl Payload {
             Payload::TaskSubmitted { .. } => "task-submitted",
             Payload::Contribution { .. } => "contribution",
             Payload::Reward { .. } => "reward",
+            Payload::MemberProposal { .. } => "member-proposal",
+            Payload::MemberApproval { .. } => "member-approval",
         }
     }
 
@@ -138,6 +164,7 @@ impl Payload {
             }
             Payload::TaskSubmitted { .. } => &[Member, Engineer],
             Payload::Contribution { .. } | Payload::Reward { .. } => &[Member],
+            Payload::MemberProposal { .. } | Payload::MemberApproval { .. } => &[Member],
         }
     }
 }
