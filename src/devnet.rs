@@ -56,7 +56,8 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
     println!("== Yilian devnet in {}", root.display());
 
     // Admission: an authority, a node, and organisations' identities.
-    network::init_network(&net, "devnet", "127.0.0.1:0").await?;
+    let first_addr = free_addr()?;
+    network::init_network(&net, "devnet", &first_addr).await?;
     {
         let ledger = net.open_ledger()?;
         let mut rec = Recorder::Local(&ledger);
@@ -76,39 +77,281 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
 
     let cfg = NodeConfig {
         data_dir: root.clone(),
-        listen: "127.0.0.1:0".parse()?,
+        listen: first_addr.parse()?,
         metrics: None,
         identity: net.identity(network::NODE_IDENTITY),
         kms_sealed: false,
         federated: Some("127.0.0.1:0".parse()?),
+        cluster: Default::default(),
     };
     let running = node::start(&cfg).await?;
     let addr = running.addr.to_string();
     println!("node: serving gRPC with mutual TLS on {addr}");
 
+    let mut members = vec![(MEMBER_ORGS[0], running)];
     let result = async {
-        ledger_act(&net, &addr).await?;
+        let others = consortium_act(&net, &root, &addr).await?;
+        let (b, c) = (others[0].addr.to_string(), others[1].addr.to_string());
+        members.extend(MEMBER_ORGS[1..].iter().copied().zip(others));
+        // The acts run through different members: writes reach the leader from any of them.
+        println!("ledger act through {} ({b})", MEMBER_ORGS[1]);
+        ledger_act(&net, &b).await?;
+        println!("keys act through {} ({addr}): its KMS store stays on that node", MEMBER_ORGS[0]);
         kms_act(&net, &addr).await?;
-        zk_act(&net, &addr).await?;
+        println!("zk act through {} ({c}): its ZK records stay on that node", MEMBER_ORGS[2]);
+        zk_act(&net, &c).await?;
+        let running = &members[0].1;
         let fl = running
             .federated
             .context("the node serves no federated learning")?;
         learning_act(&net, &root, &addr, fl).await?;
-        let mut auditor = client(&net, "auditor", &addr).await?.0;
-        let end = auditor.tree_head().await?;
+        failover_act(&net, &root, &mut members).await?;
+        let survivor = members[0].1.addr.to_string();
+        let mut auditor = client(&net, "auditor", &survivor).await?.0;
+        let end = auditor.cosigned_head().await?;
+        let cp = end.checkpoint.context("no cosigned head")?;
         println!(
-            "summary: {} ledger entries (admissions, transfers, key audit, record anchors, \
-             contributions, rewards), final root {}",
-            end.tree_size,
-            hex::encode(end.root_hash)
+            "summary: {} ledger entries (admissions, membership, transfers, key audit, record anchors, \
+             contributions, rewards), cosigned root {} by {} of {} members",
+            cp.body.size,
+            hex::encode(cp.body.root),
+            cp.cosignatures.len(),
+            end.cosigners.len()
         );
         anyhow::Ok(())
     }
     .await;
-    running.stop().await?;
+    for (_, m) in members {
+        m.stop().await?;
+    }
     result?;
     println!("== devnet finished: every step above was checked");
     Ok(())
+}
+
+/// The member organisations that run nodes: the first runs the authority's node.
+const MEMBER_ORGS: &[&str] = &["devnet-bank", "trust-co", "platform-co", "regulator"];
+
+fn free_addr() -> Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// Starts a member node of organisation `org` that joins through `peers`.
+async fn start_member(
+    net: &NetworkDir,
+    root: &std::path::Path,
+    org: &str,
+    peers: Vec<String>,
+) -> Result<crate::node::RunningNode> {
+    let listen = free_addr()?;
+    let name = format!("node-{org}");
+    let data = root.join("members").join(org);
+    std::fs::create_dir_all(&data)?;
+    let cfg = NodeConfig {
+        data_dir: data,
+        listen: listen.parse()?,
+        metrics: None,
+        identity: net.identity(&name),
+        kms_sealed: false,
+        federated: None,
+        cluster: crate::node::ClusterConfig {
+            advertise: Some(listen),
+            peers,
+            ..Default::default()
+        },
+    };
+    node::start(&cfg).await
+}
+
+/// Proposes `org`'s node through the first member and has a majority approve it.
+async fn add_member(
+    net: &NetworkDir,
+    via: &str,
+    org: &str,
+    node_addr: &str,
+    approvers: &[(&str, String)],
+) -> Result<()> {
+    let name = format!("node-{org}");
+    let new = net.load_identity(&name)?;
+    let first = net.load_identity(network::NODE_IDENTITY)?;
+    let mut c = LedgerClient::new(yilian_identity::grpc::connect(via, &first).await?);
+    let change = yilian_ledger::tx::MembershipChange::Add {
+        node: new.principal().public_key,
+        addr: node_addr.to_owned(),
+    };
+    let r = c
+        .submit(&network::member_proposal(change, first.signing_key()))
+        .await?;
+    for (approver, addr) in approvers {
+        let id = net.load_identity(approver)?;
+        let mut c = LedgerClient::new(yilian_identity::grpc::connect(addr, &id).await?);
+        c.submit(&network::member_approval(r.tx_id, id.signing_key()))
+            .await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut joined = LedgerClient::new(yilian_identity::grpc::connect(node_addr, &first).await?);
+    loop {
+        let cons = c.consortium().await?;
+        let head = joined.tree_head().await?;
+        if cons.members.iter().any(|m| m.addr == node_addr) && head.tree_size > r.index {
+            println!(
+                "membership: {org} joined by the approval of {} of {} members; it caught up to {} entries",
+                approvers.len() + 1,
+                cons.members.len() - 1,
+                head.tree_size
+            );
+            return Ok(());
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{org} did not join in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Three organisations' member nodes, each with its own data directory and
+/// port, replicate the ledger and cosign its heads.
+async fn consortium_act(
+    net: &NetworkDir,
+    root: &std::path::Path,
+    first: &str,
+) -> Result<Vec<crate::node::RunningNode>> {
+    let operator = net.load_identity(network::OPERATOR_IDENTITY)?;
+    let mut rec = Recorder::Node(LedgerClient::new(
+        yilian_identity::grpc::connect(first, &operator).await?,
+    ));
+    for org in &MEMBER_ORGS[1..] {
+        let req = AdmissionRequest::new(*org, Role::Member, format!("node-{org}"));
+        network::admit(net, &req, &mut rec).await?;
+    }
+    let b = start_member(net, root, MEMBER_ORGS[1], vec![first.to_owned()]).await?;
+    add_member(net, first, MEMBER_ORGS[1], &b.addr.to_string(), &[]).await?;
+    let c = start_member(net, root, MEMBER_ORGS[2], vec![first.to_owned()]).await?;
+    let b_name = format!("node-{}", MEMBER_ORGS[1]);
+    add_member(
+        net,
+        first,
+        MEMBER_ORGS[2],
+        &c.addr.to_string(),
+        &[(b_name.as_str(), b.addr.to_string())],
+    )
+    .await?;
+    // Each member holds its own secrets: only the ledger is replicated.
+    for (org, dir) in [
+        (MEMBER_ORGS[0], root.to_owned()),
+        (MEMBER_ORGS[1], b.ledger_dir()),
+        (MEMBER_ORGS[2], c.ledger_dir()),
+    ] {
+        let mut own: Vec<String> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".redb") || n.ends_with(".key") || n == "federated")
+            .collect();
+        own.sort();
+        println!("  {org} holds {}", own.join(", "));
+    }
+    Ok(vec![b, c])
+}
+
+/// Kills the leader mid-stream, shows the network carrying on with a new
+/// one, then adds a fourth member by majority approval.
+async fn failover_act(
+    net: &NetworkDir,
+    root: &std::path::Path,
+    members: &mut Vec<(&'static str, crate::node::RunningNode)>,
+) -> Result<()> {
+    let addrs: Vec<String> = members.iter().map(|m| m.1.addr.to_string()).collect();
+    let (mut auditor, _) = client(net, "auditor", &addrs[0]).await?;
+    // The cosigned head with every member's signature.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let head = loop {
+        let h = auditor.cosigned_head().await?;
+        if let Some(cp) = &h.checkpoint
+            && cp.cosignatures.len() == members.len()
+        {
+            cp.verify(&h.cosigners, members.len())?;
+            break cp.clone();
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no head cosigned by all members"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    println!("cosigned head (C2SP checkpoint, one cosignature per member):");
+    for line in head.to_note().lines() {
+        println!("  {line}");
+    }
+    let cons = auditor.consortium().await?;
+    let leader = members
+        .iter()
+        .position(|m| m.1.addr.to_string() == cons.leader_addr)
+        .context("no leader")?;
+    let (org, node) = members.remove(leader);
+    let (device, device_id) = client(net, "device-3", &members[0].1.addr.to_string()).await?;
+    let writer = tokio::spawn(async move {
+        let mut device = device;
+        let mut acked = 0u32;
+        for i in 0..60 {
+            let note = Transaction::new(Payload::Note {
+                topic: "failover".into(),
+                body: format!("write {i}"),
+            })
+            .sign(device_id.signing_key());
+            if device.submit(&note).await.is_ok() {
+                acked += 1;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        acked
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    node.stop().await?;
+    let acked = writer.await?;
+    let cons = auditor_at(net, &members[0].1.addr.to_string()).await?;
+    println!(
+        "failover: leader {org} stopped mid-stream; {} led on, {acked} of 60 writes acknowledged ({:.1} s)",
+        cons.leader_addr,
+        t.elapsed().as_secs_f64()
+    );
+    // A fourth member, approved by both remaining members' majority of three.
+    let d = start_member(
+        net,
+        root,
+        MEMBER_ORGS[3],
+        vec![members[0].1.addr.to_string()],
+    )
+    .await?;
+    // The first organisation proposes (its key signs even while its node is
+    // down); one other member approves: two of three.
+    let other = members
+        .iter()
+        .find(|m| m.0 != MEMBER_ORGS[0])
+        .context("no second member")?;
+    let approver = format!("node-{}", other.0);
+    let approver_addr = other.1.addr.to_string();
+    let via = members[0].1.addr.to_string();
+    add_member(
+        net,
+        &via,
+        MEMBER_ORGS[3],
+        &d.addr.to_string(),
+        &[(approver.as_str(), approver_addr)],
+    )
+    .await?;
+    members.push((MEMBER_ORGS[3], d));
+    Ok(())
+}
+
+async fn auditor_at(
+    net: &NetworkDir,
+    addr: &str,
+) -> Result<yilian_ledger::service::pb::Consortium> {
+    let (mut a, _) = client(net, "auditor", addr).await?;
+    Ok(a.consortium().await?)
 }
 
 async fn kms_act(net: &NetworkDir, addr: &str) -> Result<()> {
@@ -259,7 +502,7 @@ async fn ledger_act(net: &NetworkDir, addr: &str) -> Result<()> {
     let (mut device, device_id) = client(net, "device-1", addr).await?;
     let (mut holder, holder_id) = client(net, "shop-holder", addr).await?;
     let (mut auditor, _) = client(net, "auditor", addr).await?;
-    let start_head = auditor.tree_head().await?;
+    let start_head = auditor.cosigned_head().await?;
 
     // Transactions from several identities: a reward by the operator (member),
     // a transfer by the device, notes by the holder and the device.
@@ -327,38 +570,35 @@ async fn ledger_act(net: &NetworkDir, addr: &str) -> Result<()> {
         refused_msg(&auditor_refused)
     );
 
-    // Signed tree head, inclusion and consistency proofs, verified offline.
-    let head = auditor.tree_head().await?;
-    head.verify()?;
-    println!(
-        "tree head: size {} root {} signed by node key {}",
-        head.tree_size,
-        hex::encode(head.root_hash),
-        &hex::encode(head.log_key)[..16]
-    );
+    // The cosigned head, inclusion and consistency proofs, verified offline
+    // against the members the ledger lists (a majority must have cosigned).
+    let head = auditor.cosigned_head().await?;
+    let members = head.cosigners.clone();
+    let quorum = yilian_ledger::checkpoint::majority(members.len());
     let bundle: InclusionBundle = auditor.inclusion_bundle(r.index).await?;
     let json = serde_json::to_string(&bundle)?;
     let offline: InclusionBundle = serde_json::from_str(&json)?;
     ensure!(offline.version == BUNDLE_VERSION);
-    let tx = offline.verify(&head.log_key)?;
+    let (tx, who) = offline.verify_cosigned(&members, quorum)?;
     println!(
-        "inclusion: entry {} ({}) proven in {} hashes, verified offline",
+        "inclusion: entry {} ({}) proven in {} hashes under a head cosigned by {}, verified offline",
         r.index,
         tx.tx.payload.kind(),
-        offline.proof.path.len()
+        offline.proof.path.len(),
+        who.join(", ")
     );
     let mut tampered = offline.clone();
     tampered.entry[20] ^= 1;
     ensure!(
-        tampered.verify(&head.log_key).is_err(),
+        tampered.verify_cosigned(&members, quorum).is_err(),
         "tampered entry verified"
     );
     let cons: ConsistencyBundle = auditor.consistency_bundle(&start_head).await?;
-    cons.verify(&head.log_key)?;
+    cons.verify_cosigned(&members, quorum)?;
     println!(
         "consistency: log of size {} is a prefix of size {} ({} hashes), verified offline",
-        cons.old_head.tree_size,
-        cons.new_head.tree_size,
+        cons.proof.old_size,
+        cons.proof.new_size,
         cons.proof.path.len()
     );
 

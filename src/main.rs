@@ -10,7 +10,7 @@ use yilian_identity::ca::AdmissionRequest;
 use yilian_identity::{Identity, Role};
 use yilian_ledger::bundle::{ConsistencyBundle, InclusionBundle};
 use yilian_ledger::service::LedgerClient;
-use yilian_ledger::{Payload, SignedTreeHead, Transaction};
+use yilian_ledger::{Payload, Transaction};
 
 #[derive(Parser)]
 #[command(
@@ -121,6 +121,70 @@ enum AdminCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Propose another organisation's node as a consortium member. It joins
+    /// once a majority of the current members approved (`yilian admin approve`).
+    AddMember {
+        #[command(flatten)]
+        conn: MemberConn,
+        /// The organisation the node belongs to (checked against its certificate).
+        #[arg(long)]
+        org: String,
+        /// The node's certificate (member role), as its organisation sent it.
+        #[arg(long)]
+        cert: PathBuf,
+        /// The address the other members dial for the new node.
+        #[arg(long)]
+        node: String,
+    },
+    /// Propose removing a member node; it leaves once a majority approved.
+    RemoveMember {
+        #[command(flatten)]
+        conn: MemberConn,
+        #[arg(long)]
+        org: String,
+        /// The node's name (certificate CN).
+        #[arg(long)]
+        name: String,
+    },
+    /// Approve a membership proposal, as this member.
+    Approve {
+        #[command(flatten)]
+        conn: MemberConn,
+        /// The proposal id (hex), as `add-member`, `remove-member` or `members` printed it.
+        proposal: String,
+    },
+    /// List the consortium's members, its leader and open proposals.
+    Members {
+        #[command(flatten)]
+        conn: MemberConn,
+    },
+}
+
+/// A member's voice in the consortium: its node identity signs, through a running member.
+#[derive(clap::Args)]
+struct MemberConn {
+    /// This member's network directory; its node identity signs.
+    #[arg(long, env = "YILIAN_DATA_DIR", default_value = "yilian-data")]
+    data: PathBuf,
+    /// Sign with this identity directory instead of the data directory's node identity.
+    #[arg(long)]
+    identity: Option<PathBuf>,
+    /// Any running member node (writes reach the leader from there).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    via: String,
+}
+
+impl MemberConn {
+    async fn connect(&self) -> Result<(LedgerClient, Identity)> {
+        let path = self
+            .identity
+            .clone()
+            .unwrap_or_else(|| NetworkDir::new(&self.data).identity(network::NODE_IDENTITY));
+        let id = Identity::load(&path)
+            .with_context(|| format!("cannot load the member identity {}", path.display()))?;
+        let ch = yilian_identity::grpc::connect(&self.via, &id).await?;
+        Ok((LedgerClient::new(ch), id))
+    }
 }
 
 #[derive(clap::Args)]
@@ -193,14 +257,15 @@ enum LedgerCommand {
         #[arg(long)]
         account: Option<String>,
     },
-    /// Verify a proof file offline, against a trusted log key.
+    /// Verify a proof file offline, against the consortium's cosigners.
     Verify {
-        /// The log's public key (hex), as you trust it (e.g. from a head you saved).
+        /// A head file saved with `yilian ledger head --out`: its cosigners
+        /// (the members listed on the ledger) are the ones you trust.
         #[arg(long)]
-        log_key: Option<String>,
-        /// A trusted head file; its log key is trusted (alternative to --log-key).
+        head: PathBuf,
+        /// Distinct member cosignatures a head needs (default: a majority of the members).
         #[arg(long)]
-        head: Option<PathBuf>,
+        min_cosigners: Option<usize>,
         /// An inclusion proof file from `yilian ledger prove`.
         #[arg(long, conflicts_with = "consistency")]
         inclusion: Option<PathBuf>,
@@ -318,7 +383,109 @@ async fn admin(cmd: AdminCommand) -> Result<()> {
             println!("revoked `{name}` as entry {}", receipt.index);
             Ok(())
         }
+        AdminCommand::AddMember {
+            conn,
+            org,
+            cert,
+            node,
+        } => {
+            let p = yilian_identity::principal_of_cert_file(&cert)
+                .with_context(|| format!("cannot read the node certificate {}", cert.display()))?;
+            if p.org != org {
+                anyhow::bail!(
+                    "{} is a certificate of organisation `{}`, not `{org}`; pass the node's own certificate",
+                    cert.display(),
+                    p.org
+                );
+            }
+            let (mut c, id) = conn.connect().await?;
+            let change = yilian_ledger::tx::MembershipChange::Add {
+                node: p.public_key,
+                addr: node.clone(),
+            };
+            let tx = network::member_proposal(change, id.signing_key());
+            let r = c.submit(&tx).await.map_err(status)?;
+            report_proposal(&mut c, &r.tx_id, &format!("add {org}/{} at {node}", p.name)).await
+        }
+        AdminCommand::RemoveMember { conn, org, name } => {
+            let (mut c, id) = conn.connect().await?;
+            let cons = c.consortium().await.map_err(status)?;
+            let m = cons
+                .members
+                .iter()
+                .find(|m| m.org == org && m.name == name)
+                .with_context(|| {
+                    format!(
+                        "`{org}/{name}` is not a consortium member (see `yilian admin members`)"
+                    )
+                })?;
+            let node: [u8; 32] = m.key.as_slice().try_into().context("member key")?;
+            let change = yilian_ledger::tx::MembershipChange::Remove { node };
+            let tx = network::member_proposal(change, id.signing_key());
+            let r = c.submit(&tx).await.map_err(status)?;
+            report_proposal(&mut c, &r.tx_id, &format!("remove {org}/{name}")).await
+        }
+        AdminCommand::Approve { conn, proposal } => {
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(proposal.trim(), &mut id).context(
+                "the proposal id must be 64 hex digits, as `yilian admin members` prints it",
+            )?;
+            let (mut c, me) = conn.connect().await?;
+            let tx = network::member_approval(id, me.signing_key());
+            c.submit(&tx).await.map_err(status)?;
+            report_proposal(&mut c, &id, "approved").await
+        }
+        AdminCommand::Members { conn } => {
+            let (mut c, _) = conn.connect().await?;
+            let cons = c.consortium().await.map_err(status)?;
+            println!("term {}, leader {}", cons.term, cons.leader_addr);
+            for m in &cons.members {
+                let lead = if m.raft_id == cons.leader_raft_id {
+                    " (leader)"
+                } else {
+                    ""
+                };
+                println!(
+                    "member {}/{} at {}{lead}  key {}",
+                    m.org,
+                    m.name,
+                    m.addr,
+                    hex::encode(&m.key)
+                );
+            }
+            for p in cons.proposals.iter().filter(|p| !p.decided) {
+                println!(
+                    "open proposal {}: {} ({} approvals)",
+                    hex::encode(&p.id),
+                    p.change,
+                    p.approvals.len()
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// Prints where a membership proposal stands after a write.
+async fn report_proposal(c: &mut LedgerClient, id: &[u8; 32], what: &str) -> Result<()> {
+    let cons = c.consortium().await.map_err(status)?;
+    let p = cons.proposals.iter().find(|p| p.id == id);
+    let n = cons.members.len();
+    match p {
+        Some(p) if p.decided => println!(
+            "proposal {} ({what}) has taken effect: the consortium now has {n} members",
+            hex::encode(id)
+        ),
+        Some(p) => println!(
+            "proposal {} ({what}): {} of {n} members approved, {} needed; the others run `yilian admin approve {}`",
+            hex::encode(id),
+            p.approvals.len(),
+            n / 2 + 1,
+            hex::encode(id)
+        ),
+        None => println!("proposal {} ({what}) recorded", hex::encode(id)),
+    }
+    Ok(())
 }
 
 async fn operator_client(dir: &NetworkDir, addr: &str) -> Result<LedgerClient> {
@@ -361,8 +528,16 @@ async fn ledger(cmd: LedgerCommand) -> Result<()> {
     match cmd {
         LedgerCommand::Head { conn, out } => {
             let (mut c, _) = conn.client().await?;
-            let head = c.tree_head().await.map_err(status)?;
-            println!("{}", serde_json::to_string_pretty(&head)?);
+            let head = c.cosigned_head().await.map_err(status)?;
+            match &head.checkpoint {
+                Some(cp) => print!("{}", cp.to_note()),
+                None => println!("(no cosigned head yet)"),
+            }
+            if head.stale {
+                println!(
+                    "STALE: this member has not heard from a quorum recently; the head may be behind"
+                );
+            }
             if let Some(out) = out {
                 network::write_json(&out, &head)?;
             }
@@ -387,7 +562,7 @@ async fn ledger(cmd: LedgerCommand) -> Result<()> {
         }
         LedgerCommand::Consistency { conn, old, out } => {
             let (mut c, _) = conn.client().await?;
-            let old: SignedTreeHead = network::read_json(&old)?;
+            let old: yilian_ledger::service::CosignedHead = network::read_json(&old)?;
             let bundle = c.consistency_bundle(&old).await.map_err(status)?;
             network::write_json(&out, &bundle)?;
             println!(
@@ -422,43 +597,51 @@ async fn ledger(cmd: LedgerCommand) -> Result<()> {
             Ok(())
         }
         LedgerCommand::Verify {
-            log_key,
             head,
+            min_cosigners,
             inclusion,
             consistency,
         } => {
-            let key = match (log_key, head) {
-                (Some(h), _) => {
-                    let mut a = [0u8; 32];
-                    hex::decode_to_slice(&h, &mut a).context("--log-key must be 64 hex digits")?;
-                    a
-                }
-                (None, Some(p)) => {
-                    let h: SignedTreeHead = network::read_json(&p)?;
-                    h.verify()
-                        .context("the trusted head's own signature is invalid")?;
-                    h.log_key
-                }
-                (None, None) => {
-                    anyhow::bail!("give the trusted log key: --log-key HEX or --head FILE")
-                }
-            };
+            let trusted: yilian_ledger::service::CosignedHead = network::read_json(&head)?;
+            let members = &trusted.cosigners;
+            let min =
+                min_cosigners.unwrap_or_else(|| yilian_ledger::checkpoint::majority(members.len()));
+            if min == 0 {
+                anyhow::bail!("--min-cosigners must be at least 1");
+            }
+            let cp = trusted
+                .checkpoint
+                .as_ref()
+                .with_context(|| format!("{} holds no cosigned checkpoint", head.display()))?;
+            cp.verify(members, min)
+                .with_context(|| format!("the head in {} is REFUSED", head.display()))?;
             if let Some(p) = inclusion {
                 let b: InclusionBundle = network::read_json(&p)?;
-                let tx = b.verify(&key).context("inclusion proof REFUSED")?;
+                let (tx, who) = b
+                    .verify_cosigned(members, min)
+                    .with_context(|| format!("inclusion proof {} REFUSED", p.display()))?;
                 println!(
-                    "OK: entry {} ({}) is in the log of size {} with root {}",
+                    "OK: entry {} ({}) is in the log of size {} with root {}, cosigned by {} ({} needed): {}",
                     b.proof.index,
                     tx.tx.payload.kind(),
-                    b.tree_head.tree_size,
-                    hex::encode(b.tree_head.root_hash)
+                    b.proof.tree_size,
+                    hex::encode(
+                        b.checkpoint
+                            .as_ref()
+                            .map(|c| c.body.root)
+                            .unwrap_or_default()
+                    ),
+                    who.len(),
+                    min,
+                    who.join(", ")
                 );
             } else if let Some(p) = consistency {
                 let b: ConsistencyBundle = network::read_json(&p)?;
-                b.verify(&key).context("consistency proof REFUSED")?;
+                b.verify_cosigned(members, min)
+                    .with_context(|| format!("consistency proof {} REFUSED", p.display()))?;
                 println!(
-                    "OK: the log of size {} is a prefix of the log of size {}",
-                    b.old_head.tree_size, b.new_head.tree_size
+                    "OK: the log of size {} is a prefix of the log of size {}, both cosigned by at least {min} members",
+                    b.proof.old_size, b.proof.new_size
                 );
             } else {
                 anyhow::bail!("nothing to verify: give --inclusion FILE or --consistency FILE");

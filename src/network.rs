@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::{Identity, Principal, Role};
 use yilian_ledger::service::LedgerClient;
+use yilian_ledger::tx::MembershipChange;
 use yilian_ledger::{Ledger, Payload, Receipt, SignedTransaction, Transaction};
 
 /// Name of the node's own identity inside a network directory.
@@ -96,11 +97,24 @@ pub async fn init_network(dir: &NetworkDir, network: &str, listen: &str) -> Resu
             .submit(admission_tx(&authority, id.principal(), far_future()))
             .await?;
     }
+    // The first member joins the consortium by proposing itself.
+    ledger
+        .submit(member_proposal(
+            MembershipChange::Add {
+                node: node.principal().public_key,
+                addr: listen.to_owned(),
+            },
+            node.signing_key(),
+        ))
+        .await?;
     // Absolute paths, so the node can be started from any directory.
     let root = std::fs::canonicalize(&dir.root)?;
     let config = format!(
         "# Yilian node configuration (flags and YILIAN_* environment variables override it)\n\
-         data_dir = {:?}\nlisten = {:?}\nfederated = {:?}\nmetrics = \"127.0.0.1:9464\"\nidentity = {:?}\n",
+         data_dir = {:?}\nlisten = {:?}\nfederated = {:?}\nmetrics = \"127.0.0.1:9464\"\nidentity = {:?}\n\n\
+         # This member among the consortium's nodes: the address the others dial for it,\n\
+         # and theirs (members are added with `yilian admin add-member`).\n\
+         [cluster]\nadvertise = {:?}\npeers = []\n",
         root.display().to_string(),
         listen,
         federated_addr(listen),
@@ -108,6 +122,7 @@ pub async fn init_network(dir: &NetworkDir, network: &str, listen: &str) -> Resu
             .join(NODE_IDENTITY)
             .display()
             .to_string(),
+        listen,
     );
     std::fs::write(dir.config(), config)?;
     Ok(())
@@ -208,6 +223,19 @@ pub async fn revoke(
     })
     .sign(&authority.signing_key());
     recorder.record(tx).await
+}
+
+/// A membership proposal signed by a member node's key.
+pub fn member_proposal(
+    change: MembershipChange,
+    key: &ed25519_dalek::SigningKey,
+) -> SignedTransaction {
+    Transaction::new(Payload::MemberProposal { change }).sign(key)
+}
+
+/// A member node's approval of a membership proposal.
+pub fn member_approval(proposal: [u8; 32], key: &ed25519_dalek::SigningKey) -> SignedTransaction {
+    Transaction::new(Payload::MemberApproval { proposal }).sign(key)
 }
 
 /// Reads a JSON file with a clear message on failure.

@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use yilian_identity::Identity;
 use yilian_ledger::Ledger;
+use yilian_ledger::peer::{ConsortiumService, IdentityConnector};
 use yilian_ledger::service::LedgerService;
+use yilian_ledger::store::{ClusterOptions, MemberName};
 
 /// The node's settings; the TOML file's keys are these field names.
 #[derive(Clone, Debug, Deserialize)]
@@ -34,6 +37,33 @@ pub struct NodeConfig {
     /// engineers connect here); `None` serves no federated learning.
     #[serde(default)]
     pub federated: Option<SocketAddr>,
+    /// How this node takes part in the consortium.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+}
+
+/// The `[cluster]` section: this member among its peers.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The address the other members dial for this node (default: `listen`).
+    pub advertise: Option<String>,
+    /// The other members' addresses. A node whose data directory has no
+    /// ledger yet and lists peers starts empty and waits to be added
+    /// (`yilian admin add-member`), then catches up from them.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Dial another address for a peer's (tests route peers through a proxy).
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Raft heartbeat and election timeouts, in milliseconds.
+    pub heartbeat_ms: Option<u64>,
+    pub election_min_ms: Option<u64>,
+    pub election_max_ms: Option<u64>,
+    /// Test-only fault: apply committed entries that fail validation (the
+    /// other members must refuse to cosign them).
+    #[serde(default)]
+    pub test_accept_invalid: bool,
 }
 
 /// Command-line and environment overrides for a [`NodeConfig`].
@@ -69,6 +99,8 @@ struct FileConfig {
     #[serde(default)]
     kms_sealed: bool,
     federated: Option<SocketAddr>,
+    #[serde(default)]
+    cluster: ClusterConfig,
 }
 
 impl NodeConfig {
@@ -100,6 +132,7 @@ impl NodeConfig {
             metrics: over.metrics.or(f.metrics),
             kms_sealed: over.kms_sealed || f.kms_sealed,
             federated: over.federated.or(f.federated),
+            cluster: f.cluster,
             data_dir,
         })
     }
@@ -111,12 +144,18 @@ pub struct RunningNode {
     /// Where the federated-learning coordinator listens (QUIC), if it runs.
     pub federated: Option<SocketAddr>,
     pub ledger: Ledger,
+    data_dir: PathBuf,
     coordinator: Option<yilian_federated::coordinator::Coordinator>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 impl RunningNode {
+    /// The node's data directory (its ledger, KMS and ZK stores).
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+
     /// Stops serving: in-flight requests get a few seconds to finish, then
     /// connections still open (idle clients) are dropped.
     pub async fn stop(mut self) -> Result<()> {
@@ -152,20 +191,55 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     let identity = Identity::load(&cfg.identity)
         .with_context(|| format!("cannot load node identity from {}", cfg.identity.display()))?;
     let ledger_path = cfg.data_dir.join("ledger.redb");
-    if !ledger_path.exists() {
+    let joining = !ledger_path.exists();
+    if joining && cfg.cluster.peers.is_empty() {
         anyhow::bail!(
-            "no ledger at {} (run `yilian admin init-network --data {}` first)",
+            "no ledger at {} (run `yilian admin init-network --data {}` first, or list the \
+             other members under [cluster] peers to join them)",
             ledger_path.display(),
             cfg.data_dir.display()
         );
     }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let revocations = yilian_identity::tls::RevocationList::default();
-    let ledger = Ledger::open_with(
+    let defaults = yilian_ledger::raft::Timing::default();
+    let advertise = cfg
+        .cluster
+        .advertise
+        .clone()
+        .unwrap_or_else(|| cfg.listen.to_string());
+    let options = ClusterOptions {
+        me: MemberName {
+            org: identity.principal().org.clone(),
+            name: identity.principal().name.clone(),
+        },
+        addr: advertise,
+        bootstrap: !joining,
+        connector: Some(Arc::new(IdentityConnector::new(
+            identity.clone(),
+            cfg.cluster.routes.clone(),
+        ))),
+        timing: yilian_ledger::raft::Timing {
+            heartbeat_ms: cfg.cluster.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),
+            election_min_ms: cfg
+                .cluster
+                .election_min_ms
+                .unwrap_or(defaults.election_min_ms),
+            election_max_ms: cfg
+                .cluster
+                .election_max_ms
+                .unwrap_or(defaults.election_max_ms),
+        },
+        accept_invalid: cfg.cluster.test_accept_invalid,
+    };
+    let ledger = Ledger::open_member(
         &ledger_path,
         identity.signing_key().clone(),
         revocations.clone(),
+        options,
     )
-    .context("cannot open the ledger")?;
+    .with_context(|| format!("cannot open the ledger {}", ledger_path.display()))?;
     if let Some(addr) = cfg.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
@@ -210,6 +284,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         .context("cannot open the ZK API")?;
     let router = tonic::transport::Server::builder()
         .add_service(LedgerService::new(ledger.clone()).into_server())
+        .add_service(ConsortiumService::new(ledger.clone()).into_server())
         .add_service(kms_server)
         .add_service(zk.into_server());
     let (tx, rx) = oneshot::channel::<()>();
@@ -226,6 +301,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         federated,
         coordinator,
         ledger,
+        data_dir: cfg.data_dir.clone(),
         shutdown: Some(tx),
         task,
     })

@@ -40,6 +40,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         identity: dir.identity(network::NODE_IDENTITY),
         kms_sealed: false,
         federated: None,
+        cluster: Default::default(),
     };
     let node = node::start(&cfg).await.unwrap();
     let addr = node.addr.to_string();

@@ -278,6 +278,11 @@ pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// The principal of a certificate file (PEM), e.g. a new member's, to propose it.
+pub fn principal_of_cert_file(path: &Path) -> Result<Principal> {
+    crate::tls::principal_from_cert(&read_cert(path)?)
+}
+
 pub(crate) fn read_cert(path: &Path) -> Result<CertificateDer<'static>> {
     let bytes = read(path)?;
     CertificateDer::from_pem_slice(&bytes)

@@ -109,6 +109,7 @@ impl LedgerAudit {
                     .inclusion_proof(index, head.tree_size)
                     .map_err(|e| KmsError::Storage(e.to_string()))?,
                 tree_head: head.clone(),
+                checkpoint: None,
             };
             let checked = bundle.verify(&head.log_key).map_err(|e| {
                 KmsError::Corrupt(format!("audit entry {index} fails verification: {e}"))

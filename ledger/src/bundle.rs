@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{Checkpoint, Cosigner};
 use crate::head::SignedTreeHead;
 use crate::merkle::{self, ConsistencyProof, InclusionProof, leaf_hash};
 use crate::tx::{AccountId, SignedTransaction};
@@ -22,6 +23,9 @@ pub struct InclusionBundle {
     pub transaction: Option<SignedTransaction>,
     pub proof: InclusionProof,
     pub tree_head: SignedTreeHead,
+    /// The head a quorum of consortium members cosigned, which the proof is against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// A consistency proof between two signed heads of the same log.
@@ -31,6 +35,11 @@ pub struct ConsistencyBundle {
     pub old_head: SignedTreeHead,
     pub new_head: SignedTreeHead,
     pub proof: ConsistencyProof,
+    /// The cosigned checkpoints of the two sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_checkpoint: Option<Checkpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_checkpoint: Option<Checkpoint>,
 }
 
 impl InclusionBundle {
@@ -60,6 +69,55 @@ impl InclusionBundle {
             &self.tree_head.root_hash,
         )?;
         Ok(tx)
+    }
+}
+
+impl InclusionBundle {
+    /// Checks that the entry is in the log under the bundle's checkpoint,
+    /// cosigned by at least `min` distinct members of `cosigners`.
+    pub fn verify_cosigned(
+        &self,
+        cosigners: &[Cosigner],
+        min: usize,
+    ) -> Result<(SignedTransaction, Vec<String>)> {
+        let cp = self.checkpoint.as_ref().ok_or_else(|| {
+            LedgerError::Malformed("the proof carries no cosigned checkpoint".into())
+        })?;
+        let who = cp.verify(cosigners, min)?;
+        if self.proof.tree_size != cp.body.size {
+            return Err(LedgerError::Malformed(
+                "proof and checkpoint are for different sizes".into(),
+            ));
+        }
+        let tx = SignedTransaction::decode(&self.entry)?;
+        if let Some(shown) = &self.transaction
+            && shown != &tx
+        {
+            return Err(LedgerError::EntryMismatch);
+        }
+        merkle::verify_inclusion(&leaf_hash(&self.entry), &self.proof, &cp.body.root)?;
+        Ok((tx, who))
+    }
+}
+
+impl ConsistencyBundle {
+    /// Checks that the old checkpoint's log is a prefix of the new one's,
+    /// each cosigned by at least `min` distinct members of `cosigners`.
+    pub fn verify_cosigned(&self, cosigners: &[Cosigner], min: usize) -> Result<()> {
+        let (Some(old), Some(new)) = (&self.old_checkpoint, &self.new_checkpoint) else {
+            return Err(LedgerError::Malformed(
+                "the proof carries no cosigned checkpoints".into(),
+            ));
+        };
+        old.verify(cosigners, min)?;
+        new.verify(cosigners, min)?;
+        if self.proof.old_size != old.body.size || self.proof.new_size != new.body.size {
+            return Err(LedgerError::Malformed(
+                "proof sizes do not match the checkpoints".into(),
+            ));
+        }
+        merkle::verify_consistency(&self.proof, &old.body.root, &new.body.root)?;
+        Ok(())
     }
 }
 

@@ -279,6 +279,17 @@ impl pb::ledger_server::Ledger for LedgerService {
     }
 }
 
+/// A member's answer to "what is the head": its own signed head, the newest
+/// checkpoint a quorum cosigned, and the cosigners it lists.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CosignedHead {
+    /// The C2SP checkpoint; `checkpoint_note` in files is its signed-note text.
+    pub checkpoint: Option<crate::checkpoint::Checkpoint>,
+    pub cosigners: Vec<crate::checkpoint::Cosigner>,
+    pub stale: bool,
+    pub member_head: SignedTreeHead,
+}
+
 /// A typed client over a mutual-TLS channel (see `yilian_identity::grpc::connect`).
 #[derive(Clone, Debug)]
 pub struct LedgerClient {
@@ -315,6 +326,50 @@ impl LedgerClient {
         })
     }
 
+    /// The consortium's members, leader and proposals, as the answering member knows them.
+    pub async fn consortium(&mut self) -> Result<pb::Consortium, Status> {
+        Ok(self
+            .raw
+            .get_consortium(pb::GetConsortiumRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The answering member's head with the newest cosigned checkpoint,
+    /// the cosigners it lists, and whether it may be behind.
+    pub async fn cosigned_head(&mut self) -> Result<CosignedHead, Status> {
+        let h = self
+            .raw
+            .get_tree_head(pb::GetTreeHeadRequest {})
+            .await?
+            .into_inner();
+        let cosigners = h
+            .cosigners
+            .iter()
+            .map(|c| {
+                Ok(crate::checkpoint::Cosigner {
+                    name: c.name.clone(),
+                    key: fixed(&c.key, "cosigner key")?,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        let checkpoint = if h.cosigned.is_empty() {
+            None
+        } else {
+            Some(crate::checkpoint::Checkpoint::from_note(
+                &h.cosigned,
+                &cosigners,
+            )?)
+        };
+        let stale = h.stale;
+        Ok(CosignedHead {
+            checkpoint,
+            cosigners,
+            stale,
+            member_head: h.try_into()?,
+        })
+    }
+
     pub async fn tree_head(&mut self) -> Result<SignedTreeHead, Status> {
         let h = self
             .raw
@@ -344,20 +399,38 @@ impl LedgerClient {
             .amount)
     }
 
-    /// An offline-verifiable bundle proving entry `index` under the current head.
+    /// An offline-verifiable bundle proving entry `index` under the newest
+    /// cosigned checkpoint (waiting briefly for one that covers the entry).
     pub async fn inclusion_bundle(&mut self, index: u64) -> Result<InclusionBundle, Status> {
+        let mut cosigned = self.cosigned_head().await?;
+        for _ in 0..40 {
+            if cosigned
+                .checkpoint
+                .as_ref()
+                .is_some_and(|c| c.body.size > index)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            cosigned = self.cosigned_head().await?;
+        }
+        let checkpoint = cosigned
+            .checkpoint
+            .filter(|c| c.body.size > index)
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "no cosigned head covers entry {index} yet; retry in a moment"
+                ))
+            })?;
         let p = self
             .raw
             .get_inclusion_proof(pb::GetInclusionProofRequest {
                 index,
-                tree_size: 0,
+                tree_size: checkpoint.body.size,
             })
             .await?
             .into_inner();
-        let head: SignedTreeHead = p
-            .tree_head
-            .ok_or_else(|| Status::internal("response without a tree head"))?
-            .try_into()?;
+        let head = cosigned.member_head;
         let transaction = SignedTransaction::decode(&p.entry).ok();
         Ok(InclusionBundle {
             version: BUNDLE_VERSION,
@@ -369,30 +442,39 @@ impl LedgerClient {
                 path: hashes(p.path)?,
             },
             tree_head: head,
+            checkpoint: Some(checkpoint),
         })
     }
 
-    /// An offline-verifiable bundle proving `old_head`'s log is a prefix of the current one.
+    /// An offline-verifiable bundle proving the old cosigned head's log is a
+    /// prefix of the newest cosigned one.
     pub async fn consistency_bundle(
         &mut self,
-        old_head: &SignedTreeHead,
+        old: &CosignedHead,
     ) -> Result<ConsistencyBundle, Status> {
+        let old_cp = old.checkpoint.clone().ok_or_else(|| {
+            Status::invalid_argument("the old head file has no cosigned checkpoint")
+        })?;
+        let new = self.cosigned_head().await?;
+        let new_cp = new
+            .checkpoint
+            .ok_or_else(|| Status::unavailable("no cosigned head yet; retry in a moment"))?;
         let p = self
             .raw
             .get_consistency_proof(pb::GetConsistencyProofRequest {
-                old_size: old_head.tree_size,
-                new_size: 0,
+                old_size: old_cp.body.size,
+                new_size: new_cp.body.size,
             })
             .await?
             .into_inner();
-        let new_head: SignedTreeHead = p
-            .new_head
-            .ok_or_else(|| Status::internal("response without a tree head"))?
-            .try_into()?;
+        let old_head = old.member_head.clone();
+        let new_head = new.member_head;
         Ok(ConsistencyBundle {
             version: BUNDLE_VERSION,
-            old_head: old_head.clone(),
+            old_head,
             new_head,
+            old_checkpoint: Some(old_cp),
+            new_checkpoint: Some(new_cp),
             proof: ConsistencyProof {
                 old_size: p.old_size,
                 new_size: p.new_size,

@@ -644,4 +644,89 @@ mod tests {
         ));
         let _ = &mut fresh;
     }
+
+    #[test]
+    fn members_join_and_leave_only_by_majority() {
+        use crate::tx::MembershipChange;
+        let mut n = Net::new();
+        let (a, b, c, d, verifier) = (key(1), key(2), key(3), key(4), key(5));
+        for k in [&a, &b, &c, &d] {
+            n.admit(k, Role::Member);
+        }
+        n.admit(&verifier, Role::Verifier);
+        let add = |k: &SigningKey| Payload::MemberProposal {
+            change: MembershipChange::Add {
+                node: acct(k),
+                addr: "127.0.0.1:1".into(),
+            },
+        };
+        // Only the first member may propose itself; afterwards only members propose.
+        assert!(matches!(
+            n.submit(&b, add(&a)),
+            Err(LedgerError::NotConsortiumMember(_))
+        ));
+        n.submit(&a, add(&a)).unwrap();
+        assert_eq!(n.state.consortium().len(), 1);
+        // One of one is a majority.
+        n.submit(&a, add(&b)).unwrap();
+        assert_eq!(n.state.consortium().len(), 2);
+        // One of two is not: c waits for b.
+        let p = Transaction::new(add(&c)).sign(&a);
+        let pid = p.id();
+        n.state.check(&p, &pid, NOW).unwrap();
+        n.state.apply(&p, pid);
+        assert_eq!(n.state.consortium().len(), 2);
+        let size = n.state.len();
+        for (who, err) in [
+            (&a, "already approved"),
+            (&verifier, "may not write"),
+            (&d, "not a consortium member"),
+        ] {
+            let e = n
+                .submit(who, Payload::MemberApproval { proposal: pid })
+                .unwrap_err();
+            assert!(e.to_string().contains(err), "{e}");
+        }
+        assert!(matches!(
+            n.submit(&a, Payload::MemberApproval { proposal: [7; 32] }),
+            Err(LedgerError::UnknownProposal(_))
+        ));
+        assert_eq!(n.state.len(), size, "refusals change nothing");
+        n.submit(&b, Payload::MemberApproval { proposal: pid })
+            .unwrap();
+        assert_eq!(n.state.consortium().len(), 3);
+        assert!(n.state.proposal(&pid).unwrap().decided);
+        assert!(matches!(
+            n.submit(&c, Payload::MemberApproval { proposal: pid }),
+            Err(LedgerError::ProposalDecided(_))
+        ));
+        // Non-member roles and members twice are refused.
+        assert!(matches!(
+            n.submit(&a, add(&verifier)),
+            Err(LedgerError::RoleNotAllowed { .. })
+        ));
+        assert!(matches!(
+            n.submit(&a, add(&b)),
+            Err(LedgerError::AlreadyConsortiumMember(_))
+        ));
+        // Removal: two of three needed.
+        n.submit(
+            &c,
+            Payload::MemberProposal {
+                change: MembershipChange::Remove { node: acct(&a) },
+            },
+        )
+        .unwrap();
+        assert_eq!(n.state.consortium().len(), 3);
+        let rid = n
+            .state
+            .proposals()
+            .find(|(_, p)| !p.decided)
+            .map(|(k, _)| *k)
+            .unwrap();
+        n.submit(&b, Payload::MemberApproval { proposal: rid })
+            .unwrap();
+        assert_eq!(n.state.consortium().len(), 2);
+        assert!(!n.state.consortium().contains_key(&acct(&a)));
+    }
 }

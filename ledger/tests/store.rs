@@ -199,7 +199,16 @@ fn proofs_from_the_store_verify_offline_and_catch_tampering() {
         transaction: None,
         proof: ledger.inclusion_proof(5, head.tree_size).unwrap(),
         tree_head: head.clone(),
+        checkpoint: ledger.cosigned_head(),
     };
+    // A ledger on its own is a consortium of one: its own cosignature is the quorum.
+    let members = ledger.cosigners();
+    assert_eq!(members.len(), 1);
+    bundle.verify_cosigned(&members, 1).unwrap();
+    assert!(matches!(
+        bundle.verify_cosigned(&members, 2),
+        Err(LedgerError::TooFewCosignatures { got: 1, need: 2 })
+    ));
     let json = serde_json::to_string(&bundle).unwrap();
     let back: InclusionBundle = serde_json::from_str(&json).unwrap();
     back.verify(&log_key).unwrap();
@@ -223,6 +232,8 @@ fn proofs_from_the_store_verify_offline_and_catch_tampering() {
             .unwrap(),
         old_head: old,
         new_head: head,
+        old_checkpoint: None,
+        new_checkpoint: None,
     };
     c.verify(&log_key).unwrap();
 }
