@@ -112,11 +112,11 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         let cp = end.checkpoint.context("no cosigned head")?;
         println!(
             "summary: {} ledger entries (admissions, membership, transfers, key audit, record anchors, \
-             contributions, rewards), cosigned root {} by {} of {} members",
+             contributions, rewards), cosigned by {} of {} members, root {}",
             cp.body.size,
-            hex::encode(cp.body.root),
             cp.cosignatures.len(),
-            end.cosigners.len()
+            end.cosigners.len(),
+            hex::encode(cp.body.root)
         );
         anyhow::Ok(())
     }
@@ -293,27 +293,46 @@ async fn failover_act(
     let (device, device_id) = client(net, "device-3", &members[0].1.addr.to_string()).await?;
     let writer = tokio::spawn(async move {
         let mut device = device;
-        let mut acked = 0u32;
-        for i in 0..60 {
+        let (mut acked, mut refused) = (0u32, 0u32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while acked < 60 && std::time::Instant::now() < deadline {
             let note = Transaction::new(Payload::Note {
                 topic: "failover".into(),
-                body: format!("write {i}"),
+                body: format!("write {acked}"),
             })
             .sign(device_id.signing_key());
-            if device.submit(&note).await.is_ok() {
-                acked += 1;
+            match device.submit(&note).await {
+                Ok(_) => acked += 1,
+                Err(_) => refused += 1,
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        acked
+        (acked, refused)
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let t = std::time::Instant::now();
+    let stopped = node.addr.to_string();
     node.stop().await?;
-    let acked = writer.await?;
-    let cons = auditor_at(net, &members[0].1.addr.to_string()).await?;
+    let (acked, refused) = writer.await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cons = loop {
+        let cons = auditor_at(net, &members[0].1.addr.to_string()).await?;
+        if !cons.leader_addr.is_empty() && cons.leader_addr != stopped {
+            break cons;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no new leader after the failover"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    ensure!(
+        acked == 60,
+        "only {acked} of 60 writes were acknowledged across the failover"
+    );
     println!(
-        "failover: leader {org} stopped mid-stream; {} led on, {acked} of 60 writes acknowledged ({:.1} s)",
+        "failover: leader {org} stopped mid-stream; {} leads now; all 60 writes acknowledged \
+         ({refused} refused while the election ran, retried), {:.1} s",
         cons.leader_addr,
         t.elapsed().as_secs_f64()
     );

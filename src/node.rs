@@ -162,6 +162,8 @@ impl RunningNode {
         if let Some(c) = self.coordinator.take() {
             c.shutdown();
         }
+        // Leave the consensus at once, whoever else still holds the ledger.
+        self.ledger.shutdown().await;
         if let Some(s) = self.shutdown.take() {
             let _ = s.send(());
         }

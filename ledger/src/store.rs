@@ -230,6 +230,9 @@ impl Shared {
             inner.head = SignedTreeHead::sign(inner.tree.len(), inner.tree.root(), now, &self.key);
         }
         // Cosign what this member has now applied and checked.
+        if let Some(n) = inner.state.network().map(str::to_owned) {
+            inner.witness.adopt_origin(&n);
+        }
         let size = inner.tree.len();
         let me = self.my_name(&inner);
         let members = self.cosigners(&inner);
@@ -655,6 +658,12 @@ impl Ledger {
 
     pub(crate) fn connector(&self) -> Option<&Arc<dyn PeerConnector>> {
         self.runtime.connector.as_ref()
+    }
+
+    /// Leaves the consensus now (the other members elect a new leader), even
+    /// while other handles to this ledger are still alive.
+    pub async fn shutdown(&self) {
+        crate::consensus::Consensus::shutdown(&**self.consensus()).await;
     }
 
     /// Where this member stands in the consensus.

@@ -98,6 +98,13 @@ impl Witness {
         }
     }
 
+    /// Takes the network's name as the log's origin, until the first cosignature.
+    pub fn adopt_origin(&mut self, network: &str) {
+        if self.last_signed.is_none() && self.origin != network {
+            self.origin = network.to_owned();
+        }
+    }
+
     pub fn origin(&self) -> &str {
         &self.origin
     }
