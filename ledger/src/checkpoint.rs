@@ -372,11 +372,11 @@ mod tests {
             let mut note = cp.to_note().into_bytes();
             let pos = pos % note.len();
             note[pos] ^= 1 << bit;
-            if let Ok(s) = String::from_utf8(note) {
-                if let Ok(back) = Checkpoint::from_note(&s, &cosigners) {
-                    // Whatever still parses carries no valid cosignature for another head.
-                    prop_assert!(back == cp || back.verify(&cosigners, 1).is_err());
-                }
+            if let Ok(s) = String::from_utf8(note)
+                && let Ok(back) = Checkpoint::from_note(&s, &cosigners)
+            {
+                // Whatever still parses carries no valid cosignature for another head.
+                prop_assert!(back == cp || back.verify(&cosigners, 1).is_err());
             }
         }
     }

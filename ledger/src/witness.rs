@@ -112,7 +112,7 @@ impl Witness {
     /// Checks, after a restart, that the log read from disk still holds
     /// every checkpoint this member cosigned. If not, it never cosigns again
     /// (until its store is rebuilt) and says why.
-    pub fn check_own_log(&mut self, tree: &MerkleTree) -> Result<(), Evidence> {
+    pub fn check_own_log(&mut self, tree: &MerkleTree) -> Result<(), Box<Evidence>> {
         let Some(last) = &self.last_signed else {
             return Ok(());
         };
@@ -126,7 +126,7 @@ impl Witness {
         };
         self.halted = true;
         self.record(e.clone());
-        Err(e)
+        Err(Box::new(e))
     }
 
     pub fn is_halted(&self) -> bool {
