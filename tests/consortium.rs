@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use yilian::network::{self, NetworkDir, Recorder};
@@ -82,12 +84,12 @@ struct Consortium {
     client: Identity,
 }
 
-fn write_config(m: &Member, peers: &[String]) {
+fn write_config(m: &Member, peers: &[String], extra: &str) {
     let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
     std::fs::write(
         m.data.join("node.toml"),
         format!(
-            "data_dir = {:?}\nlisten = {:?}\nidentity = {:?}\n\n[cluster]\nadvertise = {:?}\npeers = [{}]\n",
+            "data_dir = {:?}\nlisten = {:?}\nidentity = {:?}\n\n[cluster]\nadvertise = {:?}\npeers = [{}]\n{extra}",
             m.data.display().to_string(),
             m.addr,
             m.identity.display().to_string(),
@@ -125,11 +127,26 @@ impl Consortium {
     /// Starts the first member, then adds the others one by one, each by
     /// a majority of the members before it.
     async fn start(n: usize) -> Consortium {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().canonicalize().unwrap();
+        Self::start_with(n, |_, _| String::new()).await
+    }
+
+    /// As [`Self::start`], with extra `[cluster]` lines per member (given
+    /// its index and every member's address).
+    async fn start_with(n: usize, extra: impl Fn(usize, &[String]) -> String) -> Consortium {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
+        Self::start_fixed(addrs, extra).await
+    }
+
+    /// As [`Self::start_with`], on the given addresses.
+    async fn start_fixed(
+        addrs: Vec<String>,
+        extra: impl Fn(usize, &[String]) -> String,
+    ) -> Consortium {
+        let n = addrs.len();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
         let first = root.join("org-0");
         let net = NetworkDir::new(&first);
         network::init_network(&net, "consortium", &addrs[0])
@@ -170,7 +187,7 @@ impl Consortium {
                 child: None,
             };
             let peers: Vec<String> = addrs.iter().filter(|a| *a != addr).cloned().collect();
-            write_config(&m, &peers);
+            write_config(&m, &peers, &extra(i, &addrs));
             members.push(m);
         }
         for m in &mut members {
@@ -552,4 +569,325 @@ async fn non_members_cannot_be_peers_and_unapproved_members_do_not_join() {
     assert_eq!(c.tree_head().await.unwrap().tree_size, before + 1);
     assert_eq!(c.consortium().await.unwrap().members.len(), 2);
     let _ = Path::new("");
+}
+
+/// A TCP proxy between two members that the test can cut and heal.
+struct Proxy {
+    addr: String,
+    cut: Arc<AtomicBool>,
+    pipes: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let cut = Arc::new(AtomicBool::new(false));
+        let pipes: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Default::default();
+        let (c, p) = (cut.clone(), pipes.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let target = target.clone();
+                let h = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                p.lock().unwrap().push(h.abort_handle());
+            }
+        });
+        Proxy { addr, cut, pipes }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for h in self.pipes.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_member_refuses_writes_reads_stale_and_catches_up() {
+    const N: usize = 3;
+    // proxies[i][j] carries member i's traffic to member j.
+    let addrs: Vec<String> = (0..N)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut proxies: Vec<Vec<Option<Proxy>>> = Vec::new();
+    for i in 0..N {
+        let mut row = Vec::new();
+        for (j, a) in addrs.iter().enumerate() {
+            row.push(if i == j {
+                None
+            } else {
+                Some(Proxy::start(a.clone()).await)
+            });
+        }
+        proxies.push(row);
+    }
+    let routes: Vec<Vec<(String, String)>> = (0..N)
+        .map(|i| {
+            (0..N)
+                .filter(|j| *j != i)
+                .map(|j| {
+                    (
+                        addrs[j].clone(),
+                        proxies[i][j].as_ref().unwrap().addr.clone(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let fixed = addrs.clone();
+    let net = Consortium::start_fixed(fixed, |i, _| {
+        let lines: Vec<String> = routes[i]
+            .iter()
+            .map(|(a, p)| format!("{a:?} = {p:?}"))
+            .collect();
+        format!("[cluster.routes]\n{}\n", lines.join("\n"))
+    })
+    .await;
+    let mut clients = net.clients().await;
+    let leader = net.leader().await;
+    let cut = (leader + 1) % N;
+    let other = (leader + 2) % N;
+    for i in 0..N {
+        for j in 0..N {
+            if (i == cut) != (j == cut) {
+                proxies[i][j].as_ref().unwrap().cut();
+            }
+        }
+    }
+    // The majority keeps committing.
+    let mut last = 0;
+    for k in 0..20 {
+        let tx = note(&net.client, format!("majority {k}"));
+        last = clients[other].submit(&tx).await.unwrap().index;
+    }
+    // The cut-off member refuses writes with Unavailable and says why.
+    let err = clients[cut]
+        .submit(&note(&net.client, "minority".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("leader"), "{}", err.message());
+    // Its reads still answer, marked stale, and behind the majority.
+    wait_until("the cut-off member to mark its head stale", 20, || {
+        let mut c = clients[cut].clone();
+        async move { c.cosigned_head().await.is_ok_and(|h| h.stale) }
+    })
+    .await;
+    let h = clients[cut].cosigned_head().await.unwrap();
+    assert!(h.member_head.tree_size <= last);
+    let fresh = clients[other].cosigned_head().await.unwrap();
+    assert!(!fresh.stale);
+    // Healed, it catches up.
+    for row in &proxies {
+        for p in row.iter().flatten() {
+            p.heal();
+        }
+    }
+    wait_until("the healed member to catch up", 60, || {
+        let mut c = clients[cut].clone();
+        async move {
+            c.cosigned_head()
+                .await
+                .is_ok_and(|h| h.member_head.tree_size > last && !h.stale)
+        }
+    })
+    .await;
+    let tx = note(&net.client, "after healing".into());
+    clients[cut].submit(&tx).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refused_and_never_cosigned() {
+    let mut net = Consortium::start(3).await;
+    let mut clients = net.clients().await;
+    let marker = "TAMPER-ME-7f3a9c";
+    let r = clients[0]
+        .submit(&note(&net.client, marker.into()))
+        .await
+        .unwrap();
+    // More writes, so the entry is durable on every member.
+    for k in 0..5 {
+        clients[0]
+            .submit(&note(&net.client, format!("after {k}")))
+            .await
+            .unwrap();
+    }
+    let leader = net.leader().await;
+    let victim = (leader + 1) % 3;
+    wait_until("the victim to apply the marker", 30, || {
+        let mut c = clients[victim].clone();
+        async move { c.tree_head().await.is_ok_and(|h| h.tree_size > r.index + 5) }
+    })
+    .await;
+    net.members[victim].kill9();
+    // Flip one byte of the entry wherever its bytes are in the file.
+    let path = net.members[victim].data.join("ledger.redb");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut flipped = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes[at..]
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+    {
+        bytes[at + pos + 7] ^= 0x01;
+        at += pos + marker.len();
+        flipped += 1;
+    }
+    assert!(flipped > 0, "the entry's bytes are not in the store");
+    std::fs::write(&path, &bytes).unwrap();
+    // On restart the member detects the damage and refuses to serve.
+    let out = Command::new(env!("CARGO_BIN_EXE_yilian"))
+        .args(["node", "--config"])
+        .arg(net.members[victim].data.join("node.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a damaged member started serving");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot open the ledger"), "{err}");
+    // The others carry on, and none of them holds a cosignature of another root.
+    let mut c = clients[leader].clone();
+    c.submit(&note(&net.client, "still going".into()))
+        .await
+        .unwrap();
+    for (i, m) in net.members.iter().enumerate() {
+        if i == victim {
+            continue;
+        }
+        let ch = yilian_identity::grpc::connect(&m.addr, &net.client)
+            .await
+            .unwrap();
+        let mut peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
+        let ev = peer
+            .evidence(yilian_ledger::peer::pb::EvidenceRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .evidence;
+        assert_eq!(ev, "[]", "{}: {ev}", m.org);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faulty_leaders_invalid_entry_is_refused_by_the_others_with_evidence() {
+    // Member 0 starts alone and leads; it is built to skip signature checks.
+    let net = Consortium::start_with(3, |i, _| {
+        if i == 0 {
+            "test_accept_invalid = true\n".into()
+        } else {
+            String::new()
+        }
+    })
+    .await;
+    let mut clients = net.clients().await;
+    assert_eq!(net.leader().await, 0);
+    let good = clients[0]
+        .submit(&note(&net.client, "good".into()))
+        .await
+        .unwrap();
+    let mut forged = note(&net.client, "forged".into());
+    forged.signature[5] ^= 1;
+    let bad = clients[0].submit(&forged).await.unwrap();
+    assert_eq!(bad.index, good.index + 1, "the faulty leader applied it");
+    // The others refuse it and record evidence; no quorum ever cosigns a
+    // head that holds it, on any member.
+    for m in &net.members[1..] {
+        let ch = yilian_identity::grpc::connect(&m.addr, &net.client)
+            .await
+            .unwrap();
+        let peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
+        wait_until("evidence on the honest members", 30, || {
+            let mut peer = peer.clone();
+            async move {
+                peer.evidence(yilian_ledger::peer::pb::EvidenceRequest {})
+                    .await
+                    .is_ok_and(|r| r.into_inner().evidence.contains("invalid-entry"))
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for c in &mut clients[1..] {
+        if let Ok(e) = c.entry(bad.index).await {
+            assert_ne!(e, forged, "an honest member applied the forged entry");
+        }
+    }
+    for c in &mut clients {
+        let h = c.cosigned_head().await.unwrap();
+        let size = h.checkpoint.map(|cp| cp.body.size).unwrap_or(0);
+        assert!(
+            size <= bad.index,
+            "a head holding the forged entry was cosigned"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_raft_messages_and_forged_cosignatures_are_refused() {
+    let net = Consortium::start(2).await;
+    let member = Identity::load(&net.members[1].identity).unwrap();
+    let ch = yilian_identity::grpc::connect(&net.members[0].addr, &member)
+        .await
+        .unwrap();
+    let mut peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
+    let mut c = client(&net.members[0].addr, &net.client).await;
+    let before = c.tree_head().await.unwrap();
+    for garbage in [vec![], vec![0xff; 7], b"not postcard at all".to_vec()] {
+        let err = peer
+            .append_entries(yilian_ledger::peer::pb::RaftMessage { payload: garbage })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains("undecodable Raft message"),
+            "{}",
+            err.message()
+        );
+    }
+    // A cosignature line under a member's name that the member did not make.
+    let head = c.cosigned_head().await.unwrap();
+    let cp = head.checkpoint.unwrap();
+    let mut line = cp.cosignatures[0].clone();
+    line.signature[9] ^= 1;
+    let forged = yilian_ledger::checkpoint::Checkpoint {
+        body: cp.body.clone(),
+        cosignatures: vec![line],
+    };
+    let err = peer
+        .cosign(yilian_ledger::peer::pb::CosignRequest {
+            note: forged.to_note(),
+            cosigned: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("does not verify"),
+        "{}",
+        err.message()
+    );
+    // Nothing changed.
+    let after = c.tree_head().await.unwrap();
+    assert_eq!(
+        (after.tree_size, after.root_hash),
+        (before.tree_size, before.root_hash)
+    );
+    let ev = peer
+        .evidence(yilian_ledger::peer::pb::EvidenceRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence;
+    assert_eq!(ev, "[]");
 }
