@@ -88,12 +88,21 @@ impl LedgerAudit {
         key_id: Option<&str>,
     ) -> Result<Vec<VerifiedAudit>> {
         let head = self.ledger.tree_head();
-        let entries = self
+        // The ledger's index by owner (and key), not a scan of the log.
+        let mut lookup = owner.to_vec();
+        if let Some(k) = key_id {
+            lookup.extend_from_slice(k.as_bytes());
+        }
+        let indexes = self
             .ledger
-            .entries(0, head.tree_size)
+            .indexed("key-audit", &lookup, 0, usize::MAX)
             .map_err(|e| KmsError::Storage(e.to_string()))?;
         let mut out = Vec::new();
-        for (index, stx) in entries {
+        for index in indexes.into_iter().filter(|i| *i < head.tree_size) {
+            let stx = self
+                .ledger
+                .entry(index)
+                .map_err(|e| KmsError::Storage(e.to_string()))?;
             let Some(entry) = key_audit_of(&stx) else {
                 continue;
             };

@@ -40,6 +40,9 @@ use crate::{LedgerError, Result};
 
 pub(crate) const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+/// Entries by payload kind and key (see [`crate::tx::Payload::index_keys`]),
+/// written with the entries they point at.
+const INDEX: TableDefinition<'_, (&str, &[u8], u64), ()> = TableDefinition::new("index");
 const HEAD_KEY: &str = "head";
 const APPLIED_KEY: &str = "applied";
 const WITNESS_KEY: &str = "witness";
@@ -254,6 +257,13 @@ impl Shared {
                 let mut table = wtx.open_table(ENTRIES)?;
                 for (i, b) in &rows {
                     table.insert(*i, b.as_slice())?;
+                }
+                let mut index = wtx.open_table(INDEX)?;
+                for (i, tx) in &fresh {
+                    index.insert((tx.tx.payload.kind(), &[][..], *i), ())?;
+                    for (kind, key) in tx.tx.payload.index_keys() {
+                        index.insert((kind, key.as_slice(), *i), ())?;
+                    }
                 }
                 let mut meta = wtx.open_table(META)?;
                 meta.insert(
@@ -582,6 +592,7 @@ impl Ledger {
             }
         })?;
         let replica = load(&db, &log_key, revocations)?;
+        ensure_index(&db)?;
         let (entries, _) = broadcast::channel(4096);
         let size = replica.tree.len();
         let shared = Arc::new(Shared {
@@ -842,6 +853,33 @@ impl Ledger {
         Ok(self.read().tree.root_at(size)?)
     }
 
+    /// The indexes of entries of payload `kind` with index `key` (empty: every
+    /// entry of that kind), from `from` on, in order, up to `limit` of them.
+    /// An index read, not a scan of the log.
+    pub fn indexed(&self, kind: &str, key: &[u8], from: u64, limit: usize) -> Result<Vec<u64>> {
+        let size = self.len();
+        let rtx = self.shared.db.begin_read().map_err(storage)?;
+        let table = match rtx.open_table(INDEX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(storage(e)),
+        };
+        let mut out = Vec::new();
+        for item in table
+            .range((kind, key, from)..=(kind, key, u64::MAX))
+            .map_err(storage)?
+        {
+            let (k, _) = item.map_err(storage)?;
+            let index = k.value().2;
+            // Rows of entries applied but not yet visible to readers are skipped.
+            if index >= size || out.len() >= limit {
+                break;
+            }
+            out.push(index);
+        }
+        Ok(out)
+    }
+
     /// Where a transaction id sits in the log, if it does.
     pub fn index_of(&self, id: &TxId) -> Option<u64> {
         self.read().state.index_of(id)
@@ -983,6 +1021,38 @@ fn load(db: &Database, log_key: &SigningKey, revocations: RevocationList) -> Res
         membership,
         witness,
     })
+}
+
+/// Builds the payload index of a ledger written before it existed.
+fn ensure_index(db: &Database) -> Result<()> {
+    let rtx = db.begin_read().map_err(storage)?;
+    match rtx.open_table(INDEX) {
+        Ok(_) => return Ok(()),
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage(e)),
+    }
+    let entries = match rtx.open_table(ENTRIES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(storage(e)),
+    };
+    let wtx = db.begin_write().map_err(storage)?;
+    {
+        let mut index = wtx.open_table(INDEX).map_err(storage)?;
+        for item in entries.iter().map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            let tx = SignedTransaction::decode(v.value())?;
+            index
+                .insert((tx.tx.payload.kind(), &[][..], k.value()), ())
+                .map_err(storage)?;
+            for (kind, key) in tx.tx.payload.index_keys() {
+                index
+                    .insert((kind, key.as_slice(), k.value()), ())
+                    .map_err(storage)?;
+            }
+        }
+    }
+    wtx.commit().map_err(storage)
 }
 
 /// The leader's batching stage.

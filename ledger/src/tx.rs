@@ -150,6 +150,31 @@ impl Payload {
         }
     }
 
+    /// The index rows of an entry, beyond its kind (which every entry is
+    /// indexed by with an empty key): `(kind, key)` pairs a reader looks up
+    /// instead of scanning the log.
+    pub fn index_keys(&self) -> Vec<(&'static str, Vec<u8>)> {
+        match self {
+            Payload::KeyAudit { owner, key_id, .. } => {
+                let mut k = owner.to_vec();
+                k.extend_from_slice(key_id.as_bytes());
+                vec![("key-audit", owner.to_vec()), ("key-audit", k)]
+            }
+            Payload::RecordAnchor { record_id, .. } => {
+                vec![("record-anchor", record_id.as_bytes().to_vec())]
+            }
+            Payload::VerifyingKeyAnchor { statement, .. } => {
+                vec![("verifying-key-anchor", statement.as_bytes().to_vec())]
+            }
+            Payload::Reward { account, .. } => vec![("reward", account.to_vec())],
+            Payload::Transfer { to, .. } => vec![("transfer", to.to_vec())],
+            Payload::Contribution { task_id, .. } | Payload::TaskSubmitted { task_id, .. } => {
+                vec![(self.kind(), task_id.as_bytes().to_vec())]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Which admitted roles may sign this payload (the authority-only ones return none).
     pub fn allowed_roles(&self) -> &'static [Role] {
         use Role::*;

@@ -321,3 +321,52 @@ async fn own_transactions_share_commits_and_still_pass_the_state_checks() {
     let reopened = Ledger::open(&path, log).unwrap();
     assert_eq!(reopened.tree_head().root_hash, head.root_hash);
 }
+
+#[test]
+fn entries_are_found_by_kind_and_key_without_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l.redb");
+    let (authority, member) = (key(1), key(2));
+    {
+        let ledger = Ledger::open(&path, key(9)).unwrap();
+        genesis(&ledger, &authority);
+        ledger
+            .submit_blocking(Transaction::new(admit(&member, Role::Member)).sign(&authority))
+            .unwrap();
+        for i in 0..6u32 {
+            let p = if i % 2 == 0 {
+                Payload::Reward {
+                    task_id: "t".into(),
+                    round: i,
+                    account: member.verifying_key().to_bytes(),
+                    amount: 1,
+                }
+            } else {
+                Payload::Note {
+                    topic: "n".into(),
+                    body: i.to_string(),
+                }
+            };
+            ledger
+                .submit_blocking(Transaction::new(p).sign(&member))
+                .unwrap();
+        }
+        let notes = ledger.indexed("note", b"", 0, 100).unwrap();
+        assert_eq!(notes, vec![3, 5, 7]);
+        assert_eq!(ledger.indexed("genesis", b"", 0, 10).unwrap(), vec![0]);
+        let rewards = ledger
+            .indexed("reward", &member.verifying_key().to_bytes(), 0, 100)
+            .unwrap();
+        assert_eq!(rewards, vec![2, 4, 6]);
+        assert_eq!(ledger.indexed("reward", b"", 3, 1).unwrap(), vec![4]);
+        assert!(
+            ledger
+                .indexed("reward", &[0; 32], 0, 100)
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // The index survives reopening.
+    let ledger = Ledger::open(&path, key(9)).unwrap();
+    assert_eq!(ledger.indexed("note", b"", 0, 100).unwrap(), vec![3, 5, 7]);
+}

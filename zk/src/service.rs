@@ -344,12 +344,19 @@ struct LedgerIndex {
 }
 
 impl LedgerIndex {
+    /// Reads the anchors committed since the last call, through the
+    /// ledger's index by payload kind (not a scan of the log).
     fn catch_up(&mut self, ledger: &Ledger) -> Result<()> {
-        const CHUNK: u64 = 4096;
         let len = ledger.len();
-        while self.scanned < len {
-            let to = (self.scanned + CHUNK).min(len);
-            for (index, stx) in ledger.entries(self.scanned, to)? {
+        if self.scanned < len {
+            let mut found: Vec<u64> = Vec::new();
+            for kind in ["record-anchor", "verifying-key-anchor"] {
+                found.extend(ledger.indexed(kind, b"", self.scanned, usize::MAX)?);
+            }
+            found.retain(|i| *i < len);
+            found.sort_unstable();
+            for index in found {
+                let stx = ledger.entry(index)?;
                 match stx.tx.payload {
                     Payload::RecordAnchor {
                         record_id,
@@ -377,7 +384,7 @@ impl LedgerIndex {
                     _ => {}
                 }
             }
-            self.scanned = to;
+            self.scanned = len;
         }
         Ok(())
     }
