@@ -136,13 +136,15 @@ impl Consortium {
         let addrs: Vec<String> = (0..n)
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
-        Self::start_fixed(addrs, extra).await
+        let n = addrs.len();
+        Self::start_fixed(addrs, extra, n).await
     }
 
     /// As [`Self::start_with`], on the given addresses.
     async fn start_fixed(
         addrs: Vec<String>,
         extra: impl Fn(usize, &[String]) -> String,
+        added: usize,
     ) -> Consortium {
         let n = addrs.len();
         let tmp = tempfile::tempdir().unwrap();
@@ -203,7 +205,7 @@ impl Consortium {
         for m in &c.members {
             self::client(&m.addr, &c.client).await;
         }
-        for i in 1..n {
+        for i in 1..added {
             c.add(i).await;
         }
         c
@@ -571,6 +573,51 @@ async fn non_members_cannot_be_peers_and_unapproved_members_do_not_join() {
     let _ = Path::new("");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_member_added_after_100k_entries_catches_up_by_log_transfer() {
+    let addrs = vec![
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    // Both nodes run; only the first is a member yet.
+    let net = Consortium::start_fixed(addrs, |_, _| String::new(), 1).await;
+    let mut c = client(&net.members[0].addr, &net.client).await;
+    const N: usize = 100_000;
+    let key = net.client.signing_key().clone();
+    let txs: Vec<yilian_ledger::SignedTransaction> = (0..N)
+        .map(|i| {
+            Transaction::new(Payload::Note {
+                topic: "bulk".into(),
+                body: i.to_string(),
+            })
+            .sign(&key)
+        })
+        .collect();
+    use futures::StreamExt as _;
+    let done: Vec<u64> = futures::stream::iter(txs)
+        .map(|tx| {
+            let mut c = c.clone();
+            async move { c.submit(&tx).await.unwrap().index }
+        })
+        .buffer_unordered(512)
+        .collect()
+        .await;
+    assert_eq!(done.len(), N);
+    let size = c.tree_head().await.unwrap().tree_size;
+    assert!(size > N as u64);
+    net.add(1).await;
+    let mut joined = client(&net.members[1].addr, &net.client).await;
+    wait_until("the new member to hold all 10^5 entries", 120, || {
+        let mut j = joined.clone();
+        async move { j.tree_head().await.is_ok_and(|h| h.tree_size >= size) }
+    })
+    .await;
+    let a = c.inclusion_bundle(size - 1).await.unwrap();
+    let b = joined.inclusion_bundle(size - 1).await.unwrap();
+    assert_eq!(a.entry, b.entry);
+    let _ = &mut joined;
+}
+
 /// A TCP proxy between two members that the test can cut and heal.
 struct Proxy {
     addr: String,
@@ -647,13 +694,17 @@ async fn a_cut_off_member_refuses_writes_reads_stale_and_catches_up() {
         })
         .collect();
     let fixed = addrs.clone();
-    let net = Consortium::start_fixed(fixed, |i, _| {
-        let lines: Vec<String> = routes[i]
-            .iter()
-            .map(|(a, p)| format!("{a:?} = {p:?}"))
-            .collect();
-        format!("[cluster.routes]\n{}\n", lines.join("\n"))
-    })
+    let net = Consortium::start_fixed(
+        fixed,
+        |i, _| {
+            let lines: Vec<String> = routes[i]
+                .iter()
+                .map(|(a, p)| format!("{a:?} = {p:?}"))
+                .collect();
+            format!("[cluster.routes]\n{}\n", lines.join("\n"))
+        },
+        N,
+    )
     .await;
     let mut clients = net.clients().await;
     let leader = net.leader().await;
