@@ -942,3 +942,55 @@ async fn malformed_raft_messages_and_forged_cosignatures_are_refused() {
         .evidence;
     assert_eq!(ev, "[]");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaves_only_by_majority_and_the_rest_carry_on() {
+    let net = Consortium::start(3).await;
+    let mut c = client(&net.members[1].addr, &net.client).await;
+    let out = yilian(&[
+        "admin",
+        "remove-member",
+        "--data",
+        &net.data(),
+        "--via",
+        &net.members[1].addr,
+        "--org",
+        "org-2",
+        "--name",
+        "node-2",
+    ]);
+    assert!(out.contains("1 of 3 members approved, 2 needed"), "{out}");
+    assert_eq!(c.consortium().await.unwrap().members.len(), 3);
+    let id = out.split_whitespace().nth(1).unwrap().to_owned();
+    let who = &net.members[1];
+    let approved = yilian(&[
+        "admin",
+        "approve",
+        "--identity",
+        who.identity.to_str().unwrap(),
+        "--via",
+        &who.addr,
+        &id,
+    ]);
+    assert!(approved.contains("has taken effect"), "{approved}");
+    let cons = c.consortium().await.unwrap();
+    assert_eq!(cons.members.len(), 2);
+    assert!(!cons.members.iter().any(|m| m.org == "org-2"));
+    // The two remaining members still commit and cosign (2 of 2).
+    let r = c
+        .submit(&note(&net.client, "after removal".into()))
+        .await
+        .unwrap();
+    wait_until("a head cosigned by the two remaining members", 30, || {
+        let mut c = c.clone();
+        async move {
+            c.cosigned_head().await.is_ok_and(|h| {
+                h.cosigners.len() == 2
+                    && h.checkpoint.is_some_and(|cp| {
+                        cp.body.size > r.index && cp.verify(&h.cosigners, 2).is_ok()
+                    })
+            })
+        }
+    })
+    .await;
+}
