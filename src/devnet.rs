@@ -12,7 +12,6 @@ use yilian_ledger::service::LedgerClient;
 use yilian_ledger::{Payload, Transaction};
 
 use crate::network::{self, NetworkDir, Recorder};
-use crate::node::{self, NodeConfig};
 
 /// Who takes part in the devnet, as (organisation, role, name).
 pub const PARTICIPANTS: &[(&str, Role, &str)] = &[
@@ -55,7 +54,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
     let net = NetworkDir::new(&root);
     println!("== Yilian devnet in {}", root.display());
 
-    // Admission: an authority, a node, and organisations' identities.
+    // Admission: an authority, the first member's node, and organisations' identities.
     let first_addr = free_addr()?;
     network::init_network(&net, "devnet", &first_addr).await?;
     {
@@ -64,35 +63,64 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         for (org, role, name) in PARTICIPANTS {
             network::admit(&net, &AdmissionRequest::new(*org, *role, *name), &mut rec).await?;
         }
+        for org in &MEMBER_ORGS[1..] {
+            let req = AdmissionRequest::new(*org, Role::Member, format!("node-{org}"));
+            network::admit(&net, &req, &mut rec).await?;
+        }
     }
     println!(
-        "admission: authority created; {} identities admitted (node, operator, {})",
-        PARTICIPANTS.len() + 2,
+        "admission: authority created; {} identities admitted (node, operator, {}, and the member nodes of {})",
+        PARTICIPANTS.len() + MEMBER_ORGS.len() + 1,
         PARTICIPANTS
             .iter()
             .map(|p| p.2)
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        MEMBER_ORGS[1..].join(", ")
     );
 
-    let cfg = NodeConfig {
-        data_dir: root.clone(),
-        listen: first_addr.parse()?,
-        metrics: None,
-        identity: net.identity(network::NODE_IDENTITY),
-        kms_sealed: false,
-        federated: Some("127.0.0.1:0".parse()?),
-        cluster: Default::default(),
-    };
-    let running = node::start(&cfg).await?;
-    let addr = running.addr.to_string();
-    println!("node: serving gRPC with mutual TLS on {addr}");
-
-    let mut members = vec![(MEMBER_ORGS[0], running)];
+    // Every member node is its own process, with its own data directory and port.
+    let fl: SocketAddr = free_udp_addr()?.parse()?;
+    let mut members: Vec<MemberNode> = Vec::new();
+    for (i, org) in MEMBER_ORGS.iter().enumerate() {
+        let (data, identity, addr) = if i == 0 {
+            (
+                root.clone(),
+                net.identity(network::NODE_IDENTITY),
+                first_addr.clone(),
+            )
+        } else {
+            (
+                root.join("members").join(org),
+                net.identity(&format!("node-{org}")),
+                free_addr()?,
+            )
+        };
+        let peers = if i == 0 {
+            vec![]
+        } else {
+            vec![first_addr.clone()]
+        };
+        members.push(MemberNode::new(
+            org,
+            data,
+            identity,
+            addr,
+            (i == 0).then_some(fl),
+            &peers,
+        )?);
+    }
     let result = async {
-        let others = consortium_act(&net, &root, &addr).await?;
-        let (b, c) = (others[0].addr.to_string(), others[1].addr.to_string());
-        members.extend(MEMBER_ORGS[1..].iter().copied().zip(others));
+        let addr = members[0].addr.clone();
+        members[0].spawn()?;
+        wait_reachable(&net, &addr).await?;
+        println!(
+            "node: {} serving gRPC with mutual TLS on {addr} (pid {})",
+            MEMBER_ORGS[0],
+            members[0].pid()
+        );
+        consortium_act(&net, &mut members).await?;
+        let (b, c) = (members[1].addr.clone(), members[2].addr.clone());
         // The acts run through different members: writes reach the leader from any of them.
         println!("ledger act through {} ({b})", MEMBER_ORGS[1]);
         ledger_act(&net, &b).await?;
@@ -100,13 +128,8 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         kms_act(&net, &addr).await?;
         println!("zk act through {} ({c}): its ZK records stay on that node", MEMBER_ORGS[2]);
         zk_act(&net, &c).await?;
-        let running = &members[0].1;
-        let fl = running
-            .federated
-            .context("the node serves no federated learning")?;
         learning_act(&net, &root, &addr, fl).await?;
-        failover_act(&net, &root, &mut members).await?;
-        let survivor = members[0].1.addr.to_string();
+        let survivor = failover_act(&net, &mut members).await?;
         let mut auditor = client(&net, "auditor", &survivor).await?.0;
         let end = auditor.cosigned_head().await?;
         let cp = end.checkpoint.context("no cosigned head")?;
@@ -121,8 +144,13 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         anyhow::Ok(())
     }
     .await;
-    for (_, m) in members {
-        m.stop().await?;
+    for m in &mut members {
+        m.stop();
+    }
+    if result.is_err() {
+        for m in &members {
+            eprintln!("(log of {}: {})", m.org, m.log.display());
+        }
     }
     result?;
     println!("== devnet finished: every step above was checked");
@@ -137,31 +165,123 @@ fn free_addr() -> Result<String> {
     Ok(l.local_addr()?.to_string())
 }
 
-/// Starts a member node of organisation `org` that joins through `peers`.
-async fn start_member(
-    net: &NetworkDir,
-    root: &std::path::Path,
-    org: &str,
-    peers: Vec<String>,
-) -> Result<crate::node::RunningNode> {
-    let listen = free_addr()?;
-    let name = format!("node-{org}");
-    let data = root.join("members").join(org);
-    std::fs::create_dir_all(&data)?;
-    let cfg = NodeConfig {
-        data_dir: data,
-        listen: listen.parse()?,
-        metrics: None,
-        identity: net.identity(&name),
-        kms_sealed: false,
-        federated: None,
-        cluster: crate::node::ClusterConfig {
-            advertise: Some(listen),
-            peers,
-            ..Default::default()
-        },
-    };
-    node::start(&cfg).await
+fn free_udp_addr() -> Result<String> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?.to_string())
+}
+
+/// A member organisation's node: a `yilian node` process of this binary.
+struct MemberNode {
+    org: &'static str,
+    addr: String,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MemberNode {
+    fn new(
+        org: &'static str,
+        data: PathBuf,
+        identity: PathBuf,
+        addr: String,
+        federated: Option<SocketAddr>,
+        peers: &[String],
+    ) -> Result<MemberNode> {
+        let peers: Vec<String> = peers.iter().map(|p| format!("{p:?}")).collect();
+        std::fs::create_dir_all(&data)?;
+        let data = std::fs::canonicalize(&data)?;
+        let fl = federated
+            .map(|a| format!("federated = {:?}\n", a.to_string()))
+            .unwrap_or_default();
+        let config = data.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "# {org}'s member node in the devnet\ndata_dir = {:?}\nlisten = {addr:?}\n\
+                 identity = {:?}\n{fl}\n[cluster]\nadvertise = {addr:?}\npeers = [{}]\n",
+                data.display().to_string(),
+                identity.display().to_string(),
+                peers.join(", "),
+            ),
+        )?;
+        Ok(MemberNode {
+            org,
+            addr,
+            log: data.join("node.log"),
+            config,
+            child: None,
+        })
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["node", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}'s node", self.org))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGKILL: the process gets no chance to flush or say goodbye.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A clean stop (SIGINT, as ctrl-c), then SIGKILL if it lingers.
+    fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for MemberNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn wait_reachable(net: &NetworkDir, addr: &str) -> Result<()> {
+    let op = net.load_identity(network::OPERATOR_IDENTITY)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match yilian_identity::grpc::connect(addr, &op).await {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() > deadline => {
+                anyhow::bail!("the node at {addr} did not come up: {e}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Proposes `org`'s node through the first member and has a majority approve it.
@@ -211,67 +331,50 @@ async fn add_member(
     }
 }
 
-/// Three organisations' member nodes, each with its own data directory and
-/// port, replicate the ledger and cosign its heads.
-async fn consortium_act(
-    net: &NetworkDir,
-    root: &std::path::Path,
-    first: &str,
-) -> Result<Vec<crate::node::RunningNode>> {
-    let operator = net.load_identity(network::OPERATOR_IDENTITY)?;
-    let mut rec = Recorder::Node(LedgerClient::new(
-        yilian_identity::grpc::connect(first, &operator).await?,
-    ));
-    for org in &MEMBER_ORGS[1..] {
-        let req = AdmissionRequest::new(*org, Role::Member, format!("node-{org}"));
-        network::admit(net, &req, &mut rec).await?;
-    }
-    let b = start_member(net, root, MEMBER_ORGS[1], vec![first.to_owned()]).await?;
-    add_member(net, first, MEMBER_ORGS[1], &b.addr.to_string(), &[]).await?;
-    let c = start_member(net, root, MEMBER_ORGS[2], vec![first.to_owned()]).await?;
+/// Three organisations' member nodes replicate the ledger and cosign its heads.
+async fn consortium_act(net: &NetworkDir, members: &mut [MemberNode]) -> Result<()> {
+    let first = members[0].addr.clone();
+    members[1].spawn()?;
+    wait_reachable(net, &members[1].addr).await?;
+    add_member(net, &first, MEMBER_ORGS[1], &members[1].addr, &[]).await?;
+    members[2].spawn()?;
+    wait_reachable(net, &members[2].addr).await?;
     let b_name = format!("node-{}", MEMBER_ORGS[1]);
     add_member(
         net,
-        first,
+        &first,
         MEMBER_ORGS[2],
-        &c.addr.to_string(),
-        &[(b_name.as_str(), b.addr.to_string())],
+        &members[2].addr,
+        &[(b_name.as_str(), members[1].addr.clone())],
     )
     .await?;
     // Each member holds its own secrets: only the ledger is replicated.
-    for (org, dir) in [
-        (MEMBER_ORGS[0], root.to_owned()),
-        (MEMBER_ORGS[1], b.ledger_dir()),
-        (MEMBER_ORGS[2], c.ledger_dir()),
-    ] {
-        let mut own: Vec<String> = std::fs::read_dir(&dir)?
+    for m in &members[..3] {
+        let dir = m.config.parent().context("data directory")?;
+        let mut own: Vec<String> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.ends_with(".redb") || n.ends_with(".key") || n == "federated")
             .collect();
         own.sort();
-        println!("  {org} holds {}", own.join(", "));
+        println!("  {} (pid {}) holds {}", m.org, m.pid(), own.join(", "));
     }
-    Ok(vec![b, c])
+    Ok(())
 }
 
-/// Kills the leader mid-stream, shows the network carrying on with a new
-/// one, then adds a fourth member by majority approval.
-async fn failover_act(
-    net: &NetworkDir,
-    root: &std::path::Path,
-    members: &mut Vec<(&'static str, crate::node::RunningNode)>,
-) -> Result<()> {
-    let addrs: Vec<String> = members.iter().map(|m| m.1.addr.to_string()).collect();
-    let (mut auditor, _) = client(net, "auditor", &addrs[0]).await?;
+/// Kills the leader with SIGKILL mid-stream, shows the network carrying on
+/// with a new one and the killed member catching up once restarted, then
+/// adds a fourth member by majority approval. Returns a running member's address.
+async fn failover_act(net: &NetworkDir, members: &mut [MemberNode]) -> Result<String> {
+    let (mut auditor, _) = client(net, "auditor", &members[0].addr).await?;
     // The cosigned head with every member's signature.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let head = loop {
         let h = auditor.cosigned_head().await?;
         if let Some(cp) = &h.checkpoint
-            && cp.cosignatures.len() == members.len()
+            && cp.cosignatures.len() == 3
         {
-            cp.verify(&h.cosigners, members.len())?;
+            cp.verify(&h.cosigners, 3)?;
             break cp.clone();
         }
         ensure!(
@@ -285,16 +388,16 @@ async fn failover_act(
         println!("  {line}");
     }
     let cons = auditor.consortium().await?;
-    let leader = members
+    let leader = members[..3]
         .iter()
-        .position(|m| m.1.addr.to_string() == cons.leader_addr)
+        .position(|m| m.addr == cons.leader_addr)
         .context("no leader")?;
-    let (org, node) = members.remove(leader);
-    let (device, device_id) = client(net, "device-3", &members[0].1.addr.to_string()).await?;
+    let survivor = members[(leader + 1) % 3].addr.clone();
+    let (device, device_id) = client(net, "device-3", &survivor).await?;
     let writer = tokio::spawn(async move {
         let mut device = device;
         let (mut acked, mut refused) = (0u32, 0u32);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while acked < 60 && std::time::Instant::now() < deadline {
             let note = Transaction::new(Payload::Note {
                 topic: "failover".into(),
@@ -311,13 +414,13 @@ async fn failover_act(
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let t = std::time::Instant::now();
-    let stopped = node.addr.to_string();
-    node.stop().await?;
+    let (org, pid) = (members[leader].org, members[leader].pid());
+    members[leader].kill9();
     let (acked, refused) = writer.await?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let cons = loop {
-        let cons = auditor_at(net, &members[0].1.addr.to_string()).await?;
-        if !cons.leader_addr.is_empty() && cons.leader_addr != stopped {
+        let cons = auditor_at(net, &survivor).await?;
+        if !cons.leader_addr.is_empty() && cons.leader_addr != members[leader].addr {
             break cons;
         }
         ensure!(
@@ -330,39 +433,48 @@ async fn failover_act(
         acked == 60,
         "only {acked} of 60 writes were acknowledged across the failover"
     );
+    let new = members
+        .iter()
+        .find(|m| m.addr == cons.leader_addr)
+        .map(|m| m.org)
+        .unwrap_or("?");
     println!(
-        "failover: leader {org} stopped mid-stream; {} leads now; all 60 writes acknowledged \
-         ({refused} refused while the election ran, retried), {:.1} s",
-        cons.leader_addr,
+        "failover: leader {org} (pid {pid}) killed with SIGKILL mid-stream; {new} leads now; all 60 \
+         writes acknowledged ({refused} refused while the election ran, retried), {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // A fourth member, approved by both remaining members' majority of three.
-    let d = start_member(
-        net,
-        root,
-        MEMBER_ORGS[3],
-        vec![members[0].1.addr.to_string()],
-    )
-    .await?;
-    // The first organisation proposes (its key signs even while its node is
-    // down); one other member approves: two of three.
-    let other = members
-        .iter()
-        .find(|m| m.0 != MEMBER_ORGS[0])
-        .context("no second member")?;
-    let approver = format!("node-{}", other.0);
-    let approver_addr = other.1.addr.to_string();
-    let via = members[0].1.addr.to_string();
+    // The killed member restarts and catches up.
+    let target = client(net, "auditor", &survivor)
+        .await?
+        .0
+        .tree_head()
+        .await?
+        .tree_size;
+    members[leader].spawn()?;
+    wait_reachable(net, &members[leader].addr).await?;
+    let (mut back, _) = client(net, "auditor", &members[leader].addr).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while back.tree_head().await?.tree_size < target {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{org} did not catch up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("recovery: {org} restarted and caught up to {target} entries from the others");
+    // A fourth member, approved by two of the three.
+    members[3].spawn()?;
+    wait_reachable(net, &members[3].addr).await?;
+    let approver = format!("node-{}", MEMBER_ORGS[1]);
     add_member(
         net,
-        &via,
+        &survivor,
         MEMBER_ORGS[3],
-        &d.addr.to_string(),
-        &[(approver.as_str(), approver_addr)],
+        &members[3].addr.clone(),
+        &[(approver.as_str(), members[1].addr.clone())],
     )
     .await?;
-    members.push((MEMBER_ORGS[3], d));
-    Ok(())
+    Ok(survivor)
 }
 
 async fn auditor_at(

@@ -519,6 +519,7 @@ pub struct Ledger {
 /// the caller's, so a ledger opens and closes from any context.
 struct Runtime {
     rt: Option<tokio::runtime::Runtime>,
+    db: Arc<Database>,
     consensus: Arc<RaftConsensus>,
     connector: Option<Arc<dyn PeerConnector>>,
 }
@@ -527,6 +528,7 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         let Some(rt) = self.rt.take() else { return };
         let consensus = self.consensus.clone();
+        let db = self.db.clone();
         // Joining means a reopen right after this returns finds the file unlocked.
         let t = std::thread::spawn(move || {
             let c = &consensus;
@@ -535,6 +537,14 @@ impl Drop for Runtime {
             });
             drop(consensus);
             rt.shutdown_timeout(Duration::from_secs(2));
+            // Applied entries ride on the next durable commit; on a clean
+            // close that is this one, so a reopen does not re-apply them.
+            if let Ok(wtx) = db.begin_write() {
+                if let Ok(mut meta) = wtx.open_table(META) {
+                    let _ = meta.insert("closed_ms", now_ms().to_be_bytes().as_slice());
+                }
+                let _ = wtx.commit();
+            }
         });
         let _ = t.join();
     }
@@ -631,6 +641,7 @@ impl Ledger {
             shared: shared.clone(),
             runtime: Arc::new(Runtime {
                 rt: Some(rt),
+                db: shared.db.clone(),
                 consensus: consensus.clone(),
                 connector: opts.connector.clone(),
             }),
