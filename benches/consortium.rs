@@ -162,10 +162,9 @@ async fn consortium(n: usize) -> Net {
             .submit(network::member_proposal(change, node0.signing_key()))
             .await
             .unwrap();
-        for j in 1..(i / 2 + 1) {
+        for (j, node) in nodes.iter().enumerate().take(i / 2 + 1).skip(1) {
             let approver = net.load_identity(&format!("node-{j}")).unwrap();
-            nodes[j]
-                .ledger
+            node.ledger
                 .submit(network::member_approval(r.tx_id, approver.signing_key()))
                 .await
                 .unwrap();

@@ -710,10 +710,10 @@ async fn a_cut_off_member_refuses_writes_reads_stale_and_catches_up() {
     let leader = net.leader().await;
     let cut = (leader + 1) % N;
     let other = (leader + 2) % N;
-    for i in 0..N {
-        for j in 0..N {
+    for (i, row) in proxies.iter().enumerate() {
+        for (j, p) in row.iter().enumerate() {
             if (i == cut) != (j == cut) {
-                proxies[i][j].as_ref().unwrap().cut();
+                p.as_ref().unwrap().cut();
             }
         }
     }
