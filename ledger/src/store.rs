@@ -187,19 +187,24 @@ impl Shared {
         let network = r.state.network().unwrap_or("yilian");
         if r.state.consortium().is_empty() {
             return vec![Cosigner {
-                name: cosigner_name(network, &self.me.org, &self.me.name),
+                name: self.my_name(r),
                 key: self.key.verifying_key().to_bytes(),
             }];
         }
         crate::witness::cosigners(network, r.state.consortium().iter())
     }
 
+    /// This member's cosigner name: its organisation and name as the ledger
+    /// admitted them (so it does not depend on how the ledger was opened),
+    /// else as configured.
     pub(crate) fn my_name(&self, r: &Replica) -> String {
-        cosigner_name(
-            r.state.network().unwrap_or("yilian"),
-            &self.me.org,
-            &self.me.name,
-        )
+        let me = self.key.verifying_key().to_bytes();
+        let (org, name) = match (r.state.consortium().get(&me), r.state.member(&me)) {
+            (Some(c), _) => (c.org.as_str(), c.name.as_str()),
+            (None, Some(m)) => (m.org.as_str(), m.name.as_str()),
+            (None, None) => (self.me.org.as_str(), self.me.name.as_str()),
+        };
+        cosigner_name(r.state.network().unwrap_or("yilian"), org, name)
     }
 
     /// Applies committed Raft entries: the state machine.
@@ -617,6 +622,22 @@ impl Ledger {
             commits: AtomicU64::new(0),
             accept_invalid: opts.accept_invalid,
         });
+        {
+            // Cosign what was replayed (and so checked) under this member's
+            // current name, so the head served from the start is its own.
+            let mut inner = shared.inner.write().expect("ledger lock poisoned");
+            let size = inner.tree.len();
+            let me = shared.my_name(&inner);
+            let members = shared.cosigners(&inner);
+            let Replica { tree, witness, .. } = &mut *inner;
+            if size > 0
+                && witness
+                    .cosign(tree, size, &me, &log_key, now_ms() / 1000)
+                    .is_some()
+            {
+                witness.recount(&members);
+            }
+        }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ledger")

@@ -260,7 +260,7 @@ impl Witness {
             .cloned()
             .collect();
         let better = self.trusted.as_ref().is_none_or(|t| {
-            t.body.size < size || (t.body.size == size && t.cosignatures.len() < counted.len())
+            t.body.size < size || (t.body.size == size && t.cosignatures.len() <= counted.len())
         });
         if better && counted.len() >= majority(members.len()) {
             self.trusted = Some(Checkpoint {
