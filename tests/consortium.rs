@@ -4,7 +4,7 @@
 //! that are not members refused.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -251,7 +251,7 @@ impl Consortium {
             }
         }
         // The new member has caught up and votes.
-        let mut c = client(&m.addr, &self.client).await;
+        let c = client(&m.addr, &self.client).await;
         wait_until(&format!("{} to join", m.org), 60, || {
             let mut c = c.clone();
             async move {
@@ -261,7 +261,6 @@ impl Consortium {
             }
         })
         .await;
-        let _ = &mut c;
     }
 
     async fn clients(&self) -> Vec<LedgerClient> {
@@ -447,7 +446,7 @@ async fn three_members_replicate_cosign_and_survive_a_killed_leader() {
 
     // The killed member restarts and catches up.
     net.members[leader].start();
-    let mut back = client(&net.members[leader].addr, &net.client).await;
+    let back = client(&net.members[leader].addr, &net.client).await;
     wait_until("the restarted member to catch up", 60, || {
         let mut c = back.clone();
         async move { c.tree_head().await.is_ok_and(|h| h.tree_size > last) }
@@ -474,7 +473,6 @@ async fn three_members_replicate_cosign_and_survive_a_killed_leader() {
             .evidence;
         assert_eq!(ev, "[]", "{}: {ev}", m.org);
     }
-    let _ = &mut back;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -570,7 +568,6 @@ async fn non_members_cannot_be_peers_and_unapproved_members_do_not_join() {
     );
     assert_eq!(c.tree_head().await.unwrap().tree_size, before + 1);
     assert_eq!(c.consortium().await.unwrap().members.len(), 2);
-    let _ = Path::new("");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -615,7 +612,6 @@ async fn a_member_added_after_100k_entries_catches_up_by_log_transfer() {
     let a = c.inclusion_bundle(size - 1).await.unwrap();
     let b = joined.inclusion_bundle(size - 1).await.unwrap();
     assert_eq!(a.entry, b.entry);
-    let _ = &mut joined;
 }
 
 /// A TCP proxy between two members that the test can cut and heal.

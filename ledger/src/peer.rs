@@ -10,7 +10,7 @@ use std::time::Duration;
 use tonic::{Request, Response, Status};
 use yilian_identity::Role;
 
-use crate::checkpoint::{Checkpoint, Cosignature};
+use crate::checkpoint::Checkpoint;
 use crate::raft::PeerConnector;
 use crate::store::{Ledger, Receipt};
 use crate::tx::SignedTransaction;
@@ -358,16 +358,6 @@ pub(crate) async fn reconcile_loop(ledger: Ledger) {
             Err(e) => tracing::warn!(error = %e, "consortium membership change not applied yet"),
         }
     }
-}
-
-/// A cosignature line parsed against known members (for callers holding a line).
-pub fn parse_line(
-    body: &crate::checkpoint::CheckpointBody,
-    line: &str,
-    members: &[crate::checkpoint::Cosigner],
-) -> Result<Vec<Cosignature>> {
-    let cp = Checkpoint::from_note(&format!("{}\n{line}\n", body.text()), members)?;
-    Ok(cp.cosignatures)
 }
 
 /// Reaches peers over mutual TLS with this node's identity, one lazily
