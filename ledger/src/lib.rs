@@ -4,10 +4,18 @@
 //! tree with signed tree heads, inclusion and consistency proofs anyone can
 //! check offline, and reward balances per account.
 //!
-//! The cores are sans-IO: [`merkle`] (the tree and proof algorithms) and
-//! [`state`] (what each transaction may do given the history). [`store`]
-//! puts them behind redb with group commit; [`service`] serves them over
-//! gRPC; [`bundle`] is the offline proof file format.
+//! The ledger is shared by the consortium's member nodes: [`raft`] replicates
+//! it on openraft behind the small [`consensus`] trait, every member
+//! validates every entry itself, and a head is trusted only as a C2SP
+//! [`checkpoint`] cosigned by a majority of members under the [`witness`]
+//! rules.
+//!
+//! The cores are sans-IO: [`merkle`] (the tree and proof algorithms),
+//! [`state`] (what each transaction may do given the history, membership
+//! included), [`witness`] and [`checkpoint`]. [`store`] puts them behind
+//! redb and consensus with group commit; [`service`] serves clients and
+//! [`peer`] the other members over gRPC; [`bundle`] is the offline proof
+//! file format.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
