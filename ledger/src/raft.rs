@@ -272,7 +272,7 @@ impl RaftLogStorage<LedgerRaft> for LogStore {
     }
 }
 
-/// The state machine: the ledger itself ([`Shared`]).
+/// The state machine: the ledger itself (the store's shared replica).
 #[derive(Clone)]
 pub struct StateMachine {
     pub(crate) shared: Arc<Shared>,
