@@ -293,6 +293,17 @@ impl Consortium {
     }
 }
 
+/// The evidence a member serves (JSON), if it answers.
+async fn evidence(addr: &str, id: &Identity) -> Option<String> {
+    let ch = yilian_identity::grpc::connect(addr, id).await.ok()?;
+    let mut peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
+    let r = peer
+        .evidence(yilian_ledger::peer::pb::EvidenceRequest {})
+        .await
+        .ok()?;
+    Some(r.into_inner().evidence)
+}
+
 fn note(id: &Identity, body: String) -> yilian_ledger::SignedTransaction {
     Transaction::new(Payload::Note {
         topic: "consortium".into(),
@@ -461,16 +472,7 @@ async fn three_members_replicate_cosign_and_survive_a_killed_leader() {
     }
     // No member holds evidence of another cosigning a different root.
     for m in &net.members {
-        let ch = yilian_identity::grpc::connect(&m.addr, &net.client)
-            .await
-            .unwrap();
-        let mut peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
-        let ev = peer
-            .evidence(yilian_ledger::peer::pb::EvidenceRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .evidence;
+        let ev = evidence(&m.addr, &net.client).await.unwrap();
         assert_eq!(ev, "[]", "{}: {ev}", m.org);
     }
 }
@@ -812,16 +814,7 @@ async fn a_damaged_store_is_refused_and_never_cosigned() {
         if i == victim {
             continue;
         }
-        let ch = yilian_identity::grpc::connect(&m.addr, &net.client)
-            .await
-            .unwrap();
-        let mut peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
-        let ev = peer
-            .evidence(yilian_ledger::peer::pb::EvidenceRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .evidence;
+        let ev = evidence(&m.addr, &net.client).await.unwrap();
         assert_eq!(ev, "[]", "{}: {ev}", m.org);
     }
 }
@@ -850,17 +843,10 @@ async fn a_faulty_leaders_invalid_entry_is_refused_by_the_others_with_evidence()
     // The others refuse it and record evidence; no quorum ever cosigns a
     // head that holds it, on any member.
     for m in &net.members[1..] {
-        let ch = yilian_identity::grpc::connect(&m.addr, &net.client)
-            .await
-            .unwrap();
-        let peer = yilian_ledger::peer::pb::consortium_client::ConsortiumClient::new(ch);
-        wait_until("evidence on the honest members", 30, || {
-            let mut peer = peer.clone();
-            async move {
-                peer.evidence(yilian_ledger::peer::pb::EvidenceRequest {})
-                    .await
-                    .is_ok_and(|r| r.into_inner().evidence.contains("invalid-entry"))
-            }
+        wait_until("evidence on the honest members", 30, || async {
+            evidence(&m.addr, &net.client)
+                .await
+                .is_some_and(|ev| ev.contains("invalid-entry"))
         })
         .await;
     }

@@ -144,31 +144,8 @@ pub fn caller<T>(req: &tonic::Request<T>) -> std::result::Result<Principal, toni
 
 /// Connects to a node at `addr` (`host:port`), presenting `id`.
 pub async fn connect(addr: &str, id: &Identity) -> Result<Channel> {
-    let host = addr
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .ok_or_else(|| IdentityError::Address(addr.to_owned()))?
-        .to_owned();
-    let server_name =
-        ServerName::try_from(host.clone()).map_err(|_| IdentityError::Address(addr.to_owned()))?;
-    let mut cfg = client_config(id)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = TlsConnector::from(Arc::new(cfg));
-    let target = addr.to_owned();
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| IdentityError::Address(addr.to_owned()))?;
-    endpoint
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let target = target.clone();
-            async move {
-                let tcp = TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(await_verdict(tls).await?))
-            }
-        }))
+    endpoint(addr)?
+        .connect_with_connector(dialer(addr, id)?)
         .await
         .map_err(|e| IdentityError::Connect {
             addr: addr.to_owned(),
@@ -179,6 +156,29 @@ pub async fn connect(addr: &str, id: &Identity) -> Result<Channel> {
 /// As [`connect`], but connects on first use (and again after a failure),
 /// so a peer that is down now is reached once it is back.
 pub fn connect_lazy(addr: &str, id: &Identity) -> Result<Channel> {
+    Ok(endpoint(addr)?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect_with_connector_lazy(dialer(addr, id)?))
+}
+
+fn endpoint(addr: &str) -> Result<Endpoint> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|_| IdentityError::Address(addr.to_owned()))
+}
+
+/// A mutual-TLS connection as tonic's channel sees it.
+type TlsIo = TokioIo<Replay<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// Dials `addr` with mutual TLS as `id`.
+fn dialer(
+    addr: &str,
+    id: &Identity,
+) -> Result<
+    impl tower::Service<Uri, Response = TlsIo, Error = std::io::Error, Future = impl Send>
+    + Clone
+    + Send
+    + 'static,
+> {
     let host = addr
         .rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
@@ -190,22 +190,17 @@ pub fn connect_lazy(addr: &str, id: &Identity) -> Result<Channel> {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let connector = TlsConnector::from(Arc::new(cfg));
     let target = addr.to_owned();
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|_| IdentityError::Address(addr.to_owned()))?
-        .connect_timeout(std::time::Duration::from_secs(3));
-    Ok(
-        endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            let server_name = server_name.clone();
-            let target = target.clone();
-            async move {
-                let tcp = TcpStream::connect(&target).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(await_verdict(tls).await?))
-            }
-        })),
-    )
+    Ok(tower::service_fn(move |_: Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let target = target.clone();
+        async move {
+            let tcp = TcpStream::connect(&target).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(await_verdict(tls).await?))
+        }
+    }))
 }
 
 /// In TLS 1.3 the client finishes its handshake before the server has judged

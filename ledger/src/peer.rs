@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use yilian_identity::Role;
 
 use crate::checkpoint::Checkpoint;
-use crate::raft::PeerConnector;
+use crate::raft::{PeerConnector, Rpc};
 use crate::store::{Ledger, Receipt};
 use crate::tx::SignedTransaction;
 use crate::{LedgerError, Result};
@@ -41,6 +41,20 @@ impl ConsortiumService {
             .max_encoding_message_size(256 << 20)
     }
 
+    async fn raft(
+        &self,
+        rpc: Rpc,
+        req: Request<pb::RaftMessage>,
+    ) -> Result<Response<pb::RaftMessage>, Status> {
+        self.admit(&req)?;
+        let payload = self
+            .ledger
+            .consensus()
+            .handle(rpc, &req.into_inner().payload)
+            .await?;
+        Ok(Response::new(pb::RaftMessage { payload }))
+    }
+
     /// Only member-role certificates of consortium members are peers. A
     /// member with no consortium yet (a fresh node waiting to be added)
     /// accepts any member-role certificate: it has nothing to protect yet,
@@ -67,39 +81,21 @@ impl pb::consortium_server::Consortium for ConsortiumService {
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.admit(&req)?;
-        let payload = self
-            .ledger
-            .consensus()
-            .handle_append(&req.into_inner().payload)
-            .await?;
-        Ok(Response::new(pb::RaftMessage { payload }))
+        self.raft(Rpc::Append, req).await
     }
 
     async fn vote(
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.admit(&req)?;
-        let payload = self
-            .ledger
-            .consensus()
-            .handle_vote(&req.into_inner().payload)
-            .await?;
-        Ok(Response::new(pb::RaftMessage { payload }))
+        self.raft(Rpc::Vote, req).await
     }
 
     async fn install_snapshot(
         &self,
         req: Request<pb::RaftMessage>,
     ) -> Result<Response<pb::RaftMessage>, Status> {
-        self.admit(&req)?;
-        let payload = self
-            .ledger
-            .consensus()
-            .handle_snapshot(&req.into_inner().payload)
-            .await?;
-        Ok(Response::new(pb::RaftMessage { payload }))
+        self.raft(Rpc::Snapshot, req).await
     }
 
     async fn forward(

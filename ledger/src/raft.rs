@@ -412,12 +412,20 @@ pub struct PeerClient {
     client: Result<crate::peer::pb::consortium_client::ConsortiumClient<tonic::transport::Channel>>,
 }
 
+/// Which of openraft's RPCs a [`PeerClient::call`] carries.
+#[derive(Clone, Copy)]
+pub(crate) enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
 
 impl PeerClient {
     async fn call<Req, Resp, E>(
         &mut self,
-        rpc: &'static str,
+        rpc: Rpc,
         req: &Req,
         timeout: Duration,
     ) -> std::result::Result<Resp, RpcErr<E>>
@@ -433,9 +441,9 @@ impl PeerClient {
         let mut request = tonic::Request::new(crate::peer::pb::RaftMessage { payload: enc(req) });
         request.set_timeout(timeout);
         let resp = match rpc {
-            "append" => client.append_entries(request).await,
-            "vote" => client.vote(request).await,
-            _ => client.install_snapshot(request).await,
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let resp = match resp {
             Ok(r) => r.into_inner(),
@@ -456,7 +464,7 @@ impl RaftNetwork<LedgerRaft> for PeerClient {
         rpc: AppendEntriesRequest<LedgerRaft>,
         option: RPCOption,
     ) -> std::result::Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        self.call(Rpc::Append, &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -464,7 +472,7 @@ impl RaftNetwork<LedgerRaft> for PeerClient {
         rpc: InstallSnapshotRequest<LedgerRaft>,
         option: RPCOption,
     ) -> std::result::Result<InstallSnapshotResponse<NodeId>, RpcErr<InstallSnapshotError>> {
-        self.call("snapshot", &rpc, option.hard_ttl()).await
+        self.call(Rpc::Snapshot, &rpc, option.hard_ttl()).await
     }
 
     async fn vote(
@@ -472,7 +480,7 @@ impl RaftNetwork<LedgerRaft> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> std::result::Result<VoteResponse<NodeId>, RpcErr> {
-        self.call("vote", &rpc, option.hard_ttl()).await
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 }
 
@@ -558,10 +566,6 @@ impl RaftConsensus {
             self.wait_for_leader(Duration::from_secs(10)).await;
         }
         Ok(())
-    }
-
-    pub fn raft(&self) -> &openraft::Raft<LedgerRaft> {
-        &self.raft
     }
 
     pub fn timing(&self) -> &Timing {
@@ -727,27 +731,30 @@ impl Consensus for RaftConsensus {
 
 /// The peer side of openraft's RPCs: decode, hand to Raft, encode.
 impl RaftConsensus {
-    pub(crate) async fn handle_append(&self, payload: &[u8]) -> Result<Vec<u8>> {
-        let req: AppendEntriesRequest<LedgerRaft> = dec(payload).map_err(peer_msg)?;
-        let r = self.raft.append_entries(req).await;
-        if r.is_ok() {
-            self.touch();
-        }
-        Ok(enc(&r))
-    }
-
-    pub(crate) async fn handle_vote(&self, payload: &[u8]) -> Result<Vec<u8>> {
-        let req: VoteRequest<NodeId> = dec(payload).map_err(peer_msg)?;
-        Ok(enc(&self.raft.vote(req).await))
-    }
-
-    pub(crate) async fn handle_snapshot(&self, payload: &[u8]) -> Result<Vec<u8>> {
-        let req: InstallSnapshotRequest<LedgerRaft> = dec(payload).map_err(peer_msg)?;
-        let r = self.raft.install_snapshot(req).await;
-        if r.is_ok() {
-            self.touch();
-        }
-        Ok(enc(&r))
+    pub(crate) async fn handle(&self, rpc: Rpc, payload: &[u8]) -> Result<Vec<u8>> {
+        Ok(match rpc {
+            Rpc::Append => {
+                let r = self
+                    .raft
+                    .append_entries(dec(payload).map_err(peer_msg)?)
+                    .await;
+                if r.is_ok() {
+                    self.touch();
+                }
+                enc(&r)
+            }
+            Rpc::Vote => enc(&self.raft.vote(dec(payload).map_err(peer_msg)?).await),
+            Rpc::Snapshot => {
+                let r = self
+                    .raft
+                    .install_snapshot(dec(payload).map_err(peer_msg)?)
+                    .await;
+                if r.is_ok() {
+                    self.touch();
+                }
+                enc(&r)
+            }
+        })
     }
 }
 

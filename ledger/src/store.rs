@@ -216,22 +216,20 @@ impl Shared {
         let start = inner.tree.len();
         let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut fresh: Vec<(u64, SignedTransaction)> = Vec::new();
-        let mut results = Vec::with_capacity(entries.len());
-        let mut outcomes_at: Vec<(usize, Vec<Outcome>)> = Vec::new();
+        // One result per Raft entry, as openraft expects; only batches have outcomes.
+        let mut results: Vec<Vec<Outcome>> = Vec::with_capacity(entries.len());
         for e in entries {
-            match &e.payload {
-                EntryPayload::Blank => {}
+            results.push(match &e.payload {
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Membership(m) => {
                     inner.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                    Vec::new()
                 }
                 EntryPayload::Normal(batch) => {
-                    let outcomes =
-                        self.apply_batch(&mut inner, batch, e.log_id.index, &mut rows, &mut fresh);
-                    outcomes_at.push((results.len(), outcomes));
+                    self.apply_batch(&mut inner, batch, e.log_id.index, &mut rows, &mut fresh)
                 }
-            }
+            });
             inner.applied = Some(e.log_id);
-            results.push(Vec::new());
         }
         let now = now_ms();
         if inner.tree.len() != start || inner.head.tree_size != inner.tree.len() {
@@ -265,10 +263,7 @@ impl Shared {
                 }
                 let mut index = wtx.open_table(INDEX)?;
                 for (i, tx) in &fresh {
-                    index.insert((tx.tx.payload.kind(), &[][..], *i), ())?;
-                    for (kind, key) in tx.tx.payload.index_keys() {
-                        index.insert((kind, key.as_slice(), *i), ())?;
-                    }
+                    index_entry(&mut index, *i, tx)?;
                 }
                 let mut meta = wtx.open_table(META)?;
                 meta.insert(
@@ -315,17 +310,13 @@ impl Shared {
             }
         }
         self.size.send_replace(size);
-        let mut out: Vec<Applied> = results
+        Ok(results
             .into_iter()
             .map(|outcomes| Applied {
                 outcomes,
                 head: head.clone(),
             })
-            .collect();
-        for (i, o) in outcomes_at {
-            out[i].outcomes = o;
-        }
-        Ok(out)
+            .collect())
     }
 
     fn apply_batch(
@@ -428,6 +419,7 @@ impl Shared {
         let revocations = inner.state.revocations().clone();
         let mut state = LedgerState::new(revocations);
         let mut tree = MerkleTree::new();
+        let mut txs = Vec::with_capacity(entries.len());
         for (i, b) in entries.iter().enumerate() {
             let tx =
                 SignedTransaction::decode(b).map_err(|e| format!("snapshot entry {i}: {e}"))?;
@@ -439,14 +431,18 @@ impl Shared {
                 other => return Err(format!("snapshot entry {i} is not valid: {other:?}")),
             }
             tree.push(leaf_hash(b));
+            txs.push(tx);
         }
         let wtx = self.db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut t = wtx.open_table(ENTRIES).map_err(|e| e.to_string())?;
             t.retain(|_, _| false).map_err(|e| e.to_string())?;
-            for (i, b) in entries.iter().enumerate() {
+            let mut index = wtx.open_table(INDEX).map_err(|e| e.to_string())?;
+            index.retain(|_, _| false).map_err(|e| e.to_string())?;
+            for (i, (b, tx)) in entries.iter().zip(&txs).enumerate() {
                 t.insert(i as u64, b.as_slice())
                     .map_err(|e| e.to_string())?;
+                index_entry(&mut index, i as u64, tx).map_err(|e| e.to_string())?;
             }
         }
         let head = SignedTreeHead::sign(tree.len(), tree.root(), now_ms(), &self.key);
@@ -1074,17 +1070,22 @@ fn ensure_index(db: &Database) -> Result<()> {
         for item in entries.iter().map_err(storage)? {
             let (k, v) = item.map_err(storage)?;
             let tx = SignedTransaction::decode(v.value())?;
-            index
-                .insert((tx.tx.payload.kind(), &[][..], k.value()), ())
-                .map_err(storage)?;
-            for (kind, key) in tx.tx.payload.index_keys() {
-                index
-                    .insert((kind, key.as_slice(), k.value()), ())
-                    .map_err(storage)?;
-            }
+            index_entry(&mut index, k.value(), &tx).map_err(storage)?;
         }
     }
     wtx.commit().map_err(storage)
+}
+
+/// Writes entry `index`'s rows of the payload index.
+fn index_entry(
+    table: &mut redb::Table<'_, (&'static str, &'static [u8], u64), ()>,
+    index: u64,
+    tx: &SignedTransaction,
+) -> std::result::Result<(), redb::StorageError> {
+    for (kind, key) in tx.tx.payload.index_keys() {
+        table.insert((kind, key.as_slice(), index), ())?;
+    }
+    Ok(())
 }
 
 /// The leader's batching stage.

@@ -150,10 +150,16 @@ impl Payload {
         }
     }
 
-    /// The index rows of an entry, beyond its kind (which every entry is
-    /// indexed by with an empty key): `(kind, key)` pairs a reader looks up
-    /// instead of scanning the log.
+    /// The index rows of an entry: `(kind, key)` pairs a reader looks up
+    /// instead of scanning the log. Every entry has its kind with an empty
+    /// key; some kinds add keys of their own.
     pub fn index_keys(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut rows = vec![(self.kind(), Vec::new())];
+        rows.extend(self.own_index_keys());
+        rows
+    }
+
+    fn own_index_keys(&self) -> Vec<(&'static str, Vec<u8>)> {
         match self {
             Payload::KeyAudit { owner, key_id, .. } => {
                 let mut k = owner.to_vec();
