@@ -235,7 +235,6 @@ pub(crate) async fn forward(
 /// The leader's cosigning round: whenever the log grew, offer its
 /// cosignature of the newest checkpoint to every member and collect theirs.
 pub(crate) async fn cosign_loop(ledger: Ledger) {
-    let mut last_round: (u64, usize) = (0, 0);
     let mut size = ledger.shared().size_watch();
     loop {
         let _ = tokio::time::timeout(Duration::from_millis(250), size.changed()).await;
@@ -266,7 +265,8 @@ pub(crate) async fn cosign_loop(ledger: Ledger) {
                 .cosignatures_at(size)
                 .map(|c| c.cosignatures.len())
                 .unwrap_or(0);
-            if size == 0 || (size, have) == last_round && have >= members.len() {
+            // Every member already cosigned this size: nothing to ask.
+            if size == 0 || have >= members.len() {
                 continue;
             }
             let body = crate::checkpoint::CheckpointBody {
@@ -288,7 +288,6 @@ pub(crate) async fn cosign_loop(ledger: Ledger) {
             let cosigned = r.witness.trusted().map(|c| c.to_note()).unwrap_or_default();
             (offer, cosigned, peers, members)
         };
-        last_round = (offer.body.size, 0);
         let note = offer.to_note();
         let calls = peers.iter().map(|addr| {
             let connector = connector.clone();
@@ -308,22 +307,15 @@ pub(crate) async fn cosign_loop(ledger: Ledger) {
         let shared = ledger.shared();
         let mut inner = shared.inner.write().expect("ledger lock poisoned");
         let r = &mut *inner;
-        let mut counted = 1;
         for line in lines.into_iter().flatten() {
             let note = format!("{}\n{line}\n", offer.body.text());
             let Ok(cp) = Checkpoint::from_note(&note, &members) else {
                 continue;
             };
             for c in cp.cosignatures {
-                if matches!(
-                    r.witness.offer(&cp.body, c, &members, &r.tree),
-                    crate::witness::Offered::Counted | crate::witness::Offered::Known
-                ) {
-                    counted += 1;
-                }
+                let _ = r.witness.offer(&cp.body, c, &members, &r.tree);
             }
         }
-        last_round.1 = counted;
     }
 }
 

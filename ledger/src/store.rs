@@ -814,11 +814,6 @@ impl Ledger {
         c.status().is_stale(c.timing().election_max_ms * 2)
     }
 
-    /// A membership proposal and its approvals so far.
-    pub fn proposal(&self, id: &TxId) -> Option<crate::state::MembershipProposal> {
-        self.read().state.proposal(id).cloned()
-    }
-
     pub fn len(&self) -> u64 {
         self.read().tree.len()
     }
