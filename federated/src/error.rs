@@ -40,6 +40,23 @@ pub enum FlError {
     Model(#[from] yilian_models::ModelError),
     #[error("task file: {0}")]
     TaskFile(#[from] toml::de::Error),
+    #[error(
+        "round {round} failed: {survivors} agents remained, secure aggregation needs {threshold}; nothing was aggregated"
+    )]
+    TooFewSurvivors {
+        round: u32,
+        survivors: usize,
+        threshold: usize,
+    },
+    #[error(
+        "round {round} failed: only {shares} valid shares of {}'s secret arrived, {threshold} are needed; nothing was aggregated", hex::encode(&owner[..4])
+    )]
+    Unrecoverable {
+        round: u32,
+        owner: AgentId,
+        shares: usize,
+        threshold: usize,
+    },
     #[error("transport: {0}")]
     Transport(String),
     #[error("store: {0}")]
@@ -80,6 +97,32 @@ pub enum RejectReason {
     ClassOutsideSchema { class: usize },
     #[error("its summed loss is negative, not finite or above the bound for {samples} samples")]
     ImpossibleLoss { samples: u64 },
+    // Secure aggregation (appended, as above).
+    #[error("it belongs to the {got} step, the round is at the {expected} step")]
+    WrongStep {
+        got: crate::secagg::Step,
+        expected: crate::secagg::Step,
+    },
+    #[error("it names {} as its sender", hex::encode(&claimed[..4]))]
+    ImpersonatedSender { claimed: AgentId },
+    #[error("it involves {}, which is not its neighbour in this round", hex::encode(&agent[..4]))]
+    NotNeighbour { agent: AgentId },
+    #[error("its share commitments do not decode or do not match the threshold")]
+    BadCommitments,
+    #[error("{} sent a public key of low order", hex::encode(&agent[..4]))]
+    LowOrderKey { agent: AgentId },
+    #[error("it carries {got} shares, its neighbours in the round are {expected}")]
+    SharesIncomplete { got: usize, expected: usize },
+    #[error("its share of {}'s secret does not match that agent's commitments", hex::encode(&owner[..4]))]
+    ForgedShare { owner: AgentId },
+    #[error("only {got} neighbours took part, {needed} are needed to recover this agent's secrets")]
+    TooFewNeighbours { got: usize, needed: usize },
+    #[error("the coordinator listed {got} survivors, the threshold is {needed}")]
+    TooFewSurvivors { got: usize, needed: usize },
+    #[error("secure aggregation is off for this task")]
+    NotSecure,
+    #[error("secure aggregation is on for this task: send masked input, not a plain update")]
+    PlainUpdate,
 }
 
 macro_rules! store_err {

@@ -14,7 +14,9 @@
 //! - [`aggregate`]: update validation, FedAvg / FedProx / FedAdam, coordinate
 //!   median, trimmed mean, Krum;
 //! - [`contribution`]: GTG-Shapley (documented there), exact Shapley, reward split;
+//! - [`dp`]: the RDP accountant for client-level DP (subsampled Gaussian);
 //! - [`protocol`]: the versioned wire messages, framing and weight chunks;
+//! - [`secagg`]: SecAgg+ secure aggregation, sans IO (agent and coordinator sides);
 //! - [`store`]: the redb store that lets a killed coordinator resume;
 //! - [`sim`]: an in-process driver with local agents, for tests and demos;
 //! - [`coordinator`] and [`agent`]: both ends over QUIC with mutual TLS.
@@ -25,10 +27,12 @@ pub mod cli;
 pub mod contribution;
 pub mod coordinator;
 pub mod devnet;
+pub mod dp;
 mod error;
 pub mod evaluation;
 pub mod protocol;
 pub mod round;
+pub mod secagg;
 pub mod sim;
 pub mod store;
 pub mod task;
