@@ -320,6 +320,10 @@ fn process(inner: &mut Inner, task_id: &str, effects: Vec<Effect>) -> Vec<(Strin
                 }
             }
             Effect::RoundClosed(record) => closed.push((task_id.to_owned(), record)),
+            // Secure tasks are refused at submission.
+            Effect::SecAgg { agent, .. } => {
+                tracing::error!(task_id, agent = %hex::encode(&agent[..4]), "secure aggregation message on a plain coordinator");
+            }
             Effect::RoundAbandoned { round, received } => {
                 tracing::warn!(task_id, round, received, "round abandoned: too few updates");
             }
@@ -960,6 +964,14 @@ async fn engineer_request(
                     "an evaluation task is submitted with its ONNX model",
                 ));
             };
+            let task = *task;
+            if task.secure_aggregation {
+                // The QUIC protocol does not carry the secure-aggregation
+                // steps yet; refusing beats silently running it in the clear.
+                return Err(FlError::InvalidTask(
+                    "secure_aggregation: this coordinator cannot run secure aggregation over QUIC yet; set secure_aggregation = false or run the task in the simulation",
+                ));
+            }
             let dir = task_dir(&shared.data_dir, &task.id);
             if lock(shared).task_exists(&task.id) {
                 return Err(FlError::InvalidTask("a task with this id already exists"));

@@ -17,6 +17,7 @@
 //! - [`dp`]: the RDP accountant for client-level DP (subsampled Gaussian);
 //! - [`protocol`]: the versioned wire messages, framing and weight chunks;
 //! - [`secagg`]: SecAgg+ secure aggregation, sans IO (agent and coordinator sides);
+//! - [`secure_round`]: a training round under secure aggregation, in groups;
 //! - [`store`]: the redb store that lets a killed coordinator resume;
 //! - [`sim`]: an in-process driver with local agents, for tests and demos;
 //! - [`coordinator`] and [`agent`]: both ends over QUIC with mutual TLS.
@@ -33,6 +34,7 @@ pub mod evaluation;
 pub mod protocol;
 pub mod round;
 pub mod secagg;
+pub mod secure_round;
 pub mod sim;
 pub mod store;
 pub mod task;

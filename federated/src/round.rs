@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use yilian_models::{Dataset, ModelSpec, TrainConfig};
 
 use crate::aggregate::{ServerState, Update, apply_strategy, combine, validate};
-use crate::contribution::{GtgConfig, gtg_shapley, split_reward};
+use crate::contribution::{GtgConfig, exact_shapley, gtg_shapley, split_reward};
+use crate::dp::RdpAccountant;
+use crate::secagg::{Encoding, FromAgent, ToAgent};
+use crate::secure_round::{GroupOutcome, SecureRound};
 use crate::{DataSchema, FlError, RejectReason, TaskSpec};
 
 /// An agent is known by its certificate's ed25519 public key, which is also
@@ -45,6 +48,12 @@ pub struct RoundRecord {
     pub evaluations: usize,
     /// When the round closed (the clock the machine was given).
     pub closed_at_ms: u64,
+    /// Epsilon spent by the task up to and including this round, under DP.
+    #[serde(default)]
+    pub epsilon: Option<f64>,
+    /// Secure-aggregation groups that aggregated nothing, and why.
+    #[serde(default)]
+    pub failures: Vec<String>,
 }
 
 /// Where the task is.
@@ -60,6 +69,9 @@ pub enum Phase {
         received: BTreeMap<AgentId, Update>,
         dropped: BTreeSet<AgentId>,
         rejected: Vec<(AgentId, RejectReason)>,
+        /// The groups' aggregations, under secure aggregation.
+        #[serde(default)]
+        secure: Option<SecureRound>,
     },
     Finished,
     /// The task deadline passed before every round ran.
@@ -77,6 +89,9 @@ pub struct TaskState {
     pub next_round: u32,
     pub attempts: u32,
     pub history: Vec<RoundRecord>,
+    /// Privacy spent so far, under DP.
+    #[serde(default)]
+    pub accountant: RdpAccountant,
 }
 
 /// What the driver must do.
@@ -99,6 +114,11 @@ pub enum Effect {
     RoundAbandoned {
         round: u32,
         received: usize,
+    },
+    /// A secure-aggregation message for the agent.
+    SecAgg {
+        agent: AgentId,
+        message: ToAgent,
     },
     Finished,
     Expired,
@@ -124,6 +144,7 @@ impl RoundMachine {
             next_round: 0,
             attempts: 0,
             history: Vec::new(),
+            accountant: RdpAccountant::new(),
             task,
         };
         Self::restore(state, validation)
@@ -217,10 +238,11 @@ impl RoundMachine {
             selected,
             received,
             dropped,
+            secure,
             ..
         } = &mut self.state.phase
             && selected.contains(&agent)
-            && !received.contains_key(&agent)
+            && (secure.is_some() || !received.contains_key(&agent))
         {
             dropped.insert(agent);
         }
@@ -248,9 +270,12 @@ impl RoundMachine {
                 received,
                 rejected,
                 dropped,
+                secure,
                 ..
             } => {
-                let verdict = if round != *current {
+                let verdict = if secure.is_some() {
+                    Err(RejectReason::PlainUpdate)
+                } else if round != *current {
                     Err(RejectReason::WrongRound {
                         got: round,
                         current: *current,
@@ -282,6 +307,41 @@ impl RoundMachine {
         effects
     }
 
+    /// A secure-aggregation message from `agent`, whose identity the transport proved.
+    pub fn secagg(&mut self, agent: AgentId, message: FromAgent, now_ms: u64) -> Vec<Effect> {
+        let verdict = match &mut self.state.phase {
+            Phase::Training {
+                secure: Some(sr),
+                dropped,
+                rejected,
+                deadline_ms,
+                ..
+            } => {
+                let r = sr.handle(&agent, message, now_ms, dropped);
+                if let Some(d) = sr.next_deadline() {
+                    *deadline_ms = d;
+                }
+                if let Err(reason) = &r
+                    && !matches!(reason, RejectReason::Duplicate)
+                {
+                    rejected.push((agent, reason.clone()));
+                }
+                r
+            }
+            Phase::Training { .. } => Err(RejectReason::NotSecure),
+            _ => Err(RejectReason::NoOpenRound),
+        };
+        let mut effects = match verdict {
+            Ok(out) => out
+                .into_iter()
+                .map(|(agent, message)| Effect::SecAgg { agent, message })
+                .collect(),
+            Err(reason) => vec![Effect::Rejected { agent, reason }],
+        };
+        effects.extend(self.advance(now_ms));
+        effects
+    }
+
     fn advance(&mut self, now_ms: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
         loop {
@@ -303,6 +363,45 @@ impl RoundMachine {
                     }
                     effects.extend(self.start_round(now_ms));
                     return effects;
+                }
+                Phase::Training {
+                    secure: Some(_), ..
+                } => {
+                    let Phase::Training {
+                        secure: Some(sr),
+                        dropped,
+                        deadline_ms,
+                        ..
+                    } = &mut self.state.phase
+                    else {
+                        unreachable!("matched above")
+                    };
+                    effects.extend(
+                        sr.tick(now_ms, dropped)
+                            .into_iter()
+                            .map(|(agent, message)| Effect::SecAgg { agent, message }),
+                    );
+                    if let Some(d) = sr.next_deadline() {
+                        *deadline_ms = d;
+                    }
+                    if !sr.is_over() {
+                        return effects;
+                    }
+                    match self.close_secure_round(now_ms) {
+                        Ok(record) => effects.push(Effect::RoundClosed(record)),
+                        Err((round, failures)) => {
+                            for f in failures {
+                                tracing::warn!(round, "secure aggregation failed: {f}");
+                            }
+                            effects.push(Effect::RoundAbandoned { round, received: 0 });
+                            self.state.attempts += 1;
+                            if self.state.attempts >= MAX_ATTEMPTS {
+                                self.state.phase = Phase::Expired;
+                                effects.push(Effect::Expired);
+                                return effects;
+                            }
+                        }
+                    }
                 }
                 Phase::Training {
                     round,
@@ -353,7 +452,19 @@ impl RoundMachine {
         pool.shuffle(&mut StdRng::seed_from_u64(seed ^ task_seed));
         pool.truncate(self.state.task.agents_per_round);
         pool.sort_unstable();
-        let effects = pool
+        if let Some(p) = &self.state.task.privacy {
+            let q = self.sampling_rate(pool.len());
+            let next = self
+                .state
+                .accountant
+                .epsilon_after(q, p.noise_multiplier, 1, p.delta);
+            if next > p.epsilon_budget {
+                // Stop before the budget would be exceeded.
+                self.state.phase = Phase::Finished;
+                return vec![Effect::Finished];
+            }
+        }
+        let mut effects: Vec<Effect> = pool
             .iter()
             .map(|&agent| Effect::SendModel {
                 agent,
@@ -361,6 +472,15 @@ impl RoundMachine {
                 config: self.state.task.train_config(round, &agent),
             })
             .collect();
+        let secure = self.state.task.secure_aggregation.then(|| {
+            let (sr, out) =
+                SecureRound::start(&self.state.task, round, attempt, &pool, self.params, now_ms);
+            effects.extend(
+                out.into_iter()
+                    .map(|(agent, message)| Effect::SecAgg { agent, message }),
+            );
+            sr
+        });
         self.state.phase = Phase::Training {
             round,
             attempt,
@@ -369,6 +489,7 @@ impl RoundMachine {
             received: BTreeMap::new(),
             dropped: BTreeSet::new(),
             rejected: Vec::new(),
+            secure,
         };
         effects
     }
@@ -400,7 +521,10 @@ impl RoundMachine {
         };
         let participants: Vec<AgentId> = received.keys().copied().collect();
         let updates: Vec<&Update> = received.values().collect();
-        let candidate = combine(&updates, self.state.task.robust);
+        let candidate = match &self.state.task.privacy {
+            None => combine(&updates, self.state.task.robust),
+            Some(p) => self.central_dp_mean(&updates, p.noise_multiplier, round),
+        };
         let estimate = gtg_shapley(
             updates.len(),
             |c| self.coalition_utility(&updates, c),
@@ -419,6 +543,7 @@ impl RoundMachine {
         let (accuracy, loss) = metrics.map_or((0.0, f64::INFINITY), |m| (m.accuracy, m.loss));
         self.state.global = global;
         let rewards = split_reward(self.state.task.round_budget(round), &estimate.values);
+        let epsilon = self.spend_privacy(selected.len());
         let record = RoundRecord {
             round,
             missing: selected
@@ -434,10 +559,152 @@ impl RoundMachine {
             rewards,
             evaluations: estimate.evaluations,
             closed_at_ms: now_ms,
+            epsilon,
+            failures: Vec::new(),
         };
         self.state.history.push(record.clone());
         self.state.next_round = round + 1;
         self.state.attempts = 0;
         record
+    }
+
+    /// The fraction of recruited agents a round of `selected` samples.
+    fn sampling_rate(&self, selected: usize) -> f64 {
+        let pool = self.state.recruited.len().max(selected).max(1);
+        selected as f64 / pool as f64
+    }
+
+    /// Records one round under DP; the task's epsilon so far.
+    fn spend_privacy(&mut self, selected: usize) -> Option<f64> {
+        let p = self.state.task.privacy.clone()?;
+        let q = self.sampling_rate(selected);
+        self.state
+            .accountant
+            .compose_subsampled_gaussian(q, p.noise_multiplier, 1);
+        Some(self.state.accountant.epsilon(p.delta))
+    }
+
+    /// DP-FedAvg without secure aggregation: clipped changes averaged with
+    /// equal weights, and Gaussian noise of `noise_multiplier · clip` on
+    /// their sum, added here.
+    fn central_dp_mean(&self, updates: &[&Update], noise_multiplier: f64, round: u32) -> Vec<f32> {
+        use rand_distr::{Distribution, Normal};
+        let clip = self.state.task.secagg.clip;
+        let enc = Encoding::new(clip, 0.0, updates.len());
+        let mut sum = vec![0f64; self.params];
+        for u in updates {
+            for (s, d) in sum
+                .iter_mut()
+                .zip(enc.clipped_delta(&self.state.global, &u.weights))
+            {
+                *s += d;
+            }
+        }
+        let sd = noise_multiplier * f64::from(clip);
+        let noise = Normal::new(0.0, sd).expect("a finite, non-negative sd");
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        let _ = round;
+        let n = updates.len() as f64;
+        self.state
+            .global
+            .iter()
+            .zip(sum)
+            .map(|(g, s)| (f64::from(*g) + (s + noise.sample(&mut rng)) / n) as f32)
+            .collect()
+    }
+
+    /// The global model plus the mean change of `groups` (indices into `sums`).
+    fn with_groups(&self, sums: &[(Vec<AgentId>, Vec<f64>)], groups: &[usize]) -> Vec<f32> {
+        let n: usize = groups.iter().map(|&g| sums[g].0.len()).sum();
+        if n == 0 {
+            return self.state.global.clone();
+        }
+        let mut out: Vec<f64> = self.state.global.iter().map(|g| f64::from(*g)).collect();
+        for &g in groups {
+            for (o, s) in out.iter_mut().zip(&sums[g].1) {
+                *o += s / n as f64;
+            }
+        }
+        out.into_iter().map(|x| x as f32).collect()
+    }
+
+    /// Closes a secure round from its groups' sums; the failures if none aggregated.
+    fn close_secure_round(&mut self, now_ms: u64) -> Result<RoundRecord, (u32, Vec<String>)> {
+        let Phase::Training {
+            round,
+            selected,
+            rejected,
+            secure: Some(sr),
+            ..
+        } = std::mem::replace(&mut self.state.phase, Phase::Waiting)
+        else {
+            unreachable!("close_secure_round is only called on a secure round")
+        };
+        let mut sums = Vec::new();
+        let mut failures = Vec::new();
+        for g in sr.groups {
+            match g.outcome {
+                Some(GroupOutcome::Sum { survivors, sum }) => sums.push((survivors, sum)),
+                Some(GroupOutcome::Failed(why)) => failures.push(why),
+                None => failures.push("the round closed before the group finished".into()),
+            }
+        }
+        if sums.is_empty() {
+            return Err((round, failures));
+        }
+        let all: Vec<usize> = (0..sums.len()).collect();
+        let candidate = self.with_groups(&sums, &all);
+        let group_values = exact_shapley(sums.len(), |c| {
+            yilian_models::evaluate(
+                &self.state.task.model,
+                &self.with_groups(&sums, c),
+                &self.validation,
+            )
+            .map(|m| m.accuracy)
+            .unwrap_or(0.0)
+        });
+        let mut scored: Vec<(AgentId, f64)> = sums
+            .iter()
+            .zip(&group_values)
+            .flat_map(|((members, _), v)| {
+                let each = v / members.len() as f64;
+                members.iter().map(move |a| (*a, each))
+            })
+            .collect();
+        scored.sort_by_key(|s| s.0);
+        let (participants, contributions): (Vec<AgentId>, Vec<f64>) = scored.into_iter().unzip();
+        let global = apply_strategy(
+            self.state.task.strategy,
+            &mut self.state.server,
+            &self.state.global,
+            candidate,
+        );
+        let metrics = yilian_models::evaluate(&self.state.task.model, &global, &self.validation);
+        let (accuracy, loss) = metrics.map_or((0.0, f64::INFINITY), |m| (m.accuracy, m.loss));
+        self.state.global = global;
+        let rewards = split_reward(self.state.task.round_budget(round), &contributions);
+        let epsilon = self.spend_privacy(selected.len());
+        let record = RoundRecord {
+            round,
+            missing: selected
+                .iter()
+                .filter(|a| participants.binary_search(a).is_err())
+                .copied()
+                .collect(),
+            participants,
+            rejected,
+            accuracy,
+            loss,
+            contributions,
+            rewards,
+            evaluations: 1 << sums.len(),
+            closed_at_ms: now_ms,
+            epsilon,
+            failures,
+        };
+        self.state.history.push(record.clone());
+        self.state.next_round = round + 1;
+        self.state.attempts = 0;
+        Ok(record)
     }
 }

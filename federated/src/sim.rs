@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use yilian_models::{Dataset, TrainConfig};
 
+use crate::secagg::{self, FromAgent, ToAgent};
 use crate::{AgentId, DataSchema, Effect, FlError, RoundMachine, RoundRecord, Store, Update};
 
 /// How a simulated agent behaves.
@@ -27,6 +28,9 @@ pub enum Behaviour {
     WrongShape,
     /// Sends a NaN among its weights.
     NotFinite,
+    /// Under secure aggregation: sends its masked input in this round, then
+    /// disconnects before revealing its shares.
+    DropsAfterMasking(u32),
 }
 
 pub struct SimAgent {
@@ -35,6 +39,10 @@ pub struct SimAgent {
     pub behaviour: Behaviour,
     /// Rejections received.
     pub rejections: usize,
+    /// Under secure aggregation: the trained weights waiting to be masked,
+    /// and this round's protocol state.
+    trained: Option<Vec<f32>>,
+    secure: Option<(secagg::Client, secagg::Encoding)>,
 }
 
 impl SimAgent {
@@ -47,6 +55,8 @@ impl SimAgent {
             data,
             behaviour,
             rejections: 0,
+            trained: None,
+            secure: None,
         }
     }
 
@@ -75,7 +85,7 @@ impl SimAgent {
             })
         };
         Ok(match self.behaviour {
-            Behaviour::Honest => Some(honest()?),
+            Behaviour::Honest | Behaviour::DropsAfterMasking(_) => Some(honest()?),
             Behaviour::DropsAt(r) if r == round => None,
             Behaviour::DropsAt(_) => Some(honest()?),
             Behaviour::Straggler => None,
@@ -199,7 +209,9 @@ impl Simulation {
                         continue;
                     };
                     self.now_ms += 1;
+                    let secure = self.machine.state().task.secure_aggregation;
                     match self.agents[idx].respond(&self.machine, round, &config)? {
+                        Some(update) if secure => self.agents[idx].trained = Some(update.weights),
                         Some(update) => self.deliver(agent, round, update)?,
                         None if matches!(self.agents[idx].behaviour, Behaviour::DropsAt(_)) => {
                             let effects = self.machine.leave(agent, self.now_ms);
@@ -220,9 +232,61 @@ impl Simulation {
                         return Ok(());
                     }
                 }
+                Effect::SecAgg { agent, message } => self.secure_step(agent, message)?,
                 Effect::RoundAbandoned { .. } | Effect::Finished | Effect::Expired => {}
             }
         }
+    }
+
+    /// One secure-aggregation message to a simulated agent, and its answer.
+    fn secure_step(&mut self, agent: AgentId, message: ToAgent) -> Result<(), FlError> {
+        let Some(idx) = self.agents.iter().position(|a| a.id == agent) else {
+            return Ok(());
+        };
+        let mut rng = StdRng::seed_from_u64(self.now_ms ^ u64::from(agent[0]));
+        let global = self.machine.global().to_vec();
+        let a = &mut self.agents[idx];
+        let refused = |reason| FlError::UpdateRejected { agent, reason };
+        let reply = match message {
+            ToAgent::Setup { setup, encoding } => {
+                let Some(_) = &a.trained else { return Ok(()) };
+                let (client, advert) =
+                    secagg::Client::new(setup, agent, &mut rng).map_err(refused)?;
+                a.secure = Some((client, encoding));
+                FromAgent::Advert(advert)
+            }
+            ToAgent::Keys(keys) => {
+                let Some((client, _)) = &mut a.secure else {
+                    return Ok(());
+                };
+                FromAgent::Shares(client.share_keys(&keys).map_err(refused)?)
+            }
+            ToAgent::Shares(shares) => {
+                let (Some((client, encoding)), Some(trained)) = (&mut a.secure, a.trained.take())
+                else {
+                    return Ok(());
+                };
+                let input = encoding.encode(&global, &trained, &mut rng);
+                FromAgent::Input(client.masked_input(&shares, &input).map_err(refused)?)
+            }
+            ToAgent::Unmask(unmask) => {
+                let Some((mut client, _)) = a.secure.take() else {
+                    return Ok(());
+                };
+                if matches!(a.behaviour, Behaviour::DropsAfterMasking(r) if r == unmask.round) {
+                    let effects = self.machine.leave(agent, self.now_ms);
+                    self.persist()?;
+                    self.queue.extend(effects);
+                    return Ok(());
+                }
+                FromAgent::Reveal(client.reveal(&unmask).map_err(refused)?)
+            }
+        };
+        self.now_ms += 1;
+        let effects = self.machine.secagg(agent, reply, self.now_ms);
+        self.persist()?;
+        self.queue.extend(effects);
+        Ok(())
     }
 
     pub fn run(&mut self, on_round: impl FnMut(&RoundRecord)) -> Result<(), FlError> {

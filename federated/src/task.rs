@@ -125,6 +125,64 @@ pub struct TaskSpec {
     /// Unix time (ms) after which the task stops starting rounds.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Agents send masked updates and the coordinator learns only sums
+    /// ([`crate::secagg`]); the settings are in `[secagg]`.
+    #[serde(default)]
+    pub secure_aggregation: bool,
+    #[serde(default)]
+    pub secagg: SecAggSettings,
+    /// Client-level differential privacy (DP-FedAvg), if set.
+    #[serde(default)]
+    pub privacy: Option<Privacy>,
+}
+
+/// How secure aggregation runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecAggSettings {
+    /// L2 norm each agent's change to the model is clipped to.
+    #[serde(default = "default_clip")]
+    pub clip: f32,
+    /// Fraction of an agent's neighbours whose shares recover its secrets;
+    /// also the fraction of a group that must survive.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Smallest group whose sum the coordinator may learn. Each round's
+    /// cohort is split into random groups of at least this many agents,
+    /// aggregated separately; group sums are what contributions are scored on.
+    #[serde(default = "default_min_group")]
+    pub min_group: usize,
+}
+
+fn default_clip() -> f32 {
+    2.0
+}
+fn default_threshold() -> f64 {
+    0.6
+}
+fn default_min_group() -> usize {
+    5
+}
+
+impl Default for SecAggSettings {
+    fn default() -> Self {
+        SecAggSettings {
+            clip: default_clip(),
+            threshold: default_threshold(),
+            min_group: default_min_group(),
+        }
+    }
+}
+
+/// Client-level DP: clipping to `clip` (from `[secagg]`), Gaussian noise of
+/// `noise_multiplier · clip` on each round's sum, and a budget.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Privacy {
+    pub noise_multiplier: f64,
+    /// The task stops before a round would take epsilon past this.
+    pub epsilon_budget: f64,
+    pub delta: f64,
 }
 
 impl TaskSpec {
@@ -168,6 +226,29 @@ impl TaskSpec {
             && self.min_agents < 2 * f + 3
         {
             return Err(bad("Krum with f attackers needs min_agents >= 2f + 3"));
+        }
+        if self.secure_aggregation && self.robust != Robust::None {
+            return Err(bad(
+                "robust: median, trimmed mean and Krum need each update, and secure aggregation reveals only sums; set robust = \"none\" or secure_aggregation = false",
+            ));
+        }
+        let sa = &self.secagg;
+        if !(sa.clip.is_finite() && sa.clip > 0.0) {
+            return Err(bad("secagg.clip must be a positive number"));
+        }
+        if !(sa.threshold > 0.0 && sa.threshold <= 1.0) {
+            return Err(bad("secagg.threshold must be in (0, 1]"));
+        }
+        if self.secure_aggregation && (sa.min_group < 3 || sa.min_group > self.min_agents) {
+            return Err(bad(
+                "secagg.min_group must be at least 3 and at most min_agents",
+            ));
+        }
+        if let Some(p) = &self.privacy {
+            crate::dp::check(0.5, p.noise_multiplier, p.delta).map_err(bad)?;
+            if !(p.epsilon_budget.is_finite() && p.epsilon_budget > 0.0) {
+                return Err(bad("privacy.epsilon_budget must be a positive number"));
+            }
         }
         Ok(())
     }
@@ -289,7 +370,7 @@ impl EvaluationSpec {
 /// A task file of either kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TaskFile {
-    Training(TaskSpec),
+    Training(Box<TaskSpec>),
     Evaluation(EvaluationSpec),
 }
 
@@ -302,7 +383,7 @@ impl TaskFile {
             Some(v) => v.try_into()?,
         };
         let task = match kind {
-            TaskKind::Training => TaskFile::Training(table.try_into()?),
+            TaskKind::Training => TaskFile::Training(Box::new(table.try_into()?)),
             TaskKind::Evaluation => TaskFile::Evaluation(table.try_into()?),
         };
         match &task {
@@ -475,7 +556,7 @@ classes = 10
         let TaskFile::Training(t) = TaskFile::from_toml(sample_toml()).unwrap() else {
             panic!("no kind means training")
         };
-        assert_eq!(t, TaskSpec::from_toml(sample_toml()).unwrap());
+        assert_eq!(*t, TaskSpec::from_toml(sample_toml()).unwrap());
         let explicit = format!("kind = \"training\"\n{}", sample_toml());
         assert_eq!(
             TaskFile::from_toml(&explicit).unwrap(),

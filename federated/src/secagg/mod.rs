@@ -161,5 +161,91 @@ pub struct Reveal {
     pub masks: Vec<(AgentId, [u8; 32])>,
 }
 
+/// What the coordinator sends an agent during a secure round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// Train, then join this round's aggregation with this encoding.
+    Setup {
+        setup: Setup,
+        encoding: Encoding,
+    },
+    Keys(Vec<PublicKeys>),
+    Shares(Vec<SealedShare>),
+    Unmask(Unmask),
+}
+
+/// What an agent sends the coordinator during a secure round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromAgent {
+    Advert(KeyAdvert),
+    Shares(Vec<SealedShare>),
+    Input(MaskedInput),
+    Reveal(Reveal),
+}
+
+/// How an agent turns its trained model into the vector it masks: the
+/// change to the global model, clipped to `clip` in L2 norm, plus its share
+/// of the round's Gaussian noise, saturated to `range` and quantised for
+/// sums of up to `group` agents.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Encoding {
+    pub clip: f32,
+    /// Standard deviation of the noise each agent adds per coordinate.
+    pub noise_sd: f64,
+    pub range: f64,
+    pub group: usize,
+}
+
+impl Encoding {
+    pub fn new(clip: f32, noise_sd: f64, group: usize) -> Self {
+        Encoding {
+            clip,
+            noise_sd,
+            // Six standard deviations of noise beyond the clip are all but never cut.
+            range: f64::from(clip) + 6.0 * noise_sd,
+            group,
+        }
+    }
+
+    pub fn quantiser(&self) -> quant::Quantiser {
+        quant::Quantiser::new(self.range, self.group)
+    }
+
+    /// The clipped change from `global` to `trained`, before noise.
+    pub fn clipped_delta(&self, global: &[f32], trained: &[f32]) -> Vec<f64> {
+        let delta: Vec<f64> = trained
+            .iter()
+            .zip(global)
+            .map(|(t, g)| f64::from(*t) - f64::from(*g))
+            .collect();
+        let norm = delta.iter().map(|d| d * d).sum::<f64>().sqrt();
+        let k = if norm > f64::from(self.clip) {
+            f64::from(self.clip) / norm
+        } else {
+            1.0
+        };
+        delta.into_iter().map(|d| d * k).collect()
+    }
+
+    /// What the agent masks.
+    pub fn encode(&self, global: &[f32], trained: &[f32], rng: &mut impl rand::Rng) -> Vec<u32> {
+        use rand_distr::{Distribution, Normal};
+        let noise = Normal::new(0.0, self.noise_sd.max(0.0)).expect("a finite, non-negative sd");
+        let noisy: Vec<f32> = self
+            .clipped_delta(global, trained)
+            .into_iter()
+            .map(|d| {
+                let n = if self.noise_sd > 0.0 {
+                    noise.sample(rng)
+                } else {
+                    0.0
+                };
+                (d + n) as f32
+            })
+            .collect();
+        self.quantiser().encode(&noisy)
+    }
+}
+
 #[cfg(test)]
 mod tests;

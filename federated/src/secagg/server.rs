@@ -81,6 +81,24 @@ impl Server {
         }
     }
 
+    /// Agents the current step still waits for.
+    pub fn waiting_for(&self) -> BTreeSet<AgentId> {
+        let (all, done): (BTreeSet<AgentId>, BTreeSet<AgentId>) = match self.step {
+            Step::Keys => (
+                self.setup.cohort.iter().copied().collect(),
+                self.adverts.keys().copied().collect(),
+            ),
+            Step::Shares => (
+                self.adverts.keys().copied().collect(),
+                self.shares.keys().copied().collect(),
+            ),
+            Step::Input => (self.shared.clone(), self.survivors.clone()),
+            Step::Reveal => (self.survivors.clone(), self.revealed.clone()),
+            Step::Done => return BTreeSet::new(),
+        };
+        all.difference(&done).copied().collect()
+    }
+
     /// Agents expected to answer the current step.
     pub fn expected(&self) -> usize {
         match self.step {

@@ -60,6 +60,9 @@ pub fn task(
         reward_budget: 10_000,
         round_timeout_ms: 60_000,
         deadline_ms: None,
+        secure_aggregation: false,
+        secagg: Default::default(),
+        privacy: None,
     }
 }
 
