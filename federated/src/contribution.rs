@@ -61,6 +61,58 @@ pub fn exact_shapley(n: usize, mut utility: impl FnMut(&[usize]) -> f64) -> Vec<
         .collect()
 }
 
+/// Contributions from group aggregates alone: the exact Shapley value of
+/// each group, with `utility` over coalitions of group indices, split
+/// equally among its members (indices below `n`). This is all secure
+/// aggregation lets a coordinator score; drawing groups afresh over rounds
+/// (or over `draws` in [`group_shapley_draws`]) separates the members.
+pub fn group_shapley(
+    groups: &[Vec<usize>],
+    n: usize,
+    utility: impl FnMut(&[usize]) -> f64,
+) -> Vec<f64> {
+    let values = exact_shapley(groups.len(), utility);
+    let mut out = vec![0.0; n];
+    for (g, v) in groups.iter().zip(values) {
+        for &m in g {
+            out[m] = v / g.len() as f64;
+        }
+    }
+    out
+}
+
+/// The mean of [`group_shapley`] over `draws` random partitions of `n`
+/// agents into groups of at least `min_group`, with `utility` over agent
+/// coalitions: the estimate a secure task converges to over rounds.
+pub fn group_shapley_draws(
+    n: usize,
+    min_group: usize,
+    draws: usize,
+    seed: u64,
+    mut utility: impl FnMut(&[usize]) -> f64,
+) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n_groups = (n / min_group.max(1)).clamp(1, 8);
+    let mut sum = vec![0.0; n];
+    for _ in 0..draws {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        let mut groups = vec![Vec::new(); n_groups];
+        for (i, a) in order.into_iter().enumerate() {
+            groups[i % n_groups].push(a);
+        }
+        let est = group_shapley(&groups, n, |c| {
+            let mut members: Vec<usize> = c.iter().flat_map(|&g| groups[g].clone()).collect();
+            members.sort_unstable();
+            utility(&members)
+        });
+        for (s, e) in sum.iter_mut().zip(est) {
+            *s += e;
+        }
+    }
+    sum.into_iter().map(|s| s / draws.max(1) as f64).collect()
+}
+
 /// GTG-Shapley parameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GtgConfig {

@@ -47,5 +47,6 @@ pub use evaluation::{
 pub use round::{AgentId, Effect, Phase, RoundMachine, RoundRecord, TaskState};
 pub use store::Store;
 pub use task::{
-    AgentPolicy, DataSchema, EvaluationSpec, Robust, Strategy, TaskFile, TaskKind, TaskSpec,
+    AgentPolicy, DataSchema, EvaluationSpec, Privacy, Robust, SecAggSettings, Strategy, TaskFile,
+    TaskKind, TaskSpec,
 };

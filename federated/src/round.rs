@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use yilian_models::{Dataset, ModelSpec, TrainConfig};
 
 use crate::aggregate::{ServerState, Update, apply_strategy, combine, validate};
-use crate::contribution::{GtgConfig, exact_shapley, gtg_shapley, split_reward};
+use crate::contribution::{GtgConfig, group_shapley, gtg_shapley, split_reward};
 use crate::dp::RdpAccountant;
 use crate::secagg::{Encoding, FromAgent, ToAgent};
 use crate::secure_round::{GroupOutcome, SecureRound};
@@ -654,7 +654,17 @@ impl RoundMachine {
         }
         let all: Vec<usize> = (0..sums.len()).collect();
         let candidate = self.with_groups(&sums, &all);
-        let group_values = exact_shapley(sums.len(), |c| {
+        let mut participants: Vec<AgentId> = sums.iter().flat_map(|(m, _)| m.clone()).collect();
+        participants.sort_unstable();
+        let groups: Vec<Vec<usize>> = sums
+            .iter()
+            .map(|(m, _)| {
+                m.iter()
+                    .map(|a| participants.binary_search(a).expect("a participant"))
+                    .collect()
+            })
+            .collect();
+        let contributions = group_shapley(&groups, participants.len(), |c| {
             yilian_models::evaluate(
                 &self.state.task.model,
                 &self.with_groups(&sums, c),
@@ -663,16 +673,7 @@ impl RoundMachine {
             .map(|m| m.accuracy)
             .unwrap_or(0.0)
         });
-        let mut scored: Vec<(AgentId, f64)> = sums
-            .iter()
-            .zip(&group_values)
-            .flat_map(|((members, _), v)| {
-                let each = v / members.len() as f64;
-                members.iter().map(move |a| (*a, each))
-            })
-            .collect();
-        scored.sort_by_key(|s| s.0);
-        let (participants, contributions): (Vec<AgentId>, Vec<f64>) = scored.into_iter().unzip();
+
         let global = apply_strategy(
             self.state.task.strategy,
             &mut self.state.server,
