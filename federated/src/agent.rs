@@ -164,6 +164,8 @@ pub async fn run(
     let mut evaluation: Option<EvaluationJob> = None;
     let mut model_assembler: Option<ChunkAssembler<u8>> = None;
     let mut rewards = Vec::new();
+    let mut secure = crate::secagg::Participant::new();
+    let me = identity.principal().public_key;
     while let Some(message) = next_message(&mut recv).await? {
         match message {
             Message::TaskOffer {
@@ -234,11 +236,30 @@ pub async fn run(
                 }
                 on_event(AgentEvent::Training { round });
                 let (spec, data) = (spec.clone(), data.clone());
+                let start = global.clone();
                 let out = tokio::task::spawn_blocking(move || {
                     yilian_models::train(&spec, &global, &data, &config)
                 })
                 .await
                 .map_err(|e| FlError::Transport(e.to_string()))??;
+                if secure.is_secure(round) {
+                    // Under secure aggregation the model leaves only masked.
+                    let advert = secure
+                        .trained(me, round, &start, &out.weights, &mut rand::rng())
+                        .map_err(|reason| FlError::UpdateRejected { agent: me, reason })?;
+                    if let (Some(message), Some((task_id, _))) = (advert, &task) {
+                        send(Message::SecAggFromAgent {
+                            task_id: task_id.clone(),
+                            message,
+                        })?;
+                    }
+                    on_event(AgentEvent::Sent {
+                        round,
+                        samples: out.samples as u64,
+                        loss: out.loss,
+                    });
+                    continue;
+                }
                 for m in weight_messages(WeightsPurpose::Update, round, &out.weights) {
                     send(m)?;
                 }
@@ -252,6 +273,14 @@ pub async fn run(
                     samples: out.samples as u64,
                     loss: out.loss,
                 });
+            }
+            Message::SecAggToAgent { task_id, message } => {
+                let reply = secure
+                    .handle(message)
+                    .map_err(|reason| FlError::UpdateRejected { agent: me, reason })?;
+                if let Some(message) = reply {
+                    send(Message::SecAggFromAgent { task_id, message })?;
+                }
             }
             Message::UpdateRejected { round, reason } => {
                 on_event(AgentEvent::Rejected { round, reason })

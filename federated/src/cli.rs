@@ -101,21 +101,31 @@ impl TaskCommand {
     }
 }
 
-/// Prints a status table.
+/// Prints a status table; epsilon is shown once a task spends privacy.
 pub fn print_history(history: &[RoundRecord]) {
+    let dp = history.iter().any(|r| r.epsilon.is_some());
     println!(
-        "{:>5} {:>9} {:>8} {:>12} {:>8}",
-        "round", "accuracy", "loss", "participants", "rewards"
+        "{:>5} {:>9} {:>8} {:>12} {:>8}{}",
+        "round",
+        "accuracy",
+        "loss",
+        "participants",
+        "rewards",
+        if dp { "  epsilon" } else { "" }
     );
     for r in history {
+        let eps = r.epsilon.map(|e| format!(" {e:>8.3}")).unwrap_or_default();
         println!(
-            "{:>5} {:>9.4} {:>8.4} {:>12} {:>8}",
+            "{:>5} {:>9.4} {:>8.4} {:>12} {:>8}{eps}",
             r.round,
             r.accuracy,
             r.loss,
             r.participants.len(),
             r.rewards.iter().sum::<u64>()
         );
+        for f in &r.failures {
+            println!("      group failed: {f}");
+        }
     }
 }
 

@@ -320,9 +320,18 @@ fn process(inner: &mut Inner, task_id: &str, effects: Vec<Effect>) -> Vec<(Strin
                 }
             }
             Effect::RoundClosed(record) => closed.push((task_id.to_owned(), record)),
-            // Secure tasks are refused at submission.
-            Effect::SecAgg { agent, .. } => {
-                tracing::error!(task_id, agent = %hex::encode(&agent[..4]), "secure aggregation message on a plain coordinator");
+            Effect::SecAgg { agent, message } => {
+                let sent = inner.agents.get(&agent).is_some_and(|link| {
+                    link.outbox
+                        .send(Message::SecAggToAgent {
+                            task_id: task_id.to_owned(),
+                            message,
+                        })
+                        .is_ok()
+                });
+                if !sent {
+                    queue.extend(machine.leave(agent, now_ms()));
+                }
             }
             Effect::RoundAbandoned { round, received } => {
                 tracing::warn!(task_id, round, received, "round abandoned: too few updates");
@@ -453,6 +462,32 @@ async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) {
     let mut proofs = vec![None; record.participants.len()];
     if let Some(ledger) = &shared.ledger {
         let at = record.closed_at_ms;
+        let delta = lock(shared)
+            .tasks
+            .get(task_id)
+            .and_then(|m| m.state().task.privacy.as_ref().map(|p| p.delta));
+        if let (Some(epsilon), Some(delta)) = (record.epsilon, delta) {
+            // Deterministic id: a replay after a crash is a duplicate, not a second entry.
+            let spent = round_tx(
+                Payload::PrivacySpent {
+                    task_id: task_id.to_owned(),
+                    round: record.round,
+                    epsilon,
+                    delta,
+                },
+                task_id,
+                record.round,
+                &[0; 32],
+                2,
+                at,
+            );
+            if let Err(e) = ledger
+                .submit(spent.sign(shared.identity.signing_key()))
+                .await
+            {
+                tracing::error!(task_id, "privacy spent not recorded: {e}");
+            }
+        }
         for (k, agent) in record.participants.iter().enumerate() {
             let contribution = round_tx(
                 Payload::Contribution {
@@ -847,6 +882,20 @@ async fn agent_loop(
                         .unwrap_or_default();
                     process(&mut inner, &task, effects)
                 }
+                Message::SecAggFromAgent {
+                    task_id: for_task,
+                    message,
+                } => {
+                    let Some(task) = task.filter(|t| *t == for_task) else {
+                        return Err(FlError::NoSuchTask(for_task));
+                    };
+                    let effects = inner
+                        .tasks
+                        .get_mut(&task)
+                        .map(|m| m.secagg(agent, message, now_ms()))
+                        .unwrap_or_default();
+                    process(&mut inner, &task, effects)
+                }
                 other => {
                     return Err(FlError::Transport(format!(
                         "unexpected message from an agent: {}",
@@ -965,13 +1014,6 @@ async fn engineer_request(
                 ));
             };
             let task = *task;
-            if task.secure_aggregation {
-                // The QUIC protocol does not carry the secure-aggregation
-                // steps yet; refusing beats silently running it in the clear.
-                return Err(FlError::InvalidTask(
-                    "secure_aggregation: this coordinator cannot run secure aggregation over QUIC yet; set secure_aggregation = false or run the task in the simulation",
-                ));
-            }
             let dir = task_dir(&shared.data_dir, &task.id);
             if lock(shared).task_exists(&task.id) {
                 return Err(FlError::InvalidTask("a task with this id already exists"));

@@ -23,7 +23,7 @@ use crate::evaluation::EvaluationResult;
 use crate::{DataSchema, FlError, RejectReason};
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build still reads.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted (a chunk of weights plus headroom).
@@ -179,6 +179,17 @@ pub enum Message {
         phase: String,
         result: Option<EvaluationResult>,
     },
+    // Version 3: secure aggregation.
+    /// Coordinator: a step of a secure round ([`crate::secagg`]).
+    SecAggToAgent {
+        task_id: String,
+        message: crate::secagg::ToAgent,
+    },
+    /// Agent: its answer to a step of a secure round.
+    SecAggFromAgent {
+        task_id: String,
+        message: crate::secagg::FromAgent,
+    },
 }
 
 impl Message {
@@ -191,6 +202,7 @@ impl Message {
             | Message::EvaluationReport { .. }
             | Message::SubmitEvaluation { .. }
             | Message::EvaluationStatus { .. } => 2,
+            Message::SecAggToAgent { .. } | Message::SecAggFromAgent { .. } => 3,
             _ => 1,
         }
     }

@@ -472,13 +472,17 @@ impl RoundMachine {
                 config: self.state.task.train_config(round, &agent),
             })
             .collect();
+        // The setup goes first, so an agent knows before it trains that its
+        // model must leave it only masked.
         let secure = self.state.task.secure_aggregation.then(|| {
             let (sr, out) =
                 SecureRound::start(&self.state.task, round, attempt, &pool, self.params, now_ms);
+            let sends = std::mem::take(&mut effects);
             effects.extend(
                 out.into_iter()
                     .map(|(agent, message)| Effect::SecAgg { agent, message }),
             );
+            effects.extend(sends);
             sr
         });
         self.state.phase = Phase::Training {

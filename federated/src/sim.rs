@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use yilian_models::{Dataset, TrainConfig};
 
-use crate::secagg::{self, FromAgent, ToAgent};
+use crate::secagg::{FromAgent, Participant, ToAgent};
 use crate::{AgentId, DataSchema, Effect, FlError, RoundMachine, RoundRecord, Store, Update};
 
 /// How a simulated agent behaves.
@@ -39,10 +39,8 @@ pub struct SimAgent {
     pub behaviour: Behaviour,
     /// Rejections received.
     pub rejections: usize,
-    /// Under secure aggregation: the trained weights waiting to be masked,
-    /// and this round's protocol state.
-    trained: Option<Vec<f32>>,
-    secure: Option<(secagg::Client, secagg::Encoding)>,
+    /// Its part in secure rounds.
+    secure: Participant,
 }
 
 impl SimAgent {
@@ -55,8 +53,7 @@ impl SimAgent {
             data,
             behaviour,
             rejections: 0,
-            trained: None,
-            secure: None,
+            secure: Participant::new(),
         }
     }
 
@@ -209,9 +206,19 @@ impl Simulation {
                         continue;
                     };
                     self.now_ms += 1;
-                    let secure = self.machine.state().task.secure_aggregation;
+                    let secure = self.agents[idx].secure.is_secure(round);
                     match self.agents[idx].respond(&self.machine, round, &config)? {
-                        Some(update) if secure => self.agents[idx].trained = Some(update.weights),
+                        Some(update) if secure => {
+                            let mut rng = StdRng::seed_from_u64(self.now_ms ^ u64::from(agent[0]));
+                            let global = self.machine.global().to_vec();
+                            let advert = self.agents[idx]
+                                .secure
+                                .trained(agent, round, &global, &update.weights, &mut rng)
+                                .map_err(|reason| FlError::UpdateRejected { agent, reason })?;
+                            if let Some(m) = advert {
+                                self.answer(agent, m)?;
+                            }
+                        }
                         Some(update) => self.deliver(agent, round, update)?,
                         None if matches!(self.agents[idx].behaviour, Behaviour::DropsAt(_)) => {
                             let effects = self.machine.leave(agent, self.now_ms);
@@ -243,47 +250,28 @@ impl Simulation {
         let Some(idx) = self.agents.iter().position(|a| a.id == agent) else {
             return Ok(());
         };
-        let mut rng = StdRng::seed_from_u64(self.now_ms ^ u64::from(agent[0]));
-        let global = self.machine.global().to_vec();
         let a = &mut self.agents[idx];
-        let refused = |reason| FlError::UpdateRejected { agent, reason };
-        let reply = match message {
-            ToAgent::Setup { setup, encoding } => {
-                let Some(_) = &a.trained else { return Ok(()) };
-                let (client, advert) =
-                    secagg::Client::new(setup, agent, &mut rng).map_err(refused)?;
-                a.secure = Some((client, encoding));
-                FromAgent::Advert(advert)
-            }
-            ToAgent::Keys(keys) => {
-                let Some((client, _)) = &mut a.secure else {
-                    return Ok(());
-                };
-                FromAgent::Shares(client.share_keys(&keys).map_err(refused)?)
-            }
-            ToAgent::Shares(shares) => {
-                let (Some((client, encoding)), Some(trained)) = (&mut a.secure, a.trained.take())
-                else {
-                    return Ok(());
-                };
-                let input = encoding.encode(&global, &trained, &mut rng);
-                FromAgent::Input(client.masked_input(&shares, &input).map_err(refused)?)
-            }
-            ToAgent::Unmask(unmask) => {
-                let Some((mut client, _)) = a.secure.take() else {
-                    return Ok(());
-                };
-                if matches!(a.behaviour, Behaviour::DropsAfterMasking(r) if r == unmask.round) {
-                    let effects = self.machine.leave(agent, self.now_ms);
-                    self.persist()?;
-                    self.queue.extend(effects);
-                    return Ok(());
-                }
-                FromAgent::Reveal(client.reveal(&unmask).map_err(refused)?)
-            }
-        };
+        if let (ToAgent::Unmask(u), Behaviour::DropsAfterMasking(r)) = (&message, a.behaviour)
+            && u.round == r
+        {
+            let effects = self.machine.leave(agent, self.now_ms);
+            self.persist()?;
+            self.queue.extend(effects);
+            return Ok(());
+        }
+        let reply = a
+            .secure
+            .handle(message)
+            .map_err(|reason| FlError::UpdateRejected { agent, reason })?;
+        match reply {
+            Some(m) => self.answer(agent, m),
+            None => Ok(()),
+        }
+    }
+
+    fn answer(&mut self, agent: AgentId, message: FromAgent) -> Result<(), FlError> {
         self.now_ms += 1;
-        let effects = self.machine.secagg(agent, reply, self.now_ms);
+        let effects = self.machine.secagg(agent, message, self.now_ms);
         self.persist()?;
         self.queue.extend(effects);
         Ok(())

@@ -155,6 +155,13 @@ impl LedgerState {
                     "contribution score is not finite".into(),
                 ));
             }
+            Payload::PrivacySpent { epsilon, delta, .. }
+                if !(epsilon.is_finite() && *epsilon >= 0.0 && *delta > 0.0 && *delta < 1.0) =>
+            {
+                return Err(LedgerError::Malformed(
+                    "privacy-spent needs a finite epsilon >= 0 and a delta in (0, 1)".into(),
+                ));
+            }
             Payload::MemberProposal { change } => self.check_proposal(tx, change)?,
             Payload::MemberApproval { proposal } => {
                 let p = self
@@ -529,6 +536,43 @@ mod tests {
         assert_eq!(n.state.balance(&acct(&verifier)), 0);
         n.submit(&member, reward(&verifier)).unwrap();
         assert_eq!(n.state.balance(&acct(&verifier)), 5);
+    }
+
+    #[test]
+    fn privacy_spent_needs_a_real_epsilon_and_delta_and_changes_nothing_otherwise() {
+        let mut n = Net::new();
+        let member = key(1);
+        n.admit(&member, Role::Member);
+        let len = n.state.len();
+        for (epsilon, delta) in [(f64::NAN, 1e-5), (-1.0, 1e-5), (1.0, 0.0), (1.0, 1.0)] {
+            let err = n
+                .submit(
+                    &member,
+                    Payload::PrivacySpent {
+                        task_id: "t".into(),
+                        round: 0,
+                        epsilon,
+                        delta,
+                    },
+                )
+                .unwrap_err();
+            assert!(
+                matches!(&err, LedgerError::Malformed(m) if m.starts_with("privacy-spent needs")),
+                "{err}"
+            );
+            assert_eq!(n.state.len(), len);
+        }
+        n.submit(
+            &member,
+            Payload::PrivacySpent {
+                task_id: "t".into(),
+                round: 0,
+                epsilon: 1.5,
+                delta: 1e-5,
+            },
+        )
+        .unwrap();
+        assert_eq!(n.state.len(), len + 1);
     }
 
     #[test]

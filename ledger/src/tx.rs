@@ -113,6 +113,14 @@ pub enum Payload {
         #[serde(with = "crate::hexbytes")]
         proposal: TxId,
     },
+    /// A differentially private task's privacy spent so far: epsilon at
+    /// `delta` after `round` (0-based) closed, for every agent of the task.
+    PrivacySpent {
+        task_id: String,
+        round: u32,
+        epsilon: f64,
+        delta: f64,
+    },
 }
 
 /// A change to the set of member nodes that replicate and cosign the ledger.
@@ -147,6 +155,7 @@ impl Payload {
             Payload::Reward { .. } => "reward",
             Payload::MemberProposal { .. } => "member-proposal",
             Payload::MemberApproval { .. } => "member-approval",
+            Payload::PrivacySpent { .. } => "privacy-spent",
         }
     }
 
@@ -174,7 +183,9 @@ impl Payload {
             }
             Payload::Reward { account, .. } => vec![("reward", account.to_vec())],
             Payload::Transfer { to, .. } => vec![("transfer", to.to_vec())],
-            Payload::Contribution { task_id, .. } | Payload::TaskSubmitted { task_id, .. } => {
+            Payload::Contribution { task_id, .. }
+            | Payload::TaskSubmitted { task_id, .. }
+            | Payload::PrivacySpent { task_id, .. } => {
                 vec![(self.kind(), task_id.as_bytes().to_vec())]
             }
             _ => Vec::new(),
@@ -194,7 +205,9 @@ impl Payload {
                 &[Member, DataHolder]
             }
             Payload::TaskSubmitted { .. } => &[Member, Engineer],
-            Payload::Contribution { .. } | Payload::Reward { .. } => &[Member],
+            Payload::Contribution { .. }
+            | Payload::Reward { .. }
+            | Payload::PrivacySpent { .. } => &[Member],
             Payload::MemberProposal { .. } | Payload::MemberApproval { .. } => &[Member],
         }
     }

@@ -35,6 +35,7 @@
 pub mod client;
 pub mod graph;
 pub mod mask;
+pub mod participant;
 pub mod quant;
 pub mod server;
 pub mod shamir;
@@ -45,6 +46,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AgentId;
 pub use client::Client;
+pub use participant::Participant;
 pub use server::{Outcome, Server};
 pub use shamir::Commitments;
 

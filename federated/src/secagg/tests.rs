@@ -433,3 +433,55 @@ fn a_restored_coordinator_finishes_the_round() {
     let out = restored.finish().unwrap();
     assert_eq!(out.sum, plain_sum(&r, &s.cohort));
 }
+
+/// Nothing the coordinator keeps, at any step, holds an agent's input:
+/// its persisted state never contains the encoding of any input's first
+/// coordinates, and what it keeps from masked inputs is only their sum.
+#[test]
+fn the_coordinator_state_never_holds_an_input() {
+    let s = setup(8, 7, 4, 64);
+    let mut rng = StdRng::seed_from_u64(15);
+    let mut r = start(&s, &mut rng);
+    let needles: Vec<Vec<u8>> = r
+        .inputs
+        .values()
+        .map(|v| {
+            let mut b = postcard::to_stdvec(&v[..8]).unwrap();
+            b.remove(0); // the length prefix
+            b
+        })
+        .collect();
+    let mut states = vec![postcard::to_stdvec(&r.server).unwrap()];
+    let keys = r.server.close_keys().unwrap();
+    for (a, k) in keys {
+        let sh = r.clients.get_mut(&a).unwrap().share_keys(&k).unwrap();
+        r.server.shares(&a, sh).unwrap();
+        states.push(postcard::to_stdvec(&r.server).unwrap());
+    }
+    let routed = r.server.close_shares().unwrap();
+    for (a, sh) in routed {
+        let m = r
+            .clients
+            .get_mut(&a)
+            .unwrap()
+            .masked_input(&sh, &r.inputs[&a])
+            .unwrap();
+        r.server.masked_input(&a, m).unwrap();
+        states.push(postcard::to_stdvec(&r.server).unwrap());
+    }
+    let unmask = r.server.close_inputs().unwrap();
+    for a in &unmask.survivors {
+        let rev = r.clients.get_mut(a).unwrap().reveal(&unmask).unwrap();
+        r.server.reveal(a, rev).unwrap();
+        states.push(postcard::to_stdvec(&r.server).unwrap());
+    }
+    for state in &states {
+        for n in &needles {
+            assert!(
+                !state.windows(n.len()).any(|w| w == n.as_slice()),
+                "an input is in the coordinator's state"
+            );
+        }
+    }
+    assert_eq!(r.server.finish().unwrap().sum, plain_sum(&r, &s.cohort));
+}
