@@ -13,7 +13,7 @@
 //! in its own redb table, and an agent is offered one only when no training
 //! task fits its data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,6 +63,8 @@ struct Inner {
     tasks: BTreeMap<String, RoundMachine>,
     evaluations: BTreeMap<String, EvaluationTask>,
     agents: HashMap<AgentId, AgentLink>,
+    /// Closed rounds being written to the ledger right now.
+    recording: BTreeSet<(String, u32)>,
 }
 
 impl Inner {
@@ -180,6 +182,7 @@ impl Coordinator {
                 tasks,
                 evaluations,
                 agents: HashMap::new(),
+                recording: BTreeSet::new(),
             }),
             identity,
             ledger,
@@ -205,16 +208,15 @@ impl Coordinator {
                 if Arc::strong_count(&s) == 1 {
                     break;
                 }
-                let records = {
+                {
                     let mut inner = lock(&s);
                     let ids: Vec<String> = inner.tasks.keys().cloned().collect();
-                    let mut records = Vec::new();
                     for id in ids {
                         let effects = match inner.tasks.get_mut(&id) {
                             Some(m) => m.tick(now_ms()),
                             None => continue,
                         };
-                        records.extend(process(&mut inner, &id, effects));
+                        process(&mut inner, &id, effects);
                     }
                     let ids: Vec<String> = inner.evaluations.keys().cloned().collect();
                     for id in ids {
@@ -227,11 +229,10 @@ impl Coordinator {
                             process_evaluation(&mut inner, &id, effects);
                         }
                     }
-                    records
-                };
-                for (task, record) in records {
-                    record_round(&s, &task, &record).await;
                 }
+                // Rounds closed by the tick, and any whose ledger writes
+                // failed before (or before a restart), are written now.
+                record_pending(&s).await;
             }
         });
         Ok(Coordinator { endpoint, shared })
@@ -458,7 +459,46 @@ fn round_tx(
 
 /// Writes a round's contributions and rewards to the ledger and tells the
 /// participants their result.
-async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) {
+/// Writes every closed round still unrecorded to the ledger, and marks
+/// those whose entries were all acknowledged. A round that failed stays
+/// unrecorded and is tried again on the next tick (and after a restart).
+async fn record_pending(shared: &Shared) {
+    let pending: Vec<(String, RoundRecord)> = {
+        let mut inner = lock(shared);
+        let mut out = Vec::new();
+        for (id, m) in &inner.tasks {
+            for r in m.unrecorded() {
+                if !inner.recording.contains(&(id.clone(), r.round)) {
+                    out.push((id.clone(), r));
+                }
+            }
+        }
+        for (id, r) in &out {
+            inner.recording.insert((id.clone(), r.round));
+        }
+        out
+    };
+    for (task_id, record) in pending {
+        let written = record_round(shared, &task_id, &record).await;
+        let mut inner = lock(shared);
+        inner.recording.remove(&(task_id.clone(), record.round));
+        if !written {
+            continue;
+        }
+        let Inner { tasks, store, .. } = &mut *inner;
+        if let Some(m) = tasks.get_mut(&task_id) {
+            m.mark_recorded(record.round);
+            if let Err(e) = store.save(m.state()) {
+                // The round stays unrecorded in the store: replayed as duplicates.
+                tracing::error!(task_id, "cannot persist a recorded round: {e}");
+            }
+        }
+    }
+}
+
+/// Writes one round's ledger entries; whether every one was acknowledged.
+async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) -> bool {
+    let mut written = true;
     let mut proofs = vec![None; record.participants.len()];
     if let Some(ledger) = &shared.ledger {
         let at = record.closed_at_ms;
@@ -485,7 +525,8 @@ async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) {
                 .submit(spent.sign(shared.identity.signing_key()))
                 .await
             {
-                tracing::error!(task_id, "privacy spent not recorded: {e}");
+                tracing::error!(task_id, "privacy spent not recorded, will retry: {e}");
+                written = false;
             }
         }
         for (k, agent) in record.participants.iter().enumerate() {
@@ -506,7 +547,8 @@ async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) {
                 .submit(contribution.sign(shared.identity.signing_key()))
                 .await
             {
-                tracing::error!(task_id, "contribution not recorded: {e}");
+                tracing::error!(task_id, "contribution not recorded, will retry: {e}");
+                written = false;
             }
             if record.rewards[k] == 0 {
                 continue;
@@ -545,7 +587,10 @@ async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) {
                         Err(e) => tracing::error!(task_id, "no inclusion proof for a reward: {e}"),
                     }
                 }
-                Err(e) => tracing::error!(task_id, "reward not recorded: {e}"),
+                Err(e) => {
+                    tracing::error!(task_id, "reward not recorded, will retry: {e}");
+                    written = false;
+                }
             }
         }
     }
@@ -572,6 +617,7 @@ async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) {
             });
         }
     }
+    written
 }
 
 async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FlError> {
@@ -695,8 +741,8 @@ async fn agent_session(
             None => Vec::new(),
         }
     };
-    for (task, record) in records {
-        record_round(shared, &task, &record).await;
+    if !records.is_empty() {
+        record_pending(shared).await;
     }
     result
 }
@@ -904,8 +950,8 @@ async fn agent_loop(
                 }
             }
         };
-        for (task, record) in records {
-            record_round(shared, &task, &record).await;
+        if !records.is_empty() {
+            record_pending(shared).await;
         }
     }
     Ok(())

@@ -92,6 +92,12 @@ pub struct TaskState {
     /// Privacy spent so far, under DP.
     #[serde(default)]
     pub accountant: RdpAccountant,
+    /// Closed rounds whose ledger entries (contributions, rewards, privacy
+    /// spent) are not all acknowledged yet. Saved with the round that
+    /// closed, so a restarted coordinator replays them; their transactions
+    /// have deterministic ids, so a replay of a written one is a duplicate.
+    #[serde(default)]
+    pub unrecorded: BTreeSet<u32>,
 }
 
 /// What the driver must do.
@@ -145,6 +151,7 @@ impl RoundMachine {
             attempts: 0,
             history: Vec::new(),
             accountant: RdpAccountant::new(),
+            unrecorded: BTreeSet::new(),
             task,
         };
         Self::restore(state, validation)
@@ -191,6 +198,21 @@ impl RoundMachine {
 
     pub fn is_done(&self) -> bool {
         matches!(self.state.phase, Phase::Finished | Phase::Expired)
+    }
+
+    /// Closed rounds still to be written to the ledger.
+    pub fn unrecorded(&self) -> Vec<RoundRecord> {
+        self.state
+            .history
+            .iter()
+            .filter(|r| self.state.unrecorded.contains(&r.round))
+            .cloned()
+            .collect()
+    }
+
+    /// Every ledger entry of `round` is acknowledged.
+    pub fn mark_recorded(&mut self, round: u32) {
+        self.state.unrecorded.remove(&round);
     }
 
     /// The open round, if any.
@@ -567,6 +589,7 @@ impl RoundMachine {
             failures: Vec::new(),
         };
         self.state.history.push(record.clone());
+        self.state.unrecorded.insert(round);
         self.state.next_round = round + 1;
         self.state.attempts = 0;
         record
@@ -708,6 +731,7 @@ impl RoundMachine {
             failures,
         };
         self.state.history.push(record.clone());
+        self.state.unrecorded.insert(round);
         self.state.next_round = round + 1;
         self.state.attempts = 0;
         Ok(record)

@@ -380,3 +380,30 @@ fn behaviours_that_send_garbage_are_rejected_in_a_full_run() {
     assert_eq!(agents[1].rejections, 2);
     assert_eq!(agents[3].rejections, 2);
 }
+
+/// A closed round stays owed to the ledger, in the persisted state, until
+/// the driver marks it recorded: a coordinator killed in between replays it.
+#[test]
+fn closed_rounds_stay_unrecorded_in_the_store_until_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (machine, agents) = small_machine(4, 4);
+    let store = Store::open(&dir.path().join("fl.redb")).unwrap();
+    let mut sim = Simulation::new(machine, agents, Some(store)).unwrap();
+    sim.run_until(|_| {}, |s| s.machine.state().history.len() == 2)
+        .unwrap();
+    let owed: Vec<u32> = sim.machine.unrecorded().iter().map(|r| r.round).collect();
+    assert_eq!(owed, vec![0, 1]);
+    let reopened = |sim: &Simulation| {
+        let store = sim.store.as_ref().unwrap();
+        store.load("sm").unwrap().unwrap().unrecorded
+    };
+    assert_eq!(reopened(&sim), [0, 1].into());
+    sim.machine.mark_recorded(0);
+    sim.store
+        .as_ref()
+        .unwrap()
+        .save(sim.machine.state())
+        .unwrap();
+    assert_eq!(reopened(&sim), [1].into());
+    assert_eq!(sim.machine.unrecorded()[0].round, 1);
+}

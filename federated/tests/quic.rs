@@ -3,36 +3,15 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use yilian_federated::agent::{self, AgentConfig};
 use yilian_federated::cli::{self, NodeArgs};
 use yilian_federated::coordinator::Coordinator;
 use yilian_federated::{AgentPolicy, FlError};
-use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
 use yilian_ledger::{Ledger, Payload, Transaction};
-
-fn admit(ca: &Authority, role: Role, name: &str, dir: &Path) -> Identity {
-    let id = ca.admit(&AdmissionRequest::new("org", role, name)).unwrap();
-    id.save(&dir.join(name)).unwrap();
-    Identity::load(&dir.join(name)).unwrap()
-}
-
-async fn register(ledger: &Ledger, ca: &Authority, id: &Identity) {
-    let p = id.principal();
-    let tx = Transaction::new(Payload::Admit {
-        org: p.org.clone(),
-        role: p.role,
-        name: p.name.clone(),
-        public_key: p.public_key,
-        serial: p.serial.clone(),
-        not_after_ms: u64::MAX / 2,
-    });
-    ledger.submit(tx.sign(&ca.signing_key())).await.unwrap();
-}
 
 const TASK: &str = r#"
 id = "bc-quic"

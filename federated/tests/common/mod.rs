@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use yilian_federated::sim::{Behaviour, SimAgent, Simulation};
 use yilian_federated::{DataSchema, Robust, RoundMachine, RoundRecord, Strategy, TaskSpec};
+use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::{Identity, Role};
+use yilian_ledger::{Ledger, Payload, Transaction};
 use yilian_models::{Dataset, ModelSpec, Optimizer, Standardizer};
 
 pub fn data_dir() -> PathBuf {
@@ -126,4 +129,24 @@ pub fn union(shards: &[Dataset]) -> Dataset {
         shards[0].classes,
     )
     .unwrap()
+}
+
+/// Admits `name` with `role`, saves it under `dir` and loads it back.
+pub fn admit(ca: &Authority, role: Role, name: &str, dir: &Path) -> Identity {
+    let id = ca.admit(&AdmissionRequest::new("org", role, name)).unwrap();
+    id.save(&dir.join(name)).unwrap();
+    Identity::load(&dir.join(name)).unwrap()
+}
+
+pub async fn register(ledger: &Ledger, ca: &Authority, id: &Identity) {
+    let p = id.principal();
+    let tx = Transaction::new(Payload::Admit {
+        org: p.org.clone(),
+        role: p.role,
+        name: p.name.clone(),
+        public_key: p.public_key,
+        serial: p.serial.clone(),
+        not_after_ms: u64::MAX / 2,
+    });
+    ledger.submit(tx.sign(&ca.signing_key())).await.unwrap();
 }

@@ -1,0 +1,267 @@
+//! The real path under SIGKILL: a child process runs the QUIC coordinator
+//! with its ledger; agents in this process train over mutual-TLS QUIC and
+//! reconnect whenever it goes away. The test kills the child with SIGKILL
+//! at random points across several rounds and restarts it on the same data
+//! directory. At the end every (round, agent) reward is on the ledger
+//! exactly once, the rewards add up to the budget, and no round counted an
+//! agent twice.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use yilian_federated::AgentPolicy;
+use yilian_federated::agent::{self, AgentConfig};
+use yilian_federated::cli::{self, NodeArgs};
+use yilian_federated::coordinator::Coordinator;
+use yilian_identity::ca::Authority;
+use yilian_identity::tls::RevocationList;
+use yilian_identity::{Identity, Role};
+use yilian_ledger::{Ledger, Payload, Transaction};
+
+const CHILD_ENV: &str = "YILIAN_FL_QUIC_KILL_CHILD";
+const AGENTS: usize = 4;
+const ROUNDS: u32 = 6;
+const BUDGET: u64 = 6000;
+
+const TASK: &str = r#"
+id = "bc-kill"
+rounds = 6
+agents_per_round = 4
+min_agents = 4
+local_epochs = 2
+batch_size = 16
+validation = "validation.csv"
+reward_budget = 6000
+round_timeout_ms = 60000
+optimizer = { adam = { lr = 0.02 } }
+
+[model]
+input = [30]
+layers = [{ linear = { out = 2 } }, "softmax"]
+
+[schema]
+features = 30
+label_column = "y"
+classes = 2
+"#;
+
+fn open_ledger(dir: &Path) -> Ledger {
+    let node = Identity::load(&dir.join("node-1")).unwrap();
+    Ledger::open(&dir.join("ledger.redb"), node.signing_key().clone()).unwrap()
+}
+
+/// The child: the coordinator with its ledger on `dir`, serving on `addr`.
+#[test]
+fn quic_coordinator_child_process() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return; // only meaningful when started by the test below
+    };
+    let (dir, addr) = spec.split_once('@').unwrap();
+    let dir = Path::new(dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ledger = open_ledger(dir);
+        let _node = Coordinator::serve(
+            addr.parse().unwrap(),
+            Identity::load(&dir.join("node-1")).unwrap(),
+            RevocationList::default(),
+            Some(ledger),
+            &dir.join("coordinator"),
+        )
+        .await
+        .unwrap();
+        println!("READY");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+    });
+}
+
+fn spawn_child(dir: &Path, addr: &str) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "quic_coordinator_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{}@{addr}", dir.display()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim_end().ends_with("READY"));
+    assert!(ready, "the coordinator child started");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::create("fl-kill").unwrap();
+    let coord = admit(&ca, Role::Member, "node-1", dir.path());
+    let engineer = admit(&ca, Role::Engineer, "eng", dir.path());
+    let devices: Vec<Identity> = (0..AGENTS)
+        .map(|i| admit(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
+        .collect();
+    {
+        let ledger = open_ledger(dir.path());
+        let genesis = Transaction::new(Payload::Genesis {
+            network: "fl-kill".into(),
+            authority: ca.signing_key().verifying_key().to_bytes(),
+        });
+        ledger
+            .submit(genesis.sign(&ca.signing_key()))
+            .await
+            .unwrap();
+        for id in devices.iter().chain([&coord, &engineer]) {
+            register(&ledger, &ca, id).await;
+        }
+        ledger.shutdown().await;
+    }
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = spawn_child(dir.path(), &addr.to_string());
+
+    let (train, validation, _) = breast_cancer_splits();
+    let work = dir.path().join("task");
+    std::fs::create_dir_all(&work).unwrap();
+    validation
+        .write_csv(&work.join("validation.csv"), "y")
+        .unwrap();
+    std::fs::write(work.join("task.toml"), TASK).unwrap();
+    let eng = NodeArgs {
+        node: addr,
+        identity: dir.path().join("eng"),
+        server_name: "localhost".into(),
+    };
+    cli::submit(&eng, &work.join("task.toml"), None)
+        .await
+        .unwrap();
+
+    // Agents that reconnect until the task is done.
+    let mut handles = Vec::new();
+    for (i, shard) in train.partition_iid(AGENTS, 12).into_iter().enumerate() {
+        let id = Identity::load(&dir.path().join(format!("dev-{i}"))).unwrap();
+        handles.push(tokio::spawn(async move {
+            loop {
+                let cfg = AgentConfig {
+                    node: addr,
+                    server_name: "localhost".into(),
+                    data: shard.clone(),
+                    label_column: "y".into(),
+                    policy: AgentPolicy::default(),
+                    single_task: true,
+                };
+                if agent::run(&id, cfg, |_| {}).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }));
+    }
+
+    // Kill after rounds 1, 2 or 3, and 4 have closed, each a random few
+    // milliseconds later: inside a round, or between a round closing and
+    // its ledger writes.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(
+        std::env::var("KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(20261201),
+    );
+    let targets = [1, rng.random_range(2..=3), 4];
+    let mut kills = 0;
+    for target in targets {
+        tokio::time::timeout(Duration::from_secs(120), async {
+            loop {
+                if let Ok((_, _, h)) = cli::status(&eng, "bc-kill").await
+                    && h.len() >= target
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the task made progress");
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..40))).await;
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        kills += 1;
+        child = spawn_child(dir.path(), &addr.to_string());
+    }
+    let history = tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            if let Ok((phase, _, history)) = cli::status(&eng, "bc-kill").await
+                && phase == "finished"
+                && history.len() == ROUNDS as usize
+            {
+                return history;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the task finished");
+    // An agent whose connection died with a killed coordinator may only
+    // notice at its idle timeout; the ledger, not the agents, is checked.
+    for h in handles {
+        h.abort();
+    }
+    // Let the last round's ledger writes land, then stop the coordinator.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // No round counted an agent twice.
+    for r in &history {
+        let mut p = r.participants.clone();
+        p.dedup();
+        assert_eq!(p.len(), r.participants.len(), "round {}", r.round);
+    }
+    // Every reward exactly once, adding up to the budget.
+    let ledger = open_ledger(dir.path());
+    let mut rewards: BTreeMap<(u32, [u8; 32]), Vec<u64>> = BTreeMap::new();
+    for i in ledger.indexed("reward", b"", 0, 100_000).unwrap() {
+        if let Payload::Reward {
+            task_id,
+            round,
+            account,
+            amount,
+        } = ledger.entry(i).unwrap().tx.payload
+        {
+            assert_eq!(task_id, "bc-kill");
+            rewards.entry((round, account)).or_default().push(amount);
+        }
+    }
+    for r in &history {
+        for (a, amount) in r.participants.iter().zip(&r.rewards) {
+            if *amount > 0 {
+                assert_eq!(
+                    rewards.get(&(r.round, *a)),
+                    Some(&vec![*amount]),
+                    "round {} reward exactly once",
+                    r.round
+                );
+            }
+        }
+    }
+    let total: u64 = rewards.values().flatten().sum();
+    assert_eq!(total, BUDGET, "after {kills} kills");
+    eprintln!(
+        "{kills} SIGKILLs; {} rewards, {total} units, each once",
+        rewards.len()
+    );
+}
