@@ -1,11 +1,14 @@
 //! Federated-learning figures that matter to users, printed as a table:
 //!
-//! 1. round wall time with 10, 100 and 500 agents over loopback QUIC with
-//!    mutual TLS (tiny model: logistic regression on digits), and its ratio
-//!    to the 10-agent round;
-//! 2. protocol bytes per round (frames both ways, without QUIC/TLS
-//!    overhead) against the model's raw size;
-//! 3. local training throughput (samples/s) of the digits MLP and the small
+//! 0. the machine: cores, load average, latency of one synced 4 KiB write;
+//! 1. round wall time with 10, 100, 500 and 1,000 agents over loopback QUIC
+//!    with mutual TLS (tiny model: logistic regression on digits), plain and
+//!    with secure aggregation, against the same agents' local training done
+//!    in-process with no network (the coordination overhead), and per agent;
+//! 2. protocol bytes per agent per round, plain and under SecAgg+ (every
+//!    message of a whole in-memory secure round, encoded as on the wire);
+//! 3. the RDP accountant's time;
+//! 4. local training throughput (samples/s) of the digits MLP and the small
 //!    CNN with candle on the CPU.
 //!
 //! Run: `cargo bench -p yilian-federated --bench fl`. On a loaded machine,
@@ -28,7 +31,67 @@ fn data_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
 }
 
-async fn round_time(agents: usize, rounds: u32, digits: &Dataset, validation: &Dataset) -> f64 {
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Median latency of a 4 KiB write followed by fdatasync, in ms.
+fn synced_write_ms(dir: &Path) -> f64 {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let block = vec![7u8; 4096];
+    let mut times: Vec<f64> = (0..100)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&block).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Each agent holds 20 rows (drawn with overlap when agents are many).
+fn shards(agents: usize, digits: &Dataset) -> Vec<Dataset> {
+    (0..agents)
+        .map(|i| {
+            digits.subset(
+                &(0..20)
+                    .map(|k| (i * 20 + k) % digits.len())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect()
+}
+
+/// The same agents' training for one round, in-process, with no network.
+fn local_training_time(agents: usize, digits: &Dataset) -> f64 {
+    let spec = ModelSpec::logistic_regression(64, 10);
+    let w = spec.init_weights(0).unwrap();
+    let cfg = TrainConfig {
+        epochs: 1,
+        batch_size: 16,
+        optimizer: Optimizer::Sgd { lr: 0.1 },
+        proximal: None,
+        seed: 1,
+    };
+    let start = Instant::now();
+    for d in shards(agents, digits) {
+        yilian_models::train(&spec, &w, &d, &cfg).unwrap();
+    }
+    start.elapsed().as_secs_f64()
+}
+
+async fn round_time(
+    agents: usize,
+    rounds: u32,
+    secure: bool,
+    digits: &Dataset,
+    validation: &Dataset,
+) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("bench").unwrap();
     let coord = ca
@@ -72,6 +135,14 @@ label_column = "y"
 classes = 10
 "#
     );
+    let task = if secure {
+        task.replace(
+            "local_epochs = 1",
+            "local_epochs = 1\nsecure_aggregation = true",
+        ) + "[secagg]\nclip = 10.0\nmin_group = 5\n"
+    } else {
+        task
+    };
     std::fs::write(dir.path().join("task.toml"), task).unwrap();
     let args = NodeArgs {
         node: addr,
@@ -84,16 +155,7 @@ classes = 10
                 .unwrap()
         })
         .collect();
-    // Each agent holds 20 rows (drawn with overlap when agents are many).
-    let shards: Vec<Dataset> = (0..agents)
-        .map(|i| {
-            digits.subset(
-                &(0..20)
-                    .map(|k| (i * 20 + k) % digits.len())
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
+    let shards = shards(agents, digits);
     cli::submit(&args, &dir.path().join("task.toml"), None)
         .await
         .unwrap();
@@ -124,6 +186,91 @@ fn frame_bytes(messages: &[Message]) -> usize {
     messages.iter().map(|m| encode(m).unwrap().len()).sum()
 }
 
+/// Mean bytes per agent (both directions, frames as on the wire) of one
+/// whole in-memory SecAgg+ round of `n` agents in groups of at least 5,
+/// for a model of `params` weights.
+fn secure_bytes_per_agent(n: usize, params: usize) -> f64 {
+    use rand::SeedableRng;
+    use yilian_federated::secagg::{Client, Encoding, FromAgent, Server, Setup, ToAgent, graph};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
+    let ids: Vec<[u8; 32]> = (0..n)
+        .map(|i| {
+            let mut a = [0u8; 32];
+            a[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            a
+        })
+        .collect();
+    let groups = (n / 5).clamp(1, 8);
+    let to = |m: ToAgent| {
+        encode(&Message::SecAggToAgent {
+            task_id: "t".into(),
+            message: m,
+        })
+        .unwrap()
+        .len()
+    };
+    let from = |m: FromAgent| {
+        encode(&Message::SecAggFromAgent {
+            task_id: "t".into(),
+            message: m,
+        })
+        .unwrap()
+        .len()
+    };
+    let mut total = 0usize;
+    for g in 0..groups {
+        let cohort: Vec<[u8; 32]> = ids.iter().skip(g).step_by(groups).copied().collect();
+        let degree = graph::default_degree(cohort.len());
+        let setup = Setup {
+            task: [1; 32],
+            round: 0,
+            cohort: cohort.clone(),
+            degree,
+            threshold: (degree * 3).div_ceil(5).max(1),
+            graph_seed: [2; 32],
+            dim: params,
+        };
+        let encoding = Encoding::new(10.0, 0.0, cohort.len());
+        let mut server = Server::new(setup.clone());
+        let mut clients = std::collections::BTreeMap::new();
+        for a in &cohort {
+            total += to(ToAgent::Setup {
+                setup: setup.clone(),
+                encoding,
+            });
+            let (c, ad) = Client::new(setup.clone(), *a, &mut rng).unwrap();
+            total += from(FromAgent::Advert(ad.clone()));
+            server.advert(a, ad).unwrap();
+            clients.insert(*a, c);
+        }
+        for (a, keys) in server.close_keys().unwrap() {
+            total += to(ToAgent::Keys(keys.clone()));
+            let sh = clients.get_mut(&a).unwrap().share_keys(&keys).unwrap();
+            total += from(FromAgent::Shares(sh.clone()));
+            server.shares(&a, sh).unwrap();
+        }
+        for (a, sh) in server.close_shares().unwrap() {
+            total += to(ToAgent::Shares(sh.clone()));
+            let m = clients
+                .get_mut(&a)
+                .unwrap()
+                .masked_input(&sh, &vec![7; params])
+                .unwrap();
+            total += from(FromAgent::Input(m.clone()));
+            server.masked_input(&a, m).unwrap();
+        }
+        let unmask = server.close_inputs().unwrap();
+        for a in unmask.survivors.clone() {
+            total += to(ToAgent::Unmask(unmask.clone()));
+            let r = clients.get_mut(&a).unwrap().reveal(&unmask).unwrap();
+            total += from(FromAgent::Reveal(r.clone()));
+            server.reveal(&a, r).unwrap();
+        }
+        server.finish().unwrap();
+    }
+    total as f64 / n as f64
+}
+
 fn throughput(spec: &ModelSpec, data: &Dataset) -> f64 {
     let w = spec.init_weights(1).unwrap();
     let cfg = TrainConfig {
@@ -144,24 +291,34 @@ fn throughput(spec: &ModelSpec, data: &Dataset) -> f64 {
 async fn main() {
     let digits = Dataset::digits(&data_dir().join("digits.csv.gz")).unwrap();
     let (train, validation) = digits.split(0.1, 1);
+    let probe = tempfile::tempdir().unwrap();
+    println!(
+        "machine: {} cores, load average {}, synced 4 KiB write {:.3} ms (median of 100)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average(),
+        synced_write_ms(probe.path())
+    );
 
     println!(
-        "== round wall time over loopback QUIC (mutual TLS), logistic regression 64->10 (650 params), 3 rounds"
+        "== round wall time over loopback QUIC (mutual TLS), logistic regression 64->10 (650 params), 3 rounds, plain and secure"
     );
     let counts: Vec<usize> = std::env::var("YILIAN_FL_BENCH_AGENTS")
         .ok()
         .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![10, 100, 500]);
+        .unwrap_or_else(|| vec![10, 100, 500, 1000]);
     let mut base = None;
     for n in counts {
-        let t = round_time(n, 3, &train, &validation).await;
-        let (first, b) = *base.get_or_insert((n, t));
+        let local = local_training_time(n, &train);
+        let t = round_time(n, 3, false, &train, &validation).await;
+        let s = round_time(n, 3, true, &train, &validation).await;
+        let (first, per_first) = *base.get_or_insert((n, t / n as f64));
         println!(
-            "{n:>4} agents: {:>8.3} s/round   ({:>5.1}x the {first}-agent round, {:>6.2} ms per agent)",
-            t,
-            t / b,
-            t * 1000.0 / n as f64
+            "{n:>4} agents: plain {t:>8.3} s/round ({:>6.1}x local training {local:.3} s; {:>6.2} ms/agent, {:>4.2}x per agent at {first}); secure {s:>8.3} s/round ({:>4.2}x plain)",
+            t / local,
+            t * 1000.0 / n as f64,
+            (t / n as f64) / per_first,
+            s / t
         );
     }
 
@@ -208,6 +365,38 @@ async fn main() {
             bytes as f64 / (2 * raw) as f64
         );
     }
+
+    println!(
+        "\n== protocol bytes per agent per round, SecAgg+ against plain (650 and 4,810 params)"
+    );
+    for params in [650usize, 4810] {
+        let w = vec![0.5f32; params];
+        let plain = frame_bytes(&weight_messages(WeightsPurpose::Global, 1, &w))
+            + frame_bytes(&weight_messages(WeightsPurpose::Update, 1, &w));
+        for n in [10usize, 100, 1000] {
+            let extra = secure_bytes_per_agent(n, params);
+            // Secure: the global model still goes down; the update goes up only masked.
+            let secure =
+                frame_bytes(&weight_messages(WeightsPurpose::Global, 1, &w)) as f64 + extra;
+            println!(
+                "{params:>6} params, {n:>4} agents: plain {plain:>8} B, secure {secure:>9.0} B ({:.2}x)",
+                secure / plain as f64
+            );
+        }
+    }
+
+    println!("\n== RDP accountant (subsampled Gaussian, default orders)");
+    let start = Instant::now();
+    let mut acc = yilian_federated::dp::RdpAccountant::new();
+    let mut eps = 0.0;
+    for _ in 0..100 {
+        acc.compose_subsampled_gaussian(0.01, 1.1, 1);
+        eps = acc.epsilon(1e-5);
+    }
+    let per = start.elapsed().as_secs_f64() * 1e3 / 100.0;
+    println!(
+        "one round composed and epsilon read: {per:.3} ms (epsilon after 100 rounds at q=0.01, sigma=1.1: {eps:.3})"
+    );
 
     println!(
         "\n== local training throughput with candle (CPU, Adam, batch 32, {} samples, 2 epochs)",

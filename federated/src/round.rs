@@ -559,40 +559,19 @@ impl RoundMachine {
                 ..self.gtg
             },
         );
-        let global = apply_strategy(
-            self.state.task.strategy,
-            &mut self.state.server,
-            &self.state.global,
+        self.conclude(
+            Closing {
+                round,
+                selected,
+                participants,
+                rejected,
+                contributions: estimate.values,
+                evaluations: estimate.evaluations,
+                failures: Vec::new(),
+                now_ms,
+            },
             candidate,
-        );
-        let metrics = yilian_models::evaluate(&self.state.task.model, &global, &self.validation);
-        let (accuracy, loss) = metrics.map_or((0.0, f64::INFINITY), |m| (m.accuracy, m.loss));
-        self.state.global = global;
-        let rewards = split_reward(self.state.task.round_budget(round), &estimate.values);
-        let epsilon = self.spend_privacy(selected.len());
-        let record = RoundRecord {
-            round,
-            missing: selected
-                .iter()
-                .filter(|a| !received.contains_key(*a))
-                .copied()
-                .collect(),
-            participants,
-            rejected,
-            accuracy,
-            loss,
-            contributions: estimate.values,
-            rewards,
-            evaluations: estimate.evaluations,
-            closed_at_ms: now_ms,
-            epsilon,
-            failures: Vec::new(),
-        };
-        self.state.history.push(record.clone());
-        self.state.unrecorded.insert(round);
-        self.state.next_round = round + 1;
-        self.state.attempts = 0;
-        record
+        )
     }
 
     /// The fraction of recruited agents a round of `selected` samples.
@@ -700,7 +679,26 @@ impl RoundMachine {
             .map(|m| m.accuracy)
             .unwrap_or(0.0)
         });
+        let evaluations = 1 << sums.len();
+        Ok(self.conclude(
+            Closing {
+                round,
+                selected,
+                participants,
+                rejected,
+                contributions,
+                evaluations,
+                failures,
+                now_ms,
+            },
+            candidate,
+        ))
+    }
 
+    /// Applies the strategy to `candidate`, evaluates, splits the round's
+    /// reward by contribution, spends privacy, and records the round (owed
+    /// to the ledger until the driver marks it recorded).
+    fn conclude(&mut self, c: Closing, candidate: Vec<f32>) -> RoundRecord {
         let global = apply_strategy(
             self.state.task.strategy,
             &mut self.state.server,
@@ -710,30 +708,44 @@ impl RoundMachine {
         let metrics = yilian_models::evaluate(&self.state.task.model, &global, &self.validation);
         let (accuracy, loss) = metrics.map_or((0.0, f64::INFINITY), |m| (m.accuracy, m.loss));
         self.state.global = global;
-        let rewards = split_reward(self.state.task.round_budget(round), &contributions);
-        let epsilon = self.spend_privacy(selected.len());
+        let rewards = split_reward(self.state.task.round_budget(c.round), &c.contributions);
+        let epsilon = self.spend_privacy(c.selected.len());
         let record = RoundRecord {
-            round,
-            missing: selected
+            round: c.round,
+            missing: c
+                .selected
                 .iter()
-                .filter(|a| participants.binary_search(a).is_err())
+                .filter(|a| c.participants.binary_search(a).is_err())
                 .copied()
                 .collect(),
-            participants,
-            rejected,
+            participants: c.participants,
+            rejected: c.rejected,
             accuracy,
             loss,
-            contributions,
+            contributions: c.contributions,
             rewards,
-            evaluations: 1 << sums.len(),
-            closed_at_ms: now_ms,
+            evaluations: c.evaluations,
+            closed_at_ms: c.now_ms,
             epsilon,
-            failures,
+            failures: c.failures,
         };
         self.state.history.push(record.clone());
-        self.state.unrecorded.insert(round);
-        self.state.next_round = round + 1;
+        self.state.unrecorded.insert(c.round);
+        self.state.next_round = c.round + 1;
         self.state.attempts = 0;
-        Ok(record)
+        record
     }
+}
+
+/// What a closing round hands to [`RoundMachine::conclude`].
+struct Closing {
+    round: u32,
+    selected: Vec<AgentId>,
+    /// In id order.
+    participants: Vec<AgentId>,
+    rejected: Vec<(AgentId, RejectReason)>,
+    contributions: Vec<f64>,
+    evaluations: usize,
+    failures: Vec<String>,
+    now_ms: u64,
 }

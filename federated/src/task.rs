@@ -552,6 +552,22 @@ classes = 10
     }
 
     #[test]
+    fn the_private_example_parses_with_its_settings() {
+        let t = TaskSpec::from_toml(include_str!("../examples/digits-private.toml")).unwrap();
+        assert!(t.secure_aggregation);
+        assert_eq!(t.secagg.min_group, 6);
+        assert_eq!(t.privacy.as_ref().map(|p| p.epsilon_budget), Some(8.0));
+        let mut bad = t.clone();
+        bad.secagg.threshold = 0.0;
+        assert!(
+            matches!(bad.check(), Err(FlError::InvalidTask(m)) if m.starts_with("secagg.threshold"))
+        );
+        let mut bad = t;
+        bad.privacy.as_mut().unwrap().delta = 2.0;
+        assert!(matches!(bad.check(), Err(FlError::InvalidTask(m)) if m.contains("delta")));
+    }
+
+    #[test]
     fn task_files_default_to_training_and_evaluation_files_parse() {
         let TaskFile::Training(t) = TaskFile::from_toml(sample_toml()).unwrap() else {
             panic!("no kind means training")

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use yilian_federated::aggregate::combine;
 use yilian_federated::contribution::{GtgConfig, exact_shapley, gtg_shapley, spearman};
 use yilian_federated::sim::{Behaviour, SimAgent, Simulation};
 use yilian_federated::{
@@ -303,49 +302,10 @@ fn reopened_store_resumes_mid_round_counting_each_update_once() {
 
 #[test]
 fn gtg_shapley_ranks_real_agents_like_exact_shapley() {
-    let (train, validation, _) = digits_splits();
-    let spec = ModelSpec::logistic_regression(64, 10);
-    let global = spec.init_weights(3).unwrap();
     // Five agents of clearly different worth: plenty of data, less, little,
     // very little, and plenty of data with shuffled labels.
-    let sizes = [400usize, 150, 40, 10, 300];
-    let mut start = 0;
-    let mut updates = Vec::new();
-    for (i, &n) in sizes.iter().enumerate() {
-        let mut d = train.subset(&(start..start + n).collect::<Vec<_>>());
-        start += n;
-        if i == 4 {
-            for (k, l) in d.labels.iter_mut().enumerate() {
-                *l = ((k * 7 + 3) % 10) as u32;
-            }
-        }
-        let cfg = TrainConfig {
-            epochs: 3,
-            batch_size: 16,
-            optimizer: Optimizer::Adam { lr: 0.01 },
-            proximal: None,
-            seed: i as u64,
-        };
-        let out = yilian_models::train(&spec, &global, &d, &cfg).unwrap();
-        updates.push(Update {
-            weights: out.weights,
-            samples: out.samples as u64,
-            loss: out.loss,
-        });
-    }
-    let utility = |s: &[usize]| {
-        let w = if s.is_empty() {
-            global.clone()
-        } else {
-            combine(
-                &s.iter().map(|&i| &updates[i]).collect::<Vec<_>>(),
-                yilian_federated::Robust::None,
-            )
-        };
-        yilian_models::evaluate(&spec, &w, &validation)
-            .unwrap()
-            .accuracy
-    };
+    let worth = Worth::new(&[400, 150, 40, 10, 300], &[4]);
+    let utility = |s: &[usize]| worth.utility(s);
     let exact = exact_shapley(5, utility);
     let est = gtg_shapley(5, utility, GtgConfig::default());
     eprintln!(

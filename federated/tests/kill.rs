@@ -7,9 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use common::*;
 use yilian_federated::sim::Simulation;
 use yilian_federated::{Effect, Phase, RejectReason, RoundMachine, Store, TaskSpec, Update};
@@ -67,24 +64,11 @@ fn coordinator_child_process() {
 fn coordinator_killed_with_sigkill_mid_round_resumes_and_finishes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("coordinator.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "coordinator_child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let ready = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.trim_end().ends_with("READY"));
-    assert!(ready, "child reached mid-round");
+    let mut child = spawn_ready(
+        "coordinator_child_process",
+        CHILD_ENV,
+        path.to_str().unwrap(),
+    );
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
 

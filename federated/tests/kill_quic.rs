@@ -9,9 +9,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -29,28 +27,6 @@ const CHILD_ENV: &str = "YILIAN_FL_QUIC_KILL_CHILD";
 const AGENTS: usize = 4;
 const ROUNDS: u32 = 6;
 const BUDGET: u64 = 6000;
-
-const TASK: &str = r#"
-id = "bc-kill"
-rounds = 6
-agents_per_round = 4
-min_agents = 4
-local_epochs = 2
-batch_size = 16
-validation = "validation.csv"
-reward_budget = 6000
-round_timeout_ms = 60000
-optimizer = { adam = { lr = 0.02 } }
-
-[model]
-input = [30]
-layers = [{ linear = { out = 2 } }, "softmax"]
-
-[schema]
-features = 30
-label_column = "y"
-classes = 2
-"#;
 
 fn open_ledger(dir: &Path) -> Ledger {
     let node = Identity::load(&dir.join("node-1")).unwrap();
@@ -82,26 +58,12 @@ fn quic_coordinator_child_process() {
     });
 }
 
-fn spawn_child(dir: &Path, addr: &str) -> Child {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "quic_coordinator_child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, format!("{}@{addr}", dir.display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let ready = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.trim_end().ends_with("READY"));
-    assert!(ready, "the coordinator child started");
-    child
+fn spawn_child(dir: &Path, addr: &str) -> std::process::Child {
+    spawn_ready(
+        "quic_coordinator_child_process",
+        CHILD_ENV,
+        &format!("{}@{addr}", dir.display()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +102,11 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     validation
         .write_csv(&work.join("validation.csv"), "y")
         .unwrap();
-    std::fs::write(work.join("task.toml"), TASK).unwrap();
+    std::fs::write(
+        work.join("task.toml"),
+        bc_task_toml("bc-kill", ROUNDS, AGENTS, AGENTS, BUDGET),
+    )
+    .unwrap();
     let eng = NodeArgs {
         node: addr,
         identity: dir.path().join("eng"),

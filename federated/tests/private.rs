@@ -169,55 +169,10 @@ fn dp_fedavg_on_100_agents_reaches_85_percent_within_epsilon_8() {
 /// Shapley values can be computed: ten agents of clearly different worth.
 #[test]
 fn group_contributions_rank_agents_like_exact_shapley() {
-    use yilian_federated::Update;
-    use yilian_federated::aggregate::combine;
     use yilian_federated::contribution::{exact_shapley, group_shapley_draws, spearman};
-    use yilian_models::{Optimizer, TrainConfig};
-    let (train, validation, _) = digits_splits();
-    let spec = ModelSpec::logistic_regression(64, 10);
-    let global = spec.init_weights(3).unwrap();
-    let sizes = [300usize, 200, 150, 100, 60, 30, 15, 5, 200, 100];
-    let mut start = 0;
-    let updates: Vec<Update> = sizes
-        .iter()
-        .enumerate()
-        .map(|(i, &n)| {
-            let mut d = train.subset(&(start..start + n).collect::<Vec<_>>());
-            start += n;
-            // The last two train on shuffled labels.
-            if i >= 8 {
-                for (k, l) in d.labels.iter_mut().enumerate() {
-                    *l = ((k * 7 + i) % 10) as u32;
-                }
-            }
-            let cfg = TrainConfig {
-                epochs: 3,
-                batch_size: 16,
-                optimizer: Optimizer::Adam { lr: 0.01 },
-                proximal: None,
-                seed: i as u64,
-            };
-            let out = yilian_models::train(&spec, &global, &d, &cfg).unwrap();
-            Update {
-                weights: out.weights,
-                samples: 1,
-                loss: out.loss,
-            }
-        })
-        .collect();
-    let utility = |s: &[usize]| {
-        let w = if s.is_empty() {
-            global.clone()
-        } else {
-            combine(
-                &s.iter().map(|&i| &updates[i]).collect::<Vec<_>>(),
-                yilian_federated::Robust::None,
-            )
-        };
-        yilian_models::evaluate(&spec, &w, &validation)
-            .unwrap()
-            .accuracy
-    };
+    // The last two train on shuffled labels.
+    let worth = Worth::new(&[300, 200, 150, 100, 60, 30, 15, 5, 200, 100], &[8, 9]);
+    let utility = |s: &[usize]| worth.utility(s);
     let exact = exact_shapley(10, utility);
     let groups = group_shapley_draws(10, 3, 30, 1, utility);
     let rho = spearman(&exact, &groups);

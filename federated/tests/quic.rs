@@ -13,28 +13,6 @@ use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
 use yilian_ledger::{Ledger, Payload, Transaction};
 
-const TASK: &str = r#"
-id = "bc-quic"
-rounds = 3
-agents_per_round = 4
-min_agents = 3
-local_epochs = 2
-batch_size = 16
-validation = "validation.csv"
-reward_budget = 3000
-round_timeout_ms = 60000
-optimizer = { adam = { lr = 0.02 } }
-
-[model]
-input = [30]
-layers = [{ linear = { out = 2 } }, "softmax"]
-
-[schema]
-features = 30
-label_column = "y"
-classes = 2
-"#;
-
 /// A network with an authority, a ledger, a coordinator node, an engineer
 /// and `devices` admitted devices, with `task` submitted by the engineer.
 struct Net {
@@ -152,7 +130,7 @@ fn rewards_on_the_ledger(net: &Net, earned: &[Vec<agent::EarnedReward>], budget:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
     let (train, validation, test) = breast_cancer_splits();
-    let net = network(4, TASK, &validation).await;
+    let net = network(4, &bc_task_toml("bc-quic", 3, 4, 3, 3000), &validation).await;
     let odd_device = admit(&net.ca, Role::Device, "dev-odd", net.dir.path());
     register(&net.ledger, &net.ca, &odd_device).await;
     let outsider_ca = Authority::create("elsewhere").unwrap();
@@ -198,12 +176,8 @@ async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secure_aggregation_over_quic_trains_and_pays() {
     let (train, validation, test) = breast_cancer_splits();
-    let task = TASK
-        .replace("id = \"bc-quic\"", "id = \"bc-secure\"")
-        .replace(
-            "agents_per_round = 4\nmin_agents = 3",
-            "agents_per_round = 6\nmin_agents = 6\nsecure_aggregation = true",
-        )
+    let task = bc_task_toml("bc-secure", 3, 6, 6, 3000)
+        .replace("local_epochs", "secure_aggregation = true\nlocal_epochs")
         + "\n[secagg]\nclip = 5.0\nmin_group = 3\n\n[privacy]\nnoise_multiplier = 0.3\nepsilon_budget = 1000.0\ndelta = 1e-5\n";
     let net = network(6, &task, &validation).await;
     let earned = train_all(&net, train.partition_iid(6, 9)).await;

@@ -45,6 +45,20 @@ pub struct Server {
     /// Checked shares by owner: (holder's x, share).
     seed_shares: BTreeMap<AgentId, Vec<(u64, [u8; 32])>>,
     mask_shares: BTreeMap<AgentId, Vec<(u64, [u8; 32])>>,
+    /// The round's graph, derived from the setup once per process.
+    #[serde(skip)]
+    graph: GraphCache,
+}
+
+/// A cache of what the setup determines: never part of the state, so it
+/// takes no part in equality either.
+#[derive(Clone, Debug, Default)]
+struct GraphCache(std::sync::OnceLock<BTreeMap<AgentId, BTreeSet<AgentId>>>);
+
+impl PartialEq for GraphCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Server {
@@ -60,6 +74,7 @@ impl Server {
             revealed: BTreeSet::new(),
             seed_shares: BTreeMap::new(),
             mask_shares: BTreeMap::new(),
+            graph: GraphCache::default(),
         }
     }
 
@@ -142,8 +157,12 @@ impl Server {
         }
     }
 
+    fn graph(&self) -> &BTreeMap<AgentId, BTreeSet<AgentId>> {
+        self.graph.0.get_or_init(|| self.setup.graph())
+    }
+
     fn neighbours_of(&self, a: &AgentId) -> BTreeSet<AgentId> {
-        self.setup.graph().remove(a).unwrap_or_default()
+        self.graph().get(a).cloned().unwrap_or_default()
     }
 
     /// Step 1 from `sender`, the identity its connection proved.
@@ -178,7 +197,7 @@ impl Server {
         if self.adverts.len() < self.setup.threshold {
             return Err(self.fail(self.adverts.len()));
         }
-        let graph = self.setup.graph();
+        let graph = self.graph();
         let out = self
             .adverts
             .keys()
@@ -401,7 +420,7 @@ impl Server {
             let seed = secret(&self.seed_shares[a]);
             add_mask(&mut sum, &ctx.self_seed(&seed, a), true);
         }
-        let graph = self.setup.graph();
+        let graph = self.graph();
         let dropped: Vec<AgentId> = self.shared.difference(&self.survivors).copied().collect();
         for v in &dropped {
             let key = secret(&self.mask_shares[v]);

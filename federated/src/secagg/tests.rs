@@ -63,8 +63,8 @@ fn start(s: &Setup, rng: &mut StdRng) -> Round {
     }
 }
 
-/// Runs steps 2 to 4, then finishes.
-fn run(r: &mut Round, s: &Setup, drops: &Drops, rng: &mut StdRng) -> Result<Outcome, FlError> {
+/// Runs steps 2 and 3, up to the survivor list.
+fn to_reveal(r: &mut Round, s: &Setup, drops: &Drops) -> Result<Unmask, FlError> {
     let idx = |a: &AgentId| s.cohort.binary_search(a).unwrap();
     let keys = r.server.close_keys()?;
     for (a, k) in keys {
@@ -87,15 +87,22 @@ fn run(r: &mut Round, s: &Setup, drops: &Drops, rng: &mut StdRng) -> Result<Outc
             .unwrap();
         r.server.masked_input(&a, m).unwrap();
     }
-    let unmask = r.server.close_inputs()?;
+    r.server.close_inputs()
+}
+
+/// Runs steps 2 to 4, then finishes.
+fn run(r: &mut Round, s: &Setup, drops: &Drops) -> Result<Outcome, FlError> {
+    let unmask = to_reveal(r, s, drops)?;
     for a in &unmask.survivors {
-        if drops.before_reveal.contains(&idx(a)) {
+        if drops
+            .before_reveal
+            .contains(&s.cohort.binary_search(a).unwrap())
+        {
             continue;
         }
         let rev = r.clients.get_mut(a).unwrap().reveal(&unmask).unwrap();
         r.server.reveal(a, rev).unwrap();
     }
-    let _ = rng;
     r.server.finish()
 }
 
@@ -115,7 +122,7 @@ fn the_sum_is_the_plain_sum_on_complete_and_sparse_graphs() {
         let s = setup(n, k, t, 50);
         let mut rng = StdRng::seed_from_u64(n as u64);
         let mut r = start(&s, &mut rng);
-        let out = run(&mut r, &s, &Drops::default(), &mut rng).unwrap();
+        let out = run(&mut r, &s, &Drops::default()).unwrap();
         assert_eq!(out.survivors, s.cohort);
         assert!(out.dropped.is_empty());
         assert_eq!(out.sum, plain_sum(&r, &s.cohort), "n={n}");
@@ -133,7 +140,7 @@ fn thirty_percent_dropping_after_masking_still_sums_the_survivors() {
         before_reveal: (0..40).filter(|i| i % 10 < 3).collect(),
         ..Default::default()
     };
-    let out = run(&mut r, &s, &drops, &mut rng).unwrap();
+    let out = run(&mut r, &s, &drops).unwrap();
     assert!(out.dropped.is_empty());
     assert_eq!(out.survivors.len(), 40);
     assert_eq!(out.sum, plain_sum(&r, &s.cohort));
@@ -143,7 +150,7 @@ fn thirty_percent_dropping_after_masking_still_sums_the_survivors() {
         before_input: (0..40).filter(|i| i % 10 >= 7).collect(),
         ..Default::default()
     };
-    let out = run(&mut r, &s, &drops, &mut rng).unwrap();
+    let out = run(&mut r, &s, &drops).unwrap();
     assert_eq!(out.dropped.len(), 12);
     assert_eq!(out.sum, plain_sum(&r, &out.survivors));
 }
@@ -157,7 +164,7 @@ fn agents_lost_before_sharing_are_left_out_cleanly() {
         before_shares: [0, 5].into(),
         ..Default::default()
     };
-    let out = run(&mut r, &s, &drops, &mut rng).unwrap();
+    let out = run(&mut r, &s, &drops).unwrap();
     assert_eq!(out.survivors.len(), 10);
     assert_eq!(out.sum, plain_sum(&r, &out.survivors));
 }
@@ -171,7 +178,7 @@ fn too_few_survivors_fail_the_round_without_a_sum() {
         before_input: [0, 1, 2, 3, 4].into(),
         ..Default::default()
     };
-    match run(&mut r, &s, &drops, &mut rng) {
+    match run(&mut r, &s, &drops) {
         Err(FlError::TooFewSurvivors {
             survivors: 5,
             threshold: 6,
@@ -191,7 +198,7 @@ fn too_few_revealers_leave_a_secret_unrecoverable() {
         before_reveal: [0, 1, 2].into(),
         ..Default::default()
     };
-    match run(&mut r, &s, &drops, &mut rng) {
+    match run(&mut r, &s, &drops) {
         Err(FlError::Unrecoverable { shares: 4, .. }) => {}
         other => panic!("{other:?}"),
     }
@@ -253,22 +260,7 @@ fn a_masked_input_is_independent_of_the_update() {
 
 fn to_reveal_step(s: &Setup, rng: &mut StdRng) -> (Round, Unmask) {
     let mut r = start(s, rng);
-    let keys = r.server.close_keys().unwrap();
-    for (a, k) in keys {
-        let sh = r.clients.get_mut(&a).unwrap().share_keys(&k).unwrap();
-        r.server.shares(&a, sh).unwrap();
-    }
-    let routed = r.server.close_shares().unwrap();
-    for (a, sh) in routed {
-        let m = r
-            .clients
-            .get_mut(&a)
-            .unwrap()
-            .masked_input(&sh, &r.inputs[&a])
-            .unwrap();
-        r.server.masked_input(&a, m).unwrap();
-    }
-    let unmask = r.server.close_inputs().unwrap();
+    let unmask = to_reveal(&mut r, s, &Drops::default()).unwrap();
     (r, unmask)
 }
 

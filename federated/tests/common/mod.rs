@@ -150,3 +150,120 @@ pub async fn register(ledger: &Ledger, ca: &Authority, id: &Identity) {
     });
     ledger.submit(tx.sign(&ca.signing_key())).await.unwrap();
 }
+
+/// A task file for logistic regression on the breast-cancer data, as the
+/// QUIC tests submit it.
+pub fn bc_task_toml(id: &str, rounds: u32, per_round: usize, min: usize, budget: u64) -> String {
+    format!(
+        r#"
+id = "{id}"
+rounds = {rounds}
+agents_per_round = {per_round}
+min_agents = {min}
+local_epochs = 2
+batch_size = 16
+validation = "validation.csv"
+reward_budget = {budget}
+round_timeout_ms = 60000
+optimizer = {{ adam = {{ lr = 0.02 }} }}
+
+[model]
+input = [30]
+layers = [{{ linear = {{ out = 2 }} }}, "softmax"]
+
+[schema]
+features = 30
+label_column = "y"
+classes = 2
+"#
+    )
+}
+
+/// Agents of clearly different worth, for contribution tests: agent `i`
+/// trains from `global` on `sizes[i]` rows of `train` (disjoint slices),
+/// on shuffled labels if `i` is in `shuffled`. A coalition's utility is the
+/// validation accuracy of FedAvg over its members' updates.
+pub struct Worth {
+    pub spec: ModelSpec,
+    pub global: Vec<f32>,
+    pub updates: Vec<yilian_federated::Update>,
+    pub validation: Dataset,
+}
+
+impl Worth {
+    pub fn new(sizes: &[usize], shuffled: &[usize]) -> Self {
+        let (train, validation, _) = digits_splits();
+        let spec = ModelSpec::logistic_regression(64, 10);
+        let global = spec.init_weights(3).unwrap();
+        let mut start = 0;
+        let updates = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let mut d = train.subset(&(start..start + n).collect::<Vec<_>>());
+                start += n;
+                if shuffled.contains(&i) {
+                    for (k, l) in d.labels.iter_mut().enumerate() {
+                        *l = ((k * 7 + 3 + i) % 10) as u32;
+                    }
+                }
+                let cfg = yilian_models::TrainConfig {
+                    epochs: 3,
+                    batch_size: 16,
+                    optimizer: Optimizer::Adam { lr: 0.01 },
+                    proximal: None,
+                    seed: i as u64,
+                };
+                let out = yilian_models::train(&spec, &global, &d, &cfg).unwrap();
+                yilian_federated::Update {
+                    weights: out.weights,
+                    samples: out.samples as u64,
+                    loss: out.loss,
+                }
+            })
+            .collect();
+        Worth {
+            spec,
+            global,
+            updates,
+            validation,
+        }
+    }
+
+    pub fn utility(&self, coalition: &[usize]) -> f64 {
+        let w = if coalition.is_empty() {
+            self.global.clone()
+        } else {
+            yilian_federated::aggregate::combine(
+                &coalition
+                    .iter()
+                    .map(|&i| &self.updates[i])
+                    .collect::<Vec<_>>(),
+                Robust::None,
+            )
+        };
+        yilian_models::evaluate(&self.spec, &w, &self.validation)
+            .unwrap()
+            .accuracy
+    }
+}
+
+/// Re-runs this test binary as a child running only `test`, with `env` set
+/// to `value`, and waits until it prints READY.
+pub fn spawn_ready(test: &str, env: &str, value: &str) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(env, value)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim_end().ends_with("READY"));
+    assert!(ready, "the child {test} got ready");
+    child
+}
