@@ -281,7 +281,8 @@ impl Drop for Coordinator {
 }
 
 /// Applies effects of a task's machine: messages to agents, persistence.
-/// Returns closed rounds for the ledger (written outside the lock).
+/// Returns the rounds it closed; the caller then writes pending rounds to
+/// the ledger outside the lock.
 fn process(inner: &mut Inner, task_id: &str, effects: Vec<Effect>) -> Vec<(String, RoundRecord)> {
     let mut closed = Vec::new();
     let mut queue: std::collections::VecDeque<Effect> = effects.into();
@@ -457,8 +458,6 @@ fn round_tx(
     }
 }
 
-/// Writes a round's contributions and rewards to the ledger and tells the
-/// participants their result.
 /// Writes every closed round still unrecorded to the ledger, and marks
 /// those whose entries were all acknowledged. A round that failed stays
 /// unrecorded and is tried again on the next tick (and after a restart).
@@ -496,7 +495,9 @@ async fn record_pending(shared: &Shared) {
     }
 }
 
-/// Writes one round's ledger entries; whether every one was acknowledged.
+/// Writes a round's contributions, rewards and privacy spent to the ledger
+/// and tells the participants their result; whether every entry was
+/// acknowledged.
 async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) -> bool {
     let mut written = true;
     let mut proofs = vec![None; record.participants.len()];

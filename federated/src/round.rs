@@ -549,7 +549,7 @@ impl RoundMachine {
         let updates: Vec<&Update> = received.values().collect();
         let candidate = match &self.state.task.privacy {
             None => combine(&updates, self.state.task.robust),
-            Some(p) => self.central_dp_mean(&updates, p.noise_multiplier, round),
+            Some(p) => self.central_dp_mean(&updates, p.noise_multiplier),
         };
         let estimate = gtg_shapley(
             updates.len(),
@@ -593,7 +593,7 @@ impl RoundMachine {
     /// DP-FedAvg without secure aggregation: clipped changes averaged with
     /// equal weights, and Gaussian noise of `noise_multiplier · clip` on
     /// their sum, added here.
-    fn central_dp_mean(&self, updates: &[&Update], noise_multiplier: f64, round: u32) -> Vec<f32> {
+    fn central_dp_mean(&self, updates: &[&Update], noise_multiplier: f64) -> Vec<f32> {
         use rand_distr::{Distribution, Normal};
         let clip = self.state.task.secagg.clip;
         let enc = Encoding::new(clip, 0.0, updates.len());
@@ -608,8 +608,7 @@ impl RoundMachine {
         }
         let sd = noise_multiplier * f64::from(clip);
         let noise = Normal::new(0.0, sd).expect("a finite, non-negative sd");
-        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-        let _ = round;
+        let mut rng = rand::rng();
         let n = updates.len() as f64;
         self.state
             .global

@@ -99,8 +99,9 @@ impl SecureRound {
             .map(|(g, mut cohort)| {
                 cohort.sort_unstable();
                 let degree = graph::default_degree(cohort.len());
+                // Groups have at least three agents (the task check), so degree >= 2.
                 let threshold = ((task.secagg.threshold * degree as f64).ceil() as usize)
-                    .clamp(1.min(degree), degree.max(1));
+                    .clamp(1, degree.max(1));
                 let mut graph_seed = seed;
                 graph_seed[31] ^= g as u8;
                 let setup = Setup {

