@@ -200,7 +200,6 @@ fn secure_bytes_per_agent(n: usize, params: usize) -> f64 {
             a
         })
         .collect();
-    let groups = (n / 5).clamp(1, 8);
     let to = |m: ToAgent| {
         encode(&Message::SecAggToAgent {
             task_id: "t".into(),
@@ -218,15 +217,15 @@ fn secure_bytes_per_agent(n: usize, params: usize) -> f64 {
         .len()
     };
     let mut total = 0usize;
-    for g in 0..groups {
-        let cohort: Vec<[u8; 32]> = ids.iter().skip(g).step_by(groups).copied().collect();
+    for mut cohort in yilian_federated::contribution::random_groups(ids, 5, &mut rng) {
+        cohort.sort_unstable();
         let degree = graph::default_degree(cohort.len());
         let setup = Setup {
             task: [1; 32],
             round: 0,
             cohort: cohort.clone(),
             degree,
-            threshold: (degree * 3).div_ceil(5).max(1),
+            threshold: yilian_federated::secure_round::threshold(0.6, degree),
             graph_seed: [2; 32],
             dim: params,
         };

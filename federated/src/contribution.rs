@@ -61,6 +61,26 @@ pub fn exact_shapley(n: usize, mut utility: impl FnMut(&[usize]) -> f64) -> Vec<
         .collect()
 }
 
+/// Most groups a round is split into: exact group Shapley costs 2^groups
+/// coalition evaluations.
+pub const MAX_GROUPS: usize = 8;
+
+/// `items` shuffled by `rng` and dealt round-robin into groups of at least
+/// `min_group` (as many as fit, at most [`MAX_GROUPS`], at least one).
+pub fn random_groups<T>(
+    mut items: Vec<T>,
+    min_group: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<Vec<T>> {
+    items.shuffle(rng);
+    let n_groups = (items.len() / min_group.max(1)).clamp(1, MAX_GROUPS);
+    let mut groups: Vec<Vec<T>> = (0..n_groups).map(|_| Vec::new()).collect();
+    for (i, a) in items.into_iter().enumerate() {
+        groups[i % n_groups].push(a);
+    }
+    groups
+}
+
 /// Contributions from group aggregates alone: the exact Shapley value of
 /// each group, with `utility` over coalitions of group indices, split
 /// equally among its members (indices below `n`). This is all secure
@@ -92,15 +112,9 @@ pub fn group_shapley_draws(
     mut utility: impl FnMut(&[usize]) -> f64,
 ) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let n_groups = (n / min_group.max(1)).clamp(1, 8);
     let mut sum = vec![0.0; n];
     for _ in 0..draws {
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rng);
-        let mut groups = vec![Vec::new(); n_groups];
-        for (i, a) in order.into_iter().enumerate() {
-            groups[i % n_groups].push(a);
-        }
+        let groups = random_groups((0..n).collect(), min_group, &mut rng);
         let est = group_shapley(&groups, n, |c| {
             let mut members: Vec<usize> = c.iter().flat_map(|&g| groups[g].clone()).collect();
             members.sort_unstable();

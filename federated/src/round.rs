@@ -19,7 +19,7 @@ use crate::aggregate::{ServerState, Update, apply_strategy, combine, validate};
 use crate::contribution::{GtgConfig, group_shapley, gtg_shapley, split_reward};
 use crate::dp::RdpAccountant;
 use crate::secagg::{Encoding, FromAgent, ToAgent};
-use crate::secure_round::{GroupOutcome, SecureRound};
+use crate::secure_round::{GroupOutcome, Outbox, SecureRound};
 use crate::{DataSchema, FlError, RejectReason, TaskSpec};
 
 /// An agent is known by its certificate's ed25519 public key, which is also
@@ -354,10 +354,7 @@ impl RoundMachine {
             _ => Err(RejectReason::NoOpenRound),
         };
         let mut effects = match verdict {
-            Ok(out) => out
-                .into_iter()
-                .map(|(agent, message)| Effect::SecAgg { agent, message })
-                .collect(),
+            Ok(out) => secagg_effects(out).collect(),
             Err(reason) => vec![Effect::Rejected { agent, reason }],
         };
         effects.extend(self.advance(now_ms));
@@ -367,6 +364,37 @@ impl RoundMachine {
     fn advance(&mut self, now_ms: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
         loop {
+            if let Phase::Training {
+                secure: Some(sr),
+                dropped,
+                deadline_ms,
+                ..
+            } = &mut self.state.phase
+            {
+                effects.extend(secagg_effects(sr.tick(now_ms, dropped)));
+                if let Some(d) = sr.next_deadline() {
+                    *deadline_ms = d;
+                }
+                if !sr.is_over() {
+                    return effects;
+                }
+                match self.close_secure_round(now_ms) {
+                    Ok(record) => effects.push(Effect::RoundClosed(record)),
+                    Err((round, failures)) => {
+                        for f in failures {
+                            tracing::warn!(round, "secure aggregation failed: {f}");
+                        }
+                        effects.push(Effect::RoundAbandoned { round, received: 0 });
+                        self.state.attempts += 1;
+                        if self.state.attempts >= MAX_ATTEMPTS {
+                            self.state.phase = Phase::Expired;
+                            effects.push(Effect::Expired);
+                            return effects;
+                        }
+                    }
+                }
+                continue;
+            }
             match &self.state.phase {
                 Phase::Finished | Phase::Expired => return effects,
                 Phase::Waiting => {
@@ -385,45 +413,6 @@ impl RoundMachine {
                     }
                     effects.extend(self.start_round(now_ms));
                     return effects;
-                }
-                Phase::Training {
-                    secure: Some(_), ..
-                } => {
-                    let Phase::Training {
-                        secure: Some(sr),
-                        dropped,
-                        deadline_ms,
-                        ..
-                    } = &mut self.state.phase
-                    else {
-                        unreachable!("matched above")
-                    };
-                    effects.extend(
-                        sr.tick(now_ms, dropped)
-                            .into_iter()
-                            .map(|(agent, message)| Effect::SecAgg { agent, message }),
-                    );
-                    if let Some(d) = sr.next_deadline() {
-                        *deadline_ms = d;
-                    }
-                    if !sr.is_over() {
-                        return effects;
-                    }
-                    match self.close_secure_round(now_ms) {
-                        Ok(record) => effects.push(Effect::RoundClosed(record)),
-                        Err((round, failures)) => {
-                            for f in failures {
-                                tracing::warn!(round, "secure aggregation failed: {f}");
-                            }
-                            effects.push(Effect::RoundAbandoned { round, received: 0 });
-                            self.state.attempts += 1;
-                            if self.state.attempts >= MAX_ATTEMPTS {
-                                self.state.phase = Phase::Expired;
-                                effects.push(Effect::Expired);
-                                return effects;
-                            }
-                        }
-                    }
                 }
                 Phase::Training {
                     round,
@@ -500,10 +489,7 @@ impl RoundMachine {
             let (sr, out) =
                 SecureRound::start(&self.state.task, round, attempt, &pool, self.params, now_ms);
             let sends = std::mem::take(&mut effects);
-            effects.extend(
-                out.into_iter()
-                    .map(|(agent, message)| Effect::SecAgg { agent, message }),
-            );
+            effects.extend(secagg_effects(out));
             effects.extend(sends);
             sr
         });
@@ -734,6 +720,12 @@ impl RoundMachine {
         self.state.attempts = 0;
         record
     }
+}
+
+/// The coordinator's secure-aggregation messages as effects.
+fn secagg_effects(out: Outbox) -> impl Iterator<Item = Effect> {
+    out.into_iter()
+        .map(|(agent, message)| Effect::SecAgg { agent, message })
 }
 
 /// What a closing round hands to [`RoundMachine::conclude`].

@@ -1,8 +1,8 @@
 //! A training round under secure aggregation, sans IO.
 //!
 //! The round's cohort is split into random groups of at least
-//! `secagg.min_group` agents (at most [`MAX_GROUPS`]), and each group runs
-//! its own SecAgg+ instance ([`crate::secagg`]). The coordinator learns each
+//! `secagg.min_group` agents (at most [`crate::contribution::MAX_GROUPS`]),
+//! and each group runs its own SecAgg+ instance ([`crate::secagg`]). The coordinator learns each
 //! group's sum of clipped (and, under DP, noised) model changes, and nothing
 //! finer. The global update is the mean over every surviving agent.
 //!
@@ -18,16 +18,13 @@
 use std::collections::BTreeSet;
 
 use rand::SeedableRng;
-use rand::seq::SliceRandom;
 use rand_chacha::ChaCha20Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::contribution::random_groups;
 use crate::secagg::{Encoding, FromAgent, Server, Setup, Step, ToAgent, graph};
 use crate::{AgentId, RejectReason, TaskSpec};
-
-/// Most groups per round: exact group Shapley costs 2^groups evaluations.
-pub const MAX_GROUPS: usize = 8;
 
 /// What a group's aggregation came to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,22 +68,15 @@ impl SecureRound {
         dim: usize,
         now_ms: u64,
     ) -> (SecureRound, Outbox) {
-        let seed: [u8; 32] = Sha256::digest(
-            [
-                &task.hash()[..],
-                &round.to_be_bytes(),
-                &attempt.to_be_bytes(),
-            ]
-            .concat(),
-        )
-        .into();
-        let mut order = selected.to_vec();
-        order.shuffle(&mut ChaCha20Rng::from_seed(seed));
-        let n_groups = (selected.len() / task.secagg.min_group.max(1)).clamp(1, MAX_GROUPS);
-        let mut members: Vec<Vec<AgentId>> = vec![Vec::new(); n_groups];
-        for (i, a) in order.into_iter().enumerate() {
-            members[i % n_groups].push(a);
-        }
+        let task_hash = task.hash();
+        let seed: [u8; 32] =
+            Sha256::digest([&task_hash[..], &round.to_be_bytes(), &attempt.to_be_bytes()].concat())
+                .into();
+        let members = random_groups(
+            selected.to_vec(),
+            task.secagg.min_group,
+            &mut ChaCha20Rng::from_seed(seed),
+        );
         // Each agent's share of the round's noise, so the sum over the
         // whole cohort carries noise_multiplier · clip.
         let noise_sd = task.privacy.as_ref().map_or(0.0, |p| {
@@ -99,13 +89,11 @@ impl SecureRound {
             .map(|(g, mut cohort)| {
                 cohort.sort_unstable();
                 let degree = graph::default_degree(cohort.len());
-                // Groups have at least three agents (the task check), so degree >= 2.
-                let threshold = ((task.secagg.threshold * degree as f64).ceil() as usize)
-                    .clamp(1, degree.max(1));
+                let threshold = threshold(task.secagg.threshold, degree);
                 let mut graph_seed = seed;
                 graph_seed[31] ^= g as u8;
                 let setup = Setup {
-                    task: task.hash(),
+                    task: task_hash,
                     round,
                     cohort: cohort.clone(),
                     degree,
@@ -192,6 +180,13 @@ impl SecureRound {
             .map(|g| g.deadline_ms)
             .min()
     }
+}
+
+/// Shares that recover an agent's secrets: `fraction` of its `degree`
+/// neighbours, rounded up, at least one. Groups have at least three agents
+/// (the task check), so `degree >= 2`.
+pub fn threshold(fraction: f64, degree: usize) -> usize {
+    ((fraction * degree as f64).ceil() as usize).clamp(1, degree.max(1))
 }
 
 fn step_of(m: &FromAgent) -> Step {

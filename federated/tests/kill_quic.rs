@@ -20,7 +20,7 @@ use yilian_federated::coordinator::Coordinator;
 use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
-use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_ledger::{Ledger, Payload};
 
 const CHILD_ENV: &str = "YILIAN_FL_QUIC_KILL_CHILD";
 const AGENTS: usize = 4;
@@ -96,17 +96,8 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
         .collect();
     {
         let ledger = open_ledger(dir.path());
-        let genesis = Transaction::new(Payload::Genesis {
-            network: "fl-kill".into(),
-            authority: ca.signing_key().verifying_key().to_bytes(),
-        });
-        ledger
-            .submit(genesis.sign(&ca.signing_key()))
-            .await
-            .unwrap();
-        for id in devices.iter().chain([&coord, &engineer]) {
-            register(&ledger, &ca, id).await;
-        }
+        let ids: Vec<&Identity> = devices.iter().chain([&coord, &engineer]).collect();
+        genesis(&ledger, "fl-kill", &ca, &ids).await;
         ledger.shutdown().await;
     }
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")

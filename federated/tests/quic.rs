@@ -11,7 +11,7 @@ use yilian_federated::{AgentPolicy, FlError};
 use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
-use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_ledger::{Ledger, Payload};
 
 /// A network with an authority, a ledger, a coordinator node, an engineer
 /// and `devices` admitted devices, with `task` submitted by the engineer.
@@ -34,17 +34,8 @@ async fn network(devices: usize, task: &str, validation: &yilian_models::Dataset
         .map(|i| admit(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
         .collect();
     let ledger = Ledger::open(&dir.path().join("ledger.redb"), ca.signing_key()).unwrap();
-    let genesis = Transaction::new(Payload::Genesis {
-        network: "fl-test".into(),
-        authority: ca.signing_key().verifying_key().to_bytes(),
-    });
-    ledger
-        .submit(genesis.sign(&ca.signing_key()))
-        .await
-        .unwrap();
-    for id in devices.iter().chain([&coord, &engineer]) {
-        register(&ledger, &ca, id).await;
-    }
+    let ids: Vec<&Identity> = devices.iter().chain([&coord, &engineer]).collect();
+    genesis(&ledger, "fl-test", &ca, &ids).await;
     let node = Coordinator::serve(
         "127.0.0.1:0".parse().unwrap(),
         Identity::load(&dir.path().join("node-1")).unwrap(),

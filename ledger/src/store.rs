@@ -207,6 +207,22 @@ impl Shared {
         cosigner_name(r.state.network().unwrap_or("yilian"), org, name)
     }
 
+    /// Cosigns the tree as applied (and so checked) by this member, if the
+    /// witness rules allow, and recounts the trusted checkpoint.
+    fn cosign_applied(&self, r: &mut Replica, now_ms: u64) {
+        let size = r.tree.len();
+        let me = self.my_name(r);
+        let members = self.cosigners(r);
+        let Replica { tree, witness, .. } = r;
+        if size > 0
+            && witness
+                .cosign(tree, size, &me, &self.key, now_ms / 1000)
+                .is_some()
+        {
+            witness.recount(&members);
+        }
+    }
+
     /// Applies committed Raft entries: the state machine.
     pub(crate) fn apply_entries(
         &self,
@@ -239,17 +255,7 @@ impl Shared {
         if let Some(n) = inner.state.network().map(str::to_owned) {
             inner.witness.adopt_origin(&n);
         }
-        let size = inner.tree.len();
-        let me = self.my_name(&inner);
-        let members = self.cosigners(&inner);
-        let Replica { tree, witness, .. } = &mut *inner;
-        if size > 0
-            && witness
-                .cosign(tree, size, &me, &self.key, now / 1000)
-                .is_some()
-        {
-            witness.recount(&members);
-        }
+        self.cosign_applied(&mut inner, now);
         let write = || -> std::result::Result<(), redb::Error> {
             let mut wtx = self.db.begin_write()?;
             // Durable with the next Raft log append; a crash before that
@@ -618,22 +624,12 @@ impl Ledger {
             commits: AtomicU64::new(0),
             accept_invalid: opts.accept_invalid,
         });
-        {
-            // Cosign what was replayed (and so checked) under this member's
-            // current name, so the head served from the start is its own.
-            let mut inner = shared.inner.write().expect("ledger lock poisoned");
-            let size = inner.tree.len();
-            let me = shared.my_name(&inner);
-            let members = shared.cosigners(&inner);
-            let Replica { tree, witness, .. } = &mut *inner;
-            if size > 0
-                && witness
-                    .cosign(tree, size, &me, &log_key, now_ms() / 1000)
-                    .is_some()
-            {
-                witness.recount(&members);
-            }
-        }
+        // Cosign what was replayed (and so checked) under this member's
+        // current name, so the head served from the start is its own.
+        shared.cosign_applied(
+            &mut shared.inner.write().expect("ledger lock poisoned"),
+            now_ms(),
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ledger")

@@ -26,12 +26,20 @@ pub struct Client {
     step: Step,
     /// Shares dealt for each neighbour: (of the seed, of the mask key).
     dealt: BTreeMap<AgentId, (SecretScalar, SecretScalar)>,
-    /// Neighbours that advertised keys.
-    keys: BTreeMap<AgentId, PublicKeys>,
+    /// Neighbours that advertised keys, and the secrets agreed with each.
+    agreed: BTreeMap<AgentId, Agreed>,
     /// Neighbours' shares this agent holds.
     held: BTreeMap<AgentId, (SecretScalar, SecretScalar)>,
     /// Neighbours that sent shares: the pairwise masks this agent adds.
     senders: BTreeSet<AgentId>,
+}
+
+/// The X25519 secrets agreed with one neighbour, once per round.
+struct Agreed {
+    /// Keys the shares sealed between the two.
+    cipher: Zeroizing<[u8; 32]>,
+    /// Seeds their pairwise mask.
+    mask: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Client {
@@ -99,15 +107,11 @@ impl Client {
             seed,
             step: Step::Shares,
             dealt,
-            keys: BTreeMap::new(),
+            agreed: BTreeMap::new(),
             held: BTreeMap::new(),
             senders: BTreeSet::new(),
         };
         Ok((client, advert))
-    }
-
-    pub fn step(&self) -> Step {
-        self.step
     }
 
     fn expect(&self, step: Step) -> Result<(), RejectReason> {
@@ -140,15 +144,15 @@ impl Client {
             });
         }
         let ctx = self.setup.context();
-        let mut out = Vec::with_capacity(got.len());
+        let mut agreed = BTreeMap::new();
         for (owner, k) in &got {
-            let shared = self
-                .cipher
-                .agree(&k.cipher)
-                .ok_or(RejectReason::LowOrderKey { agent: *owner })?;
-            self.mask
-                .agree(&k.mask)
-                .ok_or(RejectReason::LowOrderKey { agent: *owner })?;
+            let low = RejectReason::LowOrderKey { agent: *owner };
+            let cipher = self.cipher.agree(&k.cipher).ok_or(low.clone())?;
+            let mask = self.mask.agree(&k.mask).ok_or(low)?;
+            agreed.insert(*owner, Agreed { cipher, mask });
+        }
+        let mut out = Vec::with_capacity(agreed.len());
+        for (owner, Agreed { cipher: shared, .. }) in &agreed {
             let (s, m) = &self.dealt[owner];
             let mut plain = Zeroizing::new([0u8; 64]);
             plain[..32].copy_from_slice(&s.scalar().to_bytes());
@@ -158,11 +162,11 @@ impl Client {
                 from: self.me,
                 to: *owner,
                 ciphertext: ctx
-                    .share_key(&shared, &self.me, owner)
+                    .share_key(shared, &self.me, owner)
                     .seal(&ctx.share_aad(&self.me, owner), &*plain),
             });
         }
-        self.keys = got;
+        self.agreed = agreed;
         self.dealt.clear();
         self.step = Step::Input;
         Ok(out)
@@ -198,7 +202,7 @@ impl Client {
             if s.to != self.me {
                 return Err(RejectReason::NotNeighbour { agent: s.to });
             }
-            let Some(k) = self.keys.get(&s.from) else {
+            let Some(Agreed { cipher: shared, .. }) = self.agreed.get(&s.from) else {
                 return Err(RejectReason::NotNeighbour { agent: s.from });
             };
             if !senders.insert(s.from) {
@@ -207,12 +211,8 @@ impl Client {
             if s.ciphertext.len() != SEALED_SHARE_LEN {
                 continue;
             }
-            let shared = self
-                .cipher
-                .agree(&k.cipher)
-                .ok_or(RejectReason::LowOrderKey { agent: s.from })?;
             let opened = ctx
-                .share_key(&shared, &s.from, &self.me)
+                .share_key(shared, &s.from, &self.me)
                 .open(&ctx.share_aad(&s.from, &self.me), &s.ciphertext);
             let Some(plain) = opened else { continue };
             let scalar = |b: &[u8]| {
@@ -227,14 +227,11 @@ impl Client {
         let mut values = input.to_vec();
         super::mask::add_mask(&mut values, &ctx.self_seed(&self.seed, &self.me), false);
         for v in &senders {
-            let shared = self
-                .mask
-                .agree(&self.keys[v].mask)
-                .ok_or(RejectReason::LowOrderKey { agent: *v })?;
+            let shared = &self.agreed[v].mask;
             // The lower id adds the mask, the higher subtracts it.
             super::mask::add_mask(
                 &mut values,
-                &ctx.pair_seed(&shared, &self.me, v),
+                &ctx.pair_seed(shared, &self.me, v),
                 self.me > *v,
             );
         }

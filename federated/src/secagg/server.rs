@@ -86,16 +86,6 @@ impl Server {
         self.step
     }
 
-    /// Agents that have answered the current step.
-    pub fn answered(&self) -> usize {
-        match self.step {
-            Step::Keys => self.adverts.len(),
-            Step::Shares => self.shares.len(),
-            Step::Input => self.survivors.len(),
-            Step::Reveal | Step::Done => self.revealed.len(),
-        }
-    }
-
     /// Agents the current step still waits for.
     pub fn waiting_for(&self) -> BTreeSet<AgentId> {
         let (all, done): (BTreeSet<AgentId>, BTreeSet<AgentId>) = match self.step {
@@ -112,16 +102,6 @@ impl Server {
             Step::Done => return BTreeSet::new(),
         };
         all.difference(&done).copied().collect()
-    }
-
-    /// Agents expected to answer the current step.
-    pub fn expected(&self) -> usize {
-        match self.step {
-            Step::Keys => self.setup.cohort.len(),
-            Step::Shares => self.adverts.len(),
-            Step::Input => self.shared.len(),
-            Step::Reveal | Step::Done => self.survivors.len(),
-        }
     }
 
     fn check(
@@ -361,11 +341,6 @@ impl Server {
         }
         self.revealed.insert(*sender);
         Ok(())
-    }
-
-    /// Whether every secret the sum needs has enough shares.
-    pub fn can_finish(&self) -> bool {
-        self.missing().is_none()
     }
 
     fn missing(&self) -> Option<(AgentId, usize)> {

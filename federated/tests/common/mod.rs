@@ -138,6 +138,21 @@ pub fn admit(ca: &Authority, role: Role, name: &str, dir: &Path) -> Identity {
     Identity::load(&dir.join(name)).unwrap()
 }
 
+/// Starts `ledger` as network `network` under `ca` and admits `ids` on it.
+pub async fn genesis(ledger: &Ledger, network: &str, ca: &Authority, ids: &[&Identity]) {
+    let genesis = Transaction::new(Payload::Genesis {
+        network: network.into(),
+        authority: ca.signing_key().verifying_key().to_bytes(),
+    });
+    ledger
+        .submit(genesis.sign(&ca.signing_key()))
+        .await
+        .unwrap();
+    for id in ids {
+        register(ledger, ca, id).await;
+    }
+}
+
 pub async fn register(ledger: &Ledger, ca: &Authority, id: &Identity) {
     let p = id.principal();
     let tx = Transaction::new(Payload::Admit {
