@@ -587,6 +587,7 @@ async fn learning_act(
         before += auditor.balance(a).await?;
     }
     let report = yilian_federated::devnet::act(
+        addr,
         fl,
         &net.identity("ml-engineer"),
         &devices,

@@ -288,7 +288,9 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         .add_service(LedgerService::new(ledger.clone()).into_server())
         .add_service(ConsortiumService::new(ledger.clone()).into_server())
         .add_service(kms_server)
-        .add_service(zk.into_server());
+        .add_service(zk.into_server())
+        // The engineer's control plane, when this node coordinates learning.
+        .add_optional_service(coordinator.as_ref().map(|c| c.control().into_server()));
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;

@@ -19,7 +19,6 @@ use std::time::Instant;
 
 use yilian_federated::AgentPolicy;
 use yilian_federated::agent::{self, AgentConfig};
-use yilian_federated::cli::{self, NodeArgs};
 use yilian_federated::coordinator::Coordinator;
 use yilian_federated::protocol::{Message, WeightsPurpose, encode, weight_messages};
 use yilian_identity::ca::{AdmissionRequest, Authority};
@@ -97,10 +96,6 @@ async fn round_time(
     let coord = ca
         .admit(&AdmissionRequest::new("o", Role::Member, "node"))
         .unwrap();
-    let eng = ca
-        .admit(&AdmissionRequest::new("o", Role::Engineer, "eng"))
-        .unwrap();
-    eng.save(&dir.path().join("eng")).unwrap();
     let node = Coordinator::serve(
         "127.0.0.1:0".parse().unwrap(),
         coord,
@@ -144,11 +139,6 @@ classes = 10
         task
     };
     std::fs::write(dir.path().join("task.toml"), task).unwrap();
-    let args = NodeArgs {
-        node: addr,
-        identity: dir.path().join("eng"),
-        server_name: "localhost".into(),
-    };
     let identities: Vec<Identity> = (0..agents)
         .map(|i| {
             ca.admit(&AdmissionRequest::new("o", Role::Device, format!("d{i}")))
@@ -156,9 +146,13 @@ classes = 10
         })
         .collect();
     let shards = shards(agents, digits);
-    cli::submit(&args, &dir.path().join("task.toml"), None)
-        .await
-        .unwrap();
+    node.submit(yilian_federated::pb::SubmitTaskRequest {
+        task_toml: std::fs::read_to_string(dir.path().join("task.toml")).unwrap(),
+        validation_csv: std::fs::read(dir.path().join("validation.csv")).unwrap(),
+        initial_weights: Vec::new(),
+    })
+    .await
+    .unwrap();
     let start = Instant::now();
     let mut handles = Vec::new();
     for (id, data) in identities.into_iter().zip(shards) {

@@ -1,7 +1,9 @@
 //! The devnet's learning act: about ten agents holding non-IID shares of
-//! the digits data train an MLP through a running coordinator over QUIC;
-//! per-round accuracy shows on a progress bar, rewards are listed, and one
-//! agent predicts with the exported ONNX model.
+//! the digits data train an MLP through a running coordinator over QUIC,
+//! under secure aggregation, so the coordinator learns only sums over
+//! groups of five. The engineer submits, follows and downloads through the
+//! node's gRPC control plane; per-round accuracy shows on a progress bar,
+//! rewards are listed, and one agent predicts with the exported ONNX model.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,15 +13,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use yilian_identity::Identity;
 use yilian_models::{Dataset, OnnxModel};
 
-use crate::agent::{AgentConfig, AgentEvent, EarnedReward};
+use crate::agent::{AgentConfig, EarnedReward};
 use crate::cli::NodeArgs;
-use crate::{AgentPolicy, RoundRecord};
+use crate::{AgentPolicy, pb};
 
 /// What the act did.
 #[derive(Debug)]
 pub struct ActReport {
     pub task_id: String,
-    pub history: Vec<RoundRecord>,
+    pub history: Vec<pb::Round>,
     /// Per device (in the order given): rewards earned.
     pub rewards: Vec<Vec<EarnedReward>>,
     /// Accuracy of the exported ONNX model, run by the first agent with
@@ -28,10 +30,12 @@ pub struct ActReport {
     pub onnx_path: PathBuf,
 }
 
-/// Runs the act against the coordinator at `node`. `engineer` and
+/// Runs the act against the node at `grpc` whose coordinator is at `node`
+/// (QUIC). `engineer` and
 /// `devices` are identity directories already admitted to the network
 /// (roles engineer and device); `data_dir` holds `digits.csv.gz`.
 pub async fn act(
+    grpc: &str,
     node: SocketAddr,
     engineer: &Path,
     devices: &[PathBuf],
@@ -60,6 +64,11 @@ round_timeout_ms = 60000
 optimizer = {{ adam = {{ lr = 0.01 }} }}
 strategy = {{ fed_prox = {{ mu = 0.01 }} }}
 robust = "none"
+secure_aggregation = true
+
+[secagg]
+clip = 50.0
+min_group = 5
 
 [model]
 input = [64]
@@ -75,13 +84,14 @@ classes = 10
     let task_path = work_dir.join("task.toml");
     std::fs::write(&task_path, task)?;
     let eng = NodeArgs {
-        node,
+        node: grpc.to_owned(),
         identity: engineer.to_owned(),
-        server_name: "localhost".into(),
     };
-    crate::cli::submit(&eng, &task_path, None).await?;
+    let submitted = crate::cli::submit(&eng, &task_path, None).await?;
     println!(
-        "learning act: task {task_id}, {n} agents with non-IID digits (Dirichlet 0.5), MLP 64-64-10"
+        "learning act: task {task_id} (ledger entry {}), {n} agents with non-IID digits \
+         (Dirichlet 0.5), MLP 64-64-10, secure aggregation in groups of at least 5",
+        submitted.ledger_index
     );
 
     let bar = ProgressBar::new(u64::from(rounds));
@@ -89,11 +99,23 @@ classes = 10
         ProgressStyle::with_template("round {pos}/{len} {bar:30} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // The engineer follows the task over gRPC while the devices train.
+    let watcher = {
+        let (eng, task_id, bar) = (eng.clone(), task_id.clone(), bar.clone());
+        tokio::spawn(async move {
+            crate::cli::watch(&eng, &task_id, |e| {
+                if let Some(pb::task_event::Event::Closed(r)) = &e.event {
+                    bar.set_position(u64::from(r.round) + 1);
+                    bar.set_message(format!("validation accuracy {:.3}", r.accuracy));
+                }
+            })
+            .await
+        })
+    };
     let mut handles = Vec::new();
-    for (i, (dir, shard)) in devices.iter().zip(shards).enumerate() {
+    for (dir, shard) in devices.iter().zip(shards) {
         let identity =
             Identity::load(dir).with_context(|| format!("device identity {}", dir.display()))?;
-        let bar = bar.clone();
         handles.push(tokio::spawn(async move {
             let cfg = AgentConfig {
                 node,
@@ -103,25 +125,21 @@ classes = 10
                 policy: AgentPolicy::default(),
                 single_task: true,
             };
-            crate::agent::run(&identity, cfg, |e| {
-                if i == 0
-                    && let AgentEvent::RoundResult {
-                        round, accuracy, ..
-                    } = e
-                {
-                    bar.set_position(u64::from(round) + 1);
-                    bar.set_message(format!("validation accuracy {accuracy:.3}"));
-                }
-            })
-            .await
+            crate::agent::run(&identity, cfg, |_| {}).await
         }));
     }
     let mut rewards = Vec::new();
     for h in handles {
         rewards.push(h.await??);
     }
+    let ended = watcher.await??;
     bar.finish();
-    let (_, _, history) = crate::cli::status(&eng, &task_id).await?;
+    anyhow::ensure!(
+        ended.phase() == pb::TaskPhase::Finished,
+        "the task ended {}",
+        crate::cli::phase_text(ended.phase())
+    );
+    let history = crate::cli::status(&eng, &task_id).await?.history;
     crate::cli::print_history(&history);
     println!("rewards earned (units):");
     for (dir, r) in devices.iter().zip(&rewards) {
@@ -132,7 +150,7 @@ classes = 10
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
         );
     }
-    let (spec, weights) = crate::cli::download(&eng, &task_id).await?;
+    let (spec, weights) = crate::cli::download_model(&eng, &task_id).await?;
     let onnx_path = work_dir.join("model.onnx");
     std::fs::write(&onnx_path, yilian_models::to_onnx(&spec, &weights)?)?;
     yilian_models::save_safetensors(&work_dir.join("model.safetensors"), &spec, &weights)?;

@@ -2,6 +2,7 @@ use crate::AgentId;
 
 /// Everything the federated layer refuses or fails at.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FlError {
     #[error("data schema mismatch on {field}: the task needs {task}, the agent has {agent}")]
     SchemaMismatch {
@@ -34,6 +35,28 @@ pub enum FlError {
     BadChunk { index: u32, total: u32 },
     #[error("task {0} not found")]
     NoSuchTask(String),
+    #[error("a task with id `{0}` already exists; give the task file another `id`")]
+    TaskExists(String),
+    #[error("task {0} is an evaluation: it has no global model or rounds")]
+    NotTraining(String),
+    #[error("role `{role}` may not {action}; use an engineer or member identity")]
+    WrongRole { role: String, action: &'static str },
+    #[error("validation_csv: {0}; send a CSV with a header that has the schema's label column")]
+    Validation(yilian_models::ModelError),
+    #[error(
+        "an evaluation submission starts with its header (the task file and model size), then only model chunks"
+    )]
+    EvaluationHeaderFirst,
+    #[error("model_bytes: {size} is over the limit of {limit} bytes")]
+    ModelTooLarge { size: usize, limit: usize },
+    #[error(
+        "model_bytes announced {announced} bytes, {received} arrived; send exactly the announced size"
+    )]
+    ModelSizeMismatch { announced: usize, received: usize },
+    #[error("the task was not anchored on the ledger, nothing was stored; submit it again: {0}")]
+    Ledger(#[from] yilian_ledger::LedgerError),
+    #[error("the coordinator has stopped")]
+    Stopped,
     #[error("the stored ONNX model of evaluation {0} does not match its recorded hash")]
     ModelFileChanged(String),
     #[error("model: {0}")]
@@ -123,6 +146,37 @@ pub enum RejectReason {
     NotSecure,
     #[error("secure aggregation is on for this task: send masked input, not a plain update")]
     PlainUpdate,
+}
+
+impl From<FlError> for tonic::Status {
+    fn from(e: FlError) -> tonic::Status {
+        use tonic::Code;
+        let code = match &e {
+            FlError::SchemaMismatch { .. }
+            | FlError::PolicyExceeded { .. }
+            | FlError::InvalidTask(_)
+            | FlError::UpdateRejected { .. }
+            | FlError::ProtocolVersion { .. }
+            | FlError::FrameTooLarge { .. }
+            | FlError::Malformed(_)
+            | FlError::BadChunk { .. }
+            | FlError::Model(_)
+            | FlError::TaskFile(_)
+            | FlError::Validation(_)
+            | FlError::EvaluationHeaderFirst
+            | FlError::ModelTooLarge { .. }
+            | FlError::ModelSizeMismatch { .. } => Code::InvalidArgument,
+            FlError::UnknownAgent { .. } | FlError::WrongRole { .. } => Code::PermissionDenied,
+            FlError::NoSuchTask(_) => Code::NotFound,
+            FlError::TaskExists(_) => Code::AlreadyExists,
+            FlError::NotTraining(_)
+            | FlError::TooFewSurvivors { .. }
+            | FlError::Unrecoverable { .. } => Code::FailedPrecondition,
+            FlError::Ledger(_) | FlError::Stopped | FlError::Transport(_) => Code::Unavailable,
+            FlError::ModelFileChanged(_) | FlError::Store(_) | FlError::Io(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
+    }
 }
 
 macro_rules! store_err {

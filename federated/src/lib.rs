@@ -20,7 +20,9 @@
 //! - [`secure_round`]: a training round under secure aggregation, in groups;
 //! - [`store`]: the redb store that lets a killed coordinator resume;
 //! - [`sim`]: an in-process driver with local agents, for tests and demos;
-//! - [`coordinator`] and [`agent`]: both ends over QUIC with mutual TLS.
+//! - [`coordinator`] and [`agent`]: both ends over QUIC with mutual TLS;
+//!   the coordinator also serves the engineer's gRPC control plane
+//!   ([`coordinator::ControlPlane`], [`pb`]).
 
 pub mod agent;
 pub mod aggregate;
@@ -35,6 +37,10 @@ pub mod protocol;
 pub mod round;
 pub mod secagg;
 pub mod secure_round;
+/// The gRPC control plane's messages (`proto/federated.proto`).
+pub mod pb {
+    tonic::include_proto!("yilian.federated.v1");
+}
 pub mod sim;
 pub mod store;
 pub mod task;

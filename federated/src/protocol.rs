@@ -19,7 +19,6 @@
 use serde::{Deserialize, Serialize};
 use yilian_models::{EvalCounts, ModelSpec, OutputKind, TrainConfig};
 
-use crate::evaluation::EvaluationResult;
 use crate::{DataSchema, FlError, RejectReason};
 
 /// The newest protocol version this build speaks.
@@ -108,35 +107,21 @@ pub enum Message {
     TaskDone {
         task_id: String,
     },
-    /// Engineer: a task (its TOML), the validation set (CSV with a header)
-    /// and optional initial weights (safetensors).
-    SubmitTask {
-        task_toml: String,
-        validation_csv: Vec<u8>,
-        initial_weights: Option<Vec<u8>>,
-    },
-    TaskAccepted {
-        task_id: String,
-        params: u64,
-    },
-    StatusRequest {
-        task_id: String,
-    },
-    /// Coordinator: the task's phase and every closed round.
-    Status {
-        task_id: String,
-        phase: String,
-        rounds: u32,
-        history: Vec<crate::RoundRecord>,
-    },
-    /// Engineer: the current global model; the spec comes back, then the weights in chunks.
-    DownloadRequest {
-        task_id: String,
-    },
-    Model {
-        task_id: String,
-        model: ModelSpec,
-    },
+    // The engineer's messages of versions 1 to 3, retired: engineers use
+    // the gRPC control plane (`proto/federated.proto`). The placeholders
+    // keep every later message's encoding.
+    #[doc(hidden)]
+    RetiredSubmitTask,
+    #[doc(hidden)]
+    RetiredTaskAccepted,
+    #[doc(hidden)]
+    RetiredStatusRequest,
+    #[doc(hidden)]
+    RetiredStatus,
+    #[doc(hidden)]
+    RetiredDownloadRequest,
+    #[doc(hidden)]
+    RetiredModel,
     /// Either side: a fatal condition, then the stream closes.
     Refused {
         reason: String,
@@ -157,7 +142,7 @@ pub enum Message {
         bytes: u64,
         chunks: u32,
     },
-    /// A slice of an ONNX file (engineer to coordinator, coordinator to agent).
+    /// A slice of an ONNX file, coordinator to agent.
     ModelChunk {
         index: u32,
         bytes: Vec<u8>,
@@ -167,18 +152,10 @@ pub enum Message {
         task_id: String,
         counts: EvalCounts,
     },
-    /// Engineer: an evaluation task (its TOML); the ONNX model follows in chunks.
-    SubmitEvaluation {
-        task_toml: String,
-        bytes: u64,
-        chunks: u32,
-    },
-    /// Coordinator: an evaluation's phase and, once it closed, the aggregate.
-    EvaluationStatus {
-        task_id: String,
-        phase: String,
-        result: Option<EvaluationResult>,
-    },
+    #[doc(hidden)]
+    RetiredSubmitEvaluation,
+    #[doc(hidden)]
+    RetiredEvaluationStatus,
     // Version 3: secure aggregation.
     /// Coordinator: a step of a secure round ([`crate::secagg`]).
     SecAggToAgent {
@@ -200,8 +177,8 @@ impl Message {
             | Message::EvaluationStart { .. }
             | Message::ModelChunk { .. }
             | Message::EvaluationReport { .. }
-            | Message::SubmitEvaluation { .. }
-            | Message::EvaluationStatus { .. } => 2,
+            | Message::RetiredSubmitEvaluation
+            | Message::RetiredEvaluationStatus => 2,
             Message::SecAggToAgent { .. } | Message::SecAggFromAgent { .. } => 3,
             _ => 1,
         }

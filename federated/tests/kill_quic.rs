@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use common::*;
 use rand::{Rng, SeedableRng};
-use yilian_federated::AgentPolicy;
 use yilian_federated::agent::{self, AgentConfig};
 use yilian_federated::cli::{self, NodeArgs};
 use yilian_federated::coordinator::Coordinator;
+use yilian_federated::{AgentPolicy, pb};
 use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
@@ -32,36 +32,40 @@ fn open_ledger(dir: &Path) -> Ledger {
     Ledger::open(&dir.join("ledger.redb"), node.signing_key().clone()).unwrap()
 }
 
-/// The child: the coordinator with its ledger on `dir`, serving on `addr`.
+/// The child: the coordinator with its ledger on `dir`, serving agents on
+/// `addr` (QUIC) and its control plane on `control` (gRPC).
 #[test]
 fn quic_coordinator_child_process() {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return; // only meaningful when started by the test below
     };
-    let (dir, addr) = spec.split_once('@').unwrap();
+    let (dir, addrs) = spec.split_once('@').unwrap();
+    let (addr, control) = addrs.split_once('@').unwrap();
     let dir = Path::new(dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let ledger = open_ledger(dir);
-        let _node = Coordinator::serve(
+        let node = Identity::load(&dir.join("node-1")).unwrap();
+        let coordinator = Coordinator::serve(
             addr.parse().unwrap(),
-            Identity::load(&dir.join("node-1")).unwrap(),
+            node.clone(),
             RevocationList::default(),
             Some(ledger),
             &dir.join("coordinator"),
         )
         .await
         .unwrap();
+        serve_control(&coordinator, &node, control).await;
         println!("READY");
         tokio::time::sleep(Duration::from_secs(600)).await;
     });
 }
 
-fn spawn_child(dir: &Path, addr: &str) -> std::process::Child {
+fn spawn_child(dir: &Path, addr: &str, control: &str) -> std::process::Child {
     spawn_ready(
         "quic_coordinator_child_process",
         CHILD_ENV,
-        &format!("{}@{addr}", dir.display()),
+        &format!("{}@{addr}@{control}", dir.display()),
     )
 }
 
@@ -104,7 +108,12 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut child = spawn_child(dir.path(), &addr.to_string());
+    let control = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut child = spawn_child(dir.path(), &addr.to_string(), &control);
 
     let (train, validation, _) = breast_cancer_splits();
     let work = dir.path().join("task");
@@ -118,9 +127,8 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     )
     .unwrap();
     let eng = NodeArgs {
-        node: addr,
+        node: control.clone(),
         identity: dir.path().join("eng"),
-        server_name: "localhost".into(),
     };
     cli::submit(&eng, &work.join("task.toml"), None)
         .await
@@ -162,8 +170,8 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     for target in targets {
         tokio::time::timeout(Duration::from_secs(120), async {
             loop {
-                if let Ok((_, _, h)) = cli::status(&eng, "bc-kill").await
-                    && h.len() >= target
+                if let Ok(s) = cli::status(&eng, "bc-kill").await
+                    && s.history.len() >= target
                 {
                     return;
                 }
@@ -176,15 +184,15 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         kills += 1;
-        child = spawn_child(dir.path(), &addr.to_string());
+        child = spawn_child(dir.path(), &addr.to_string(), &control);
     }
     let history = tokio::time::timeout(Duration::from_secs(300), async {
         loop {
-            if let Ok((phase, _, history)) = cli::status(&eng, "bc-kill").await
-                && phase == "finished"
-                && history.len() == ROUNDS as usize
+            if let Ok(s) = cli::status(&eng, "bc-kill").await
+                && s.phase() == pb::TaskPhase::Finished
+                && s.history.len() == ROUNDS as usize
             {
-                return history;
+                return s.history;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -201,8 +209,8 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     // at an arbitrary point), look, and restart it until all are there.
     let owed = history
         .iter()
-        .flat_map(|r| &r.rewards)
-        .filter(|x| **x > 0)
+        .flat_map(|r| &r.participants)
+        .filter(|p| p.reward > 0)
         .count();
     let mut rewards = BTreeMap::new();
     let mut looks = 0;
@@ -215,14 +223,15 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
         if rewards.len() >= owed {
             break;
         }
-        child = spawn_child(dir.path(), &addr.to_string());
+        child = spawn_child(dir.path(), &addr.to_string(), &control);
     }
     for r in &history {
-        for (a, amount) in r.participants.iter().zip(&r.rewards) {
-            if *amount > 0 {
+        for p in &r.participants {
+            if p.reward > 0 {
+                let agent: [u8; 32] = p.agent.as_slice().try_into().unwrap();
                 assert_eq!(
-                    rewards.get(&(r.round, *a)),
-                    Some(&vec![*amount]),
+                    rewards.get(&(r.round, agent)),
+                    Some(&vec![p.reward]),
                     "round {} reward exactly once",
                     r.round
                 );

@@ -7,7 +7,7 @@ use common::*;
 use yilian_federated::agent::{self, AgentConfig};
 use yilian_federated::cli::{self, NodeArgs};
 use yilian_federated::coordinator::Coordinator;
-use yilian_federated::{AgentPolicy, FlError};
+use yilian_federated::{AgentPolicy, FlError, pb};
 use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
@@ -46,6 +46,7 @@ async fn network(devices: usize, task: &str, validation: &yilian_models::Dataset
     .await
     .unwrap();
     let addr = node.local_addr().unwrap();
+    let control = serve_control(&node, &coord, "127.0.0.1:0").await;
     let work = dir.path().join("task");
     std::fs::create_dir_all(&work).unwrap();
     validation
@@ -53,9 +54,8 @@ async fn network(devices: usize, task: &str, validation: &yilian_models::Dataset
         .unwrap();
     std::fs::write(work.join("task.toml"), task).unwrap();
     let eng = NodeArgs {
-        node: addr,
+        node: control,
         identity: dir.path().join("eng"),
-        server_name: "localhost".into(),
     };
     cli::submit(&eng, &work.join("task.toml"), None)
         .await
@@ -142,15 +142,66 @@ async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
         "{err}"
     );
 
+    // The engineer follows the task over gRPC while the agents train.
+    let watcher = {
+        let eng = net.eng.clone();
+        tokio::spawn(async move {
+            let mut events = Vec::new();
+            let end = cli::watch(&eng, "bc-quic", |e| events.push(e.event.clone().unwrap()))
+                .await
+                .unwrap();
+            (events, end)
+        })
+    };
     let earned = train_all(&net, train.partition_iid(4, 8)).await;
-    let (phase, rounds, history) = cli::status(&net.eng, "bc-quic").await.unwrap();
-    assert_eq!((phase.as_str(), rounds, history.len()), ("finished", 3, 3));
+    let (events, end) = watcher.await.unwrap();
+    assert_eq!(
+        (end.phase(), end.rounds_closed),
+        (pb::TaskPhase::Finished, 3)
+    );
+    use pb::task_event::Event;
+    let told: Vec<(&str, u32)> = events
+        .iter()
+        .map(|e| match e {
+            Event::Started(s) => ("started", s.round),
+            Event::Closed(r) => ("closed", r.round),
+            Event::Ended(e) => ("ended", e.rounds_closed),
+        })
+        .collect();
+    assert_eq!(
+        told,
+        [
+            ("started", 0),
+            ("closed", 0),
+            ("started", 1),
+            ("closed", 1),
+            ("started", 2),
+            ("closed", 2),
+            ("ended", 3)
+        ]
+    );
+    let status = cli::status(&net.eng, "bc-quic").await.unwrap();
+    assert_eq!(
+        (status.phase(), status.rounds, status.history.len()),
+        (pb::TaskPhase::Finished, 3, 3)
+    );
+    assert_eq!(status.rewards_paid, 3000);
+    // The stream's closed rounds are the status's.
+    let closed: Vec<&pb::Round> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Closed(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, status.history.iter().collect::<Vec<_>>());
     rewards_on_the_ledger(&net, &earned, 3000);
 
-    let (spec, weights) = cli::download(&net.eng, "bc-quic").await.unwrap();
-    let onnx =
-        yilian_models::OnnxModel::from_bytes(yilian_models::to_onnx(&spec, &weights).unwrap())
-            .unwrap();
+    let (rounds, onnx) = cli::download(&net.eng, "bc-quic", pb::ModelFormat::Onnx)
+        .await
+        .unwrap();
+    assert_eq!(rounds, 3);
+    let onnx = yilian_models::OnnxModel::from_bytes(onnx).unwrap();
     let predicted = onnx.classify(&test.features).unwrap();
     let acc = predicted
         .iter()
@@ -172,8 +223,13 @@ async fn secure_aggregation_over_quic_trains_and_pays() {
         + "\n[secagg]\nclip = 5.0\nmin_group = 3\n\n[privacy]\nnoise_multiplier = 0.3\nepsilon_budget = 1000.0\ndelta = 1e-5\n";
     let net = network(6, &task, &validation).await;
     let earned = train_all(&net, train.partition_iid(6, 9)).await;
-    let (phase, rounds, history) = cli::status(&net.eng, "bc-secure").await.unwrap();
-    assert_eq!((phase.as_str(), rounds, history.len()), ("finished", 3, 3));
+    let status = cli::status(&net.eng, "bc-secure").await.unwrap();
+    assert_eq!(
+        (status.phase(), status.rounds, status.history.len()),
+        (pb::TaskPhase::Finished, 3, 3)
+    );
+    assert!(status.secure_aggregation);
+    let history = status.history;
     for r in &history {
         assert_eq!(r.participants.len(), 6, "{r:?}");
         assert!(r.failures.is_empty(), "{:?}", r.failures);
@@ -198,9 +254,139 @@ async fn secure_aggregation_over_quic_trains_and_pays() {
         .map(|r| (r.round, r.epsilon.unwrap()))
         .collect();
     assert_eq!(spent, from_status);
-    let (spec, weights) = cli::download(&net.eng, "bc-secure").await.unwrap();
+    assert_eq!(
+        status.privacy.map(|p| p.epsilon_spent),
+        history.last().and_then(|r| r.epsilon)
+    );
+    let (spec, weights) = cli::download_model(&net.eng, "bc-secure").await.unwrap();
     let acc = yilian_models::evaluate(&spec, &weights, &test)
         .unwrap()
         .accuracy;
     assert!(acc > 0.85, "accuracy {acc}");
+}
+
+/// Each bad submission to the control plane is refused with what to change,
+/// and leaves no task, no file and no ledger entry behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
+    let (_, validation, _) = breast_cancer_splits();
+    let net = network(1, &bc_task_toml("bc-ctl", 2, 1, 1, 100), &validation).await;
+    let work = net.dir.path().join("task");
+    let entries = net.ledger.len();
+    let tasks_dir = net.dir.path().join("coordinator/tasks");
+    let dirs = || std::fs::read_dir(&tasks_dir).unwrap().count();
+    assert_eq!(dirs(), 1);
+    // Straight to the node, past the CLI's own reading of the file.
+    let eng_id = Identity::load(&net.dir.path().join("eng")).unwrap();
+    let channel = yilian_identity::grpc::connect(&net.eng.node, &eng_id)
+        .await
+        .unwrap();
+    let mut raw = pb::federated_client::FederatedClient::new(channel);
+    let csv = std::fs::read(work.join("validation.csv")).unwrap();
+    let base = bc_task_toml("bc-bad", 2, 1, 1, 100);
+    let cases = [
+        (
+            "same id",
+            bc_task_toml("bc-ctl", 2, 1, 1, 100),
+            csv.clone(),
+            tonic::Code::AlreadyExists,
+            "a task with id `bc-ctl` already exists; give the task file another `id`",
+        ),
+        (
+            "median",
+            base.replace(
+                "local_epochs",
+                "secure_aggregation = true\nrobust = \"coordinate_median\"\nlocal_epochs",
+            ),
+            csv.clone(),
+            tonic::Code::InvalidArgument,
+            "secure_aggregation = false",
+        ),
+        (
+            "bad field",
+            base.replace("rounds = 2", "rounds = \"two\""),
+            csv.clone(),
+            tonic::Code::InvalidArgument,
+            "rounds",
+        ),
+        (
+            "no label column",
+            base.replace("label_column = \"y\"", "label_column = \"outcome\""),
+            csv.clone(),
+            tonic::Code::InvalidArgument,
+            "validation_csv",
+        ),
+        (
+            "not a csv",
+            base.clone(),
+            b"\xff\x00 not a table".to_vec(),
+            tonic::Code::InvalidArgument,
+            "validation_csv",
+        ),
+    ];
+    for (what, task_toml, validation_csv, code, expected) in cases {
+        let status = raw
+            .submit_task(pb::SubmitTaskRequest {
+                task_toml,
+                validation_csv,
+                initial_weights: Vec::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(expected), "{what}: {status:?}");
+    }
+    // The CLI reads the file first, and says which file and why.
+    let path = work.join("bad.toml");
+    std::fs::write(&path, base.replace("rounds = 2", "rounds = \"two\"")).unwrap();
+    let err = cli::submit(&net.eng, &path, None).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with(&format!("{} is not a valid task file: ", path.display())),
+        "{text}"
+    );
+    assert!(text.contains("rounds"), "{text}");
+    // Initial weights of another model.
+    let path = work.join("weights.toml");
+    std::fs::write(&path, &base).unwrap();
+    let other = yilian_models::ModelSpec::logistic_regression(64, 10);
+    let weights = work.join("other.safetensors");
+    yilian_models::save_safetensors(&weights, &other, &other.init_weights(1).unwrap()).unwrap();
+    let err = cli::submit(&net.eng, &path, Some(&weights))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("model"), "{err}");
+    // A device may not use the control plane at all.
+    let device = NodeArgs {
+        identity: net.dir.path().join("dev-0"),
+        ..net.eng.clone()
+    };
+    let err = cli::submit(&device, &path, None).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "role `device` may not submit a task; use an engineer or member identity"
+    );
+    let err = cli::status(&device, "bc-ctl").await.unwrap_err();
+    assert!(
+        err.to_string().contains("may not read a task's status"),
+        "{err}"
+    );
+    // Unknown tasks.
+    let err = cli::status(&net.eng, "bc-bad").await.unwrap_err();
+    assert_eq!(err.to_string(), "task bc-bad not found");
+    let err = cli::download(&net.eng, "nope", pb::ModelFormat::Onnx)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "task nope not found");
+    // Engineers no longer speak QUIC: told where to go instead.
+    let eng = Identity::load(&net.dir.path().join("eng")).unwrap();
+    let err = agent::run(&eng, agent_config(net.addr, validation), |_| {})
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("gRPC"), "{err}");
+    // Nothing changed: one task, one directory, no new ledger entry.
+    assert_eq!(dirs(), 1);
+    assert_eq!(net.ledger.len(), entries);
+    let status = cli::status(&net.eng, "bc-ctl").await.unwrap();
+    assert_eq!(status.phase(), pb::TaskPhase::Waiting);
 }

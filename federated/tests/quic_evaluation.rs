@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use common::*;
 use yilian_federated::agent::{self, AgentConfig, AgentEvent};
-use yilian_federated::cli::{self, NodeArgs, TaskStatus};
+use yilian_federated::cli::{self, NodeArgs};
 use yilian_federated::coordinator::{Coordinator, next_message};
 use yilian_federated::protocol::Message;
-use yilian_federated::{AgentPolicy, DataSchema, RejectReason};
+use yilian_federated::{AgentPolicy, DataSchema, RejectReason, pb};
 use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
@@ -42,10 +42,12 @@ label_column = "y"
 classes = 10
 "#;
 
-/// Starts a coordinator on `dir`'s store. A stopped one's background tasks
-/// let go of the redb file a moment after it is dropped, so a restart
-/// retries briefly while the file is still locked.
-async fn serve(dir: &Path) -> Coordinator {
+/// Starts a coordinator on `dir`'s store and its control plane; returns
+/// the control plane's address too. A stopped one's background tasks let
+/// go of the redb file a moment after it is dropped, so a restart retries
+/// briefly while the file is still locked.
+async fn serve(dir: &Path) -> (Coordinator, String) {
+    let node = Identity::load(&dir.join("node-1")).unwrap();
     for _ in 0..100 {
         match Coordinator::serve(
             "127.0.0.1:0".parse().unwrap(),
@@ -56,7 +58,10 @@ async fn serve(dir: &Path) -> Coordinator {
         )
         .await
         {
-            Ok(c) => return c,
+            Ok(c) => {
+                let control = serve_control(&c, &node, "127.0.0.1:0").await;
+                return (c, control);
+            }
             Err(yilian_federated::FlError::Store(e)) if e.contains("already open") => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -66,17 +71,22 @@ async fn serve(dir: &Path) -> Coordinator {
     panic!("the previous coordinator never released its store")
 }
 
-async fn wait_for_phase(eng: &NodeArgs, starts_with: &str) {
+fn evaluation(s: pb::TaskStatusResponse) -> pb::EvaluationStatus {
+    match s.kind {
+        Some(pb::task_status_response::Kind::Evaluation(e)) => e,
+        other => panic!("not an evaluation: {other:?}"),
+    }
+}
+
+async fn wait_for_joined(eng: &NodeArgs, joined: u32) {
     for _ in 0..200 {
-        if let TaskStatus::Evaluation { phase, .. } =
-            cli::task_status(eng, "digits-eval").await.unwrap()
-            && phase.starts_with(starts_with)
-        {
+        let s = evaluation(cli::task_status(eng, "digits-eval").await.unwrap());
+        if s.phase() == pb::TaskPhase::Waiting && s.joined == joined {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("the evaluation never reached `{starts_with}`");
+    panic!("the evaluation never had {joined} agents waiting");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +101,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
     let forger = admit(&ca, Role::Device, "dev-forger", dir.path());
     let cautious = admit(&ca, Role::Device, "dev-cautious", dir.path());
 
-    let node = serve(dir.path()).await;
+    let (node, control) = serve(dir.path()).await;
     let addr = node.local_addr().unwrap();
     let (train, _, test) = digits_splits();
     let onnx_bytes = digits_onnx(&train);
@@ -100,16 +110,13 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
     std::fs::write(work.join("digits.onnx"), &onnx_bytes).unwrap();
     std::fs::write(work.join("task.toml"), TASK).unwrap();
     let eng = NodeArgs {
-        node: addr,
+        node: control,
         identity: dir.path().join("eng"),
-        server_name: "localhost".into(),
     };
-    assert_eq!(
-        cli::submit(&eng, &work.join("task.toml"), None)
-            .await
-            .unwrap(),
-        "digits-eval"
-    );
+    let accepted = cli::submit(&eng, &work.join("task.toml"), None)
+        .await
+        .unwrap();
+    assert_eq!(accepted.task_id, "digits-eval");
     // The same id again is refused.
     let again = cli::submit(&eng, &work.join("task.toml"), None).await;
     assert!(again.unwrap_err().to_string().contains("already exists"));
@@ -141,7 +148,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
     };
     assert_eq!(model_bytes, onnx_bytes.len() as u64);
     tx.send(Message::TaskAccept { task_id }).unwrap();
-    wait_for_phase(&eng, "waiting for agents (1 of").await;
+    wait_for_joined(&eng, 1).await;
 
     // A device whose policy refuses a model this large declines the offer.
     let (declined_tx, mut declined_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -238,18 +245,19 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         assert_eq!(reported, Some(shard.len() as u64));
     }
 
-    let TaskStatus::Evaluation { phase, result } =
-        cli::task_status(&eng, "digits-eval").await.unwrap()
-    else {
-        panic!("an evaluation")
-    };
-    assert_eq!(phase, "finished");
-    let result = result.unwrap();
+    let status = evaluation(cli::task_status(&eng, "digits-eval").await.unwrap());
+    assert_eq!(status.phase(), pb::TaskPhase::Finished);
+    let result = status.result.unwrap();
     let central = OnnxModel::from_bytes(onnx_bytes.clone())
         .unwrap()
         .evaluate_counts(&union(&honest_shards), OutputKind::Probabilities)
         .unwrap();
-    assert_eq!(result.confusion, central.confusion);
+    let confusion: Vec<Vec<u64>> = result
+        .confusion
+        .iter()
+        .map(|r| r.predicted.clone())
+        .collect();
+    assert_eq!(confusion, central.confusion);
     assert_eq!(result.samples, central.samples);
     assert_eq!(result.accuracy, central.accuracy());
     assert!(
@@ -259,24 +267,27 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         central.mean_loss()
     );
     assert_eq!(result.participants.len(), 4);
-    assert_eq!(result.missing, vec![forger.principal().public_key]);
+    assert_eq!(result.missing, vec![forger.principal().public_key.to_vec()]);
     // A training-only request on an evaluation is refused.
-    assert!(cli::download(&eng, "digits-eval").await.is_err());
+    let err = cli::download(&eng, "digits-eval", pb::ModelFormat::Onnx)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "task digits-eval is an evaluation: it has no global model or rounds"
+    );
 
     // The result survives a restart of the coordinator.
     node.shutdown();
     drop(node);
-    let node = serve(dir.path()).await;
+    let (_node, control) = serve(dir.path()).await;
     let eng = NodeArgs {
-        node: node.local_addr().unwrap(),
+        node: control,
         ..eng
     };
-    let TaskStatus::Evaluation {
-        phase,
-        result: after,
-    } = cli::task_status(&eng, "digits-eval").await.unwrap()
-    else {
-        panic!("an evaluation")
-    };
-    assert_eq!((phase.as_str(), after), ("finished", Some(result)));
+    let after = evaluation(cli::task_status(&eng, "digits-eval").await.unwrap());
+    assert_eq!(
+        (after.phase(), after.result),
+        (pb::TaskPhase::Finished, Some(result))
+    );
 }

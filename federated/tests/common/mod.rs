@@ -282,3 +282,27 @@ pub fn spawn_ready(test: &str, env: &str, value: &str) -> std::process::Child {
     assert!(ready, "the child {test} got ready");
     child
 }
+
+/// Serves `coordinator`'s gRPC control plane with mutual TLS as `node`, on
+/// `addr` (port 0 picks one); returns the address engineers dial.
+pub async fn serve_control(
+    coordinator: &yilian_federated::coordinator::Coordinator,
+    node: &Identity,
+    addr: &str,
+) -> String {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let incoming = yilian_identity::grpc::incoming(
+        listener,
+        node,
+        yilian_identity::tls::RevocationList::default(),
+    )
+    .unwrap();
+    let service = coordinator.control().into_server();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming),
+    );
+    addr.to_string()
+}

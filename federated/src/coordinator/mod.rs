@@ -4,9 +4,9 @@
 //!
 //! One bidirectional stream per connection carries length-prefixed
 //! [`Message`] frames. Devices (role `device`) send `Hello` and take part in
-//! tasks whose schema matches their data; engineers (role `engineer`) submit
-//! tasks, ask for status and download models. Everything else is refused at
-//! the first message.
+//! tasks whose schema matches their data. Everything else is refused at the
+//! first message: engineers submit tasks, follow them and download models
+//! over gRPC ([`ControlPlane`], served by the node).
 //!
 //! Evaluation tasks run beside training tasks: their ONNX model is kept in
 //! the task's directory (checked against its hash on restart), their state
@@ -24,15 +24,18 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use yilian_identity::{Identity, Principal, Role, tls::RevocationList};
 use yilian_ledger::{Ledger, Payload, Transaction};
-use yilian_models::{Dataset, LabelColumn, OnnxModel};
+use yilian_models::{Dataset, LabelColumn};
 
 use crate::protocol::{
     ALPN, ChunkAssembler, MAX_FRAME, Message, RewardProof, WeightsPurpose, decode_body, encode,
     model_chunk_count, model_chunks, weight_messages,
 };
+mod control;
+pub use control::ControlPlane;
+
 use crate::{
-    AgentId, Effect, EvaluationEffect, EvaluationMachine, EvaluationPhase, EvaluationResult,
-    EvaluationState, FlError, RoundMachine, RoundRecord, Store, TaskFile, TaskSpec, Update,
+    AgentId, Effect, EvaluationEffect, EvaluationMachine, EvaluationResult, EvaluationState,
+    FlError, RoundMachine, RoundRecord, Store, TaskSpec, Update,
 };
 
 /// How often deadlines are checked.
@@ -65,6 +68,8 @@ struct Inner {
     agents: HashMap<AgentId, AgentLink>,
     /// Closed rounds being written to the ledger right now.
     recording: BTreeSet<(String, u32)>,
+    /// Bumped whenever a task's state may have changed; watchers wait on it.
+    changed: tokio::sync::watch::Sender<()>,
 }
 
 impl Inner {
@@ -183,6 +188,7 @@ impl Coordinator {
                 evaluations,
                 agents: HashMap::new(),
                 recording: BTreeSet::new(),
+                changed: tokio::sync::watch::Sender::new(()),
             }),
             identity,
             ledger,
@@ -240,6 +246,20 @@ impl Coordinator {
 
     pub fn local_addr(&self) -> Result<SocketAddr, FlError> {
         Ok(self.endpoint.local_addr()?)
+    }
+
+    /// The engineer's gRPC control plane of this coordinator, for a router.
+    pub fn control(&self) -> ControlPlane {
+        ControlPlane::new(&self.shared)
+    }
+
+    /// Submits a training task in-process, as the control plane's
+    /// `SubmitTask` does.
+    pub async fn submit(
+        &self,
+        req: crate::pb::SubmitTaskRequest,
+    ) -> Result<crate::pb::SubmitTaskResponse, FlError> {
+        control::submit_task(&self.shared, req).await
     }
 
     /// The closed rounds of a task so far.
@@ -359,6 +379,7 @@ fn process(inner: &mut Inner, task_id: &str, effects: Vec<Effect>) -> Vec<(Strin
     {
         tracing::error!(task_id, "cannot persist task state: {e}");
     }
+    inner.changed.send_replace(());
     closed
 }
 
@@ -436,6 +457,7 @@ fn process_evaluation(inner: &mut Inner, task_id: &str, effects: Vec<EvaluationE
     {
         tracing::error!(task_id, "cannot persist evaluation state: {e}");
     }
+    inner.changed.send_replace(());
 }
 
 /// A deterministic transaction, so that replaying a round after a crash
@@ -679,7 +701,9 @@ async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> Re
         (Role::Device, Message::Hello { schema, samples }) => {
             agent_session(&shared, &principal, schema, samples, tx.clone(), &mut recv).await
         }
-        (Role::Engineer | Role::Member, m) => engineer_request(&shared, m, &tx, &mut recv).await,
+        (Role::Engineer | Role::Member, _) => Err(FlError::Transport(
+            "engineers submit and follow tasks over the node's gRPC API (`yilian task --node`), not QUIC".into(),
+        )),
         (role, _) => Err(FlError::Transport(format!(
             "role `{role}` may not use the federated service"
         ))),
@@ -961,220 +985,8 @@ async fn agent_loop(
 fn kind(m: &Message) -> &'static str {
     match m {
         Message::Hello { .. } => "hello",
-        Message::SubmitTask { .. } => "submit-task",
-        Message::StatusRequest { .. } => "status-request",
-        Message::SubmitEvaluation { .. } => "submit-evaluation",
         Message::ModelChunk { .. } => "model-chunk",
         Message::EvaluationReport { .. } => "evaluation-report",
-        Message::DownloadRequest { .. } => "download-request",
         _ => "other",
     }
-}
-
-async fn engineer_request(
-    shared: &Arc<Shared>,
-    first: Message,
-    outbox: &Outbox,
-    recv: &mut quinn::RecvStream,
-) -> Result<(), FlError> {
-    match first {
-        Message::SubmitEvaluation {
-            task_toml,
-            bytes,
-            chunks,
-        } => {
-            let TaskFile::Evaluation(task) = TaskFile::from_toml(&task_toml)? else {
-                return Err(FlError::InvalidTask(
-                    "a training task is submitted with its validation set, not an ONNX model",
-                ));
-            };
-            if lock(shared).task_exists(&task.id) {
-                return Err(FlError::InvalidTask("a task with this id already exists"));
-            }
-            // Refuses an oversized model at its header, before buffering any of it.
-            let mut asm = ChunkAssembler::for_model(bytes, chunks, MAX_EVALUATION_MODEL_BYTES)?;
-            let model = loop {
-                match read_message(recv).await? {
-                    Some(Message::ModelChunk { index, bytes }) => {
-                        if let Some(model) = asm.push(0, index, bytes)? {
-                            break model;
-                        }
-                    }
-                    Some(other) => {
-                        return Err(FlError::Transport(format!(
-                            "expected the model's chunks, got {}",
-                            kind(&other)
-                        )));
-                    }
-                    None => {
-                        return Err(FlError::Transport(
-                            "the stream ended before the whole model arrived".into(),
-                        ));
-                    }
-                }
-            };
-            // tract parses and test-runs the graph: CPU work, off the async threads.
-            let onnx = tokio::task::spawn_blocking(move || OnnxModel::from_bytes(model))
-                .await
-                .map_err(|e| FlError::Transport(e.to_string()))??;
-            let machine = EvaluationMachine::new(task.clone(), &onnx)?;
-            let state = machine.state();
-            let params = state.params;
-            std::fs::create_dir_all(task_dir(&shared.data_dir, &task.id))?;
-            std::fs::write(model_path(&shared.data_dir, &task.id), onnx.bytes())?;
-            if let Some(ledger) = &shared.ledger {
-                let tx = Transaction::new(Payload::TaskSubmitted {
-                    task_id: task.id.clone(),
-                    spec_hash: task.hash(&state.model_sha256),
-                    reward_budget: 0,
-                });
-                if let Err(e) = ledger.submit(tx.sign(shared.identity.signing_key())).await {
-                    tracing::error!(task_id = task.id, "task not anchored on the ledger: {e}");
-                }
-            }
-            let mut inner = lock(shared);
-            if inner.task_exists(&task.id) {
-                return Err(FlError::InvalidTask("a task with this id already exists"));
-            }
-            inner.store.save_evaluation(machine.state())?;
-            let model = Arc::new(onnx.bytes().to_vec());
-            inner
-                .evaluations
-                .insert(task.id.clone(), EvaluationTask { machine, model });
-            let idle: Vec<AgentId> = inner.agents.keys().copied().collect();
-            for agent in idle {
-                offer_task(&mut inner, agent);
-            }
-            let _ = outbox.send(Message::TaskAccepted {
-                task_id: task.id,
-                params,
-            });
-        }
-        Message::SubmitTask {
-            task_toml,
-            validation_csv,
-            initial_weights,
-        } => {
-            let TaskFile::Training(task) = TaskFile::from_toml(&task_toml)? else {
-                return Err(FlError::InvalidTask(
-                    "an evaluation task is submitted with its ONNX model",
-                ));
-            };
-            let task = *task;
-            let dir = task_dir(&shared.data_dir, &task.id);
-            if lock(shared).task_exists(&task.id) {
-                return Err(FlError::InvalidTask("a task with this id already exists"));
-            }
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("validation.csv"), &validation_csv)?;
-            let validation = load_validation(&shared.data_dir, &task)?;
-            let initial = match initial_weights {
-                Some(bytes) => yilian_models::from_safetensors_bytes(&bytes, Some(&task.model))?.1,
-                None => task.model.init_weights(task.init_seed)?,
-            };
-            let machine = RoundMachine::new(task.clone(), initial, validation)?;
-            let params = machine.param_count() as u64;
-            if let Some(ledger) = &shared.ledger {
-                let tx = Transaction::new(Payload::TaskSubmitted {
-                    task_id: task.id.clone(),
-                    spec_hash: task.hash(),
-                    reward_budget: task.reward_budget,
-                });
-                if let Err(e) = ledger.submit(tx.sign(shared.identity.signing_key())).await {
-                    tracing::error!(task_id = task.id, "task not anchored on the ledger: {e}");
-                }
-            }
-            let mut inner = lock(shared);
-            inner.store.save(machine.state())?;
-            inner.tasks.insert(task.id.clone(), machine);
-            let idle: Vec<AgentId> = inner.agents.keys().copied().collect();
-            for agent in idle {
-                offer_task(&mut inner, agent);
-            }
-            let _ = outbox.send(Message::TaskAccepted {
-                task_id: task.id,
-                params,
-            });
-        }
-        Message::StatusRequest { task_id } if lock(shared).evaluations.contains_key(&task_id) => {
-            let inner = lock(shared);
-            let e = inner
-                .evaluations
-                .get(&task_id)
-                .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
-            let state = e.machine.state();
-            let phase = match &state.phase {
-                EvaluationPhase::Waiting => format!(
-                    "waiting for agents ({} of at least {} joined)",
-                    state.recruited.len(),
-                    state.task.min_agents
-                ),
-                EvaluationPhase::Collecting {
-                    selected, received, ..
-                } => format!(
-                    "evaluating: {} of {} reports",
-                    received.len(),
-                    selected.len()
-                ),
-                EvaluationPhase::Done(_) => "finished".to_owned(),
-                EvaluationPhase::Expired => "expired".to_owned(),
-            };
-            let _ = outbox.send(Message::EvaluationStatus {
-                task_id,
-                phase,
-                result: e.machine.result().cloned(),
-            });
-        }
-        Message::StatusRequest { task_id } => {
-            let inner = lock(shared);
-            let m = inner
-                .tasks
-                .get(&task_id)
-                .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
-            let phase = match &m.state().phase {
-                crate::Phase::Waiting => "waiting for agents".to_owned(),
-                crate::Phase::Training {
-                    round,
-                    selected,
-                    received,
-                    ..
-                } => {
-                    format!(
-                        "round {round}: {} of {} updates",
-                        received.len(),
-                        selected.len()
-                    )
-                }
-                crate::Phase::Finished => "finished".to_owned(),
-                crate::Phase::Expired => "expired".to_owned(),
-            };
-            let _ = outbox.send(Message::Status {
-                task_id,
-                phase,
-                rounds: m.state().task.rounds,
-                history: m.state().history.clone(),
-            });
-        }
-        Message::DownloadRequest { task_id } => {
-            let inner = lock(shared);
-            let m = inner
-                .tasks
-                .get(&task_id)
-                .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
-            let _ = outbox.send(Message::Model {
-                task_id,
-                model: m.spec().clone(),
-            });
-            for msg in weight_messages(WeightsPurpose::Global, m.state().next_round, m.global()) {
-                let _ = outbox.send(msg);
-            }
-        }
-        other => {
-            return Err(FlError::Transport(format!(
-                "unexpected first message: {}",
-                kind(&other)
-            )));
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,12 @@
+// protoc comes from crates.io (protoc-bin-vendored), so a fresh machine needs nothing installed.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure().compile_with_config(
+        config,
+        &["../proto/federated.proto"],
+        &["../proto"],
+    )?;
+    println!("cargo:rerun-if-changed=../proto/federated.proto");
+    Ok(())
+}
