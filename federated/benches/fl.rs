@@ -172,7 +172,7 @@ classes = 10
         h.await.unwrap().unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    assert_eq!(node.history(&id).unwrap().len(), rounds as usize);
+    assert_eq!(node.history(&id).await.unwrap().len(), rounds as usize);
     elapsed / f64::from(rounds)
 }
 

@@ -57,6 +57,26 @@ pub enum FlError {
     Ledger(#[from] yilian_ledger::LedgerError),
     #[error("the coordinator has stopped")]
     Stopped,
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    #[error("the peer presented no client certificate")]
+    NoClientCertificate,
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("reading a frame: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("the stream ended inside a frame")]
+    TruncatedFrame,
+    #[error("no session for this connection")]
+    NoSession,
+    #[error(
+        "engineers submit and follow tasks over the node's gRPC API (`yilian task --node`), not QUIC"
+    )]
+    UseControlPlane,
+    #[error("unexpected {0}")]
+    Unexpected(&'static str),
+    #[error("a message for task {0}, which this agent has not joined")]
+    NotJoined(String),
     #[error("the stored ONNX model of evaluation {0} does not match its recorded hash")]
     ModelFileChanged(String),
     #[error("model: {0}")]
@@ -165,15 +185,28 @@ impl From<FlError> for tonic::Status {
             | FlError::Validation(_)
             | FlError::EvaluationHeaderFirst
             | FlError::ModelTooLarge { .. }
-            | FlError::ModelSizeMismatch { .. } => Code::InvalidArgument,
-            FlError::UnknownAgent { .. } | FlError::WrongRole { .. } => Code::PermissionDenied,
+            | FlError::ModelSizeMismatch { .. }
+            | FlError::TruncatedFrame
+            | FlError::Unexpected(_) => Code::InvalidArgument,
+            FlError::UnknownAgent { .. }
+            | FlError::WrongRole { .. }
+            | FlError::UseControlPlane
+            | FlError::NotJoined(_)
+            | FlError::NoClientCertificate => Code::PermissionDenied,
             FlError::NoSuchTask(_) => Code::NotFound,
             FlError::TaskExists(_) => Code::AlreadyExists,
             FlError::NotTraining(_)
             | FlError::TooFewSurvivors { .. }
             | FlError::Unrecoverable { .. } => Code::FailedPrecondition,
-            FlError::Ledger(_) | FlError::Stopped | FlError::Transport(_) => Code::Unavailable,
-            FlError::ModelFileChanged(_) | FlError::Store(_) | FlError::Io(_) => Code::Internal,
+            FlError::Ledger(_)
+            | FlError::Stopped
+            | FlError::Transport(_)
+            | FlError::Connection(_)
+            | FlError::Read(_)
+            | FlError::NoSession => Code::Unavailable,
+            FlError::ModelFileChanged(_) | FlError::Store(_) | FlError::Io(_) | FlError::Tls(_) => {
+                Code::Internal
+            }
         };
         tonic::Status::new(code, e.to_string())
     }

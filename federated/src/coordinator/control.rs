@@ -17,9 +17,7 @@ use yilian_identity::{Principal, Role};
 use yilian_ledger::{Payload, Transaction};
 use yilian_models::{Dataset, LabelColumn, OnnxModel};
 
-use super::{
-    EvaluationTask, Inner, MAX_EVALUATION_MODEL_BYTES, Shared, lock, offer_task, task_dir,
-};
+use super::{Engine, EvaluationTask, Event, MAX_EVALUATION_MODEL_BYTES, Shared};
 use crate::pb;
 use crate::{
     AgentId, EvaluationMachine, EvaluationPhase, EvaluationResult, FlError, Phase, RoundMachine,
@@ -76,38 +74,10 @@ async fn anchor(shared: &Shared, payload: Payload) -> Result<u64, FlError> {
     Ok(ledger.submit(tx).await?.index)
 }
 
-/// Stores an accepted task's validation set under the lock, so two
-/// submissions of one id cannot both land; undone if the state cannot be saved.
-fn store_training(
-    shared: &Shared,
-    machine: RoundMachine,
-    validation_csv: &[u8],
-) -> Result<(), FlError> {
-    let mut inner = lock(shared);
-    let id = machine.state().task.id.clone();
-    if inner.task_exists(&id) {
-        return Err(FlError::TaskExists(id));
-    }
-    let dir = task_dir(&shared.data_dir, &id);
-    let saved = std::fs::create_dir_all(&dir)
-        .and_then(|()| std::fs::write(dir.join("validation.csv"), validation_csv))
-        .map_err(FlError::from)
-        .and_then(|()| inner.store.save(machine.state()));
-    if let Err(e) = saved {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
-    inner.tasks.insert(id, machine);
-    offer_to_idle(&mut inner);
-    Ok(())
-}
-
-fn offer_to_idle(inner: &mut Inner) {
-    let idle: Vec<AgentId> = inner.agents.keys().copied().collect();
-    for agent in idle {
-        offer_task(inner, agent);
-    }
-    inner.changed.send_replace(());
+/// Whether a task has the id, asked of the engine.
+async fn exists(shared: &Shared, id: &str) -> Result<bool, FlError> {
+    let id = id.to_owned();
+    shared.query(move |e| e.task_exists(&id)).await
 }
 
 pub(super) async fn submit_task(
@@ -120,7 +90,7 @@ pub(super) async fn submit_task(
         ));
     };
     let task = *task;
-    if lock(shared).task_exists(&task.id) {
+    if exists(shared, &task.id).await? {
         return Err(FlError::TaskExists(task.id));
     }
     let validation = Dataset::from_csv_reader(
@@ -146,7 +116,15 @@ pub(super) async fn submit_task(
         },
     )
     .await?;
-    store_training(shared, machine, &req.validation_csv)?;
+    let (reply, accepted) = tokio::sync::oneshot::channel();
+    shared
+        .send(Event::AddTask {
+            machine: Box::new(machine),
+            validation_csv: req.validation_csv,
+            reply,
+        })
+        .await?;
+    accepted.await.map_err(|_| FlError::Stopped)??;
     tracing::info!(task_id = task.id, params, "training task accepted");
     Ok(pb::SubmitTaskResponse {
         task_id: task.id,
@@ -172,7 +150,7 @@ async fn submit_evaluation(
         )
         .into());
     };
-    if lock(shared).task_exists(&task.id) {
+    if exists(shared, &task.id).await? {
         return Err(FlError::TaskExists(task.id).into());
     }
     let announced = header.model_bytes as usize;
@@ -221,28 +199,15 @@ async fn submit_evaluation(
         },
     )
     .await?;
-    {
-        let mut inner = lock(shared);
-        if inner.task_exists(&task.id) {
-            return Err(FlError::TaskExists(task.id).into());
-        }
-        let dir = task_dir(&shared.data_dir, &task.id);
-        let saved = std::fs::create_dir_all(&dir)
-            .and_then(|()| {
-                std::fs::write(super::model_path(&shared.data_dir, &task.id), onnx.bytes())
-            })
-            .map_err(FlError::from)
-            .and_then(|()| inner.store.save_evaluation(machine.state()));
-        if let Err(e) = saved {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
-        }
-        let model = Arc::new(onnx.bytes().to_vec());
-        inner
-            .evaluations
-            .insert(task.id.clone(), EvaluationTask { machine, model });
-        offer_to_idle(&mut inner);
-    }
+    let model = Arc::new(onnx.bytes().to_vec());
+    let (reply, accepted) = tokio::sync::oneshot::channel();
+    shared
+        .send(Event::AddEvaluation {
+            eval: EvaluationTask { machine, model },
+            reply,
+        })
+        .await?;
+    accepted.await.map_err(|_| FlError::Stopped)??;
     tracing::info!(task_id = task.id, params, "evaluation task accepted");
     Ok(pb::SubmitTaskResponse {
         task_id: task.id,
@@ -377,11 +342,11 @@ fn evaluation_status(e: &EvaluationTask) -> pb::EvaluationStatus {
     }
 }
 
-fn task_status(inner: &Inner, task_id: &str) -> Result<pb::TaskStatusResponse, FlError> {
+fn task_status(engine: &Engine, task_id: &str) -> Result<pb::TaskStatusResponse, FlError> {
     use pb::task_status_response::Kind;
-    let kind = if let Some(m) = inner.tasks.get(task_id) {
+    let kind = if let Some(m) = engine.task(task_id) {
         Kind::Training(training_status(m))
-    } else if let Some(e) = inner.evaluations.get(task_id) {
+    } else if let Some(e) = engine.evaluation(task_id) {
         Kind::Evaluation(evaluation_status(e))
     } else {
         return Err(FlError::NoSuchTask(task_id.to_owned()));
@@ -445,34 +410,34 @@ impl Watch {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::TaskEvent, Status>> + Send>>;
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadChunk, Status>> + Send>>;
 
-fn watch(shared: &Arc<Shared>, task_id: String) -> Result<EventStream, FlError> {
-    let mut changed = {
-        let inner = lock(shared);
-        if !inner.tasks.contains_key(&task_id) {
-            return Err(match inner.evaluations.contains_key(&task_id) {
-                true => FlError::NotTraining(task_id),
-                false => FlError::NoSuchTask(task_id),
-            });
-        }
-        inner.changed.subscribe()
-    };
+/// Why a training-only request names `task_id`: an evaluation, or nothing.
+fn not_training(engine: &Engine, task_id: &str) -> FlError {
+    match engine.evaluation(task_id) {
+        Some(_) => FlError::NotTraining(task_id.to_owned()),
+        None => FlError::NoSuchTask(task_id.to_owned()),
+    }
+}
+
+async fn training(shared: &Shared, task_id: &str) -> Result<pb::TrainingStatus, FlError> {
+    let id = task_id.to_owned();
+    shared
+        .query(move |e| {
+            e.task(&id)
+                .map(training_status)
+                .ok_or_else(|| not_training(e, &id))
+        })
+        .await?
+}
+
+async fn watch(shared: &Arc<Shared>, task_id: String) -> Result<EventStream, FlError> {
+    let mut changed = shared.changed.subscribe();
+    let first = training(shared, &task_id).await?;
     let shared = Arc::downgrade(shared);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
         let mut told = Watch::default();
+        let mut status = first;
         loop {
-            // Marks the current version seen before reading, so a change
-            // after the read wakes the next wait.
-            changed.borrow_and_update();
-            let status = {
-                let Some(shared) = shared.upgrade() else {
-                    let _ = tx.send(Err(FlError::Stopped.into())).await;
-                    return;
-                };
-                let inner = lock(&shared);
-                inner.tasks.get(&task_id).map(training_status)
-            };
-            let Some(status) = status else { return };
             let (events, ended) = told.events(&status);
             for e in events {
                 if tx.send(Ok(e)).await.is_err() {
@@ -482,24 +447,45 @@ fn watch(shared: &Arc<Shared>, task_id: String) -> Result<EventStream, FlError> 
             if ended || changed.changed().await.is_err() {
                 return;
             }
+            // Marks this version seen before reading, so a change after the
+            // read wakes the next wait.
+            changed.borrow_and_update();
+            let Some(shared) = shared.upgrade() else {
+                let _ = tx.send(Err(FlError::Stopped.into())).await;
+                return;
+            };
+            status = match training(&shared, &task_id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
         }
     });
     Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
-fn download(inner: &Inner, req: &pb::DownloadRequest) -> Result<ChunkStream, FlError> {
-    let m = inner.tasks.get(&req.task_id).ok_or_else(|| {
-        match inner.evaluations.contains_key(&req.task_id) {
-            true => FlError::NotTraining(req.task_id.clone()),
-            false => FlError::NoSuchTask(req.task_id.clone()),
-        }
-    })?;
+async fn download(shared: &Shared, req: pb::DownloadRequest) -> Result<ChunkStream, FlError> {
+    let id = req.task_id.clone();
+    let (spec, weights, rounds) = shared
+        .query(move |e| {
+            e.task(&id)
+                .map(|m| {
+                    (
+                        m.spec().clone(),
+                        m.global().to_vec(),
+                        m.state().history.len() as u32,
+                    )
+                })
+                .ok_or_else(|| not_training(e, &id))
+        })
+        .await??;
     let bytes = match req.format() {
-        pb::ModelFormat::Safetensors => yilian_models::to_safetensors_bytes(m.spec(), m.global())?,
-        pb::ModelFormat::Onnx => yilian_models::to_onnx(m.spec(), m.global())?,
+        pb::ModelFormat::Safetensors => yilian_models::to_safetensors_bytes(&spec, &weights)?,
+        pb::ModelFormat::Onnx => yilian_models::to_onnx(&spec, &weights)?,
     };
     let sha256 = Sha256::digest(&bytes).to_vec();
-    let rounds = m.state().history.len() as u32;
     let total_bytes = bytes.len() as u64;
     let chunks: Vec<Result<pb::DownloadChunk, Status>> = bytes
         .chunks(DOWNLOAD_CHUNK)
@@ -550,8 +536,9 @@ impl pb::federated_server::Federated for ControlPlane {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         engineer(&req, "read a task's status")?;
         let shared = self.shared()?;
-        let inner = lock(&shared);
-        Ok(Response::new(task_status(&inner, &req.get_ref().task_id)?))
+        let id = req.into_inner().task_id;
+        let status = shared.query(move |e| task_status(e, &id)).await??;
+        Ok(Response::new(status))
     }
 
     type WatchTaskStream = EventStream;
@@ -562,7 +549,9 @@ impl pb::federated_server::Federated for ControlPlane {
     ) -> Result<Response<EventStream>, Status> {
         engineer(&req, "watch a task")?;
         let shared = self.shared()?;
-        Ok(Response::new(watch(&shared, req.into_inner().task_id)?))
+        Ok(Response::new(
+            watch(&shared, req.into_inner().task_id).await?,
+        ))
     }
 
     type DownloadStream = ChunkStream;
@@ -573,7 +562,6 @@ impl pb::federated_server::Federated for ControlPlane {
     ) -> Result<Response<ChunkStream>, Status> {
         engineer(&req, "download a model")?;
         let shared = self.shared()?;
-        let inner = lock(&shared);
-        Ok(Response::new(download(&inner, req.get_ref())?))
+        Ok(Response::new(download(&shared, req.into_inner()).await?))
     }
 }

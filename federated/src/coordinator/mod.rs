@@ -1,6 +1,6 @@
-//! The coordinator service: the round state machines of every task behind
-//! QUIC with mutual TLS from the admission authority, persisted in redb and
-//! writing contributions and rewards to the ledger.
+//! The coordinator service: the sans-IO [`Engine`] behind QUIC with mutual
+//! TLS from the admission authority, persisted in redb and writing
+//! contributions, rewards and privacy spent to the ledger.
 //!
 //! One bidirectional stream per connection carries length-prefixed
 //! [`Message`] frames. Devices (role `device`) send `Hello` and take part in
@@ -8,81 +8,114 @@
 //! first message: engineers submit tasks, follow them and download models
 //! over gRPC ([`ControlPlane`], served by the node).
 //!
+//! The driver is thin. One thread owns the engine and the store: it takes
+//! events from a bounded queue (frames from connection tasks, ticks, ledger
+//! acknowledgements, the control plane's submissions and reads), hands them
+//! to the engine, and carries out its commands in order. Round completion
+//! (aggregation, contribution scoring, evaluation) therefore runs off the
+//! async runtime, and no lock is shared with it. Each connection has a
+//! bounded queue of outgoing items; models travel as one shared copy that
+//! the connection's writer cuts into frames, and an agent that lets its
+//! queue fill is disconnected rather than buffered for. A state that cannot
+//! be persisted stops the coordinator: nothing after it is acknowledged,
+//! and a restart resumes from the last write.
+//!
 //! Evaluation tasks run beside training tasks: their ONNX model is kept in
 //! the task's directory (checked against its hash on restart), their state
 //! in its own redb table, and an agent is offered one only when no training
 //! task fits its data.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use yilian_identity::{Identity, Principal, Role, tls::RevocationList};
+use tokio::sync::{mpsc, oneshot, watch};
+use yilian_identity::{Identity, Principal, tls::RevocationList};
 use yilian_ledger::{Ledger, Payload, Transaction};
 use yilian_models::{Dataset, LabelColumn};
 
-use crate::protocol::{
-    ALPN, ChunkAssembler, MAX_FRAME, Message, RewardProof, WeightsPurpose, decode_body, encode,
-    model_chunk_count, model_chunks, weight_messages,
-};
-mod control;
-pub use control::ControlPlane;
-
+use crate::protocol::{ALPN, MAX_FRAME, Message, RewardProof, decode_body, encode};
 use crate::{
-    AgentId, Effect, EvaluationEffect, EvaluationMachine, EvaluationResult, EvaluationState,
-    FlError, RoundMachine, RoundRecord, Store, TaskSpec, Update,
+    AgentId, EvaluationMachine, EvaluationState, FlError, RoundMachine, RoundRecord, Store,
+    TaskSpec,
 };
+
+mod control;
+pub mod engine;
+pub use control::ControlPlane;
+pub use engine::{Command, ConnId, Durable, Engine, EvaluationTask, Input, Outgoing};
 
 /// How often deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 /// Largest ONNX model an engineer may submit for evaluation. The
-/// coordinator holds it in memory and queues a copy per selected agent, so
-/// it is bounded; agents apply their own, usually smaller, limit.
+/// coordinator holds it in memory, once, and every agent's writer reads
+/// that copy; agents apply their own, usually smaller, limit.
 pub const MAX_EVALUATION_MODEL_BYTES: usize = 256 << 20;
+/// Items queued to one connection before it counts as too slow. A model is
+/// one item, however large.
+const CONNECTION_QUEUE: usize = 64;
+/// Events queued to the engine; connection readers wait when it is full.
+const ENGINE_QUEUE: usize = 4096;
 
-type Outbox = mpsc::UnboundedSender<Message>;
+/// A read of the engine's state, run on its thread.
+type Query = Box<dyn FnOnce(&Engine) + Send>;
 
-struct AgentLink {
-    outbox: Outbox,
-    schema: crate::DataSchema,
-    /// Examples the agent declared in its `Hello`; its evaluation report must agree.
-    samples: u64,
-    task: Option<String>,
+/// What the engine thread is told.
+enum Event {
+    Connected {
+        conn: ConnId,
+        principal: Principal,
+        outbox: mpsc::Sender<Outgoing>,
+    },
+    Input(Input),
+    /// A connection failed to decode or carry a frame: tell it why, close it.
+    Failed {
+        conn: ConnId,
+        reason: String,
+    },
+    AddTask {
+        machine: Box<RoundMachine>,
+        validation_csv: Vec<u8>,
+        reply: oneshot::Sender<Result<(), FlError>>,
+    },
+    AddEvaluation {
+        eval: EvaluationTask,
+        reply: oneshot::Sender<Result<(), FlError>>,
+    },
+    Query(Query),
 }
 
-/// An evaluation and the ONNX file it sends out.
-struct EvaluationTask {
-    machine: EvaluationMachine,
-    model: Arc<Vec<u8>>,
-}
-
-struct Inner {
-    store: Store,
-    tasks: BTreeMap<String, RoundMachine>,
-    evaluations: BTreeMap<String, EvaluationTask>,
-    agents: HashMap<AgentId, AgentLink>,
-    /// Closed rounds being written to the ledger right now.
-    recording: BTreeSet<(String, u32)>,
-    /// Bumped whenever a task's state may have changed; watchers wait on it.
-    changed: tokio::sync::watch::Sender<()>,
-}
-
-impl Inner {
-    fn task_exists(&self, id: &str) -> bool {
-        self.tasks.contains_key(id) || self.evaluations.contains_key(id)
-    }
-}
-
+/// What the coordinator's async side and its control plane share.
 struct Shared {
-    inner: Mutex<Inner>,
+    events: mpsc::Sender<Event>,
     identity: Identity,
     ledger: Option<Ledger>,
-    data_dir: PathBuf,
+    /// Bumped whenever a task's state changed; watchers wait on it.
+    changed: watch::Sender<()>,
+}
+
+impl Shared {
+    async fn send(&self, event: Event) -> Result<(), FlError> {
+        self.events.send(event).await.map_err(|_| FlError::Stopped)
+    }
+
+    /// Runs `read` on the engine's thread and returns what it returned.
+    async fn query<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, FlError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Event::Query(Box::new(move |e| {
+            let _ = tx.send(read(e));
+        })))
+        .await?;
+        rx.await.map_err(|_| FlError::Stopped)
+    }
 }
 
 /// A running coordinator.
@@ -95,11 +128,6 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn lock(shared: &Shared) -> MutexGuard<'_, Inner> {
-    // A panic while holding the lock leaves state that was saved before it; carry on.
-    shared.inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn task_dir(data_dir: &Path, task_id: &str) -> PathBuf {
@@ -137,11 +165,26 @@ pub fn peer_principal(conn: &quinn::Connection) -> Option<Principal> {
     yilian_identity::tls::principal_from_cert(certs.first()?).ok()
 }
 
+fn server_config(
+    identity: &Identity,
+    revoked: RevocationList,
+) -> Result<quinn::ServerConfig, FlError> {
+    let mut tls = yilian_identity::tls::server_config(identity, revoked)
+        .map_err(|e| FlError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| FlError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60))
+            .expect("60 s is a valid idle timeout"),
+    ));
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
 impl Coordinator {
-    /// Binds `addr`, reloads every stored task from `data_dir` and starts
-    /// serving. Agents and engineers must hold certificates of `identity`'s
-    /// network; `ledger`, if given, receives contributions and rewards signed
-    /// by `identity` (which must be a member).
     pub async fn serve(
         addr: SocketAddr,
         identity: Identity,
@@ -166,79 +209,54 @@ impl Coordinator {
                 evaluations.insert(id, EvaluationTask { machine, model });
             }
         }
-        let mut tls = yilian_identity::tls::server_config(&identity, revoked)
-            .map_err(|e| FlError::Transport(e.to_string()))?;
-        tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto =
-            QuicServerConfig::try_from(tls).map_err(|e| FlError::Transport(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_idle_timeout(Some(
-            Duration::from_secs(60)
-                .try_into()
-                .map_err(|_| FlError::Transport("idle timeout".into()))?,
-        ));
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
-        server.transport_config(Arc::new(transport));
-        let endpoint = quinn::Endpoint::server(server, addr)?;
+        let endpoint = quinn::Endpoint::server(server_config(&identity, revoked)?, addr)?;
+        let (events, rx) = mpsc::channel(ENGINE_QUEUE);
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                store,
-                tasks,
-                evaluations,
-                agents: HashMap::new(),
-                recording: BTreeSet::new(),
-                changed: tokio::sync::watch::Sender::new(()),
-            }),
+            events,
             identity,
             ledger,
-            data_dir: data_dir.to_owned(),
+            changed: watch::Sender::new(()),
         });
+        let driver = Driver {
+            engine: Engine::new(tasks, evaluations),
+            store,
+            data_dir: data_dir.to_owned(),
+            conns: HashMap::new(),
+            shared: Arc::downgrade(&shared),
+            changed: shared.changed.clone(),
+            ledger: shared.ledger.clone(),
+            identity: shared.identity.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            endpoint: endpoint.clone(),
+        };
+        std::thread::Builder::new()
+            .name("fl-engine".into())
+            .spawn(move || driver.run(rx))?;
         let accept = endpoint.clone();
-        let s = shared.clone();
+        let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
+            let ids = AtomicU64::new(1);
             while let Some(incoming) = accept.accept().await {
-                let s = s.clone();
+                let Some(s) = weak.upgrade() else { break };
+                let conn = ids.fetch_add(1, Ordering::Relaxed);
+                let events = s.events.clone();
+                drop(s);
                 tokio::spawn(async move {
-                    if let Err(e) = handle_connection(s, incoming).await {
-                        tracing::debug!("connection ended: {e}");
+                    if let Err(e) = connection(conn, events, incoming).await {
+                        tracing::debug!(conn, "connection ended: {e}");
                     }
                 });
             }
         });
-        let s = shared.clone();
+        let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             loop {
                 interval.tick().await;
-                if Arc::strong_count(&s) == 1 {
+                let Some(s) = weak.upgrade() else { break };
+                if s.send(Event::Input(Input::Tick)).await.is_err() {
                     break;
                 }
-                {
-                    let mut inner = lock(&s);
-                    let ids: Vec<String> = inner.tasks.keys().cloned().collect();
-                    for id in ids {
-                        let effects = match inner.tasks.get_mut(&id) {
-                            Some(m) => m.tick(now_ms()),
-                            None => continue,
-                        };
-                        process(&mut inner, &id, effects);
-                    }
-                    let ids: Vec<String> = inner.evaluations.keys().cloned().collect();
-                    for id in ids {
-                        let effects = match inner.evaluations.get_mut(&id) {
-                            Some(e) => e.machine.tick(now_ms()),
-                            None => continue,
-                        };
-                        // A tick that did nothing changed nothing: skip the write.
-                        if !effects.is_empty() {
-                            process_evaluation(&mut inner, &id, effects);
-                        }
-                    }
-                }
-                // Rounds closed by the tick, and any whose ledger writes
-                // failed before (or before a restart), are written now.
-                record_pending(&s).await;
             }
         });
         Ok(Coordinator { endpoint, shared })
@@ -263,28 +281,13 @@ impl Coordinator {
     }
 
     /// The closed rounds of a task so far.
-    pub fn history(&self, task_id: &str) -> Option<Vec<RoundRecord>> {
-        lock(&self.shared)
-            .tasks
-            .get(task_id)
-            .map(|m| m.state().history.clone())
-    }
-
-    pub fn is_done(&self, task_id: &str) -> bool {
-        let inner = lock(&self.shared);
-        inner.tasks.get(task_id).is_some_and(RoundMachine::is_done)
-            || inner
-                .evaluations
-                .get(task_id)
-                .is_some_and(|e| e.machine.is_done())
-    }
-
-    /// An evaluation's aggregate, once it closed.
-    pub fn evaluation_result(&self, task_id: &str) -> Option<EvaluationResult> {
-        lock(&self.shared)
-            .evaluations
-            .get(task_id)
-            .and_then(|e| e.machine.result().cloned())
+    pub async fn history(&self, task_id: &str) -> Option<Vec<RoundRecord>> {
+        let id = task_id.to_owned();
+        self.shared
+            .query(move |e| e.task(&id).map(|m| m.state().history.clone()))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Stops accepting connections and closes the open ones.
@@ -300,164 +303,197 @@ impl Drop for Coordinator {
     }
 }
 
-/// Applies effects of a task's machine: messages to agents, persistence.
-/// Returns the rounds it closed; the caller then writes pending rounds to
-/// the ledger outside the lock.
-fn process(inner: &mut Inner, task_id: &str, effects: Vec<Effect>) -> Vec<(String, RoundRecord)> {
-    let mut closed = Vec::new();
-    let mut queue: std::collections::VecDeque<Effect> = effects.into();
-    while let Some(effect) = queue.pop_front() {
-        let Some(machine) = inner.tasks.get_mut(task_id) else {
-            return closed;
-        };
-        match effect {
-            Effect::SendModel {
-                agent,
-                round,
-                config,
-            } => {
-                let sent = inner.agents.get(&agent).is_some_and(|link| {
-                    let mut ok = link
-                        .outbox
-                        .send(Message::RoundStart {
-                            task_id: task_id.to_owned(),
-                            round,
-                            config,
-                        })
-                        .is_ok();
-                    for m in weight_messages(WeightsPurpose::Global, round, machine.global()) {
-                        ok &= link.outbox.send(m).is_ok();
-                    }
-                    ok
-                });
-                if !sent {
-                    queue.extend(machine.leave(agent, now_ms()));
-                }
-            }
-            Effect::Rejected { agent, reason } => {
-                if let (Some(link), Some(round)) =
-                    (inner.agents.get(&agent), machine.current_round())
-                {
-                    let _ = link.outbox.send(Message::UpdateRejected { round, reason });
-                }
-            }
-            Effect::RoundClosed(record) => closed.push((task_id.to_owned(), record)),
-            Effect::SecAgg { agent, message } => {
-                let sent = inner.agents.get(&agent).is_some_and(|link| {
-                    link.outbox
-                        .send(Message::SecAggToAgent {
-                            task_id: task_id.to_owned(),
-                            message,
-                        })
-                        .is_ok()
-                });
-                if !sent {
-                    queue.extend(machine.leave(agent, now_ms()));
-                }
-            }
-            Effect::RoundAbandoned { round, received } => {
-                tracing::warn!(task_id, round, received, "round abandoned: too few updates");
-            }
-            // With a round just closed, its results go out first (record_round
-            // then says the task is done); otherwise say so now.
-            Effect::Finished | Effect::Expired if !closed.is_empty() => {}
-            Effect::Finished | Effect::Expired => {
-                for link in inner
-                    .agents
-                    .values()
-                    .filter(|l| l.task.as_deref() == Some(task_id))
-                {
-                    let _ = link.outbox.send(Message::TaskDone {
-                        task_id: task_id.to_owned(),
-                    });
-                }
-            }
-        }
-    }
-    if let Some(machine) = inner.tasks.get(task_id)
-        && let Err(e) = inner.store.save(machine.state())
-    {
-        tracing::error!(task_id, "cannot persist task state: {e}");
-    }
-    inner.changed.send_replace(());
-    closed
+/// The engine thread: owns the engine and the store, and carries out commands.
+struct Driver {
+    engine: Engine,
+    store: Store,
+    data_dir: PathBuf,
+    conns: HashMap<ConnId, mpsc::Sender<Outgoing>>,
+    /// Weak: the thread ends once the coordinator and its control plane are gone.
+    shared: std::sync::Weak<Shared>,
+    changed: watch::Sender<()>,
+    ledger: Option<Ledger>,
+    identity: Identity,
+    runtime: tokio::runtime::Handle,
+    endpoint: quinn::Endpoint,
 }
 
-/// Applies effects of an evaluation's machine: the model to agents,
-/// refusals, the end of the task; then persists its state.
-fn process_evaluation(inner: &mut Inner, task_id: &str, effects: Vec<EvaluationEffect>) {
-    let mut queue: std::collections::VecDeque<EvaluationEffect> = effects.into();
-    let mut done = false;
-    while let Some(effect) = queue.pop_front() {
-        let Some(eval) = inner.evaluations.get_mut(task_id) else {
-            return;
-        };
-        match effect {
-            EvaluationEffect::SendModel { agent } => {
-                let sent = inner.agents.get(&agent).is_some_and(|link| {
-                    let mut ok = link
-                        .outbox
-                        .send(Message::EvaluationStart {
-                            task_id: task_id.to_owned(),
-                            bytes: eval.model.len() as u64,
-                            chunks: model_chunk_count(eval.model.len()),
-                        })
-                        .is_ok();
-                    for m in model_chunks(&eval.model) {
-                        ok &= link.outbox.send(m).is_ok();
+impl Driver {
+    fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        while let Some(event) = rx.blocking_recv() {
+            if self.shared.strong_count() == 0 {
+                break;
+            }
+            if let Err(e) = self.event(event) {
+                tracing::error!("coordinator stopping: {e}; a restart resumes from the last write");
+                self.endpoint.close(1u32.into(), b"coordinator failed");
+                break;
+            }
+        }
+        // Dropping the queues lets every writer finish; the store closes here.
+    }
+
+    fn event(&mut self, event: Event) -> Result<(), FlError> {
+        let now = now_ms();
+        match event {
+            Event::Connected {
+                conn,
+                principal,
+                outbox,
+            } => {
+                self.conns.insert(conn, outbox);
+                let commands = self
+                    .engine
+                    .handle(Input::Connected { conn, principal }, now);
+                self.execute(commands)
+            }
+            Event::Input(input) => {
+                let commands = self.engine.handle(input, now);
+                self.execute(commands)
+            }
+            Event::Failed { conn, reason } => {
+                let mut commands = vec![Command::Close { conn, reason }];
+                commands.extend(self.engine.handle(Input::Closed { conn }, now));
+                self.execute(commands)
+            }
+            Event::AddTask {
+                machine,
+                validation_csv,
+                reply,
+            } => {
+                let result = self.add_task(*machine, &validation_csv);
+                let fatal = matches!(result, Err(FlError::Store(_)));
+                let _ = reply.send(result);
+                if fatal {
+                    return Err(FlError::Store("cannot persist a new task".into()));
+                }
+                Ok(())
+            }
+            Event::AddEvaluation { eval, reply } => {
+                let result = self.add_evaluation(eval);
+                let fatal = matches!(result, Err(FlError::Store(_)));
+                let _ = reply.send(result);
+                if fatal {
+                    return Err(FlError::Store("cannot persist a new evaluation".into()));
+                }
+                Ok(())
+            }
+            Event::Query(read) => {
+                read(&self.engine);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the task's validation set, then its state; refused before
+    /// either if the id is taken, and the directory removed if a write fails.
+    fn add_task(&mut self, machine: RoundMachine, validation_csv: &[u8]) -> Result<(), FlError> {
+        let id = machine.state().task.id.clone();
+        if self.engine.task_exists(&id) {
+            return Err(FlError::TaskExists(id));
+        }
+        let dir = task_dir(&self.data_dir, &id);
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("validation.csv"), validation_csv));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+        let commands = self.engine.add_task(machine)?;
+        self.execute(commands)
+    }
+
+    fn add_evaluation(&mut self, eval: EvaluationTask) -> Result<(), FlError> {
+        let id = eval.machine.state().task.id.clone();
+        if self.engine.task_exists(&id) {
+            return Err(FlError::TaskExists(id));
+        }
+        let dir = task_dir(&self.data_dir, &id);
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(model_path(&self.data_dir, &id), eval.model.as_slice()));
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e.into());
+        }
+        let commands = self.engine.add_evaluation(eval)?;
+        self.execute(commands)
+    }
+
+    /// Carries out commands in order, and the inputs they feed back.
+    fn execute(&mut self, commands: Vec<Command>) -> Result<(), FlError> {
+        let mut queue: VecDeque<Command> = commands.into();
+        while let Some(command) = queue.pop_front() {
+            match command {
+                Command::Send { conn, out } => {
+                    let Some(outbox) = self.conns.get(&conn) else {
+                        continue;
+                    };
+                    if let Err(e) = outbox.try_send(out) {
+                        // Too slow, or gone: the agent leaves rather than
+                        // have its queue grow.
+                        if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                            tracing::info!(conn, "agent too slow to read its queue: disconnected");
+                        }
+                        self.conns.remove(&conn);
+                        queue.extend(self.engine.handle(Input::Closed { conn }, now_ms()));
                     }
-                    ok
-                });
-                if !sent {
-                    queue.extend(eval.machine.leave(agent, now_ms()));
+                }
+                Command::Close { conn, reason } => {
+                    if let Some(outbox) = self.conns.remove(&conn) {
+                        // Dropping the sender after this lets the writer finish.
+                        let _ = outbox
+                            .try_send(Outgoing::Message(Box::new(Message::Refused { reason })));
+                    }
+                }
+                Command::Persist(d) => self.persist(&d)?,
+                Command::Record {
+                    task_id,
+                    record,
+                    delta,
+                } => match (&self.ledger, self.shared.upgrade()) {
+                    (Some(ledger), Some(shared)) => {
+                        let (ledger, identity) = (ledger.clone(), self.identity.clone());
+                        self.runtime.spawn(async move {
+                            let proofs =
+                                record_round(&ledger, &identity, &task_id, &record, delta).await;
+                            let _ = shared
+                                .send(Event::Input(Input::Recorded {
+                                    task_id,
+                                    round: record.round,
+                                    proofs,
+                                }))
+                                .await;
+                        });
+                    }
+                    _ => queue.extend(self.engine.handle(
+                        Input::Recorded {
+                            task_id,
+                            round: record.round,
+                            proofs: Some(vec![None; record.participants.len()]),
+                        },
+                        now_ms(),
+                    )),
+                },
+                Command::Changed => {
+                    self.changed.send_replace(());
                 }
             }
-            EvaluationEffect::Rejected { agent, reason } => {
-                tracing::info!(task_id, agent = hex::encode(&agent[..4]), %reason, "evaluation report refused");
-                if let Some(link) = inner.agents.get(&agent) {
-                    let _ = link
-                        .outbox
-                        .send(Message::UpdateRejected { round: 0, reason });
-                }
-            }
-            EvaluationEffect::Evaluated(result) => {
-                tracing::info!(
-                    task_id,
-                    participants = result.participants.len(),
-                    samples = result.samples,
-                    accuracy = result.accuracy,
-                    "evaluation closed"
-                );
-                done = true;
-            }
-            EvaluationEffect::Abandoned { attempt, received } => {
-                tracing::warn!(
-                    task_id,
-                    attempt,
-                    received,
-                    "evaluation attempt abandoned: too few reports"
-                );
-            }
-            EvaluationEffect::Expired => done = true,
+        }
+        Ok(())
+    }
+
+    fn persist(&mut self, d: &Durable) -> Result<(), FlError> {
+        match d {
+            Durable::Task(id) => match self.engine.task(id) {
+                Some(m) => self.store.save(m.state()),
+                None => Ok(()),
+            },
+            Durable::Evaluation(id) => match self.engine.evaluation(id) {
+                Some(e) => self.store.save_evaluation(e.machine.state()),
+                None => Ok(()),
+            },
         }
     }
-    if done {
-        for link in inner
-            .agents
-            .values()
-            .filter(|l| l.task.as_deref() == Some(task_id))
-        {
-            let _ = link.outbox.send(Message::TaskDone {
-                task_id: task_id.to_owned(),
-            });
-        }
-    }
-    if let Some(eval) = inner.evaluations.get(task_id)
-        && let Err(e) = inner.store.save_evaluation(eval.machine.state())
-    {
-        tracing::error!(task_id, "cannot persist evaluation state: {e}");
-    }
-    inner.changed.send_replace(());
 }
 
 /// A deterministic transaction, so that replaying a round after a crash
@@ -470,7 +506,6 @@ fn round_tx(
     kind: u8,
     at_ms: u64,
 ) -> Transaction {
-    use sha2::{Digest, Sha256};
     let h = Sha256::digest([task.as_bytes(), &round.to_le_bytes(), agent, &[kind]].concat());
     Transaction {
         version: yilian_ledger::tx::TX_VERSION,
@@ -480,167 +515,98 @@ fn round_tx(
     }
 }
 
-/// Writes every closed round still unrecorded to the ledger, and marks
-/// those whose entries were all acknowledged. A round that failed stays
-/// unrecorded and is tried again on the next tick (and after a restart).
-async fn record_pending(shared: &Shared) {
-    let pending: Vec<(String, RoundRecord)> = {
-        let mut inner = lock(shared);
-        let mut out = Vec::new();
-        for (id, m) in &inner.tasks {
-            for r in m.unrecorded() {
-                if !inner.recording.contains(&(id.clone(), r.round)) {
-                    out.push((id.clone(), r));
-                }
-            }
-        }
-        for (id, r) in &out {
-            inner.recording.insert((id.clone(), r.round));
-        }
-        out
-    };
-    for (task_id, record) in pending {
-        let written = record_round(shared, &task_id, &record).await;
-        let mut inner = lock(shared);
-        inner.recording.remove(&(task_id.clone(), record.round));
-        if !written {
-            continue;
-        }
-        let Inner { tasks, store, .. } = &mut *inner;
-        if let Some(m) = tasks.get_mut(&task_id) {
-            m.mark_recorded(record.round);
-            if let Err(e) = store.save(m.state()) {
-                // The round stays unrecorded in the store: replayed as duplicates.
-                tracing::error!(task_id, "cannot persist a recorded round: {e}");
-            }
-        }
-    }
-}
-
-/// Writes a round's contributions, rewards and privacy spent to the ledger
-/// and tells the participants their result; whether every entry was
-/// acknowledged.
-async fn record_round(shared: &Shared, task_id: &str, record: &RoundRecord) -> bool {
+/// Writes a round's privacy spent, contributions and rewards to the
+/// ledger. The rewards' inclusion proofs (participants' order) once every
+/// entry was acknowledged; `None` if any was not, to be tried again.
+async fn record_round(
+    ledger: &Ledger,
+    identity: &Identity,
+    task_id: &str,
+    record: &RoundRecord,
+    delta: Option<f64>,
+) -> Option<Vec<Option<RewardProof>>> {
+    let key = identity.signing_key();
+    let at = record.closed_at_ms;
     let mut written = true;
     let mut proofs = vec![None; record.participants.len()];
-    if let Some(ledger) = &shared.ledger {
-        let at = record.closed_at_ms;
-        let delta = lock(shared)
-            .tasks
-            .get(task_id)
-            .and_then(|m| m.state().task.privacy.as_ref().map(|p| p.delta));
-        if let (Some(epsilon), Some(delta)) = (record.epsilon, delta) {
-            // Deterministic id: a replay after a crash is a duplicate, not a second entry.
-            let spent = round_tx(
-                Payload::PrivacySpent {
-                    task_id: task_id.to_owned(),
-                    round: record.round,
-                    epsilon,
-                    delta,
-                },
-                task_id,
-                record.round,
-                &[0; 32],
-                2,
-                at,
-            );
-            if let Err(e) = ledger
-                .submit(spent.sign(shared.identity.signing_key()))
-                .await
-            {
-                tracing::error!(task_id, "privacy spent not recorded, will retry: {e}");
-                written = false;
-            }
-        }
-        for (k, agent) in record.participants.iter().enumerate() {
-            let contribution = round_tx(
-                Payload::Contribution {
-                    task_id: task_id.to_owned(),
-                    round: record.round,
-                    agent: *agent,
-                    score: record.contributions[k],
-                },
-                task_id,
-                record.round,
-                agent,
-                0,
-                at,
-            );
-            if let Err(e) = ledger
-                .submit(contribution.sign(shared.identity.signing_key()))
-                .await
-            {
-                tracing::error!(task_id, "contribution not recorded, will retry: {e}");
-                written = false;
-            }
-            if record.rewards[k] == 0 {
-                continue;
-            }
-            let reward = round_tx(
-                Payload::Reward {
-                    task_id: task_id.to_owned(),
-                    round: record.round,
-                    account: *agent,
-                    amount: record.rewards[k],
-                },
-                task_id,
-                record.round,
-                agent,
-                1,
-                at,
-            );
-            match ledger
-                .submit(reward.sign(shared.identity.signing_key()))
-                .await
-            {
-                Ok(receipt) => {
-                    let head = receipt.tree_head.clone();
-                    let proof = ledger
-                        .inclusion_proof(receipt.index, head.tree_size)
-                        .and_then(|inclusion| {
-                            Ok(RewardProof {
-                                index: receipt.index,
-                                entry: ledger.entry_bytes(receipt.index)?,
-                                inclusion,
-                                head,
-                            })
-                        });
-                    match proof {
-                        Ok(p) => proofs[k] = Some(p),
-                        Err(e) => tracing::error!(task_id, "no inclusion proof for a reward: {e}"),
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(task_id, "reward not recorded, will retry: {e}");
-                    written = false;
-                }
-            }
-        }
-    }
-    let inner = lock(shared);
-    for (k, agent) in record.participants.iter().enumerate() {
-        if let Some(link) = inner.agents.get(agent) {
-            let _ = link.outbox.send(Message::RoundResult {
-                round: record.round,
-                accuracy: record.accuracy,
-                contribution: record.contributions[k],
-                reward: record.rewards[k],
-                proof: proofs[k].clone(),
-            });
-        }
-    }
-    if inner.tasks.get(task_id).is_some_and(RoundMachine::is_done) {
-        for link in inner
-            .agents
-            .values()
-            .filter(|l| l.task.as_deref() == Some(task_id))
-        {
-            let _ = link.outbox.send(Message::TaskDone {
+    if let (Some(epsilon), Some(delta)) = (record.epsilon, delta) {
+        let spent = round_tx(
+            Payload::PrivacySpent {
                 task_id: task_id.to_owned(),
-            });
+                round: record.round,
+                epsilon,
+                delta,
+            },
+            task_id,
+            record.round,
+            &[0; 32],
+            2,
+            at,
+        );
+        if let Err(e) = ledger.submit(spent.sign(key)).await {
+            tracing::error!(task_id, "privacy spent not recorded, will retry: {e}");
+            written = false;
         }
     }
-    written
+    for (k, agent) in record.participants.iter().enumerate() {
+        let contribution = round_tx(
+            Payload::Contribution {
+                task_id: task_id.to_owned(),
+                round: record.round,
+                agent: *agent,
+                score: record.contributions[k],
+            },
+            task_id,
+            record.round,
+            agent,
+            0,
+            at,
+        );
+        if let Err(e) = ledger.submit(contribution.sign(key)).await {
+            tracing::error!(task_id, "contribution not recorded, will retry: {e}");
+            written = false;
+        }
+        if record.rewards[k] == 0 {
+            continue;
+        }
+        let reward = round_tx(
+            Payload::Reward {
+                task_id: task_id.to_owned(),
+                round: record.round,
+                account: *agent,
+                amount: record.rewards[k],
+            },
+            task_id,
+            record.round,
+            agent,
+            1,
+            at,
+        );
+        match ledger.submit(reward.sign(key)).await {
+            Ok(receipt) => {
+                let head = receipt.tree_head.clone();
+                let proof = ledger
+                    .inclusion_proof(receipt.index, head.tree_size)
+                    .and_then(|inclusion| {
+                        Ok(RewardProof {
+                            index: receipt.index,
+                            entry: ledger.entry_bytes(receipt.index)?,
+                            inclusion,
+                            head,
+                        })
+                    });
+                match proof {
+                    Ok(p) => proofs[k] = Some(p),
+                    Err(e) => tracing::error!(task_id, "no inclusion proof for a reward: {e}"),
+                }
+            }
+            Err(e) => {
+                tracing::error!(task_id, "reward not recorded, will retry: {e}");
+                written = false;
+            }
+        }
+    }
+    written.then_some(proofs)
 }
 
 async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FlError> {
@@ -648,7 +614,8 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, F
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(FlError::Transport(e.to_string())),
+        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FlError::TruncatedFrame),
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(FlError::Read(e)),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
@@ -658,9 +625,10 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, F
         });
     }
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| FlError::Transport(e.to_string()))?;
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => FlError::TruncatedFrame,
+        quinn::ReadExactError::ReadError(e) => FlError::Read(e),
+    })?;
     decode_body(&body).map(Some)
 }
 
@@ -669,7 +637,7 @@ pub async fn next_message(recv: &mut quinn::RecvStream) -> Result<Option<Message
     read_message(recv).await
 }
 
-/// Spawns a writer draining `rx` into `send`.
+/// Spawns a writer draining `rx` into `send` (the agent's side).
 pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Message>) {
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
@@ -682,311 +650,58 @@ pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
     });
 }
 
-async fn handle_connection(shared: Arc<Shared>, incoming: quinn::Incoming) -> Result<(), FlError> {
-    let conn = incoming
-        .await
-        .map_err(|e| FlError::Transport(e.to_string()))?;
-    let principal =
-        peer_principal(&conn).ok_or(FlError::Transport("no client certificate".into()))?;
-    let (send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| FlError::Transport(e.to_string()))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    spawn_writer(send, rx);
-    let Some(first) = read_message(&mut recv).await? else {
-        return Ok(());
-    };
-    let result = match (principal.role, first) {
-        (Role::Device, Message::Hello { schema, samples }) => {
-            agent_session(&shared, &principal, schema, samples, tx.clone(), &mut recv).await
+/// Writes a connection's queue, cutting models into frames as it goes;
+/// once the engine drops the queue, finishes the stream and lets the peer
+/// read it before the connection closes.
+async fn write_queue(
+    conn: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
+    'queue: while let Some(out) = rx.recv().await {
+        for m in out.messages() {
+            let Ok(frame) = encode(&m) else { continue };
+            if send.write_all(&frame).await.is_err() {
+                break 'queue;
+            }
         }
-        (Role::Engineer | Role::Member, _) => Err(FlError::Transport(
-            "engineers submit and follow tasks over the node's gRPC API (`yilian task --node`), not QUIC".into(),
-        )),
-        (role, _) => Err(FlError::Transport(format!(
-            "role `{role}` may not use the federated service"
-        ))),
-    };
-    if let Err(e) = &result {
-        let _ = tx.send(Message::Refused {
-            reason: e.to_string(),
-        });
     }
-    drop(tx);
-    // Let the writer flush before the connection goes.
+    let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-    result
+    conn.close(0u32.into(), b"done");
 }
 
-async fn agent_session(
-    shared: &Arc<Shared>,
-    principal: &Principal,
-    schema: crate::DataSchema,
-    samples: u64,
-    outbox: Outbox,
-    recv: &mut quinn::RecvStream,
+async fn connection(
+    id: ConnId,
+    events: mpsc::Sender<Event>,
+    incoming: quinn::Incoming,
 ) -> Result<(), FlError> {
-    let agent = principal.public_key;
-    {
-        let mut inner = lock(shared);
-        inner.agents.insert(
-            agent,
-            AgentLink {
-                outbox: outbox.clone(),
-                schema: schema.clone(),
-                samples,
-                task: None,
-            },
-        );
-        offer_task(&mut inner, agent);
-    }
-    let result = agent_loop(shared, agent, recv).await;
-    let records = {
-        let mut inner = lock(shared);
-        let task = inner.agents.remove(&agent).and_then(|l| l.task);
-        match task {
-            Some(task) if inner.evaluations.contains_key(&task) => {
-                let effects = inner
-                    .evaluations
-                    .get_mut(&task)
-                    .map(|e| e.machine.leave(agent, now_ms()))
-                    .unwrap_or_default();
-                process_evaluation(&mut inner, &task, effects);
-                Vec::new()
+    let conn = incoming.await?;
+    let principal = peer_principal(&conn).ok_or(FlError::NoClientCertificate)?;
+    let (send, mut recv) = conn.accept_bi().await?;
+    let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
+    tokio::spawn(write_queue(conn.clone(), send, rx));
+    let tell = |e: Event| async { events.send(e).await.map_err(|_| FlError::Stopped) };
+    tell(Event::Connected {
+        conn: id,
+        principal,
+        outbox: tx,
+    })
+    .await?;
+    loop {
+        match read_message(&mut recv).await {
+            Ok(Some(message)) => {
+                tell(Event::Input(Input::Message { conn: id, message })).await?;
             }
-            Some(task) => {
-                let effects = inner
-                    .tasks
-                    .get_mut(&task)
-                    .map(|m| m.leave(agent, now_ms()))
-                    .unwrap_or_default();
-                process(&mut inner, &task, effects)
+            Ok(None) => {
+                tell(Event::Input(Input::Closed { conn: id })).await?;
+                return Ok(());
             }
-            None => Vec::new(),
+            Err(e) => {
+                let reason = e.to_string();
+                tell(Event::Failed { conn: id, reason }).await?;
+                return Err(e);
+            }
         }
-    };
-    if !records.is_empty() {
-        record_pending(shared).await;
-    }
-    result
-}
-
-/// Offers the agent the first unfinished training task its data fits, or
-/// failing that the first such evaluation.
-fn offer_task(inner: &mut Inner, agent: AgentId) {
-    let Some(link) = inner.agents.get(&agent) else {
-        return;
-    };
-    if link.task.is_some() {
-        return;
-    }
-    let training: Vec<&RoundMachine> = inner.tasks.values().filter(|m| !m.is_done()).collect();
-    let evaluating: Vec<&EvaluationState> = inner
-        .evaluations
-        .values()
-        .filter(|e| !e.machine.is_done())
-        .map(|e| e.machine.state())
-        .collect();
-    let fits = |schema: &crate::DataSchema| link.schema.check_against(schema);
-    let offer = training
-        .iter()
-        .find(|m| fits(&m.state().task.schema).is_ok())
-        .map(|m| {
-            let t = &m.state().task;
-            Message::TaskOffer {
-                task_id: t.id.clone(),
-                model: t.model.clone(),
-                schema: t.schema.clone(),
-                rounds: t.rounds,
-                local_epochs: t.local_epochs,
-                params: m.param_count() as u64,
-            }
-        })
-        .or_else(|| {
-            evaluating
-                .iter()
-                .find(|e| fits(&e.task.schema).is_ok())
-                .map(|e| Message::EvaluationOffer {
-                    task_id: e.task.id.clone(),
-                    schema: e.task.schema.clone(),
-                    output: e.task.output,
-                    model_bytes: e.model_bytes,
-                    params: e.params,
-                    model_sha256: e.model_sha256,
-                })
-        });
-    let message = match offer {
-        Some(m) => m,
-        // Open tasks, none of which this data fits: say why rather than
-        // leave the agent waiting.
-        None => match training
-            .first()
-            .map(|m| &m.state().task.schema)
-            .or(evaluating.first().map(|e| &e.task.schema))
-            .map(fits)
-        {
-            Some(Err(e)) => Message::Refused {
-                reason: format!("no open task fits your data: {e}"),
-            },
-            _ => return,
-        },
-    };
-    let _ = link.outbox.send(message);
-}
-
-async fn agent_loop(
-    shared: &Arc<Shared>,
-    agent: AgentId,
-    recv: &mut quinn::RecvStream,
-) -> Result<(), FlError> {
-    let mut assembler: Option<ChunkAssembler> = None;
-    let mut weights: Option<(u32, Vec<f32>)> = None;
-    while let Some(message) = read_message(recv).await? {
-        let records = {
-            let mut inner = lock(shared);
-            let task = inner.agents.get(&agent).and_then(|l| l.task.clone());
-            match message {
-                Message::TaskAccept { task_id } if inner.evaluations.contains_key(&task_id) => {
-                    let Some((schema, samples)) = inner
-                        .agents
-                        .get(&agent)
-                        .map(|l| (l.schema.clone(), l.samples))
-                    else {
-                        return Err(FlError::NoSuchTask(task_id));
-                    };
-                    let effects = match inner.evaluations.get_mut(&task_id) {
-                        Some(e) => e.machine.recruit(agent, &schema, samples, now_ms())?,
-                        None => Vec::new(),
-                    };
-                    if let Some(l) = inner.agents.get_mut(&agent) {
-                        l.task = Some(task_id.clone());
-                    }
-                    process_evaluation(&mut inner, &task_id, effects);
-                    Vec::new()
-                }
-                Message::EvaluationReport { task_id, counts } => {
-                    if task.as_deref() != Some(task_id.as_str()) {
-                        return Err(FlError::Transport(format!(
-                            "a report for task {task_id}, which this agent has not joined"
-                        )));
-                    }
-                    let effects = inner
-                        .evaluations
-                        .get_mut(&task_id)
-                        .map(|e| e.machine.submit(agent, counts, now_ms()))
-                        .unwrap_or_default();
-                    process_evaluation(&mut inner, &task_id, effects);
-                    Vec::new()
-                }
-                Message::TaskAccept { task_id } => {
-                    let schema = inner.agents.get(&agent).map(|l| l.schema.clone());
-                    let (Some(machine), Some(schema)) = (inner.tasks.get_mut(&task_id), schema)
-                    else {
-                        return Err(FlError::NoSuchTask(task_id));
-                    };
-                    machine.recruit(agent, &schema)?;
-                    // After a coordinator restart the agent may be owed the model.
-                    let mut effects: Vec<Effect> = machine
-                        .resend_effects()
-                        .into_iter()
-                        .filter(|e| matches!(e, Effect::SendModel { agent: a, .. } if *a == agent))
-                        .collect();
-                    effects.extend(machine.tick(now_ms()));
-                    if let Some(l) = inner.agents.get_mut(&agent) {
-                        l.task = Some(task_id.clone());
-                    }
-                    process(&mut inner, &task_id, effects)
-                }
-                Message::TaskDecline { task_id, reason } => {
-                    tracing::info!(task_id, reason, "agent declined");
-                    Vec::new()
-                }
-                Message::WeightsHeader {
-                    purpose: WeightsPurpose::Update,
-                    round,
-                    values,
-                    chunks,
-                } => {
-                    let max = task
-                        .as_ref()
-                        .and_then(|t| inner.tasks.get(t))
-                        .map_or(0, RoundMachine::param_count);
-                    // An oversized update is refused before any of it is buffered.
-                    assembler = Some(ChunkAssembler::new(round, values, chunks, max)?);
-                    Vec::new()
-                }
-                Message::WeightsChunk {
-                    round,
-                    index,
-                    values,
-                } => {
-                    let asm = assembler
-                        .as_mut()
-                        .ok_or(FlError::BadChunk { index, total: 0 })?;
-                    if let Some(w) = asm.push(round, index, values)? {
-                        weights = Some((round, w));
-                        assembler = None;
-                    }
-                    Vec::new()
-                }
-                Message::UpdateDone {
-                    round,
-                    samples,
-                    loss,
-                } => {
-                    let (Some(task), Some((wround, w))) = (task, weights.take()) else {
-                        return Err(FlError::BadChunk { index: 0, total: 0 });
-                    };
-                    if wround != round {
-                        return Err(FlError::BadChunk { index: 0, total: 0 });
-                    }
-                    let update = Update {
-                        weights: w,
-                        samples,
-                        loss,
-                    };
-                    let effects = inner
-                        .tasks
-                        .get_mut(&task)
-                        .map(|m| m.submit(agent, round, update, now_ms()))
-                        .unwrap_or_default();
-                    process(&mut inner, &task, effects)
-                }
-                Message::SecAggFromAgent {
-                    task_id: for_task,
-                    message,
-                } => {
-                    let Some(task) = task.filter(|t| *t == for_task) else {
-                        return Err(FlError::NoSuchTask(for_task));
-                    };
-                    let effects = inner
-                        .tasks
-                        .get_mut(&task)
-                        .map(|m| m.secagg(agent, message, now_ms()))
-                        .unwrap_or_default();
-                    process(&mut inner, &task, effects)
-                }
-                other => {
-                    return Err(FlError::Transport(format!(
-                        "unexpected message from an agent: {}",
-                        kind(&other)
-                    )));
-                }
-            }
-        };
-        if !records.is_empty() {
-            record_pending(shared).await;
-        }
-    }
-    Ok(())
-}
-
-fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Hello { .. } => "hello",
-        Message::ModelChunk { .. } => "model-chunk",
-        Message::EvaluationReport { .. } => "evaluation-report",
-        _ => "other",
     }
 }
