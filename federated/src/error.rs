@@ -166,6 +166,11 @@ pub enum RejectReason {
     NotSecure,
     #[error("secure aggregation is on for this task: send masked input, not a plain update")]
     PlainUpdate,
+    // Buffered aggregation (appended, as above).
+    #[error(
+        "{staleness} models were made since the one it trained from; the task takes at most {max}"
+    )]
+    Stale { staleness: u32, max: u32 },
 }
 
 impl From<FlError> for tonic::Status {

@@ -10,6 +10,7 @@
 //! - [`task`]: what an engineer submits, the data schema agents must match,
 //!   what an agent's policy allows;
 //! - [`round`]: the sans-IO round state machine ([`RoundMachine`]);
+//! - [`buffered`]: FedBuff, buffered asynchronous aggregation, in that machine;
 //! - [`evaluation`]: the sans-IO evaluation state machine ([`EvaluationMachine`]);
 //! - [`aggregate`]: update validation, FedAvg / FedProx / FedAdam, coordinate
 //!   median, trimmed mean, Krum;
@@ -26,6 +27,7 @@
 
 pub mod agent;
 pub mod aggregate;
+pub mod buffered;
 pub mod cli;
 pub mod contribution;
 pub mod coordinator;
@@ -53,6 +55,6 @@ pub use evaluation::{
 pub use round::{AgentId, Effect, Phase, RoundMachine, RoundRecord, TaskState};
 pub use store::Store;
 pub use task::{
-    AgentPolicy, DataSchema, EvaluationSpec, Privacy, Robust, SecAggSettings, Strategy, TaskFile,
-    TaskKind, TaskSpec,
+    AgentPolicy, Aggregation, DataSchema, EvaluationSpec, Privacy, Robust, SecAggSettings,
+    Strategy, TaskFile, TaskKind, TaskSpec,
 };

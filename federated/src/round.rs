@@ -76,6 +76,8 @@ pub enum Phase {
     Finished,
     /// The task deadline passed before every round ran.
     Expired,
+    /// A buffered task (FedBuff) between its start and its end.
+    Buffered(crate::buffered::BufferState),
 }
 
 /// Everything the coordinator must remember about a task.
@@ -132,10 +134,10 @@ pub enum Effect {
 
 /// The state machine around a [`TaskState`] and the validation set.
 pub struct RoundMachine {
-    state: TaskState,
-    validation: Dataset,
-    params: usize,
-    gtg: GtgConfig,
+    pub(crate) state: TaskState,
+    pub(crate) validation: Dataset,
+    pub(crate) params: usize,
+    pub(crate) gtg: GtgConfig,
 }
 
 impl RoundMachine {
@@ -215,10 +217,34 @@ impl RoundMachine {
         self.state.unrecorded.remove(&round);
     }
 
-    /// The open round, if any.
+    /// The open round, if any (for a buffered task, the newest model's version).
     pub fn current_round(&self) -> Option<u32> {
         match &self.state.phase {
             Phase::Training { round, .. } => Some(*round),
+            Phase::Buffered(_) => Some(self.state.next_round),
+            _ => None,
+        }
+    }
+
+    /// The model an agent sent `round` trains from: the global model, or
+    /// for a buffered task the version it was sent, while it may still count.
+    pub fn model_for(&self, round: u32) -> &[f32] {
+        match &self.state.phase {
+            Phase::Buffered(b) => b.models.get(&round).map_or(&self.state.global, |m| m),
+            _ => &self.state.global,
+        }
+    }
+
+    /// When the machine next has something to do without any input.
+    pub fn next_deadline(&self) -> Option<u64> {
+        match &self.state.phase {
+            Phase::Training { deadline_ms, .. } => Some(*deadline_ms),
+            Phase::Buffered(b) => b
+                .training
+                .values()
+                .map(|(_, until)| *until)
+                .chain(b.cohorts.iter().filter_map(|c| c.secure.next_deadline()))
+                .min(),
             _ => None,
         }
     }
@@ -240,6 +266,16 @@ impl RoundMachine {
                     agent,
                     round: *round,
                     config: self.state.task.train_config(*round, &agent),
+                })
+                .collect(),
+            // Agents training (in the clear) are sent the newest model again.
+            Phase::Buffered(b) if !self.state.task.secure_aggregation => b
+                .training
+                .keys()
+                .map(|&agent| Effect::SendModel {
+                    agent,
+                    round: self.state.next_round,
+                    config: self.state.task.train_config(self.state.next_round, &agent),
                 })
                 .collect(),
             _ => Vec::new(),
@@ -284,6 +320,9 @@ impl RoundMachine {
         update: Update,
         now_ms: u64,
     ) -> Vec<Effect> {
+        if matches!(self.state.phase, Phase::Buffered(_)) {
+            return self.submit_buffered(agent, round, update, now_ms);
+        }
         let params = self.params;
         let verdict = match &mut self.state.phase {
             Phase::Training {
@@ -331,6 +370,9 @@ impl RoundMachine {
 
     /// A secure-aggregation message from `agent`, whose identity the transport proved.
     pub fn secagg(&mut self, agent: AgentId, message: FromAgent, now_ms: u64) -> Vec<Effect> {
+        if matches!(self.state.phase, Phase::Buffered(_)) {
+            return self.secagg_buffered(agent, message, now_ms);
+        }
         let verdict = match &mut self.state.phase {
             Phase::Training {
                 secure: Some(sr),
@@ -362,6 +404,9 @@ impl RoundMachine {
     }
 
     fn advance(&mut self, now_ms: u64) -> Vec<Effect> {
+        if matches!(self.state.phase, Phase::Buffered(_)) {
+            return self.advance_buffered(now_ms);
+        }
         let mut effects = Vec::new();
         loop {
             if let Phase::Training {
@@ -396,7 +441,7 @@ impl RoundMachine {
                 continue;
             }
             match &self.state.phase {
-                Phase::Finished | Phase::Expired => return effects,
+                Phase::Finished | Phase::Expired | Phase::Buffered(_) => return effects,
                 Phase::Waiting => {
                     if self.state.next_round >= self.state.task.rounds {
                         self.state.phase = Phase::Finished;
@@ -409,6 +454,10 @@ impl RoundMachine {
                         return effects;
                     }
                     if self.state.recruited.len() < self.state.task.min_agents {
+                        return effects;
+                    }
+                    if self.state.task.aggregation != crate::task::Aggregation::Synchronous {
+                        effects.extend(self.start_buffered(now_ms));
                         return effects;
                     }
                     effects.extend(self.start_round(now_ms));
@@ -604,8 +653,24 @@ impl RoundMachine {
             .collect()
     }
 
+    /// Adds the central DP noise of `n` clipped changes' mean to `candidate`:
+    /// Gaussian of `noise_multiplier · clip` on their sum.
+    pub(crate) fn add_central_noise(&self, candidate: &mut [f32], noise_multiplier: f64, n: usize) {
+        use rand_distr::{Distribution, Normal};
+        let sd = noise_multiplier * f64::from(self.state.task.secagg.clip);
+        let noise = Normal::new(0.0, sd).expect("a finite, non-negative sd");
+        let mut rng = rand::rng();
+        for c in candidate.iter_mut() {
+            *c = (f64::from(*c) + noise.sample(&mut rng) / n.max(1) as f64) as f32;
+        }
+    }
+
     /// The global model plus the mean change of `groups` (indices into `sums`).
-    fn with_groups(&self, sums: &[(Vec<AgentId>, Vec<f64>)], groups: &[usize]) -> Vec<f32> {
+    pub(crate) fn with_groups(
+        &self,
+        sums: &[(Vec<AgentId>, Vec<f64>)],
+        groups: &[usize],
+    ) -> Vec<f32> {
         let n: usize = groups.iter().map(|&g| sums[g].0.len()).sum();
         if n == 0 {
             return self.state.global.clone();
@@ -683,7 +748,7 @@ impl RoundMachine {
     /// Applies the strategy to `candidate`, evaluates, splits the round's
     /// reward by contribution, spends privacy, and records the round (owed
     /// to the ledger until the driver marks it recorded).
-    fn conclude(&mut self, c: Closing, candidate: Vec<f32>) -> RoundRecord {
+    pub(crate) fn conclude(&mut self, c: Closing, candidate: Vec<f32>) -> RoundRecord {
         let global = apply_strategy(
             self.state.task.strategy,
             &mut self.state.server,
@@ -723,20 +788,20 @@ impl RoundMachine {
 }
 
 /// The coordinator's secure-aggregation messages as effects.
-fn secagg_effects(out: Outbox) -> impl Iterator<Item = Effect> {
+pub(crate) fn secagg_effects(out: Outbox) -> impl Iterator<Item = Effect> {
     out.into_iter()
         .map(|(agent, message)| Effect::SecAgg { agent, message })
 }
 
 /// What a closing round hands to [`RoundMachine::conclude`].
-struct Closing {
-    round: u32,
-    selected: Vec<AgentId>,
+pub(crate) struct Closing {
+    pub round: u32,
+    pub selected: Vec<AgentId>,
     /// In id order.
-    participants: Vec<AgentId>,
-    rejected: Vec<(AgentId, RejectReason)>,
-    contributions: Vec<f64>,
-    evaluations: usize,
-    failures: Vec<String>,
-    now_ms: u64,
+    pub participants: Vec<AgentId>,
+    pub rejected: Vec<(AgentId, RejectReason)>,
+    pub contributions: Vec<f64>,
+    pub evaluations: usize,
+    pub failures: Vec<String>,
+    pub now_ms: u64,
 }

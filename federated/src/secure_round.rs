@@ -168,6 +168,19 @@ impl SecureRound {
             .collect()
     }
 
+    /// Whether `agent` is in one of the round's groups.
+    pub fn includes(&self, agent: &AgentId) -> bool {
+        self.group_of(agent).is_some()
+    }
+
+    /// Every agent of every group.
+    pub fn members(&self) -> Vec<AgentId> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.server.setup().cohort.iter().copied())
+            .collect()
+    }
+
     pub fn is_over(&self) -> bool {
         self.groups.iter().all(|g| g.outcome.is_some())
     }

@@ -72,7 +72,7 @@ impl SimAgent {
         round: u32,
         config: &TrainConfig,
     ) -> Result<Option<Update>, FlError> {
-        let global = machine.global();
+        let global = machine.model_for(round);
         let honest = || -> Result<Update, FlError> {
             let out = yilian_models::train(machine.spec(), global, &self.data, config)?;
             Ok(Update {
@@ -182,9 +182,9 @@ impl Simulation {
                 let effects = self.machine.tick(self.now_ms);
                 self.persist()?;
                 if effects.is_empty() {
-                    // Nothing moves until the round's deadline.
-                    match &self.machine.state().phase {
-                        crate::Phase::Training { deadline_ms, .. } => self.now_ms = *deadline_ms,
+                    // Nothing moves until the next deadline.
+                    match self.machine.next_deadline() {
+                        Some(d) if d > self.now_ms => self.now_ms = d,
                         _ => {
                             return Err(FlError::InvalidTask("not enough agents to start a round"));
                         }
@@ -210,7 +210,7 @@ impl Simulation {
                     match self.agents[idx].respond(&self.machine, round, &config)? {
                         Some(update) if secure => {
                             let mut rng = StdRng::seed_from_u64(self.now_ms ^ u64::from(agent[0]));
-                            let global = self.machine.global().to_vec();
+                            let global = self.machine.model_for(round).to_vec();
                             let advert = self.agents[idx]
                                 .secure
                                 .trained(agent, round, &global, &update.weights, &mut rng)

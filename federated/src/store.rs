@@ -13,7 +13,8 @@ use crate::{EvaluationState, FlError, TaskState};
 const TASKS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fl_tasks");
 const EVALUATIONS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fl_evaluations");
 /// Persisted record layout version (first two bytes, little-endian).
-const STATE_VERSION: u16 = 1;
+// 2: secure aggregation, DP, ledger outbox and buffered aggregation in the task state.
+const STATE_VERSION: u16 = 2;
 
 /// The coordinator's task store.
 pub struct Store {

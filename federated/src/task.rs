@@ -134,6 +134,10 @@ pub struct TaskSpec {
     /// Client-level differential privacy (DP-FedAvg), if set.
     #[serde(default)]
     pub privacy: Option<Privacy>,
+    /// Synchronous rounds (the default), or FedBuff's buffered asynchronous
+    /// aggregation.
+    #[serde(default)]
+    pub aggregation: Aggregation,
 }
 
 /// How secure aggregation runs.
@@ -183,6 +187,28 @@ pub struct Privacy {
     /// The task stops before a round would take epsilon past this.
     pub epsilon_budget: f64,
     pub delta: f64,
+}
+
+/// How a task turns updates into global models.
+///
+/// Buffered is FedBuff (Nguyen et al., AISTATS 2022): up to
+/// `agents_per_round` agents train at once, each from the newest model when
+/// it starts; an update enters a buffer weighted by `1/sqrt(1 + staleness)`
+/// (staleness: how many global models were made since the one it started
+/// from), is refused past `max_staleness`, and every `size` updates the
+/// buffer's sample-weighted mean change becomes the next global model, a
+/// "round" of the task with its own contributions and rewards. An agent
+/// counts at most once per buffer. An agent is given a new model as soon as
+/// its update is in, so slow agents never hold a round back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Aggregation {
+    #[default]
+    Synchronous,
+    Buffered {
+        size: usize,
+        max_staleness: u32,
+    },
 }
 
 impl TaskSpec {
@@ -243,6 +269,18 @@ impl TaskSpec {
             return Err(bad(
                 "secagg.min_group must be at least 3 and at most min_agents",
             ));
+        }
+        if let Aggregation::Buffered { size, .. } = self.aggregation {
+            if size == 0 || size > self.agents_per_round {
+                return Err(bad(
+                    "aggregation.buffered.size must be at least 1 and at most agents_per_round",
+                ));
+            }
+            if self.secure_aggregation && size < sa.min_group {
+                return Err(bad(
+                    "aggregation.buffered.size must be at least secagg.min_group: each buffer is one secure aggregation",
+                ));
+            }
         }
         if let Some(p) = &self.privacy {
             crate::dp::check(0.5, p.noise_multiplier, p.delta).map_err(bad)?;
@@ -549,6 +587,18 @@ classes = 10
                 .is_err()
         );
         assert!(AgentPolicy::default().admits_onnx(1 << 10, 10).is_ok());
+    }
+
+    #[test]
+    fn the_buffered_example_parses() {
+        let t = TaskSpec::from_toml(include_str!("../examples/digits-buffered.toml")).unwrap();
+        assert_eq!(
+            t.aggregation,
+            Aggregation::Buffered {
+                size: 5,
+                max_staleness: 3
+            }
+        );
     }
 
     #[test]

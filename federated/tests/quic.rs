@@ -390,3 +390,60 @@ async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
     let status = cli::status(&net.eng, "bc-ctl").await.unwrap();
     assert_eq!(status.phase(), pb::TaskPhase::Waiting);
 }
+
+/// FedBuff over QUIC: four agents train asynchronously, every two updates
+/// make a global model, and each buffer's rewards reach the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_aggregation_over_quic_trains_and_pays() {
+    let (train, validation, test) = breast_cancer_splits();
+    let task = bc_task_toml("bc-buffered", 6, 4, 4, 6000).replace(
+        "local_epochs",
+        "aggregation = { buffered = { size = 2, max_staleness = 2 } }\nlocal_epochs",
+    );
+    let net = network(4, &task, &validation).await;
+    let earned = train_all(&net, train.partition_iid(4, 10)).await;
+    let status = cli::status(&net.eng, "bc-buffered").await.unwrap();
+    assert_eq!(
+        (status.phase(), status.history.len()),
+        (pb::TaskPhase::Finished, 6)
+    );
+    for r in &status.history {
+        assert_eq!(r.participants.len(), 2, "{r:?}");
+    }
+    rewards_on_the_ledger(&net, &earned, 6000);
+    let (spec, weights) = cli::download_model(&net.eng, "bc-buffered").await.unwrap();
+    let acc = yilian_models::evaluate(&spec, &weights, &test)
+        .unwrap()
+        .accuracy;
+    assert!(acc > 0.85, "accuracy {acc}");
+}
+
+/// FedBuff with secure aggregation over QUIC: two cohorts of three in
+/// flight, each revealing only its sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_secure_aggregation_over_quic_trains_and_pays() {
+    let (train, validation, test) = breast_cancer_splits();
+    let task = bc_task_toml("bc-buffered-secure", 4, 6, 6, 4000).replace(
+        "local_epochs",
+        "aggregation = { buffered = { size = 3, max_staleness = 2 } }\nsecure_aggregation = true\nlocal_epochs",
+    ) + "\n[secagg]\nclip = 5.0\nmin_group = 3\n";
+    let net = network(6, &task, &validation).await;
+    let earned = train_all(&net, train.partition_iid(6, 11)).await;
+    let status = cli::status(&net.eng, "bc-buffered-secure").await.unwrap();
+    assert_eq!(
+        (status.phase(), status.history.len()),
+        (pb::TaskPhase::Finished, 4)
+    );
+    for r in &status.history {
+        assert_eq!(r.participants.len(), 3, "{r:?}");
+        assert!(r.failures.is_empty(), "{:?}", r.failures);
+    }
+    rewards_on_the_ledger(&net, &earned, 4000);
+    let (spec, weights) = cli::download_model(&net.eng, "bc-buffered-secure")
+        .await
+        .unwrap();
+    let acc = yilian_models::evaluate(&spec, &weights, &test)
+        .unwrap()
+        .accuracy;
+    assert!(acc > 0.85, "accuracy {acc}");
+}

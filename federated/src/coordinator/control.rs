@@ -288,6 +288,12 @@ fn training_status(m: &RoundMachine) -> pb::TrainingStatus {
             selected.len() as u32,
             received.len() as u32,
         ),
+        Phase::Buffered(b) => (
+            pb::TaskPhase::Running,
+            s.next_round,
+            b.training.len() as u32,
+            b.buffer.len() as u32,
+        ),
         Phase::Finished if s.task.privacy.is_some() && s.history.len() < s.task.rounds as usize => {
             (pb::TaskPhase::BudgetSpent, 0, 0, 0)
         }

@@ -66,6 +66,7 @@ pub fn task(
         secure_aggregation: false,
         secagg: Default::default(),
         privacy: None,
+        aggregation: Default::default(),
     }
 }
 
