@@ -84,13 +84,44 @@ fn local_training_time(agents: usize, digits: &Dataset) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// CPU seconds (user + system) of this process's threads named `name`.
+fn thread_cpu_seconds(name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let ticks: u64 = tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            // Fields after the parenthesised name: utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.get(11).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum();
+    // Clock ticks are 1/100 s on Linux.
+    ticks as f64 / 100.0
+}
+
+/// A task's wall time per round, the coordinator engine thread's CPU per
+/// round, and how many agent connections failed and were retried.
+struct RoundCost {
+    wall: f64,
+    engine_cpu: f64,
+    retries: usize,
+}
+
 async fn round_time(
     agents: usize,
     rounds: u32,
     secure: bool,
     digits: &Dataset,
     validation: &Dataset,
-) -> f64 {
+) -> RoundCost {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("bench").unwrap();
     let coord = ca
@@ -156,24 +187,39 @@ classes = 10
     let start = Instant::now();
     let mut handles = Vec::new();
     for (id, data) in identities.into_iter().zip(shards) {
-        let cfg = AgentConfig {
-            node: addr,
-            server_name: "localhost".into(),
-            data,
-            label_column: "y".into(),
-            policy: AgentPolicy::default(),
-            single_task: true,
-        };
-        handles.push(tokio::spawn(
-            async move { agent::run(&id, cfg, |_| {}).await },
-        ));
+        // An agent whose connection fails tries again, as a device would:
+        // the task waits for every agent.
+        handles.push(tokio::spawn(async move {
+            let mut retries = 0;
+            loop {
+                let cfg = AgentConfig {
+                    node: addr,
+                    server_name: "localhost".into(),
+                    data: data.clone(),
+                    label_column: "y".into(),
+                    policy: AgentPolicy::default(),
+                    single_task: true,
+                };
+                if agent::run(&id, cfg, |_| {}).await.is_ok() {
+                    return retries;
+                }
+                retries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }));
     }
+    let mut retries = 0;
     for h in handles {
-        h.await.unwrap().unwrap();
+        retries += h.await.unwrap();
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let engine_cpu = thread_cpu_seconds("fl-engine");
     assert_eq!(node.history(&id).await.unwrap().len(), rounds as usize);
-    elapsed / f64::from(rounds)
+    RoundCost {
+        wall: elapsed / f64::from(rounds),
+        engine_cpu: engine_cpu / f64::from(rounds),
+        retries,
+    }
 }
 
 fn frame_bytes(messages: &[Message]) -> usize {
@@ -303,15 +349,20 @@ async fn main() {
     let mut base = None;
     for n in counts {
         let local = local_training_time(n, &train);
-        let t = round_time(n, 3, false, &train, &validation).await;
-        let s = round_time(n, 3, true, &train, &validation).await;
+        let plain = round_time(n, 3, false, &train, &validation).await;
+        let secure = round_time(n, 3, true, &train, &validation).await;
+        let (t, s) = (plain.wall, secure.wall);
         let (first, per_first) = *base.get_or_insert((n, t / n as f64));
         println!(
-            "{n:>4} agents: plain {t:>8.3} s/round ({:>6.1}x local training {local:.3} s; {:>6.2} ms/agent, {:>4.2}x per agent at {first}); secure {s:>8.3} s/round ({:>4.2}x plain)",
+            "{n:>4} agents: plain {t:>8.3} s/round ({:>6.1}x local training {local:.3} s; {:>6.2} ms/agent, {:>4.2}x per agent at {first}); engine CPU {:.3} s/round ({:.2} of wall); secure {s:>8.3} s/round ({:>4.2}x plain), engine CPU {:.3} s/round; {} retried connections",
             t / local,
             t * 1000.0 / n as f64,
             (t / n as f64) / per_first,
-            s / t
+            plain.engine_cpu,
+            plain.engine_cpu / t,
+            s / t,
+            secure.engine_cpu,
+            plain.retries + secure.retries
         );
     }
 

@@ -465,7 +465,9 @@ impl Driver {
                                 .await;
                         });
                     }
-                    _ => queue.extend(self.engine.handle(
+                    // Stopping: the round stays owed, for the next start.
+                    (Some(_), None) => {}
+                    (None, _) => queue.extend(self.engine.handle(
                         Input::Recorded {
                             task_id,
                             round: record.round,
