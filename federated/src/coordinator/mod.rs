@@ -62,6 +62,9 @@ const CONNECTION_QUEUE: usize = 64;
 /// Events queued to the engine; connection readers wait when it is full.
 const ENGINE_QUEUE: usize = 4096;
 
+/// Where a submission's outcome goes.
+type Reply = oneshot::Sender<Result<(), FlError>>;
+
 /// A read of the engine's state, run on its thread.
 type Query = Box<dyn FnOnce(&Engine) + Send>;
 
@@ -81,11 +84,11 @@ enum Event {
     AddTask {
         machine: Box<RoundMachine>,
         validation_csv: Vec<u8>,
-        reply: oneshot::Sender<Result<(), FlError>>,
+        reply: Reply,
     },
     AddEvaluation {
         eval: EvaluationTask,
-        reply: oneshot::Sender<Result<(), FlError>>,
+        reply: Reply,
     },
     Query(Query),
 }
@@ -303,6 +306,43 @@ impl Drop for Coordinator {
     }
 }
 
+/// Events handled before one group commit.
+const MAX_BATCH: usize = 1024;
+
+/// One group commit's worth of events: their commands, and the answers and
+/// reads that wait for it.
+#[derive(Default)]
+struct Batch {
+    events: usize,
+    commands: Vec<Command>,
+    replies: Vec<(Reply, Result<(), FlError>)>,
+    reads: Vec<Query>,
+}
+
+impl Batch {
+    /// Each state to write once, first; then everything else in order.
+    fn ordered(&mut self) -> Vec<Command> {
+        let mut persist: Vec<Command> = Vec::new();
+        let mut rest = Vec::new();
+        for c in self.commands.drain(..) {
+            match c {
+                Command::Persist(d) => {
+                    if !persist
+                        .iter()
+                        .any(|p| matches!(p, Command::Persist(q) if *q == d))
+                    {
+                        persist.push(Command::Persist(d));
+                    }
+                }
+                Command::Changed if rest.iter().any(|r| matches!(r, Command::Changed)) => {}
+                other => rest.push(other),
+            }
+        }
+        persist.extend(rest);
+        persist
+    }
+}
+
 /// The engine thread: owns the engine and the store, and carries out commands.
 struct Driver {
     engine: Engine,
@@ -320,21 +360,43 @@ struct Driver {
 
 impl Driver {
     fn run(mut self, mut rx: mpsc::Receiver<Event>) {
-        while let Some(event) = rx.blocking_recv() {
+        while let Some(first) = rx.blocking_recv() {
             if self.shared.strong_count() == 0 {
                 break;
             }
-            if let Err(e) = self.event(event) {
+            // Group commit: every event already queued is handled, then each
+            // changed state is written once, before anything the batch says
+            // goes out, and only then are submissions answered and reads run.
+            let mut batch = Batch::default();
+            self.event(first, &mut batch);
+            while batch.events < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(event) => self.event(event, &mut batch),
+                    Err(_) => break,
+                }
+            }
+            let commands = batch.ordered();
+            if let Err(e) = self.execute(commands) {
+                for (reply, _) in batch.replies {
+                    let _ = reply.send(Err(FlError::Store(format!("not persisted: {e}"))));
+                }
                 tracing::error!("coordinator stopping: {e}; a restart resumes from the last write");
                 self.endpoint.close(1u32.into(), b"coordinator failed");
                 break;
+            }
+            for (reply, result) in batch.replies {
+                let _ = reply.send(result);
+            }
+            for read in batch.reads {
+                read(&self.engine);
             }
         }
         // Dropping the queues lets every writer finish; the store closes here.
     }
 
-    fn event(&mut self, event: Event) -> Result<(), FlError> {
+    fn event(&mut self, event: Event, batch: &mut Batch) {
         let now = now_ms();
+        batch.events += 1;
         match event {
             Event::Connected {
                 conn,
@@ -345,16 +407,13 @@ impl Driver {
                 let commands = self
                     .engine
                     .handle(Input::Connected { conn, principal }, now);
-                self.execute(commands)
+                batch.commands.extend(commands);
             }
-            Event::Input(input) => {
-                let commands = self.engine.handle(input, now);
-                self.execute(commands)
-            }
+            Event::Input(input) => batch.commands.extend(self.engine.handle(input, now)),
             Event::Failed { conn, reason } => {
-                let mut commands = vec![Command::Close { conn, reason }];
-                commands.extend(self.engine.handle(Input::Closed { conn }, now));
-                self.execute(commands)
+                batch.commands.push(Command::Close { conn, reason });
+                let commands = self.engine.handle(Input::Closed { conn }, now);
+                batch.commands.extend(commands);
             }
             Event::AddTask {
                 machine,
@@ -362,32 +421,25 @@ impl Driver {
                 reply,
             } => {
                 let result = self.add_task(*machine, &validation_csv);
-                let fatal = matches!(result, Err(FlError::Store(_)));
-                let _ = reply.send(result);
-                if fatal {
-                    return Err(FlError::Store("cannot persist a new task".into()));
-                }
-                Ok(())
+                let result = result.map(|commands| batch.commands.extend(commands));
+                batch.replies.push((reply, result));
             }
             Event::AddEvaluation { eval, reply } => {
                 let result = self.add_evaluation(eval);
-                let fatal = matches!(result, Err(FlError::Store(_)));
-                let _ = reply.send(result);
-                if fatal {
-                    return Err(FlError::Store("cannot persist a new evaluation".into()));
-                }
-                Ok(())
+                let result = result.map(|commands| batch.commands.extend(commands));
+                batch.replies.push((reply, result));
             }
-            Event::Query(read) => {
-                read(&self.engine);
-                Ok(())
-            }
+            Event::Query(read) => batch.reads.push(read),
         }
     }
 
     /// Writes the task's validation set, then its state; refused before
     /// either if the id is taken, and the directory removed if a write fails.
-    fn add_task(&mut self, machine: RoundMachine, validation_csv: &[u8]) -> Result<(), FlError> {
+    fn add_task(
+        &mut self,
+        machine: RoundMachine,
+        validation_csv: &[u8],
+    ) -> Result<Vec<Command>, FlError> {
         let id = machine.state().task.id.clone();
         if self.engine.task_exists(&id) {
             return Err(FlError::TaskExists(id));
@@ -399,11 +451,10 @@ impl Driver {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e.into());
         }
-        let commands = self.engine.add_task(machine)?;
-        self.execute(commands)
+        self.engine.add_task(machine)
     }
 
-    fn add_evaluation(&mut self, eval: EvaluationTask) -> Result<(), FlError> {
+    fn add_evaluation(&mut self, eval: EvaluationTask) -> Result<Vec<Command>, FlError> {
         let id = eval.machine.state().task.id.clone();
         if self.engine.task_exists(&id) {
             return Err(FlError::TaskExists(id));
@@ -415,8 +466,7 @@ impl Driver {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e.into());
         }
-        let commands = self.engine.add_evaluation(eval)?;
-        self.execute(commands)
+        self.engine.add_evaluation(eval)
     }
 
     /// Carries out commands in order, and the inputs they feed back.
