@@ -99,10 +99,10 @@ pub struct AgentConfig {
 
 /// A QUIC client endpoint presenting `identity`.
 pub fn client_endpoint(identity: &Identity) -> Result<quinn::Endpoint, FlError> {
-    let mut tls = yilian_identity::tls::client_config(identity)
-        .map_err(|e| FlError::Transport(e.to_string()))?;
+    let mut tls =
+        yilian_identity::tls::client_config(identity).map_err(|e| FlError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| FlError::Transport(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| FlError::Tls(e.to_string()))?;
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     Ok(endpoint)
@@ -121,15 +121,8 @@ pub async fn connect(
     ),
     FlError,
 > {
-    let conn = endpoint
-        .connect(node, server_name)
-        .map_err(|e| FlError::Transport(e.to_string()))?
-        .await
-        .map_err(|e| FlError::Transport(e.to_string()))?;
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| FlError::Transport(e.to_string()))?;
+    let conn = endpoint.connect(node, server_name)?.await?;
+    let (send, recv) = conn.open_bi().await?;
     let (tx, rx) = mpsc::unbounded_channel();
     spawn_writer(send, rx);
     Ok((conn, tx, recv))
@@ -149,10 +142,7 @@ pub async fn run(
         label_column: cfg.label_column.clone(),
         classes: cfg.data.classes,
     };
-    let send = |m: Message| {
-        tx.send(m)
-            .map_err(|_| FlError::Transport("connection closed".into()))
-    };
+    let send = |m: Message| tx.send(m).map_err(|_| FlError::ConnectionClosed);
     send(Message::Hello {
         schema: schema.clone(),
         samples: cfg.data.len() as u64,
@@ -241,7 +231,7 @@ pub async fn run(
                     yilian_models::train(&spec, &global, &data, &config)
                 })
                 .await
-                .map_err(|e| FlError::Transport(e.to_string()))??;
+                .map_err(|e| FlError::Worker(e.to_string()))??;
                 if secure.is_secure(round) {
                     // Under secure aggregation the model leaves only masked.
                     let advert = secure
@@ -392,9 +382,7 @@ pub async fn run(
                     return Err(FlError::BadChunk { index, total: 0 });
                 };
                 if Sha256::digest(&model)[..] != job.model_sha256 {
-                    return Err(FlError::Transport(
-                        "the evaluation model is not the one offered".into(),
-                    ));
+                    return Err(FlError::ModelNotOffered);
                 }
                 let (data, output, policy) = (data.clone(), job.output, cfg.policy.clone());
                 let counts = tokio::task::spawn_blocking(move || {
@@ -404,7 +392,7 @@ pub async fn run(
                     Ok::<_, FlError>(onnx.evaluate_counts(&data, output)?)
                 })
                 .await
-                .map_err(|e| FlError::Transport(e.to_string()))??;
+                .map_err(|e| FlError::Worker(e.to_string()))??;
                 let (samples, correct) = (counts.samples, counts.correct());
                 send(Message::EvaluationReport {
                     task_id: job.task_id.clone(),
@@ -425,9 +413,7 @@ pub async fn run(
                 }
             }
             Message::Refused { reason } => {
-                return Err(FlError::Transport(format!(
-                    "refused by the coordinator: {reason}"
-                )));
+                return Err(FlError::Refused(reason));
             }
             _ => {}
         }

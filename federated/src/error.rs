@@ -63,6 +63,18 @@ pub enum FlError {
     NoClientCertificate,
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    #[error("cannot connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    #[error("the connection closed")]
+    ConnectionClosed,
+    #[error("refused by the coordinator: {0}")]
+    Refused(String),
+    #[error("the evaluation model is not the one offered")]
+    ModelNotOffered,
+    #[error("reward proof: {0}")]
+    BadRewardProof(String),
+    #[error("a worker thread failed: {0}")]
+    Worker(String),
     #[error("reading a frame: {0}")]
     Read(#[from] quinn::ReadError),
     #[error("the stream ended inside a frame")]
@@ -100,8 +112,6 @@ pub enum FlError {
         shares: usize,
         threshold: usize,
     },
-    #[error("transport: {0}")]
-    Transport(String),
     #[error("store: {0}")]
     Store(String),
     #[error("I/O: {0}")]
@@ -205,13 +215,19 @@ impl From<FlError> for tonic::Status {
             | FlError::Unrecoverable { .. } => Code::FailedPrecondition,
             FlError::Ledger(_)
             | FlError::Stopped
-            | FlError::Transport(_)
             | FlError::Connection(_)
+            | FlError::Connect(_)
+            | FlError::ConnectionClosed
             | FlError::Read(_)
             | FlError::NoSession => Code::Unavailable,
-            FlError::ModelFileChanged(_) | FlError::Store(_) | FlError::Io(_) | FlError::Tls(_) => {
-                Code::Internal
+            FlError::Refused(_) | FlError::ModelNotOffered | FlError::BadRewardProof(_) => {
+                Code::FailedPrecondition
             }
+            FlError::ModelFileChanged(_)
+            | FlError::Store(_)
+            | FlError::Io(_)
+            | FlError::Tls(_)
+            | FlError::Worker(_) => Code::Internal,
         };
         tonic::Status::new(code, e.to_string())
     }

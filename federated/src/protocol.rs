@@ -205,7 +205,7 @@ impl RewardProof {
         round: u32,
         account: &crate::AgentId,
     ) -> Result<u64, FlError> {
-        let bad = |why: &str| FlError::Transport(format!("reward proof: {why}"));
+        let bad = |why: &str| FlError::BadRewardProof(why.to_owned());
         self.head.verify().map_err(|e| bad(&e.to_string()))?;
         if self.inclusion.index != self.index || self.inclusion.tree_size != self.head.tree_size {
             return Err(bad("proof is for another entry or tree"));

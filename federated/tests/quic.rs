@@ -129,7 +129,10 @@ async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
 
     // Not admitted by this network: the handshake fails.
     let refused = agent::run(&outsider, agent_config(net.addr, train.clone()), |_| {}).await;
-    assert!(matches!(refused, Err(FlError::Transport(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(FlError::Connection(_))),
+        "{refused:?}"
+    );
 
     // Admitted, but its data has the wrong shape: refused with the reason.
     let digits = digits_splits().0;
