@@ -9,6 +9,7 @@
 //! counted before a crash is refused as a duplicate after it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -100,6 +101,10 @@ pub struct TaskState {
     /// have deterministic ids, so a replay of a written one is a duplicate.
     #[serde(default)]
     pub unrecorded: BTreeSet<u32>,
+    /// The round whose updates are being scored off the driver's thread
+    /// ([`Effect::Score`]); it takes no more input until [`RoundMachine::scored`].
+    #[serde(default)]
+    pub scoring: Option<u32>,
 }
 
 /// What the driver must do.
@@ -128,6 +133,10 @@ pub enum Effect {
         agent: AgentId,
         message: ToAgent,
     },
+    /// Score a closing round's updates (aggregation, GTG-Shapley, the
+    /// coalitions' evaluations), anywhere, and hand the result to
+    /// [`RoundMachine::scored`]. Only with [`RoundMachine::offload_scoring`].
+    Score(Box<ScoringJob>),
     Finished,
     Expired,
 }
@@ -135,9 +144,11 @@ pub enum Effect {
 /// The state machine around a [`TaskState`] and the validation set.
 pub struct RoundMachine {
     pub(crate) state: TaskState,
-    pub(crate) validation: Dataset,
+    pub(crate) validation: Arc<Dataset>,
     pub(crate) params: usize,
     pub(crate) gtg: GtgConfig,
+    /// Closing rounds are scored by whoever runs [`Effect::Score`].
+    offload: bool,
 }
 
 impl RoundMachine {
@@ -154,6 +165,7 @@ impl RoundMachine {
             history: Vec::new(),
             accountant: RdpAccountant::new(),
             unrecorded: BTreeSet::new(),
+            scoring: None,
             task,
         };
         Self::restore(state, validation)
@@ -176,14 +188,39 @@ impl RoundMachine {
         schema.check_against(&state.task.schema)?;
         Ok(Self {
             state,
-            validation,
+            validation: Arc::new(validation),
             params,
             gtg: GtgConfig::default(),
+            offload: false,
         })
     }
 
     pub fn state(&self) -> &TaskState {
         &self.state
+    }
+
+    /// From now on a closing plain round is handed out as [`Effect::Score`]
+    /// instead of being scored inside the call that closed it.
+    pub fn offload_scoring(&mut self) {
+        self.offload = true;
+    }
+
+    /// The scoring a restarted driver must run again: the round was closing
+    /// when the state was last written.
+    pub fn pending_scoring(&self) -> Option<ScoringJob> {
+        self.state.scoring.and_then(|_| self.scoring_job())
+    }
+
+    /// The result of a [`ScoringJob`]: the round closes with it. A result
+    /// for a round not being scored (a job from before a restart) is dropped.
+    pub fn scored(&mut self, result: Scored, now_ms: u64) -> Vec<Effect> {
+        if self.state.scoring != Some(result.round) {
+            return Vec::new();
+        }
+        self.state.scoring = None;
+        let mut effects = vec![Effect::RoundClosed(self.close_scored(result, now_ms))];
+        effects.extend(self.advance(now_ms));
+        effects
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -323,6 +360,13 @@ impl RoundMachine {
         if matches!(self.state.phase, Phase::Buffered(_)) {
             return self.submit_buffered(agent, round, update, now_ms);
         }
+        if self.state.scoring.is_some() {
+            // The round closed; its updates are being scored.
+            return vec![Effect::Rejected {
+                agent,
+                reason: RejectReason::NoOpenRound,
+            }];
+        }
         let params = self.params;
         let verdict = match &mut self.state.phase {
             Phase::Training {
@@ -407,6 +451,9 @@ impl RoundMachine {
         if matches!(self.state.phase, Phase::Buffered(_)) {
             return self.advance_buffered(now_ms);
         }
+        if self.state.scoring.is_some() {
+            return Vec::new();
+        }
         let mut effects = Vec::new();
         loop {
             if let Phase::Training {
@@ -479,6 +526,13 @@ impl RoundMachine {
                     let enough = got >= self.state.task.min_agents;
                     let over = outstanding == 0 || now_ms >= *deadline_ms;
                     if !over {
+                        return effects;
+                    }
+                    if enough && self.offload {
+                        if let Some(job) = self.scoring_job() {
+                            self.state.scoring = Some(round);
+                            effects.push(Effect::Score(Box::new(job)));
+                        }
                         return effects;
                     }
                     if enough {
@@ -555,21 +609,46 @@ impl RoundMachine {
         effects
     }
 
-    /// Accuracy of the model that the updates of `coalition` alone would give.
-    fn coalition_utility(&self, updates: &[&Update], coalition: &[usize]) -> f64 {
-        let weights = if coalition.is_empty() {
-            self.state.global.clone()
-        } else {
-            let members: Vec<&Update> = coalition.iter().map(|&i| updates[i]).collect();
-            combine(&members, self.state.task.robust)
+    /// What scoring the open plain round needs, from its updates as received.
+    fn scoring_job(&self) -> Option<ScoringJob> {
+        let Phase::Training {
+            round,
+            received,
+            secure: None,
+            ..
+        } = &self.state.phase
+        else {
+            return None;
         };
-        yilian_models::evaluate(&self.state.task.model, &weights, &self.validation)
-            .map(|m| m.accuracy)
-            // A coalition whose model cannot even be evaluated adds nothing.
-            .unwrap_or(0.0)
+        Some(ScoringJob {
+            round: *round,
+            model: self.state.task.model.clone(),
+            robust: self.state.task.robust,
+            global: self.state.global.clone(),
+            updates: received.values().cloned().collect(),
+            validation: self.validation.clone(),
+            gtg: GtgConfig {
+                seed: u64::from(*round),
+                ..self.gtg
+            },
+            dp: self
+                .state
+                .task
+                .privacy
+                .as_ref()
+                .map(|p| (p.noise_multiplier, self.state.task.secagg.clip)),
+        })
     }
 
     fn close_round(&mut self, now_ms: u64) -> RoundRecord {
+        let job = self
+            .scoring_job()
+            .expect("close_round is only called on a plain round");
+        self.close_scored(job.run(), now_ms)
+    }
+
+    /// Closes the open plain round with its scoring.
+    fn close_scored(&mut self, scored: Scored, now_ms: u64) -> RoundRecord {
         let Phase::Training {
             round,
             selected,
@@ -578,34 +657,21 @@ impl RoundMachine {
             ..
         } = std::mem::replace(&mut self.state.phase, Phase::Waiting)
         else {
-            unreachable!("close_round is only called while training")
+            unreachable!("a round is scored only while training")
         };
-        let participants: Vec<AgentId> = received.keys().copied().collect();
-        let updates: Vec<&Update> = received.values().collect();
-        let candidate = match &self.state.task.privacy {
-            None => combine(&updates, self.state.task.robust),
-            Some(p) => self.central_dp_mean(&updates, p.noise_multiplier),
-        };
-        let estimate = gtg_shapley(
-            updates.len(),
-            |c| self.coalition_utility(&updates, c),
-            GtgConfig {
-                seed: u64::from(round),
-                ..self.gtg
-            },
-        );
+        debug_assert_eq!(round, scored.round);
         self.conclude(
             Closing {
                 round,
                 selected,
-                participants,
+                participants: received.keys().copied().collect(),
                 rejected,
-                contributions: estimate.values,
-                evaluations: estimate.evaluations,
+                contributions: scored.contributions,
+                evaluations: scored.evaluations,
                 failures: Vec::new(),
                 now_ms,
             },
-            candidate,
+            scored.candidate,
         )
     }
 
@@ -623,34 +689,6 @@ impl RoundMachine {
             .accountant
             .compose_subsampled_gaussian(q, p.noise_multiplier, 1);
         Some(self.state.accountant.epsilon(p.delta))
-    }
-
-    /// DP-FedAvg without secure aggregation: clipped changes averaged with
-    /// equal weights, and Gaussian noise of `noise_multiplier · clip` on
-    /// their sum, added here.
-    fn central_dp_mean(&self, updates: &[&Update], noise_multiplier: f64) -> Vec<f32> {
-        use rand_distr::{Distribution, Normal};
-        let clip = self.state.task.secagg.clip;
-        let enc = Encoding::new(clip, 0.0, updates.len());
-        let mut sum = vec![0f64; self.params];
-        for u in updates {
-            for (s, d) in sum
-                .iter_mut()
-                .zip(enc.clipped_delta(&self.state.global, &u.weights))
-            {
-                *s += d;
-            }
-        }
-        let sd = noise_multiplier * f64::from(clip);
-        let noise = Normal::new(0.0, sd).expect("a finite, non-negative sd");
-        let mut rng = rand::rng();
-        let n = updates.len() as f64;
-        self.state
-            .global
-            .iter()
-            .zip(sum)
-            .map(|(g, s)| (f64::from(*g) + (s + noise.sample(&mut rng)) / n) as f32)
-            .collect()
     }
 
     /// Adds the central DP noise of `n` clipped changes' mean to `candidate`:
@@ -804,4 +842,87 @@ pub(crate) struct Closing {
     pub evaluations: usize,
     pub failures: Vec<String>,
     pub now_ms: u64,
+}
+
+/// Scoring a closing plain round, self-contained so that a driver may run
+/// it on any thread: the candidate model (the robust rule, or DP-FedAvg's
+/// clipped, noised mean) and each update's GTG-Shapley contribution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScoringJob {
+    pub round: u32,
+    model: ModelSpec,
+    robust: crate::Robust,
+    global: Vec<f32>,
+    /// In agent id order, as the participants.
+    updates: Vec<Update>,
+    validation: Arc<Dataset>,
+    gtg: GtgConfig,
+    /// Noise multiplier and clip, under DP.
+    dp: Option<(f64, f32)>,
+}
+
+/// What a [`ScoringJob`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub round: u32,
+    candidate: Vec<f32>,
+    contributions: Vec<f64>,
+    evaluations: usize,
+}
+
+impl ScoringJob {
+    pub fn run(self) -> Scored {
+        let updates: Vec<&Update> = self.updates.iter().collect();
+        let candidate = match self.dp {
+            None => combine(&updates, self.robust),
+            Some((z, clip)) => central_dp_mean(&self.global, &updates, z, clip),
+        };
+        let utility = |coalition: &[usize]| {
+            let weights = if coalition.is_empty() {
+                self.global.clone()
+            } else {
+                let members: Vec<&Update> = coalition.iter().map(|&i| updates[i]).collect();
+                combine(&members, self.robust)
+            };
+            yilian_models::evaluate(&self.model, &weights, &self.validation)
+                .map(|m| m.accuracy)
+                // A coalition whose model cannot even be evaluated adds nothing.
+                .unwrap_or(0.0)
+        };
+        let estimate = gtg_shapley(updates.len(), utility, self.gtg);
+        Scored {
+            round: self.round,
+            candidate,
+            contributions: estimate.values,
+            evaluations: estimate.evaluations,
+        }
+    }
+}
+
+/// DP-FedAvg without secure aggregation: clipped changes averaged with
+/// equal weights, and Gaussian noise of `noise_multiplier · clip` on their
+/// sum, added here.
+fn central_dp_mean(
+    global: &[f32],
+    updates: &[&Update],
+    noise_multiplier: f64,
+    clip: f32,
+) -> Vec<f32> {
+    use rand_distr::{Distribution, Normal};
+    let enc = Encoding::new(clip, 0.0, updates.len());
+    let mut sum = vec![0f64; global.len()];
+    for u in updates {
+        for (s, d) in sum.iter_mut().zip(enc.clipped_delta(global, &u.weights)) {
+            *s += d;
+        }
+    }
+    let sd = noise_multiplier * f64::from(clip);
+    let noise = Normal::new(0.0, sd).expect("a finite, non-negative sd");
+    let mut rng = rand::rng();
+    let n = updates.len() as f64;
+    global
+        .iter()
+        .zip(sum)
+        .map(|(g, s)| (f64::from(*g) + (s + noise.sample(&mut rng)) / n) as f32)
+        .collect()
 }

@@ -240,6 +240,11 @@ impl Simulation {
                     }
                 }
                 Effect::SecAgg { agent, message } => self.secure_step(agent, message)?,
+                Effect::Score(job) => {
+                    let effects = self.machine.scored(job.run(), self.now_ms);
+                    self.persist()?;
+                    self.queue.extend(effects);
+                }
                 Effect::RoundAbandoned { .. } | Effect::Finished | Effect::Expired => {}
             }
         }

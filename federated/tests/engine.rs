@@ -157,13 +157,36 @@ fn a_round_runs_persists_before_telling_and_stays_owed_until_the_ledger_acknowle
     assert!(matches!(started[0], Command::Persist(_)), "{started:?}");
 
     assert!(record(&train_and_send(&mut e, 1, &to_1, &shards[0])).is_none());
-    let closing = train_and_send(&mut e, 2, &to_2, &shards[1]);
+    let last = train_and_send(&mut e, 2, &to_2, &shards[1]);
+    // The round closes: its scoring goes out as a job, after the state
+    // that says so is persisted; meanwhile the task takes no update.
+    assert!(
+        matches!(last[0], Command::Persist(Durable::Task(_))),
+        "{last:?}"
+    );
+    let (task_id, job) = last
+        .into_iter()
+        .find_map(|c| match c {
+            Command::Compute { task_id, job } => Some((task_id, job)),
+            _ => None,
+        })
+        .expect("a scoring job");
+    assert_eq!(e.task("digits-engine").unwrap().state().scoring, Some(0));
+    assert!(record(&e.handle(Input::Tick, 1)).is_none());
+    let closing = e.handle(
+        Input::Computed {
+            task_id,
+            result: job.run(),
+        },
+        2,
+    );
     // The closed round is persisted first, then written to the ledger.
     assert!(
         matches!(closing[0], Command::Persist(Durable::Task(_))),
         "{closing:?}"
     );
     assert_eq!(record(&closing), Some(("digits-engine".into(), 0, 2)));
+    assert_eq!(e.task("digits-engine").unwrap().state().scoring, None);
     // Nothing is told to the agents before the ledger acknowledged.
     assert!(sends(&closing, 1).is_empty() && sends(&closing, 2).is_empty());
 

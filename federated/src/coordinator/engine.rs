@@ -21,6 +21,7 @@ use std::sync::Arc;
 use yilian_identity::{Principal, Role};
 
 use crate::protocol::{ChunkAssembler, Message, RewardProof, WeightsPurpose};
+use crate::round::{Scored, ScoringJob};
 use crate::{
     AgentId, DataSchema, Effect, EvaluationEffect, EvaluationMachine, FlError, RoundMachine,
     RoundRecord, Update,
@@ -47,6 +48,8 @@ pub enum Input {
         round: u32,
         proofs: Option<Vec<Option<RewardProof>>>,
     },
+    /// A [`Command::Compute`] finished.
+    Computed { task_id: String, result: Scored },
 }
 
 /// What goes to an agent: a message, or a model sent in chunks by the
@@ -136,6 +139,12 @@ pub enum Command {
         /// The task's DP delta, when it spends privacy.
         delta: Option<f64>,
     },
+    /// Run this closing round's scoring (aggregation, GTG-Shapley,
+    /// evaluations) away from the engine; answer with [`Input::Computed`].
+    Compute {
+        task_id: String,
+        job: Box<ScoringJob>,
+    },
     /// Some task's status changed (for watchers).
     Changed,
 }
@@ -206,14 +215,31 @@ impl Step {
 impl Engine {
     /// An engine over restored tasks and evaluations.
     pub fn new(
-        tasks: BTreeMap<String, RoundMachine>,
+        mut tasks: BTreeMap<String, RoundMachine>,
         evaluations: BTreeMap<String, EvaluationTask>,
     ) -> Self {
+        for m in tasks.values_mut() {
+            m.offload_scoring();
+        }
         Engine {
             tasks,
             evaluations,
             ..Engine::default()
         }
+    }
+
+    /// What a restarted driver must do first: score again the rounds that
+    /// were being scored when it stopped.
+    pub fn resume(&self) -> Vec<Command> {
+        self.tasks
+            .iter()
+            .filter_map(|(id, m)| {
+                m.pending_scoring().map(|job| Command::Compute {
+                    task_id: id.clone(),
+                    job: Box::new(job),
+                })
+            })
+            .collect()
     }
 
     pub fn task(&self, id: &str) -> Option<&RoundMachine> {
@@ -234,7 +260,8 @@ impl Engine {
     }
 
     /// Adds a checked training task and offers it to idle agents.
-    pub fn add_task(&mut self, machine: RoundMachine) -> Result<Vec<Command>, FlError> {
+    pub fn add_task(&mut self, mut machine: RoundMachine) -> Result<Vec<Command>, FlError> {
+        machine.offload_scoring();
         let id = machine.state().task.id.clone();
         if self.task_exists(&id) {
             return Err(FlError::TaskExists(id));
@@ -298,6 +325,14 @@ impl Engine {
             }
             Input::Closed { conn } => self.gone(conn, now_ms, &mut step),
             Input::Tick => self.tick(now_ms, &mut step),
+            Input::Computed { task_id, result } => {
+                let effects = self
+                    .tasks
+                    .get_mut(&task_id)
+                    .map(|m| m.scored(result, now_ms))
+                    .unwrap_or_default();
+                self.effects(&task_id, effects, now_ms, &mut step);
+            }
             Input::Recorded {
                 task_id,
                 round,
@@ -708,6 +743,10 @@ impl Engine {
                 Effect::RoundAbandoned { round, received } => {
                     tracing::warn!(task_id, round, received, "round abandoned: too few updates");
                 }
+                Effect::Score(job) => step.rest.push(Command::Compute {
+                    task_id: task_id.to_owned(),
+                    job,
+                }),
                 // With a round just closed, its results go out once it is on
                 // the ledger, and the end of the task with them.
                 Effect::Finished | Effect::Expired if closed => {}

@@ -360,6 +360,11 @@ struct Driver {
 
 impl Driver {
     fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+        let resumed = self.engine.resume();
+        if let Err(e) = self.execute(resumed) {
+            tracing::error!("coordinator stopping: {e}");
+            return;
+        }
         while let Some(first) = rx.blocking_recv() {
             if self.shared.strong_count() == 0 {
                 break;
@@ -526,6 +531,21 @@ impl Driver {
                         now_ms(),
                     )),
                 },
+                Command::Compute { task_id, job } => {
+                    // Stopping: the round stays closing, and is scored again at the next start.
+                    let Some(shared) = self.shared.upgrade() else {
+                        continue;
+                    };
+                    self.runtime.spawn(async move {
+                        match tokio::task::spawn_blocking(move || job.run()).await {
+                            Ok(result) => {
+                                let input = Input::Computed { task_id, result };
+                                let _ = shared.send(Event::Input(input)).await;
+                            }
+                            Err(e) => tracing::error!(task_id, "scoring failed: {e}"),
+                        }
+                    });
+                }
                 Command::Changed => {
                     self.changed.send_replace(());
                 }
