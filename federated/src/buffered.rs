@@ -10,8 +10,10 @@
 //! updates the buffer's sample-weighted mean change, through the task's
 //! strategy, makes the next global model: one closed round, scored by
 //! GTG-Shapley over the buffer's updates and paid like a synchronous one.
-//! An agent counts at most once per buffer and is sent the new model as
-//! soon as its update is in, or once the buffer it is in has been applied.
+//! An agent counts at most once per buffer and is sent the new model once
+//! the buffer it is in has been applied. When every recruited agent's
+//! update is in the buffer and nobody else trains, the buffer is applied as
+//! it is, so a task whose agents left does not wait forever.
 //!
 //! Under secure aggregation each buffer is one SecAgg+ cohort: `K` idle
 //! agents start together from one model, mask their changes, and the
@@ -202,8 +204,8 @@ impl RoundMachine {
                 max: max_staleness,
             }),
             None => Err(RejectReason::NotSelected),
-            // Sent a newer model since (after a restart): either counts.
-            Some(&(sent, _)) if round < sent => Err(RejectReason::WrongRound {
+            // Only the model last sent counts (after a restart, the newest).
+            Some(&(sent, _)) if round != sent => Err(RejectReason::WrongRound {
                 got: round,
                 current: sent,
             }),
@@ -213,7 +215,10 @@ impl RoundMachine {
         match verdict {
             Ok(()) => {
                 b.training.remove(&agent);
-                let base = &b.models[&round];
+                let base = b
+                    .models
+                    .get(&round)
+                    .expect("the model an agent in training was sent is kept");
                 let w = staleness_weight(version - round) as f32;
                 let delta: Vec<f32> = match privacy_clip {
                     // Under DP each change is clipped, as in DP-FedAvg.
@@ -236,15 +241,18 @@ impl RoundMachine {
                     delta,
                 });
                 if b.buffer.len() >= size {
-                    effects.extend(self.flush(now_ms));
+                    effects.extend(self.flush_if_allowed(now_ms));
                 }
             }
             Err(reason) => {
-                if matches!(
+                // A bad update ends the agent's turn and is on record; a
+                // repeat or a message out of turn changes nothing.
+                if !matches!(
                     reason,
-                    RejectReason::Stale { .. }
-                        | RejectReason::NonFinite
-                        | RejectReason::WrongShape { .. }
+                    RejectReason::Duplicate
+                        | RejectReason::NotSelected
+                        | RejectReason::PlainUpdate
+                        | RejectReason::WrongRound { .. }
                 ) {
                     b.training.remove(&agent);
                     b.rejected.push((agent, reason.clone()));
@@ -289,7 +297,7 @@ impl RoundMachine {
     /// then idle agents are sent the model.
     pub(crate) fn advance_buffered(&mut self, now_ms: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
-        let (size, max_staleness) = self.buffer_params();
+        let (_, max_staleness) = self.buffer_params();
         let secure = self.state.task.secure_aggregation;
         let recruited = self.state.recruited.clone();
         loop {
@@ -301,6 +309,15 @@ impl RoundMachine {
                 // Agents past their deadline, or gone, train no more.
                 b.training
                     .retain(|a, (_, until)| now_ms < *until && recruited.contains(a));
+                let stuck = !b.buffer.is_empty()
+                    && b.training.is_empty()
+                    && recruited
+                        .iter()
+                        .all(|a| b.buffer.iter().any(|u| u.agent == *a));
+                if stuck {
+                    effects.extend(self.flush_if_allowed(now_ms));
+                    continue;
+                }
             }
             for c in &mut b.cohorts {
                 let gone = absent(&c.secure, &recruited);
@@ -321,9 +338,15 @@ impl RoundMachine {
             for a in cohort.secure.members() {
                 b.training.remove(&a);
             }
+            if !self.may_apply() {
+                break;
+            }
             effects.extend(self.apply_cohort(cohort, now_ms));
+            if self.is_done() {
+                return effects;
+            }
         }
-        if self.state.next_round >= self.state.task.rounds {
+        if !self.may_apply() {
             self.state.phase = Phase::Finished;
             effects.push(Effect::Finished);
             return effects;
@@ -333,21 +356,34 @@ impl RoundMachine {
             effects.push(Effect::Expired);
             return effects;
         }
-        if let Some(p) = &self.state.task.privacy {
-            // Stop before the next buffer would take epsilon past the budget.
-            let q = size as f64 / self.state.recruited.len().max(size) as f64;
-            let next = self
-                .state
-                .accountant
-                .epsilon_after(q, p.noise_multiplier, 1, p.delta);
-            if next > p.epsilon_budget {
-                self.state.phase = Phase::Finished;
-                effects.push(Effect::Finished);
-                return effects;
-            }
-        }
         effects.extend(self.assign(now_ms));
         effects
+    }
+
+    /// Whether another buffer may make a model: rounds are left, and it
+    /// would not take epsilon past the budget.
+    fn may_apply(&self) -> bool {
+        if self.state.next_round >= self.state.task.rounds {
+            return false;
+        }
+        let Some(p) = &self.state.task.privacy else {
+            return true;
+        };
+        let (size, _) = self.buffer_params();
+        let q = size as f64 / self.state.recruited.len().max(size) as f64;
+        self.state
+            .accountant
+            .epsilon_after(q, p.noise_multiplier, 1, p.delta)
+            <= p.epsilon_budget
+    }
+
+    /// Applies the buffer, or ends the task if no more buffers may be.
+    fn flush_if_allowed(&mut self, now_ms: u64) -> Vec<Effect> {
+        if self.may_apply() {
+            return self.flush(now_ms);
+        }
+        self.state.phase = Phase::Finished;
+        vec![Effect::Finished]
     }
 
     /// Makes the next global model from the buffer.
@@ -432,7 +468,13 @@ impl RoundMachine {
             for f in &failures {
                 tracing::warn!(round, "buffered secure cohort failed: {f}");
             }
-            return vec![Effect::RoundAbandoned { round, received: 0 }];
+            let mut effects = vec![Effect::RoundAbandoned { round, received: 0 }];
+            self.state.attempts += 1;
+            if self.state.attempts >= crate::round::MAX_ATTEMPTS {
+                self.state.phase = Phase::Expired;
+                effects.push(Effect::Expired);
+            }
+            return effects;
         }
         for (_, sum) in &mut sums {
             for x in sum.iter_mut() {

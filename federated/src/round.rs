@@ -287,8 +287,31 @@ impl RoundMachine {
     }
 
     /// For a driver that restarted mid-round: the model must go again to
-    /// every selected agent whose update has not been counted.
-    pub fn resend_effects(&self) -> Vec<Effect> {
+    /// every selected agent whose update has not been counted. A buffered
+    /// task's agents in training are sent the newest model, which is then
+    /// the one their update must come from.
+    pub fn resend_effects(&mut self) -> Vec<Effect> {
+        if let Phase::Buffered(b) = &mut self.state.phase {
+            if self.state.task.secure_aggregation {
+                return Vec::new();
+            }
+            let version = self.state.next_round;
+            b.models
+                .entry(version)
+                .or_insert_with(|| self.state.global.clone());
+            return b
+                .training
+                .iter_mut()
+                .map(|(&agent, (sent, _))| {
+                    *sent = version;
+                    Effect::SendModel {
+                        agent,
+                        round: version,
+                        config: self.state.task.train_config(version, &agent),
+                    }
+                })
+                .collect();
+        }
         match &self.state.phase {
             Phase::Training {
                 round,
@@ -303,16 +326,6 @@ impl RoundMachine {
                     agent,
                     round: *round,
                     config: self.state.task.train_config(*round, &agent),
-                })
-                .collect(),
-            // Agents training (in the clear) are sent the newest model again.
-            Phase::Buffered(b) if !self.state.task.secure_aggregation => b
-                .training
-                .keys()
-                .map(|&agent| Effect::SendModel {
-                    agent,
-                    round: self.state.next_round,
-                    config: self.state.task.train_config(self.state.next_round, &agent),
                 })
                 .collect(),
             _ => Vec::new(),

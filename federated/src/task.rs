@@ -198,8 +198,8 @@ pub struct Privacy {
 /// from), is refused past `max_staleness`, and every `size` updates the
 /// buffer's sample-weighted mean change becomes the next global model, a
 /// "round" of the task with its own contributions and rewards. An agent
-/// counts at most once per buffer. An agent is given a new model as soon as
-/// its update is in, so slow agents never hold a round back.
+/// counts at most once per buffer, and is given a new model once the buffer
+/// it is in has been applied; slow agents never hold a round back.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Aggregation {
@@ -271,9 +271,14 @@ impl TaskSpec {
             ));
         }
         if let Aggregation::Buffered { size, .. } = self.aggregation {
-            if size == 0 || size > self.agents_per_round {
+            if size == 0 || size > self.min_agents {
                 return Err(bad(
-                    "aggregation.buffered.size must be at least 1 and at most agents_per_round",
+                    "aggregation.buffered.size must be at least 1 and at most min_agents",
+                ));
+            }
+            if self.robust != Robust::None {
+                return Err(bad(
+                    "robust: median, trimmed mean and Krum are not applied to buffered updates; set robust = \"none\" or drop aggregation.buffered",
                 ));
             }
             if self.secure_aggregation && size < sa.min_group {

@@ -151,11 +151,15 @@ classes = 10
     for (agg, expected) in [
         (
             "aggregation = { buffered = { size = 0, max_staleness = 2 } }",
-            "aggregation.buffered.size must be at least 1 and at most agents_per_round",
+            "aggregation.buffered.size must be at least 1 and at most min_agents",
         ),
         (
             "aggregation = { buffered = { size = 7, max_staleness = 2 } }",
-            "aggregation.buffered.size must be at least 1 and at most agents_per_round",
+            "aggregation.buffered.size must be at least 1 and at most min_agents",
+        ),
+        (
+            "aggregation = { buffered = { size = 3, max_staleness = 2 } }\nrobust = \"coordinate_median\"",
+            "robust: median, trimmed mean and Krum are not applied to buffered updates",
         ),
         (
             "aggregation = { buffered = { size = 3, max_staleness = 2 } }\nsecure_aggregation = true\n[secagg]\nmin_group = 4",
@@ -247,7 +251,87 @@ fn each_buffer_is_one_secure_aggregation_under_secagg() {
     if let yilian_federated::Phase::Buffered(b) = &sim.machine.state().phase {
         assert!(b.buffer.is_empty());
     }
+    // Two cohorts were in flight at a time; the task still made exactly
+    // its rounds and paid exactly its budget.
+    assert_eq!(records.iter().flat_map(|r| &r.rewards).sum::<u64>(), 10_000);
     let acc = test_accuracy(&spec, sim.machine.global(), &test);
     eprintln!("FedBuff with SecAgg+ cohorts: test accuracy {acc:.4} after 12 buffers");
     assert!(acc >= 0.8, "test accuracy {acc}");
+}
+
+/// A buffer that can no longer fill (its last agent left) is applied as it
+/// is once everyone else's update is in; the late update is refused.
+#[test]
+fn a_buffer_that_cannot_fill_is_applied_when_nobody_else_trains() {
+    let (train, validation, _) = digits_splits();
+    let spec = ModelSpec::logistic_regression(64, 10);
+    let mut t = buffered(task("digits-fedbuff-stuck", spec, 10, 2, 3, 3), 3, 2);
+    t.round_timeout_ms = 1_000;
+    let w0 = t.model.init_weights(t.init_seed).unwrap();
+    let mut m = RoundMachine::new(t, w0, validation).unwrap();
+    let shards = train.partition_iid(3, 4);
+    let ids: Vec<AgentId> = (1..=3u8).map(|i| [i; 32]).collect();
+    let schema = yilian_federated::DataSchema {
+        features: 64,
+        label_column: "y".into(),
+        classes: 10,
+    };
+    for id in &ids {
+        m.recruit(*id, &schema).unwrap();
+    }
+    let sent: Vec<(AgentId, u32, yilian_models::TrainConfig)> = m
+        .tick(0)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::SendModel {
+                agent,
+                round,
+                config,
+            } => Some((agent, round, config)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 3);
+    let update = |i: usize, round: u32, config: &yilian_models::TrainConfig, m: &RoundMachine| {
+        let out = yilian_models::train(m.spec(), m.model_for(round), &shards[i], config).unwrap();
+        Update {
+            weights: out.weights,
+            samples: out.samples as u64,
+            loss: out.loss,
+        }
+    };
+    let mut late = None;
+    for (agent, round, config) in &sent {
+        let i = ids.iter().position(|a| a == agent).unwrap();
+        let u = update(i, *round, config, &m);
+        if i == 2 {
+            late = Some((*agent, *round, u));
+            continue;
+        }
+        let effects = m.submit(*agent, *round, u, 10);
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::RoundClosed(_))),
+            "two of three: the buffer is not full"
+        );
+    }
+    // The third agent disconnects: nobody else trains, so the buffer of two
+    // is applied.
+    let effects = m.leave(ids[2], 20);
+    let closed: Vec<&RoundRecord> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RoundClosed(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed.len(), 1, "{effects:?}");
+    assert_eq!(closed[0].participants.len(), 2);
+    let (agent, round, u) = late.unwrap();
+    let refused = m.submit(agent, round, u, 2_001);
+    assert!(
+        refused
+            .iter()
+            .any(|e| matches!(e, Effect::Rejected { agent: a, .. } if *a == agent)),
+        "{refused:?}"
+    );
 }

@@ -74,6 +74,32 @@ async fn anchor(shared: &Shared, payload: Payload) -> Result<u64, FlError> {
     Ok(ledger.submit(tx).await?.index)
 }
 
+/// Holds the id with the task's file written, until the task is added or
+/// the submission released; refused if the id is taken.
+async fn reserve(shared: &Shared, id: &str, file: (&'static str, Vec<u8>)) -> Result<(), FlError> {
+    let (reply, reserved) = tokio::sync::oneshot::channel();
+    shared
+        .send(Event::Reserve {
+            id: id.to_owned(),
+            file,
+            reply,
+        })
+        .await?;
+    reserved.await.map_err(|_| FlError::Stopped)?
+}
+
+/// Anchors a reserved task; if the ledger refuses, the reservation goes and
+/// nothing is left behind.
+async fn anchor_reserved(shared: &Shared, id: &str, payload: Payload) -> Result<u64, FlError> {
+    match anchor(shared, payload).await {
+        Ok(index) => Ok(index),
+        Err(e) => {
+            let _ = shared.send(Event::Release { id: id.to_owned() }).await;
+            Err(e)
+        }
+    }
+}
+
 /// Whether a task has the id, asked of the engine.
 async fn exists(shared: &Shared, id: &str) -> Result<bool, FlError> {
     let id = id.to_owned();
@@ -107,8 +133,10 @@ pub(super) async fn submit_task(
     };
     let machine = RoundMachine::new(task.clone(), initial, validation)?;
     let params = machine.param_count() as u64;
-    let ledger_index = anchor(
+    reserve(shared, &task.id, ("validation.csv", req.validation_csv)).await?;
+    let ledger_index = anchor_reserved(
         shared,
+        &task.id,
         Payload::TaskSubmitted {
             task_id: task.id.clone(),
             spec_hash: task.hash(),
@@ -120,7 +148,6 @@ pub(super) async fn submit_task(
     shared
         .send(Event::AddTask {
             machine: Box::new(machine),
-            validation_csv: req.validation_csv,
             reply,
         })
         .await?;
@@ -190,8 +217,11 @@ async fn submit_evaluation(
         .map_err(FlError::from)?;
     let machine = EvaluationMachine::new(task.clone(), &onnx)?;
     let params = machine.state().params;
-    let ledger_index = anchor(
+    let model = Arc::new(onnx.bytes().to_vec());
+    reserve(shared, &task.id, ("model.onnx", model.to_vec())).await?;
+    let ledger_index = anchor_reserved(
         shared,
+        &task.id,
         Payload::TaskSubmitted {
             task_id: task.id.clone(),
             spec_hash: task.hash(&machine.state().model_sha256),
@@ -199,7 +229,6 @@ async fn submit_evaluation(
         },
     )
     .await?;
-    let model = Arc::new(onnx.bytes().to_vec());
     let (reply, accepted) = tokio::sync::oneshot::channel();
     shared
         .send(Event::AddEvaluation {

@@ -747,9 +747,10 @@ impl Engine {
                     task_id: task_id.to_owned(),
                     job,
                 }),
-                // With a round just closed, its results go out once it is on
-                // the ledger, and the end of the task with them.
-                Effect::Finished | Effect::Expired if closed => {}
+                // While rounds are owed to the ledger, the end of the task
+                // goes out with the last one's results.
+                Effect::Finished | Effect::Expired
+                    if closed || !machine.state().unrecorded.is_empty() => {}
                 Effect::Finished | Effect::Expired => self.task_done(task_id, step),
             }
         }

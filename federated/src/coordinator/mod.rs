@@ -81,9 +81,19 @@ enum Event {
         conn: ConnId,
         reason: String,
     },
+    /// Holds a task id for a submission being anchored, with the task's
+    /// file (validation set or ONNX model) written under it.
+    Reserve {
+        id: String,
+        file: (&'static str, Vec<u8>),
+        reply: Reply,
+    },
+    /// The submission was refused after all: the id and its files go.
+    Release {
+        id: String,
+    },
     AddTask {
         machine: Box<RoundMachine>,
-        validation_csv: Vec<u8>,
         reply: Reply,
     },
     AddEvaluation {
@@ -225,6 +235,7 @@ impl Coordinator {
             store,
             data_dir: data_dir.to_owned(),
             conns: HashMap::new(),
+            reserved: Default::default(),
             shared: Arc::downgrade(&shared),
             changed: shared.changed.clone(),
             ledger: shared.ledger.clone(),
@@ -349,6 +360,8 @@ struct Driver {
     store: Store,
     data_dir: PathBuf,
     conns: HashMap<ConnId, mpsc::Sender<Outgoing>>,
+    /// Task ids held by submissions being anchored on the ledger.
+    reserved: std::collections::BTreeSet<String>,
     /// Weak: the thread ends once the coordinator and its control plane are gone.
     shared: std::sync::Weak<Shared>,
     changed: watch::Sender<()>,
@@ -359,7 +372,14 @@ struct Driver {
 }
 
 impl Driver {
-    fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+    fn run(mut self, rx: mpsc::Receiver<Event>) {
+        self.serve(rx);
+        // Watchers look once more and find the coordinator stopped.
+        self.changed.send_replace(());
+        // Dropping the queues lets every writer finish; the store closes here.
+    }
+
+    fn serve(&mut self, mut rx: mpsc::Receiver<Event>) {
         let resumed = self.engine.resume();
         if let Err(e) = self.execute(resumed) {
             tracing::error!("coordinator stopping: {e}");
@@ -396,7 +416,6 @@ impl Driver {
                 read(&self.engine);
             }
         }
-        // Dropping the queues lets every writer finish; the store closes here.
     }
 
     fn event(&mut self, event: Event, batch: &mut Batch) {
@@ -414,18 +433,28 @@ impl Driver {
                     .handle(Input::Connected { conn, principal }, now);
                 batch.commands.extend(commands);
             }
-            Event::Input(input) => batch.commands.extend(self.engine.handle(input, now)),
+            Event::Input(input) => {
+                if let Input::Closed { conn } = &input {
+                    // Its writer finishes once the queue's sender is gone.
+                    self.conns.remove(conn);
+                }
+                batch.commands.extend(self.engine.handle(input, now));
+            }
             Event::Failed { conn, reason } => {
+                // Close tells the peer why, then drops the connection's queue.
                 batch.commands.push(Command::Close { conn, reason });
                 let commands = self.engine.handle(Input::Closed { conn }, now);
                 batch.commands.extend(commands);
             }
-            Event::AddTask {
-                machine,
-                validation_csv,
-                reply,
-            } => {
-                let result = self.add_task(*machine, &validation_csv);
+            Event::Reserve { id, file, reply } => {
+                let _ = reply.send(self.reserve(id, file));
+            }
+            Event::Release { id } => {
+                self.reserved.remove(&id);
+                let _ = std::fs::remove_dir_all(task_dir(&self.data_dir, &id));
+            }
+            Event::AddTask { machine, reply } => {
+                let result = self.add_task(*machine);
                 let result = result.map(|commands| batch.commands.extend(commands));
                 batch.replies.push((reply, result));
             }
@@ -440,36 +469,39 @@ impl Driver {
 
     /// Writes the task's validation set, then its state; refused before
     /// either if the id is taken, and the directory removed if a write fails.
-    fn add_task(
+    /// Refused if the id is taken or held; the directory goes if the write fails.
+    fn reserve(
         &mut self,
-        machine: RoundMachine,
-        validation_csv: &[u8],
-    ) -> Result<Vec<Command>, FlError> {
-        let id = machine.state().task.id.clone();
-        if self.engine.task_exists(&id) {
+        id: String,
+        (name, bytes): (&'static str, Vec<u8>),
+    ) -> Result<(), FlError> {
+        if self.engine.task_exists(&id) || self.reserved.contains(&id) {
             return Err(FlError::TaskExists(id));
         }
         let dir = task_dir(&self.data_dir, &id);
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(dir.join("validation.csv"), validation_csv));
+        let written =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), bytes));
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e.into());
+        }
+        self.reserved.insert(id);
+        Ok(())
+    }
+
+    /// A reserved task, anchored: its state is persisted with the batch.
+    fn add_task(&mut self, machine: RoundMachine) -> Result<Vec<Command>, FlError> {
+        let id = machine.state().task.id.clone();
+        if !self.reserved.remove(&id) {
+            return Err(FlError::TaskExists(id));
         }
         self.engine.add_task(machine)
     }
 
     fn add_evaluation(&mut self, eval: EvaluationTask) -> Result<Vec<Command>, FlError> {
         let id = eval.machine.state().task.id.clone();
-        if self.engine.task_exists(&id) {
+        if !self.reserved.remove(&id) {
             return Err(FlError::TaskExists(id));
-        }
-        let dir = task_dir(&self.data_dir, &id);
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(model_path(&self.data_dir, &id), eval.model.as_slice()));
-        if let Err(e) = written {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(e.into());
         }
         self.engine.add_evaluation(eval)
     }
