@@ -1,10 +1,14 @@
 //! An in-process driver: the real round state machine, real local training
 //! on real data, agents as plain values with scripted behaviour (honest,
 //! dropping out, straggling, malicious, malformed) and a logical clock.
-//! Tests, benchmarks and the devnet's learning act use it; the QUIC driver
-//! runs the same machine over the network.
+//! Tests and benchmarks use it; the QUIC driver runs the same machine over
+//! the network. [`Network`] is the same with the whole coordinator engine
+//! in between: a second driver of [`crate::coordinator::Engine`].
 
 use std::collections::VecDeque;
+
+pub mod network;
+pub use network::Network;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use yilian_models::{Dataset, TrainConfig};
@@ -72,9 +76,19 @@ impl SimAgent {
         round: u32,
         config: &TrainConfig,
     ) -> Result<Option<Update>, FlError> {
-        let global = machine.model_for(round);
+        self.respond_to(machine.spec(), machine.model_for(round), round, config)
+    }
+
+    /// What this agent sends for `round`, given the model it was sent.
+    fn respond_to(
+        &self,
+        spec: &yilian_models::ModelSpec,
+        global: &[f32],
+        round: u32,
+        config: &TrainConfig,
+    ) -> Result<Option<Update>, FlError> {
         let honest = || -> Result<Update, FlError> {
-            let out = yilian_models::train(machine.spec(), global, &self.data, config)?;
+            let out = yilian_models::train(spec, global, &self.data, config)?;
             Ok(Update {
                 weights: out.weights,
                 samples: out.samples as u64,
