@@ -4,6 +4,9 @@
 //! model (within the policy's size limits), run it with tract on the local
 //! data and send only counts. The `yilian-agent` binary wraps this with a
 //! command line and progress display.
+//!
+//! [`AgentMachine`] is the protocol, sans IO; [`run`] drives it over QUIC,
+//! training and running ONNX models on blocking threads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use yilian_models::{Dataset, ModelSpec, OnnxModel, OutputKind, TrainConfig};
 
 use crate::coordinator::{next_message, spawn_writer};
 use crate::protocol::{ALPN, ChunkAssembler, Message, WeightsPurpose, weight_messages};
-use crate::{AgentPolicy, DataSchema, FlError, RejectReason};
+use crate::{AgentId, AgentPolicy, DataSchema, FlError, RejectReason};
 
 /// What the agent reports as it goes.
 #[derive(Clone, Debug, PartialEq)]
@@ -128,6 +131,375 @@ pub async fn connect(
     Ok((conn, tx, recv))
 }
 
+/// What an [`AgentMachine`]'s driver must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    Send(Message),
+    /// Train `spec` from `global` on the local data, then hand the outcome
+    /// to [`AgentMachine::trained`].
+    Train {
+        round: u32,
+        spec: ModelSpec,
+        global: Vec<f32>,
+        config: TrainConfig,
+    },
+    /// Load the ONNX `model`, check it against the policy, run it on the
+    /// local data, then hand the counts to [`AgentMachine::evaluated`].
+    Evaluate {
+        model: Vec<u8>,
+        output: OutputKind,
+    },
+    Event(AgentEvent),
+    /// The task is done and the agent takes only one: stop.
+    Stop,
+}
+
+/// The device's side of the protocol, sans IO: messages from the
+/// coordinator in, messages to send and local work to do out. The QUIC
+/// agent drives it; the training and ONNX runs are the driver's to place.
+pub struct AgentMachine {
+    me: AgentId,
+    schema: DataSchema,
+    policy: AgentPolicy,
+    single_task: bool,
+    task: Option<(String, ModelSpec)>,
+    round_cfg: Option<(u32, TrainConfig)>,
+    assembler: Option<ChunkAssembler>,
+    /// The model being trained from (a secure round encodes the change).
+    training_from: Option<(u32, Vec<f32>)>,
+    evaluation: Option<EvaluationJob>,
+    model_assembler: Option<ChunkAssembler<u8>>,
+    secure: crate::secagg::Participant,
+    rewards: Vec<EarnedReward>,
+}
+
+impl AgentMachine {
+    /// An agent holding `samples` rows of `schema`; the hello to send first.
+    pub fn new(
+        me: AgentId,
+        schema: DataSchema,
+        samples: u64,
+        policy: AgentPolicy,
+        single_task: bool,
+    ) -> (Self, Vec<Action>) {
+        let hello = Message::Hello {
+            schema: schema.clone(),
+            samples,
+        };
+        let machine = AgentMachine {
+            me,
+            schema,
+            policy,
+            single_task,
+            task: None,
+            round_cfg: None,
+            assembler: None,
+            training_from: None,
+            evaluation: None,
+            model_assembler: None,
+            secure: crate::secagg::Participant::new(),
+            rewards: Vec::new(),
+        };
+        (machine, vec![Action::Send(hello)])
+    }
+
+    /// Rewards earned so far.
+    pub fn rewards(&self) -> &[EarnedReward] {
+        &self.rewards
+    }
+
+    /// A message from the coordinator.
+    pub fn handle(&mut self, message: Message) -> Result<Vec<Action>, FlError> {
+        let mut out = Vec::new();
+        match message {
+            Message::TaskOffer {
+                task_id,
+                model,
+                schema: wanted,
+                rounds,
+                local_epochs,
+                params,
+            } => {
+                let verdict = self
+                    .schema
+                    .check_against(&wanted)
+                    .and_then(|()| self.policy.admits(local_epochs, params));
+                match verdict {
+                    Ok(()) => {
+                        out.push(Action::Send(Message::TaskAccept {
+                            task_id: task_id.clone(),
+                        }));
+                        out.push(Action::Event(AgentEvent::Joined {
+                            task_id: task_id.clone(),
+                            rounds,
+                        }));
+                        self.task = Some((task_id, model));
+                    }
+                    Err(e) => out.extend(decline(task_id, &e)),
+                }
+            }
+            Message::RoundStart { round, config, .. } => {
+                self.policy.admits(config.epochs, 0)?;
+                self.round_cfg = Some((round, config));
+            }
+            Message::WeightsHeader {
+                purpose: WeightsPurpose::Global,
+                round,
+                values,
+                chunks,
+            } => {
+                let max = self.policy.max_params as usize;
+                self.assembler = Some(ChunkAssembler::new(round, values, chunks, max)?);
+            }
+            Message::WeightsChunk {
+                round,
+                index,
+                values,
+            } => {
+                let asm = self
+                    .assembler
+                    .as_mut()
+                    .ok_or(FlError::BadChunk { index, total: 0 })?;
+                let Some(global) = asm.push(round, index, values)? else {
+                    return Ok(out);
+                };
+                self.assembler = None;
+                let (Some((_, spec)), Some((cfg_round, config))) =
+                    (&self.task, self.round_cfg.clone())
+                else {
+                    return Err(FlError::BadChunk { index, total: 0 });
+                };
+                if cfg_round != round {
+                    return Err(FlError::BadChunk { index, total: 0 });
+                }
+                out.push(Action::Event(AgentEvent::Training { round }));
+                self.training_from = Some((round, global.clone()));
+                out.push(Action::Train {
+                    round,
+                    spec: spec.clone(),
+                    global,
+                    config,
+                });
+            }
+            Message::SecAggToAgent { task_id, message } => {
+                let me = self.me;
+                let reply = self
+                    .secure
+                    .handle(message)
+                    .map_err(|reason| FlError::UpdateRejected { agent: me, reason })?;
+                if let Some(message) = reply {
+                    out.push(Action::Send(Message::SecAggFromAgent { task_id, message }));
+                }
+            }
+            Message::UpdateRejected { round, reason } => {
+                out.push(Action::Event(AgentEvent::Rejected { round, reason }));
+            }
+            Message::RoundResult {
+                round,
+                accuracy,
+                contribution,
+                reward,
+                proof,
+            } => {
+                let ledger_index = match (&self.task, proof) {
+                    (Some((task_id, _)), Some(p)) => match p.verify(task_id, round, &self.me) {
+                        Ok(amount) if amount == reward => Some(p.index),
+                        Ok(_) => None,
+                        Err(e) => {
+                            tracing::warn!("reward proof for round {round} failed: {e}");
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                if let Some((task_id, _)) = &self.task
+                    && reward > 0
+                {
+                    self.rewards.push(EarnedReward {
+                        task_id: task_id.clone(),
+                        round,
+                        amount: reward,
+                        contribution,
+                        ledger_index,
+                    });
+                }
+                out.push(Action::Event(AgentEvent::RoundResult {
+                    round,
+                    accuracy,
+                    contribution,
+                    reward,
+                    ledger_index,
+                }));
+            }
+            Message::EvaluationOffer {
+                task_id,
+                schema: wanted,
+                output,
+                model_bytes,
+                params,
+                model_sha256,
+            } => {
+                let verdict = self
+                    .schema
+                    .check_against(&wanted)
+                    .and_then(|()| self.policy.admits_onnx(model_bytes, params));
+                match verdict {
+                    Ok(()) => {
+                        out.push(Action::Send(Message::TaskAccept {
+                            task_id: task_id.clone(),
+                        }));
+                        out.push(Action::Event(AgentEvent::Evaluating {
+                            task_id: task_id.clone(),
+                        }));
+                        self.evaluation = Some(EvaluationJob {
+                            task_id,
+                            output,
+                            model_bytes,
+                            model_sha256,
+                        });
+                    }
+                    Err(e) => out.extend(decline(task_id, &e)),
+                }
+            }
+            Message::EvaluationStart {
+                task_id,
+                bytes,
+                chunks,
+            } => {
+                let job = self
+                    .evaluation
+                    .as_ref()
+                    .filter(|j| j.task_id == task_id)
+                    .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
+                // The model must be the size offered; the policy caps what is buffered.
+                if bytes != job.model_bytes {
+                    return Err(FlError::BadChunk {
+                        index: 0,
+                        total: chunks,
+                    });
+                }
+                let max = usize::try_from(self.policy.max_model_bytes).unwrap_or(usize::MAX);
+                self.model_assembler = Some(ChunkAssembler::for_model(bytes, chunks, max)?);
+            }
+            Message::ModelChunk { index, bytes } => {
+                let asm = self
+                    .model_assembler
+                    .as_mut()
+                    .ok_or(FlError::BadChunk { index, total: 0 })?;
+                let Some(model) = asm.push(0, index, bytes)? else {
+                    return Ok(out);
+                };
+                self.model_assembler = None;
+                let Some(job) = &self.evaluation else {
+                    return Err(FlError::BadChunk { index, total: 0 });
+                };
+                if Sha256::digest(&model)[..] != job.model_sha256 {
+                    return Err(FlError::ModelNotOffered);
+                }
+                out.push(Action::Evaluate {
+                    model,
+                    output: job.output,
+                });
+            }
+            Message::TaskDone { task_id } => {
+                out.push(Action::Event(AgentEvent::Done { task_id }));
+                self.task = None;
+                self.evaluation = None;
+                if self.single_task {
+                    out.push(Action::Stop);
+                }
+            }
+            Message::Refused { reason } => return Err(FlError::Refused(reason)),
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    /// Local training of `round` finished: its update (masked under secure
+    /// aggregation) to send.
+    pub fn trained(
+        &mut self,
+        round: u32,
+        trained: yilian_models::TrainOutcome,
+        rng: &mut impl rand::CryptoRng,
+    ) -> Result<Vec<Action>, FlError> {
+        let mut out = Vec::new();
+        let (samples, loss) = (trained.samples as u64, trained.loss);
+        let start = self
+            .training_from
+            .take()
+            .filter(|(r, _)| *r == round)
+            .map(|(_, w)| w)
+            .ok_or(FlError::Unexpected(
+                "a trained model for a round not started",
+            ))?;
+        if self.secure.is_secure(round) {
+            // Under secure aggregation the model leaves only masked.
+            let me = self.me;
+            let advert = self
+                .secure
+                .trained(me, round, &start, &trained.weights, rng)
+                .map_err(|reason| FlError::UpdateRejected { agent: me, reason })?;
+            if let (Some(message), Some((task_id, _))) = (advert, &self.task) {
+                out.push(Action::Send(Message::SecAggFromAgent {
+                    task_id: task_id.clone(),
+                    message,
+                }));
+            }
+        } else {
+            out.extend(
+                weight_messages(WeightsPurpose::Update, round, &trained.weights)
+                    .into_iter()
+                    .map(Action::Send),
+            );
+            out.push(Action::Send(Message::UpdateDone {
+                round,
+                samples,
+                loss,
+            }));
+        }
+        out.push(Action::Event(AgentEvent::Sent {
+            round,
+            samples,
+            loss,
+        }));
+        Ok(out)
+    }
+
+    /// The evaluation's counts: the report to send.
+    pub fn evaluated(&mut self, counts: yilian_models::EvalCounts) -> Result<Vec<Action>, FlError> {
+        let job = self
+            .evaluation
+            .as_ref()
+            .ok_or(FlError::Unexpected("counts with no evaluation joined"))?;
+        let (samples, correct) = (counts.samples, counts.correct());
+        Ok(vec![
+            Action::Send(Message::EvaluationReport {
+                task_id: job.task_id.clone(),
+                counts,
+            }),
+            Action::Event(AgentEvent::Reported {
+                task_id: job.task_id.clone(),
+                samples,
+                correct,
+            }),
+        ])
+    }
+}
+
+fn decline(task_id: String, e: &FlError) -> Vec<Action> {
+    vec![
+        Action::Event(AgentEvent::Declined {
+            task_id: task_id.clone(),
+            reason: e.to_string(),
+        }),
+        Action::Send(Message::TaskDecline {
+            task_id,
+            reason: e.to_string(),
+        }),
+    ]
+}
+
 /// Takes part in tasks until the connection ends (or, with `single_task`,
 /// until the first task is done). Returns the rewards earned.
 pub async fn run(
@@ -142,284 +514,56 @@ pub async fn run(
         label_column: cfg.label_column.clone(),
         classes: cfg.data.classes,
     };
-    let send = |m: Message| tx.send(m).map_err(|_| FlError::ConnectionClosed);
-    send(Message::Hello {
-        schema: schema.clone(),
-        samples: cfg.data.len() as u64,
-    })?;
+    let (mut machine, first) = AgentMachine::new(
+        identity.principal().public_key,
+        schema,
+        cfg.data.len() as u64,
+        cfg.policy.clone(),
+        cfg.single_task,
+    );
     let data = Arc::new(cfg.data);
-    let mut task: Option<(String, ModelSpec)> = None;
-    let mut round_cfg: Option<(u32, TrainConfig)> = None;
-    let mut assembler: Option<ChunkAssembler> = None;
-    let mut evaluation: Option<EvaluationJob> = None;
-    let mut model_assembler: Option<ChunkAssembler<u8>> = None;
-    let mut rewards = Vec::new();
-    let mut secure = crate::secagg::Participant::new();
-    let me = identity.principal().public_key;
-    while let Some(message) = next_message(&mut recv).await? {
-        match message {
-            Message::TaskOffer {
-                task_id,
-                model,
-                schema: wanted,
-                rounds,
-                local_epochs,
-                params,
-            } => {
-                let verdict = schema
-                    .check_against(&wanted)
-                    .and_then(|()| cfg.policy.admits(local_epochs, params));
-                match verdict {
-                    Ok(()) => {
-                        send(Message::TaskAccept {
-                            task_id: task_id.clone(),
-                        })?;
-                        on_event(AgentEvent::Joined {
-                            task_id: task_id.clone(),
-                            rounds,
-                        });
-                        task = Some((task_id, model));
-                    }
-                    Err(e) => {
-                        on_event(AgentEvent::Declined {
-                            task_id: task_id.clone(),
-                            reason: e.to_string(),
-                        });
-                        send(Message::TaskDecline {
-                            task_id,
-                            reason: e.to_string(),
-                        })?;
-                    }
-                }
-            }
-            Message::RoundStart { round, config, .. } => {
-                cfg.policy.admits(config.epochs, 0)?;
-                round_cfg = Some((round, config));
-            }
-            Message::WeightsHeader {
-                purpose: WeightsPurpose::Global,
-                round,
-                values,
-                chunks,
-            } => {
-                let max = cfg.policy.max_params as usize;
-                assembler = Some(ChunkAssembler::new(round, values, chunks, max)?);
-            }
-            Message::WeightsChunk {
-                round,
-                index,
-                values,
-            } => {
-                let asm = assembler
-                    .as_mut()
-                    .ok_or(FlError::BadChunk { index, total: 0 })?;
-                let Some(global) = asm.push(round, index, values)? else {
-                    continue;
-                };
-                assembler = None;
-                let (Some((_, spec)), Some((cfg_round, config))) = (&task, round_cfg.clone())
-                else {
-                    return Err(FlError::BadChunk { index, total: 0 });
-                };
-                if cfg_round != round {
-                    return Err(FlError::BadChunk { index, total: 0 });
-                }
-                on_event(AgentEvent::Training { round });
-                let (spec, data) = (spec.clone(), data.clone());
-                let start = global.clone();
-                let out = tokio::task::spawn_blocking(move || {
-                    yilian_models::train(&spec, &global, &data, &config)
-                })
-                .await
-                .map_err(|e| FlError::Worker(e.to_string()))??;
-                if secure.is_secure(round) {
-                    // Under secure aggregation the model leaves only masked.
-                    let advert = secure
-                        .trained(me, round, &start, &out.weights, &mut rand::rng())
-                        .map_err(|reason| FlError::UpdateRejected { agent: me, reason })?;
-                    if let (Some(message), Some((task_id, _))) = (advert, &task) {
-                        send(Message::SecAggFromAgent {
-                            task_id: task_id.clone(),
-                            message,
-                        })?;
-                    }
-                    on_event(AgentEvent::Sent {
-                        round,
-                        samples: out.samples as u64,
-                        loss: out.loss,
-                    });
-                    continue;
-                }
-                for m in weight_messages(WeightsPurpose::Update, round, &out.weights) {
-                    send(m)?;
-                }
-                send(Message::UpdateDone {
+    let mut actions: std::collections::VecDeque<Action> = first.into();
+    'session: loop {
+        while let Some(action) = actions.pop_front() {
+            match action {
+                Action::Send(m) => tx.send(m).map_err(|_| FlError::ConnectionClosed)?,
+                Action::Event(e) => on_event(e),
+                Action::Stop => break 'session,
+                Action::Train {
                     round,
-                    samples: out.samples as u64,
-                    loss: out.loss,
-                })?;
-                on_event(AgentEvent::Sent {
-                    round,
-                    samples: out.samples as u64,
-                    loss: out.loss,
-                });
-            }
-            Message::SecAggToAgent { task_id, message } => {
-                let reply = secure
-                    .handle(message)
-                    .map_err(|reason| FlError::UpdateRejected { agent: me, reason })?;
-                if let Some(message) = reply {
-                    send(Message::SecAggFromAgent { task_id, message })?;
+                    spec,
+                    global,
+                    config,
+                } => {
+                    let data = data.clone();
+                    let trained = tokio::task::spawn_blocking(move || {
+                        yilian_models::train(&spec, &global, &data, &config)
+                    })
+                    .await
+                    .map_err(|e| FlError::Worker(e.to_string()))??;
+                    actions.extend(machine.trained(round, trained, &mut rand::rng())?);
+                }
+                Action::Evaluate { model, output } => {
+                    let (data, policy) = (data.clone(), cfg.policy.clone());
+                    let counts = tokio::task::spawn_blocking(move || {
+                        let onnx = OnnxModel::from_bytes(model)?;
+                        // The offer's parameter count was the coordinator's word; check it.
+                        policy.admits_onnx(onnx.byte_len() as u64, onnx.param_count())?;
+                        Ok::<_, FlError>(onnx.evaluate_counts(&data, output)?)
+                    })
+                    .await
+                    .map_err(|e| FlError::Worker(e.to_string()))??;
+                    actions.extend(machine.evaluated(counts)?);
                 }
             }
-            Message::UpdateRejected { round, reason } => {
-                on_event(AgentEvent::Rejected { round, reason })
-            }
-            Message::RoundResult {
-                round,
-                accuracy,
-                contribution,
-                reward,
-                proof,
-            } => {
-                let account = identity.principal().public_key;
-                let ledger_index = match (&task, proof) {
-                    (Some((task_id, _)), Some(p)) => match p.verify(task_id, round, &account) {
-                        Ok(amount) if amount == reward => Some(p.index),
-                        Ok(_) => None,
-                        Err(e) => {
-                            tracing::warn!("reward proof for round {round} failed: {e}");
-                            None
-                        }
-                    },
-                    _ => None,
-                };
-                if let Some((task_id, _)) = &task
-                    && reward > 0
-                {
-                    rewards.push(EarnedReward {
-                        task_id: task_id.clone(),
-                        round,
-                        amount: reward,
-                        contribution,
-                        ledger_index,
-                    });
-                }
-                on_event(AgentEvent::RoundResult {
-                    round,
-                    accuracy,
-                    contribution,
-                    reward,
-                    ledger_index,
-                });
-            }
-            Message::EvaluationOffer {
-                task_id,
-                schema: wanted,
-                output,
-                model_bytes,
-                params,
-                model_sha256,
-            } => {
-                let verdict = schema
-                    .check_against(&wanted)
-                    .and_then(|()| cfg.policy.admits_onnx(model_bytes, params));
-                match verdict {
-                    Ok(()) => {
-                        send(Message::TaskAccept {
-                            task_id: task_id.clone(),
-                        })?;
-                        on_event(AgentEvent::Evaluating {
-                            task_id: task_id.clone(),
-                        });
-                        evaluation = Some(EvaluationJob {
-                            task_id,
-                            output,
-                            model_bytes,
-                            model_sha256,
-                        });
-                    }
-                    Err(e) => {
-                        on_event(AgentEvent::Declined {
-                            task_id: task_id.clone(),
-                            reason: e.to_string(),
-                        });
-                        send(Message::TaskDecline {
-                            task_id,
-                            reason: e.to_string(),
-                        })?;
-                    }
-                }
-            }
-            Message::EvaluationStart {
-                task_id,
-                bytes,
-                chunks,
-            } => {
-                let job = evaluation
-                    .as_ref()
-                    .filter(|j| j.task_id == task_id)
-                    .ok_or_else(|| FlError::NoSuchTask(task_id.clone()))?;
-                // The model must be the size offered; the policy caps what is buffered.
-                if bytes != job.model_bytes {
-                    return Err(FlError::BadChunk {
-                        index: 0,
-                        total: chunks,
-                    });
-                }
-                let max = usize::try_from(cfg.policy.max_model_bytes).unwrap_or(usize::MAX);
-                model_assembler = Some(ChunkAssembler::for_model(bytes, chunks, max)?);
-            }
-            Message::ModelChunk { index, bytes } => {
-                let asm = model_assembler
-                    .as_mut()
-                    .ok_or(FlError::BadChunk { index, total: 0 })?;
-                let Some(model) = asm.push(0, index, bytes)? else {
-                    continue;
-                };
-                model_assembler = None;
-                let Some(job) = &evaluation else {
-                    return Err(FlError::BadChunk { index, total: 0 });
-                };
-                if Sha256::digest(&model)[..] != job.model_sha256 {
-                    return Err(FlError::ModelNotOffered);
-                }
-                let (data, output, policy) = (data.clone(), job.output, cfg.policy.clone());
-                let counts = tokio::task::spawn_blocking(move || {
-                    let onnx = OnnxModel::from_bytes(model)?;
-                    // The offer's parameter count was the coordinator's word; check it.
-                    policy.admits_onnx(onnx.byte_len() as u64, onnx.param_count())?;
-                    Ok::<_, FlError>(onnx.evaluate_counts(&data, output)?)
-                })
-                .await
-                .map_err(|e| FlError::Worker(e.to_string()))??;
-                let (samples, correct) = (counts.samples, counts.correct());
-                send(Message::EvaluationReport {
-                    task_id: job.task_id.clone(),
-                    counts,
-                })?;
-                on_event(AgentEvent::Reported {
-                    task_id: job.task_id.clone(),
-                    samples,
-                    correct,
-                });
-            }
-            Message::TaskDone { task_id } => {
-                on_event(AgentEvent::Done { task_id });
-                task = None;
-                evaluation = None;
-                if cfg.single_task {
-                    break;
-                }
-            }
-            Message::Refused { reason } => {
-                return Err(FlError::Refused(reason));
-            }
-            _ => {}
+        }
+        match next_message(&mut recv).await? {
+            Some(message) => actions.extend(machine.handle(message)?),
+            None => break,
         }
     }
     drop(tx);
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
-    Ok(rewards)
+    Ok(machine.rewards)
 }
