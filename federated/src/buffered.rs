@@ -28,10 +28,10 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Update, validate};
-use crate::contribution::{GtgConfig, group_shapley, gtg_shapley};
-use crate::round::{Closing, Effect, Phase, RoundMachine, secagg_effects};
+use crate::contribution::{GtgConfig, gtg_shapley};
+use crate::round::{Closing, Effect, Phase, RoundMachine, group_sums, secagg_effects};
 use crate::secagg::{Encoding, FromAgent};
-use crate::secure_round::{GroupOutcome, SecureRound};
+use crate::secure_round::SecureRound;
 use crate::task::Aggregation;
 use crate::{AgentId, RejectReason};
 
@@ -455,15 +455,8 @@ impl RoundMachine {
     fn apply_cohort(&mut self, cohort: Cohort, now_ms: u64) -> Vec<Effect> {
         let round = self.state.next_round;
         let w = staleness_weight(round - cohort.version);
-        let mut sums = Vec::new();
-        let mut failures = Vec::new();
-        for g in cohort.secure.groups {
-            match g.outcome {
-                Some(GroupOutcome::Sum { survivors, sum }) => sums.push((survivors, sum)),
-                Some(GroupOutcome::Failed(why)) => failures.push(why),
-                None => failures.push("the cohort closed before the group finished".into()),
-            }
-        }
+        let (mut sums, failures) =
+            group_sums(cohort.secure, "the cohort closed before the group finished");
         if sums.is_empty() {
             for f in &failures {
                 tracing::warn!(round, "buffered secure cohort failed: {f}");
@@ -481,40 +474,19 @@ impl RoundMachine {
                 *x *= w;
             }
         }
-        let mut participants: Vec<AgentId> = sums.iter().flat_map(|(m, _)| m.clone()).collect();
-        participants.sort_unstable();
-        let groups: Vec<Vec<usize>> = sums
-            .iter()
-            .map(|(m, _)| {
-                m.iter()
-                    .map(|a| participants.binary_search(a).expect("a participant"))
-                    .collect()
-            })
-            .collect();
-        let all: Vec<usize> = (0..sums.len()).collect();
-        let candidate = self.with_groups(&sums, &all);
-        let contributions = group_shapley(&groups, participants.len(), |c| {
-            yilian_models::evaluate(
-                &self.state.task.model,
-                &self.with_groups(&sums, c),
-                &self.validation,
-            )
-            .map(|m| m.accuracy)
-            .unwrap_or(0.0)
-        });
-        let selected: Vec<AgentId> = participants.clone();
+        let score = self.score_groups(&sums);
         let record = self.conclude(
             Closing {
                 round,
-                selected,
-                participants,
+                selected: score.participants.clone(),
+                participants: score.participants,
                 rejected: Vec::new(),
-                contributions,
-                evaluations: 1 << sums.len(),
+                contributions: score.contributions,
+                evaluations: score.evaluations,
                 failures,
                 now_ms,
             },
-            candidate,
+            score.candidate,
         );
         self.after_flush();
         vec![Effect::RoundClosed(record)]

@@ -747,20 +747,31 @@ impl RoundMachine {
         else {
             unreachable!("close_secure_round is only called on a secure round")
         };
-        let mut sums = Vec::new();
-        let mut failures = Vec::new();
-        for g in sr.groups {
-            match g.outcome {
-                Some(GroupOutcome::Sum { survivors, sum }) => sums.push((survivors, sum)),
-                Some(GroupOutcome::Failed(why)) => failures.push(why),
-                None => failures.push("the round closed before the group finished".into()),
-            }
-        }
+        let (sums, failures) = group_sums(sr, "the round closed before the group finished");
         if sums.is_empty() {
             return Err((round, failures));
         }
+        let score = self.score_groups(&sums);
+        Ok(self.conclude(
+            Closing {
+                round,
+                selected,
+                participants: score.participants,
+                rejected,
+                contributions: score.contributions,
+                evaluations: score.evaluations,
+                failures,
+                now_ms,
+            },
+            score.candidate,
+        ))
+    }
+
+    /// Scores group sums: the mean change of all of them, and group Shapley
+    /// values split among each group's members.
+    pub(crate) fn score_groups(&self, sums: &[GroupSum]) -> GroupScore {
         let all: Vec<usize> = (0..sums.len()).collect();
-        let candidate = self.with_groups(&sums, &all);
+        let candidate = self.with_groups(sums, &all);
         let mut participants: Vec<AgentId> = sums.iter().flat_map(|(m, _)| m.clone()).collect();
         participants.sort_unstable();
         let groups: Vec<Vec<usize>> = sums
@@ -774,26 +785,18 @@ impl RoundMachine {
         let contributions = group_shapley(&groups, participants.len(), |c| {
             yilian_models::evaluate(
                 &self.state.task.model,
-                &self.with_groups(&sums, c),
+                &self.with_groups(sums, c),
                 &self.validation,
             )
             .map(|m| m.accuracy)
             .unwrap_or(0.0)
         });
-        let evaluations = 1 << sums.len();
-        Ok(self.conclude(
-            Closing {
-                round,
-                selected,
-                participants,
-                rejected,
-                contributions,
-                evaluations,
-                failures,
-                now_ms,
-            },
+        GroupScore {
+            participants,
             candidate,
-        ))
+            contributions,
+            evaluations: 1 << sums.len(),
+        }
     }
 
     /// Applies the strategy to `candidate`, evaluates, splits the round's
@@ -842,6 +845,33 @@ impl RoundMachine {
 pub(crate) fn secagg_effects(out: Outbox) -> impl Iterator<Item = Effect> {
     out.into_iter()
         .map(|(agent, message)| Effect::SecAgg { agent, message })
+}
+
+/// A group's survivors and the sum of their vectors.
+pub(crate) type GroupSum = (Vec<AgentId>, Vec<f64>);
+
+/// Group sums scored ([`RoundMachine::score_groups`]).
+pub(crate) struct GroupScore {
+    /// In id order.
+    pub participants: Vec<AgentId>,
+    pub candidate: Vec<f32>,
+    pub contributions: Vec<f64>,
+    pub evaluations: usize,
+}
+
+/// The survivors and sums of a secure round's groups that aggregated, and
+/// why the others did not (`unfinished` for those still running).
+pub(crate) fn group_sums(sr: SecureRound, unfinished: &str) -> (Vec<GroupSum>, Vec<String>) {
+    let mut sums = Vec::new();
+    let mut failures = Vec::new();
+    for g in sr.groups {
+        match g.outcome {
+            Some(GroupOutcome::Sum { survivors, sum }) => sums.push((survivors, sum)),
+            Some(GroupOutcome::Failed(why)) => failures.push(why),
+            None => failures.push(unfinished.to_owned()),
+        }
+    }
+    (sums, failures)
 }
 
 /// What a closing round hands to [`RoundMachine::conclude`].

@@ -1,27 +1,29 @@
 //! A second driver of the coordinator [`Engine`]: the same engine the QUIC
 //! driver runs, with simulated agents in this process instead of
-//! connections. Every message goes through the engine as it would over the
-//! wire (hello, offer, model chunks, updates or SecAgg+ steps, results),
-//! scoring jobs run inline, and ledger writes are acknowledged at once.
+//! connections, each running the same [`AgentMachine`] as the QUIC agent.
+//! Every message goes through both as it would over the wire (hello,
+//! offer, model chunks, updates or SecAgg+ steps, results); training goes
+//! through the simulated agent's behaviour, scoring jobs run inline, and
+//! ledger writes are acknowledged at once.
 
 use std::collections::VecDeque;
 
 use rand::{SeedableRng, rngs::StdRng};
 use yilian_identity::{Principal, Role};
-use yilian_models::TrainConfig;
 
 use super::{Behaviour, SimAgent};
-use crate::coordinator::{Command, ConnId, Engine, Input, Outgoing};
-use crate::protocol::{ChunkAssembler, Message, WeightsPurpose};
-use crate::{FlError, RoundMachine, RoundRecord};
+use crate::agent::{Action, AgentEvent, AgentMachine};
+use crate::coordinator::{Command, ConnId, Engine, Input};
+use crate::protocol::Message;
+use crate::secagg::ToAgent;
+use crate::{AgentPolicy, FlError, RoundMachine, RoundRecord};
 
-/// One simulated agent's end of its connection.
+/// One simulated agent's end of its connection: the agent's own protocol
+/// machine, with the simulated agent's data and behaviour for training.
 struct Link {
     agent: SimAgent,
+    machine: AgentMachine,
     conn: ConnId,
-    task: Option<String>,
-    round: Option<(u32, TrainConfig)>,
-    assembler: Option<ChunkAssembler>,
     closed: bool,
 }
 
@@ -59,23 +61,22 @@ impl Network {
                 serial: vec![i as u8],
             };
             queue.extend(engine.handle(Input::Connected { conn, principal }, 0));
-            let hello = Message::Hello {
-                schema: agent.schema(&label),
-                samples: agent.data.len() as u64,
-            };
-            queue.extend(engine.handle(
-                Input::Message {
-                    conn,
-                    message: hello,
-                },
-                0,
-            ));
+            let (machine, hello) = AgentMachine::new(
+                agent.id,
+                agent.schema(&label),
+                agent.data.len() as u64,
+                AgentPolicy::default(),
+                true,
+            );
+            for action in hello {
+                if let Action::Send(message) = action {
+                    queue.extend(engine.handle(Input::Message { conn, message }, 0));
+                }
+            }
             links.push(Link {
                 agent,
+                machine,
                 conn,
-                task: None,
-                round: None,
-                assembler: None,
                 closed: false,
             });
         }
@@ -150,128 +151,74 @@ impl Network {
         Ok(())
     }
 
-    /// A message reaches agent `conn`, which answers through the engine.
+    /// A message reaches agent `conn`, whose agent machine answers through
+    /// the engine.
     fn deliver(&mut self, conn: ConnId, message: Message) -> Result<(), FlError> {
         let Some(i) = self.links.iter().position(|l| l.conn == conn && !l.closed) else {
             return Ok(());
         };
-        let link = &mut self.links[i];
-        let reply: Vec<Message> = match message {
-            Message::TaskOffer { task_id, .. } => {
-                link.task = Some(task_id.clone());
-                vec![Message::TaskAccept { task_id }]
-            }
-            Message::RoundStart { round, config, .. } => {
-                link.round = Some((round, config));
-                Vec::new()
-            }
-            Message::WeightsHeader {
-                purpose: WeightsPurpose::Global,
-                round,
-                values,
-                chunks,
-            } => {
-                link.assembler = Some(ChunkAssembler::new(round, values, chunks, usize::MAX)?);
-                Vec::new()
-            }
-            Message::WeightsChunk {
-                round,
-                index,
-                values,
-            } => {
-                let asm = link
-                    .assembler
-                    .as_mut()
-                    .ok_or(FlError::BadChunk { index, total: 0 })?;
-                let Some(global) = asm.push(round, index, values)? else {
-                    return Ok(());
-                };
-                link.assembler = None;
-                return self.trained(i, round, global);
-            }
-            Message::SecAggToAgent { task_id, message } => {
-                let a = &mut link.agent;
-                if let (crate::secagg::ToAgent::Unmask(u), Behaviour::DropsAfterMasking(r)) =
-                    (&message, a.behaviour)
-                    && u.round == r
-                {
-                    link.closed = true;
-                    self.input(Input::Closed { conn });
-                    return Ok(());
-                }
-                let agent = a.id;
-                match a
-                    .secure
-                    .handle(message)
-                    .map_err(|reason| FlError::UpdateRejected { agent, reason })?
-                {
-                    Some(message) => vec![Message::SecAggFromAgent { task_id, message }],
-                    None => Vec::new(),
-                }
-            }
-            Message::UpdateRejected { .. } => {
-                link.agent.rejections += 1;
-                Vec::new()
-            }
-            _ => Vec::new(),
-        };
-        for message in reply {
-            self.input(Input::Message { conn, message });
+        if let (
+            Message::SecAggToAgent {
+                message: ToAgent::Unmask(u),
+                ..
+            },
+            Behaviour::DropsAfterMasking(r),
+        ) = (&message, self.links[i].agent.behaviour)
+            && u.round == r
+        {
+            self.close(i);
+            return Ok(());
         }
-        Ok(())
+        let actions = self.links[i].machine.handle(message)?;
+        self.act(i, actions)
     }
 
-    /// Agent `i` has the model of `round`: it trains (or misbehaves) and sends.
-    fn trained(&mut self, i: usize, round: u32, global: Vec<f32>) -> Result<(), FlError> {
-        let Some(spec) = self.engine.task(&self.task_id).map(|m| m.spec().clone()) else {
-            return Ok(());
-        };
-        let link = &mut self.links[i];
-        let Some((r, config)) = link.round.clone().filter(|(r, _)| *r == round) else {
-            return Err(FlError::Unexpected("a model before its round start"));
-        };
-        let conn = link.conn;
-        let update = link.agent.respond_to(&spec, &global, r, &config)?;
-        let Some(update) = update else {
-            if matches!(link.agent.behaviour, Behaviour::DropsAt(_)) {
-                link.closed = true;
-                self.input(Input::Closed { conn });
+    /// The agent at `i` goes away.
+    fn close(&mut self, i: usize) {
+        self.links[i].closed = true;
+        let conn = self.links[i].conn;
+        self.input(Input::Closed { conn });
+    }
+
+    /// Carries out agent `i`'s actions; training goes through its behaviour.
+    fn act(&mut self, i: usize, actions: Vec<Action>) -> Result<(), FlError> {
+        let conn = self.links[i].conn;
+        for action in actions {
+            match action {
+                Action::Send(message) => self.input(Input::Message { conn, message }),
+                Action::Train {
+                    round,
+                    spec,
+                    global,
+                    config,
+                } => {
+                    let link = &mut self.links[i];
+                    let Some(update) = link.agent.respond_to(&spec, &global, round, &config)?
+                    else {
+                        if matches!(link.agent.behaviour, Behaviour::DropsAt(_)) {
+                            self.close(i);
+                        }
+                        return Ok(());
+                    };
+                    let outcome = yilian_models::TrainOutcome {
+                        weights: update.weights,
+                        samples: update.samples as usize,
+                        steps: 0,
+                        loss: update.loss,
+                    };
+                    let mut rng = StdRng::seed_from_u64(self.now_ms ^ u64::from(link.agent.id[0]));
+                    let next = link.machine.trained(round, outcome, &mut rng)?;
+                    self.act(i, next)?;
+                }
+                Action::Event(AgentEvent::Rejected { .. }) => self.links[i].agent.rejections += 1,
+                Action::Evaluate { .. } => {
+                    return Err(FlError::Unexpected(
+                        "an evaluation in the training simulation",
+                    ));
+                }
+                Action::Event(_) | Action::Stop => {}
             }
-            return Ok(());
-        };
-        let agent = link.agent.id;
-        if link.agent.secure.is_secure(round) {
-            let mut rng = StdRng::seed_from_u64(self.now_ms ^ u64::from(agent[0]));
-            let advert = link
-                .agent
-                .secure
-                .trained(agent, round, &global, &update.weights, &mut rng)
-                .map_err(|reason| FlError::UpdateRejected { agent, reason })?;
-            let task_id = link.task.clone().unwrap_or_default();
-            if let Some(message) = advert {
-                self.input(Input::Message {
-                    conn,
-                    message: Message::SecAggFromAgent { task_id, message },
-                });
-            }
-            return Ok(());
         }
-        let out = Outgoing::Weights {
-            purpose: WeightsPurpose::Update,
-            round,
-            weights: std::sync::Arc::new(update.weights),
-        };
-        for message in out.messages() {
-            self.input(Input::Message { conn, message });
-        }
-        self.input(Input::Message {
-            conn,
-            message: Message::UpdateDone {
-                round,
-                samples: update.samples,
-                loss: update.loss,
-            },
-        });
         Ok(())
     }
 }
