@@ -20,10 +20,14 @@
 //! - [`secagg`]: SecAgg+ secure aggregation, sans IO (agent and coordinator sides);
 //! - [`secure_round`]: a training round under secure aggregation, in groups;
 //! - [`store`]: the redb store that lets a killed coordinator resume;
-//! - [`sim`]: an in-process driver with local agents, for tests and demos;
-//! - [`coordinator`] and [`agent`]: both ends over QUIC with mutual TLS;
-//!   the coordinator also serves the engineer's gRPC control plane
-//!   ([`coordinator::ControlPlane`], [`pb`]).
+//! - [`sim`]: in-process drivers with local agents, of the round machine
+//!   and of the whole coordinator engine ([`sim::Network`]), for tests;
+//! - [`coordinator`]: the sans-IO coordinator engine
+//!   ([`coordinator::Engine`]: tasks, evaluations, sessions) and its QUIC
+//!   driver with mutual TLS; it also serves the engineer's gRPC control
+//!   plane ([`coordinator::ControlPlane`], [`pb`]);
+//! - [`agent`]: the device's side, sans IO ([`agent::AgentMachine`]), and
+//!   its QUIC driver.
 
 pub mod agent;
 pub mod aggregate;

@@ -4,8 +4,10 @@
 //! Agents keep the QUIC protocol.
 //!
 //! A submission is checked whole (task file, validation set, initial
-//! weights or ONNX model) and anchored on the ledger before anything is
-//! stored, so a refused one leaves no trace.
+//! weights or ONNX model) before anything is written. Its id is then held
+//! and its file written, it is anchored on the ledger, and only then is the
+//! task added; a refused anchor releases the id and the file, so a refused
+//! submission leaves no trace.
 
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
