@@ -33,8 +33,9 @@ pub struct NodeConfig {
     /// `kms-root.key` in the data directory (created on first start).
     #[serde(default)]
     pub kms_sealed: bool,
-    /// QUIC address of the federated-learning coordinator (agents and
-    /// engineers connect here); `None` serves no federated learning.
+    /// QUIC address of the federated-learning coordinator (agents connect
+    /// here; engineers use the gRPC address); `None` serves no federated
+    /// learning.
     #[serde(default)]
     pub federated: Option<SocketAddr>,
     /// How this node takes part in the consortium.

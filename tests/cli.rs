@@ -233,3 +233,145 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use by a running node"));
     assert!(!Path::new(&data.join("identities/z")).exists());
 }
+
+/// An engineer's `yilian task` commands against a running node's gRPC
+/// control plane: a task is submitted and shown, bad input is refused with
+/// what to change, and a device identity may not use the control plane.
+#[test]
+fn an_engineer_submits_and_follows_a_task_through_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("net");
+    let d = data.to_str().unwrap();
+    let grpc = free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    let fl = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    ok(&[
+        "admin",
+        "init-network",
+        "--data",
+        d,
+        "--network",
+        "fltest",
+        "--listen",
+        &listen,
+    ]);
+    let config = data.join("node.toml");
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_yilian"))
+            .args(["node", "--config", config.to_str().unwrap()])
+            .args(["--federated", &fl])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(grpc);
+    for (role, name) in [("engineer", "eng"), ("device", "phone")] {
+        ok(&[
+            "admin", "admit", "--data", d, "--node", &listen, "--org", "lab", "--role", role,
+            "--name", name,
+        ]);
+    }
+    let eng = data.join("identities/eng");
+    let e = eng.to_str().unwrap();
+    let work = tmp.path().join("task");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut csv = (0..30)
+        .map(|i| format!("x{i}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",y\n";
+    for r in 0..20 {
+        let row: Vec<String> = (0..30).map(|i| format!("{}", (r * i) % 7)).collect();
+        csv += &format!("{},{}\n", row.join(","), r % 2);
+    }
+    std::fs::write(work.join("validation.csv"), csv).unwrap();
+    let task = r#"id = "cli-task"
+rounds = 2
+agents_per_round = 2
+min_agents = 2
+local_epochs = 1
+batch_size = 8
+validation = "validation.csv"
+reward_budget = 100
+round_timeout_ms = 60000
+optimizer = { sgd = { lr = 0.1 } }
+[model]
+input = [30]
+layers = [{ linear = { out = 2 } }, "softmax"]
+[schema]
+features = 30
+label_column = "y"
+classes = 2
+"#;
+    let path = work.join("task.toml");
+    std::fs::write(&path, task).unwrap();
+    let p = path.to_str().unwrap();
+    let out = ok(&["task", "submit", p, "--node", &listen, "--identity", e]);
+    assert!(
+        out.starts_with("task cli-task submitted (62 parameters, ledger entry "),
+        "{out}"
+    );
+    let out = ok(&[
+        "task",
+        "status",
+        "cli-task",
+        "--node",
+        &listen,
+        "--identity",
+        e,
+    ]);
+    assert!(
+        out.contains("task cli-task: waiting for agents (0 of 2 rounds done)"),
+        "{out}"
+    );
+
+    // The same id again, an unknown task, and a device: refused, each saying why.
+    for (args, expected) in [
+        (
+            vec!["task", "submit", p, "--node", &listen, "--identity", e],
+            "a task with id `cli-task` already exists; give the task file another `id`",
+        ),
+        (
+            vec!["task", "status", "nope", "--node", &listen, "--identity", e],
+            "task nope not found",
+        ),
+    ] {
+        let out = yilian(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{err}");
+    }
+    let phone = data.join("identities/phone");
+    let out = yilian(&[
+        "task",
+        "status",
+        "cli-task",
+        "--node",
+        &listen,
+        "--identity",
+        phone.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(
+        "role `device` may not read a task's status; use an engineer or member identity"
+    ));
+    // Nothing the refusals touched changed: the task is as it was.
+    let out = ok(&[
+        "task",
+        "status",
+        "cli-task",
+        "--node",
+        &listen,
+        "--identity",
+        e,
+    ]);
+    assert!(
+        out.contains("waiting for agents (0 of 2 rounds done)"),
+        "{out}"
+    );
+}
