@@ -286,6 +286,34 @@ impl RoundMachine {
         }
     }
 
+    /// For an agent back on a new connection: the model again, if it is
+    /// owed one; for a buffered task, the newest, which its update must
+    /// then come from. Nothing changes for any other agent.
+    pub fn resend_to(&mut self, agent: AgentId) -> Vec<Effect> {
+        if let Phase::Buffered(b) = &mut self.state.phase {
+            let version = self.state.next_round;
+            let Some((sent, _)) = b.training.get_mut(&agent) else {
+                return Vec::new();
+            };
+            if self.state.task.secure_aggregation {
+                return Vec::new();
+            }
+            *sent = version;
+            b.models
+                .entry(version)
+                .or_insert_with(|| self.state.global.clone());
+            return vec![Effect::SendModel {
+                agent,
+                round: version,
+                config: self.state.task.train_config(version, &agent),
+            }];
+        }
+        self.resend_effects()
+            .into_iter()
+            .filter(|e| matches!(e, Effect::SendModel { agent: a, .. } if *a == agent))
+            .collect()
+    }
+
     /// For a driver that restarted mid-round: the model must go again to
     /// every selected agent whose update has not been counted. A buffered
     /// task's agents in training are sent the newest model, which is then

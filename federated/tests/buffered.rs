@@ -335,3 +335,87 @@ fn a_buffer_that_cannot_fill_is_applied_when_nobody_else_trains() {
         "{refused:?}"
     );
 }
+
+/// An agent back on a new connection is sent the newest model, which its
+/// update must then come from; the others keep the models they were sent.
+#[test]
+fn a_reconnected_agent_is_resent_the_newest_model_and_no_one_else_is_moved() {
+    let (train, validation, _) = digits_splits();
+    let spec = ModelSpec::logistic_regression(64, 10);
+    let t = buffered(task("digits-fedbuff-resend", spec, 10, 5, 3, 2), 2, 2);
+    let w0 = t.model.init_weights(t.init_seed).unwrap();
+    let mut m = RoundMachine::new(t, w0, validation).unwrap();
+    let shards = train.partition_iid(3, 6);
+    let ids: Vec<AgentId> = (1..=3u8).map(|i| [i; 32]).collect();
+    let schema = yilian_federated::DataSchema {
+        features: 64,
+        label_column: "y".into(),
+        classes: 10,
+    };
+    for id in &ids {
+        m.recruit(*id, &schema).unwrap();
+    }
+    let sent = |effects: Vec<Effect>| -> Vec<(AgentId, u32, yilian_models::TrainConfig)> {
+        effects
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::SendModel {
+                    agent,
+                    round,
+                    config,
+                } => Some((agent, round, config)),
+                _ => None,
+            })
+            .collect()
+    };
+    let train_on = |i: usize, round: u32, config: &yilian_models::TrainConfig, m: &RoundMachine| {
+        let out = yilian_models::train(m.spec(), m.model_for(round), &shards[i], config).unwrap();
+        Update {
+            weights: out.weights,
+            samples: out.samples as u64,
+            loss: out.loss,
+        }
+    };
+    let first = sent(m.tick(0));
+    assert_eq!(first.len(), 3);
+    // Agents 1 and 2 fill the first buffer: version 1; they are sent it.
+    let mut again = Vec::new();
+    for (agent, round, config) in first.iter().filter(|(a, ..)| *a != ids[2]) {
+        let i = ids.iter().position(|a| a == agent).unwrap();
+        let u = train_on(i, *round, config, &m);
+        again.extend(sent(m.submit(*agent, *round, u, 10)));
+    }
+    assert_eq!(m.current_round(), Some(1));
+    assert!(again.iter().all(|(_, r, _)| *r == 1), "{again:?}");
+    // Agent 3, still on version 0, comes back: it is sent version 1 alone.
+    let resent = sent(m.resend_to(ids[2]));
+    assert_eq!(resent.len(), 1);
+    assert_eq!((resent[0].0, resent[0].1), (ids[2], 1));
+    // Its old work no longer counts; its new work does.
+    let (_, _, config0) = first.iter().find(|(a, ..)| *a == ids[2]).unwrap();
+    let old = train_on(2, 0, config0, &m);
+    let refused = m.submit(ids[2], 0, old, 20);
+    assert!(refused.iter().any(|e| matches!(
+        e,
+        Effect::Rejected {
+            reason: RejectReason::WrongRound { got: 0, current: 1 },
+            ..
+        }
+    )));
+    let new = train_on(2, 1, &resent[0].2, &m);
+    let counted = m.submit(ids[2], 1, new, 21);
+    assert!(
+        !counted.iter().any(|e| matches!(e, Effect::Rejected { .. })),
+        "{counted:?}"
+    );
+    // Agent 1's model of version 1 still counts: it was not moved.
+    let (a1, r1, c1) = again.iter().find(|(a, ..)| *a == ids[0]).unwrap();
+    let u1 = train_on(0, *r1, c1, &m);
+    let effects = m.submit(*a1, *r1, u1, 22);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::RoundClosed(r) if r.participants.len() == 2)),
+        "{effects:?}"
+    );
+}

@@ -507,11 +507,7 @@ impl Engine {
                 machine.recruit(agent, &schema)?;
                 session.task = Some(task_id.clone());
                 // After a restart or a reconnection the agent may be owed the model.
-                let mut effects: Vec<Effect> = machine
-                    .resend_effects()
-                    .into_iter()
-                    .filter(|e| matches!(e, Effect::SendModel { agent: a, .. } if *a == agent))
-                    .collect();
+                let mut effects = machine.resend_to(agent);
                 effects.extend(machine.tick(now_ms));
                 self.effects(&task_id, effects, now_ms, step);
             }
