@@ -230,6 +230,11 @@ fn frame_bytes(messages: &[Message]) -> usize {
 /// whole in-memory SecAgg+ round of `n` agents in groups of at least 5,
 /// for a model of `params` weights.
 fn secure_bytes_per_agent(n: usize, params: usize) -> f64 {
+    secure_bytes_by_step(n, params).iter().map(|(_, b)| b).sum()
+}
+
+/// The same, by step: mean bytes per agent of each message kind.
+fn secure_bytes_by_step(n: usize, params: usize) -> Vec<(&'static str, f64)> {
     use rand::SeedableRng;
     use yilian_federated::secagg::{Client, Encoding, FromAgent, Server, Setup, ToAgent, graph};
     let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
@@ -256,7 +261,8 @@ fn secure_bytes_per_agent(n: usize, params: usize) -> f64 {
         .unwrap()
         .len()
     };
-    let mut total = 0usize;
+    // setup, advert, keys, shares up, shares down, masked input, unmask, reveal
+    let mut by = [0usize; 8];
     for mut cohort in yilian_federated::contribution::random_groups(ids, 5, &mut rng) {
         cohort.sort_unstable();
         let degree = graph::default_degree(cohort.len());
@@ -273,41 +279,55 @@ fn secure_bytes_per_agent(n: usize, params: usize) -> f64 {
         let mut server = Server::new(setup.clone());
         let mut clients = std::collections::BTreeMap::new();
         for a in &cohort {
-            total += to(ToAgent::Setup {
+            by[0] += to(ToAgent::Setup {
                 setup: setup.clone(),
                 encoding,
             });
             let (c, ad) = Client::new(setup.clone(), *a, &mut rng).unwrap();
-            total += from(FromAgent::Advert(ad.clone()));
+            by[1] += from(FromAgent::Advert(ad.clone()));
             server.advert(a, ad).unwrap();
             clients.insert(*a, c);
         }
         for (a, keys) in server.close_keys().unwrap() {
-            total += to(ToAgent::Keys(keys.clone()));
+            by[2] += to(ToAgent::Keys(keys.clone()));
             let sh = clients.get_mut(&a).unwrap().share_keys(&keys).unwrap();
-            total += from(FromAgent::Shares(sh.clone()));
+            by[3] += from(FromAgent::Shares(sh.clone()));
             server.shares(&a, sh).unwrap();
         }
         for (a, sh) in server.close_shares().unwrap() {
-            total += to(ToAgent::Shares(sh.clone()));
+            by[4] += to(ToAgent::Shares(sh.clone()));
             let m = clients
                 .get_mut(&a)
                 .unwrap()
                 .masked_input(&sh, &vec![7; params])
                 .unwrap();
-            total += from(FromAgent::Input(m.clone()));
+            by[5] += from(FromAgent::Input(m.clone()));
             server.masked_input(&a, m).unwrap();
         }
         let unmask = server.close_inputs().unwrap();
         for a in unmask.survivors.clone() {
-            total += to(ToAgent::Unmask(unmask.clone()));
+            by[6] += to(ToAgent::Unmask(unmask.clone()));
             let r = clients.get_mut(&a).unwrap().reveal(&unmask).unwrap();
-            total += from(FromAgent::Reveal(r.clone()));
+            by[7] += from(FromAgent::Reveal(r.clone()));
             server.reveal(&a, r).unwrap();
         }
         server.finish().unwrap();
     }
-    total as f64 / n as f64
+    let names = [
+        "setup",
+        "advert",
+        "keys",
+        "shares up",
+        "shares down",
+        "masked input",
+        "unmask",
+        "reveal",
+    ];
+    names
+        .into_iter()
+        .zip(by)
+        .map(|(name, b)| (name, b as f64 / n as f64))
+        .collect()
 }
 
 fn throughput(spec: &ModelSpec, data: &Dataset) -> f64 {
@@ -427,6 +447,11 @@ async fn main() {
                 secure / plain as f64
             );
         }
+    }
+
+    println!("by step at 1,000 agents, 650 params (mean bytes per agent):");
+    for (step, b) in secure_bytes_by_step(1000, 650) {
+        println!("  {step:<13} {b:>8.0} B");
     }
 
     println!("\n== RDP accountant (subsampled Gaussian, default orders)");

@@ -477,3 +477,35 @@ fn the_coordinator_state_never_holds_an_input() {
     }
     assert_eq!(r.server.finish().unwrap().sum, plain_sum(&r, &s.cohort));
 }
+
+proptest::proptest! {
+    /// Masked input travels as four bytes a word and decodes to itself.
+    #[test]
+    fn masked_input_round_trips_as_fixed_words(values in proptest::collection::vec(proptest::num::u32::ANY, 0..300)) {
+        let m = MaskedInput { round: 3, from: [9; 32], values };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        // round (1 byte), sender (32), length varint (at most 2 here), words.
+        proptest::prop_assert!(bytes.len() <= 1 + 32 + 2 + 4 * m.values.len());
+        proptest::prop_assert_eq!(postcard::from_bytes::<MaskedInput>(&bytes).unwrap(), m);
+    }
+
+    /// A byte string that is not whole words is refused, whatever its content.
+    #[test]
+    fn masked_input_of_partial_words_is_refused(body in proptest::collection::vec(proptest::num::u8::ANY, 0..64), extra in 1usize..4) {
+        let mut bytes = postcard::to_stdvec(&(3u32, [9u8; 32])).unwrap();
+        let n = body.len() / 4 * 4 + extra;
+        let mut blob = body.clone();
+        blob.resize(n, 0);
+        bytes.extend(postcard::to_stdvec(&Blob(&blob)).unwrap());
+        proptest::prop_assert!(postcard::from_bytes::<MaskedInput>(&bytes).is_err());
+    }
+}
+
+/// A byte string as postcard writes one (length, then the bytes).
+struct Blob<'a>(&'a [u8]);
+
+impl serde::Serialize for Blob<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
