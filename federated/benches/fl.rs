@@ -305,7 +305,7 @@ fn secure_bytes_by_step(n: usize, params: usize) -> Vec<(&'static str, f64)> {
             server.masked_input(&a, m).unwrap();
         }
         let unmask = server.close_inputs().unwrap();
-        for a in unmask.survivors.clone() {
+        for a in unmask.survivors(&setup.cohort).unwrap() {
             by[6] += to(ToAgent::Unmask(unmask.clone()));
             let r = clients.get_mut(&a).unwrap().reveal(&unmask).unwrap();
             by[7] += from(FromAgent::Reveal(r.clone()));

@@ -181,6 +181,8 @@ pub enum RejectReason {
         "{staleness} models were made since the one it trained from; the task takes at most {max}"
     )]
     Stale { staleness: u32, max: u32 },
+    #[error("its survivor list does not match the round's cohort")]
+    BadSurvivorList,
 }
 
 impl From<FlError> for tonic::Status {

@@ -227,9 +227,13 @@ fn advance(g: &mut Group, now_ms: u64, gone: &BTreeSet<AgentId>, timeout: u64) -
             Step::Shares => g.server.close_shares().map(|m| {
                 out.extend(m.into_iter().map(|(a, s)| (a, ToAgent::Shares(s))));
             }),
-            Step::Input => g.server.close_inputs().map(|u| {
-                out.extend(u.survivors.iter().map(|a| (*a, ToAgent::Unmask(u.clone()))));
-            }),
+            Step::Input => {
+                let cohort = g.server.setup().cohort.clone();
+                g.server.close_inputs().map(|u| {
+                    let to = u.survivors(&cohort).expect("made from this cohort");
+                    out.extend(to.into_iter().map(|a| (a, ToAgent::Unmask(u.clone()))));
+                })
+            }
             Step::Reveal | Step::Done => g.server.finish().map(|o| {
                 g.outcome = Some(GroupOutcome::Sum {
                     sum: g.encoding.quantiser().decode_sum(&o.sum),

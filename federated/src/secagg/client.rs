@@ -254,10 +254,8 @@ impl Client {
                 current: self.setup.round,
             });
         }
-        let survivors: BTreeSet<AgentId> = unmask.survivors.iter().copied().collect();
-        if survivors.len() != unmask.survivors.len() {
-            return Err(RejectReason::Duplicate);
-        }
+        let survivors: BTreeSet<AgentId> =
+            unmask.survivors(&self.setup.cohort)?.into_iter().collect();
         if survivors.len() < self.setup.threshold {
             return Err(RejectReason::TooFewSurvivors {
                 got: survivors.len(),

@@ -44,7 +44,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::AgentId;
+use crate::{AgentId, RejectReason};
 pub use client::Client;
 pub use participant::Participant;
 pub use server::{Outcome, Server};
@@ -200,11 +200,46 @@ mod words {
     }
 }
 
-/// Step 4, coordinator to each survivor: who sent masked input.
+/// Step 4, coordinator to each survivor: who sent masked input, as one
+/// bit per member of the sorted cohort (the Setup lists it already).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unmask {
     pub round: u32,
-    pub survivors: Vec<AgentId>,
+    survivors: Vec<u8>,
+}
+
+impl Unmask {
+    pub fn new(round: u32, cohort: &[AgentId], survivors: &BTreeSet<AgentId>) -> Self {
+        let mut bits = vec![0u8; cohort.len().div_ceil(8)];
+        for (i, a) in cohort.iter().enumerate() {
+            if survivors.contains(a) {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        Unmask {
+            round,
+            survivors: bits,
+        }
+    }
+
+    /// The survivors among `cohort`; refused unless the bits are exactly
+    /// the cohort's.
+    pub fn survivors(&self, cohort: &[AgentId]) -> Result<Vec<AgentId>, RejectReason> {
+        if self.survivors.len() != cohort.len().div_ceil(8) {
+            return Err(RejectReason::BadSurvivorList);
+        }
+        // Bits past the cohort's last member must be clear.
+        let used = cohort.len() % 8;
+        if used != 0 && self.survivors.last().is_some_and(|b| b >> used != 0) {
+            return Err(RejectReason::BadSurvivorList);
+        }
+        Ok(cohort
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.survivors[i / 8] >> (i % 8) & 1 == 1)
+            .map(|(_, a)| *a)
+            .collect())
+    }
 }
 
 /// Step 4, agent to coordinator: `(owner, share)` pairs, self-mask seed

@@ -287,10 +287,11 @@ impl Server {
             return Err(self.fail(self.survivors.len()));
         }
         self.step = Step::Reveal;
-        Ok(Unmask {
-            round: self.setup.round,
-            survivors: self.survivors.iter().copied().collect(),
-        })
+        Ok(Unmask::new(
+            self.setup.round,
+            &self.setup.cohort,
+            &self.survivors,
+        ))
     }
 
     /// Step 4 from `sender`: every share is checked before any is kept.

@@ -93,7 +93,7 @@ fn to_reveal(r: &mut Round, s: &Setup, drops: &Drops) -> Result<Unmask, FlError>
 /// Runs steps 2 to 4, then finishes.
 fn run(r: &mut Round, s: &Setup, drops: &Drops) -> Result<Outcome, FlError> {
     let unmask = to_reveal(r, s, drops)?;
-    for a in &unmask.survivors {
+    for a in &unmask.survivors(&s.cohort).unwrap() {
         if drops
             .before_reveal
             .contains(&s.cohort.binary_search(a).unwrap())
@@ -416,7 +416,7 @@ fn a_restored_coordinator_finishes_the_round() {
     let s = setup(7, 6, 4, 6);
     let mut rng = StdRng::seed_from_u64(14);
     let (mut r, unmask) = to_reveal_step(&s, &mut rng);
-    for a in &unmask.survivors {
+    for a in &unmask.survivors(&s.cohort).unwrap() {
         let rev = r.clients.get_mut(a).unwrap().reveal(&unmask).unwrap();
         r.server.reveal(a, rev).unwrap();
     }
@@ -462,7 +462,7 @@ fn the_coordinator_state_never_holds_an_input() {
         states.push(postcard::to_stdvec(&r.server).unwrap());
     }
     let unmask = r.server.close_inputs().unwrap();
-    for a in &unmask.survivors {
+    for a in &unmask.survivors(&s.cohort).unwrap() {
         let rev = r.clients.get_mut(a).unwrap().reveal(&unmask).unwrap();
         r.server.reveal(a, rev).unwrap();
         states.push(postcard::to_stdvec(&r.server).unwrap());
@@ -507,5 +507,29 @@ struct Blob<'a>(&'a [u8]);
 impl serde::Serialize for Blob<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(self.0)
+    }
+}
+
+proptest::proptest! {
+    /// The survivor bitmap gives back exactly the survivors, in cohort order.
+    #[test]
+    fn survivor_bitmaps_round_trip(n in 1usize..40, keep in proptest::collection::vec(proptest::bool::ANY, 40)) {
+        let cohort = ids(n);
+        let survivors: BTreeSet<AgentId> =
+            cohort.iter().zip(&keep).filter(|(_, k)| **k).map(|(a, _)| *a).collect();
+        let u = Unmask::new(1, &cohort, &survivors);
+        let wire: Unmask = postcard::from_bytes(&postcard::to_stdvec(&u).unwrap()).unwrap();
+        let back = wire.survivors(&cohort).unwrap();
+        proptest::prop_assert_eq!(back, survivors.into_iter().collect::<Vec<_>>());
+    }
+
+    /// A bitmap of another length, or with bits past the cohort, is refused.
+    #[test]
+    fn survivor_bitmaps_that_do_not_fit_the_cohort_are_refused(n in 1usize..40, bits in proptest::collection::vec(proptest::num::u8::ANY, 0..8)) {
+        let cohort = ids(n);
+        let fits = bits.len() == n.div_ceil(8)
+            && (n % 8 == 0 || bits.last().is_none_or(|b| b >> (n % 8) == 0));
+        let wire: Unmask = postcard::from_bytes(&postcard::to_stdvec(&(1u32, bits)).unwrap()).unwrap();
+        proptest::prop_assert_eq!(wire.survivors(&cohort).is_ok(), fits);
     }
 }
