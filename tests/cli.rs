@@ -311,20 +311,26 @@ classes = 2
     let path = work.join("task.toml");
     std::fs::write(&path, task).unwrap();
     let p = path.to_str().unwrap();
-    let out = ok(&["task", "submit", p, "--node", &listen, "--identity", e]);
+    let task = |args: &[&str], identity: &str| {
+        let mut all = vec!["task"];
+        all.extend_from_slice(args);
+        all.extend(["--node", listen.as_str(), "--identity", identity]);
+        yilian(&all)
+    };
+    let stdout = |out: Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = stdout(task(&["submit", p], e));
     assert!(
         out.starts_with("task cli-task submitted (62 parameters, ledger entry "),
         "{out}"
     );
-    let out = ok(&[
-        "task",
-        "status",
-        "cli-task",
-        "--node",
-        &listen,
-        "--identity",
-        e,
-    ]);
+    let out = stdout(task(&["status", "cli-task"], e));
     assert!(
         out.contains("task cli-task: waiting for agents (0 of 2 rounds done)"),
         "{out}"
@@ -333,43 +339,24 @@ classes = 2
     // The same id again, an unknown task, and a device: refused, each saying why.
     for (args, expected) in [
         (
-            vec!["task", "submit", p, "--node", &listen, "--identity", e],
+            ["submit", p],
             "a task with id `cli-task` already exists; give the task file another `id`",
         ),
-        (
-            vec!["task", "status", "nope", "--node", &listen, "--identity", e],
-            "task nope not found",
-        ),
+        (["status", "nope"], "task nope not found"),
     ] {
-        let out = yilian(&args);
+        let out = task(&args, e);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{err}");
     }
     let phone = data.join("identities/phone");
-    let out = yilian(&[
-        "task",
-        "status",
-        "cli-task",
-        "--node",
-        &listen,
-        "--identity",
-        phone.to_str().unwrap(),
-    ]);
+    let out = task(&["status", "cli-task"], phone.to_str().unwrap());
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(
         "role `device` may not read a task's status; use an engineer or member identity"
     ));
     // Nothing the refusals touched changed: the task is as it was.
-    let out = ok(&[
-        "task",
-        "status",
-        "cli-task",
-        "--node",
-        &listen,
-        "--identity",
-        e,
-    ]);
+    let out = stdout(task(&["status", "cli-task"], e));
     assert!(
         out.contains("waiting for agents (0 of 2 rounds done)"),
         "{out}"

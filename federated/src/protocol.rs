@@ -240,9 +240,15 @@ pub struct Envelope {
 
 /// Encodes one message as a frame.
 pub fn encode(message: &Message) -> Result<Vec<u8>, FlError> {
-    let body = postcard::to_stdvec(&Envelope {
+    // Borrowed: a weights chunk is not copied to be framed.
+    #[derive(Serialize)]
+    struct EnvelopeRef<'a> {
+        version: u16,
+        message: &'a Message,
+    }
+    let body = postcard::to_stdvec(&EnvelopeRef {
         version: message.since(),
-        message: message.clone(),
+        message,
     })?;
     if body.len() > MAX_FRAME {
         return Err(FlError::FrameTooLarge {

@@ -319,25 +319,11 @@ impl RoundMachine {
     /// task's agents in training are sent the newest model, which is then
     /// the one their update must come from.
     pub fn resend_effects(&mut self) -> Vec<Effect> {
-        if let Phase::Buffered(b) = &mut self.state.phase {
-            if self.state.task.secure_aggregation {
-                return Vec::new();
-            }
-            let version = self.state.next_round;
-            b.models
-                .entry(version)
-                .or_insert_with(|| self.state.global.clone());
-            return b
-                .training
-                .iter_mut()
-                .map(|(&agent, (sent, _))| {
-                    *sent = version;
-                    Effect::SendModel {
-                        agent,
-                        round: version,
-                        config: self.state.task.train_config(version, &agent),
-                    }
-                })
+        if let Phase::Buffered(b) = &self.state.phase {
+            let training: Vec<AgentId> = b.training.keys().copied().collect();
+            return training
+                .into_iter()
+                .flat_map(|a| self.resend_to(a))
                 .collect();
         }
         match &self.state.phase {

@@ -14,7 +14,7 @@ use yilian_federated::{
     AgentId, Aggregation, Effect, RejectReason, RoundMachine, RoundRecord, Strategy, TaskFile,
     TaskSpec, Update,
 };
-use yilian_models::{Dataset, ModelSpec};
+use yilian_models::{Dataset, ModelSpec, TrainConfig};
 
 fn buffered(mut t: TaskSpec, size: usize, max_staleness: u32) -> TaskSpec {
     t.aggregation = Aggregation::Buffered {
@@ -22,6 +22,54 @@ fn buffered(mut t: TaskSpec, size: usize, max_staleness: u32) -> TaskSpec {
         max_staleness,
     };
     t
+}
+
+/// The machine of `task` with agents 1, 2, ... recruited (agent `i` is
+/// `i` followed by zeros).
+fn recruited(task: TaskSpec, validation: Dataset, agents: u8) -> (RoundMachine, Vec<AgentId>) {
+    let w0 = task.model.init_weights(task.init_seed).unwrap();
+    let mut m = RoundMachine::new(task, w0, validation).unwrap();
+    let schema = yilian_federated::DataSchema {
+        features: 64,
+        label_column: "y".into(),
+        classes: 10,
+    };
+    let ids: Vec<AgentId> = (1..=agents)
+        .map(|i| {
+            let mut a = [0u8; 32];
+            a[0] = i;
+            a
+        })
+        .collect();
+    for id in &ids {
+        m.recruit(*id, &schema).unwrap();
+    }
+    (m, ids)
+}
+
+/// The models the effects send: to whom, which version, how to train.
+fn models_sent(effects: Vec<Effect>) -> Vec<(AgentId, u32, TrainConfig)> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::SendModel {
+                agent,
+                round,
+                config,
+            } => Some((agent, round, config)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An honest update on `data` from the model of `round`.
+fn train_from(m: &RoundMachine, round: u32, config: &TrainConfig, data: &Dataset) -> Update {
+    let out = yilian_models::train(m.spec(), m.model_for(round), data, config).unwrap();
+    Update {
+        weights: out.weights,
+        samples: out.samples as u64,
+        loss: out.loss,
+    }
 }
 
 /// What an asynchronous run saw.
@@ -37,20 +85,7 @@ struct Run {
 /// training: each model sent is trained on the version it was sent and
 /// arrives when that agent is done, in time order.
 fn run_async(task: TaskSpec, validation: Dataset, shards: Vec<Dataset>, speed: &[u64]) -> Run {
-    let w0 = task.model.init_weights(task.init_seed).unwrap();
-    let mut m = RoundMachine::new(task, w0, validation).unwrap();
-    let ids: Vec<AgentId> = (0..shards.len())
-        .map(|i| {
-            let mut a = [0u8; 32];
-            a[0] = i as u8 + 1;
-            a
-        })
-        .collect();
-    let schema = yilian_federated::DataSchema {
-        features: 64,
-        label_column: "y".into(),
-        classes: 10,
-    };
+    let (mut m, ids) = recruited(task, validation, shards.len() as u8);
     // (finish time, agent index) -> (round, trained update)
     let mut pending: BTreeMap<(u64, usize), (u32, Update)> = BTreeMap::new();
     let mut out = Run {
@@ -60,11 +95,7 @@ fn run_async(task: TaskSpec, validation: Dataset, shards: Vec<Dataset>, speed: &
         rejected: Vec::new(),
     };
     let mut now = 0;
-    let mut effects = Vec::new();
-    for id in &ids {
-        m.recruit(*id, &schema).unwrap();
-    }
-    effects.extend(m.tick(now));
+    let mut effects = m.tick(now);
     loop {
         for e in std::mem::take(&mut effects) {
             match e {
@@ -74,14 +105,7 @@ fn run_async(task: TaskSpec, validation: Dataset, shards: Vec<Dataset>, speed: &
                     config,
                 } => {
                     let i = ids.iter().position(|a| *a == agent).unwrap();
-                    let trained =
-                        yilian_models::train(m.spec(), m.model_for(round), &shards[i], &config)
-                            .unwrap();
-                    let update = Update {
-                        weights: trained.weights,
-                        samples: trained.samples as u64,
-                        loss: trained.loss,
-                    };
+                    let update = train_from(&m, round, &config, &shards[i]);
                     pending.insert((now + speed[i], i), (round, update));
                 }
                 Effect::RoundClosed(r) => out.records.push(r),
@@ -194,11 +218,8 @@ fn digits_non_iid_trains_asynchronously_with_stale_updates_weighted_and_too_stal
     assert!(run.staleness.keys().any(|s| *s > 0), "{:?}", run.staleness);
     assert!(run.staleness.keys().all(|s| *s <= 3));
     // The far too slow agent's updates were refused as stale, never counted.
-    let slow = {
-        let mut a = [0u8; 32];
-        a[0] = 10;
-        a
-    };
+    let mut slow = [0u8; 32];
+    slow[0] = 10;
     assert!(
         run.rejected
             .iter()
@@ -235,7 +256,21 @@ fn each_buffer_is_one_secure_aggregation_under_secagg() {
     let shards = train.partition_dirichlet(10, 0.5, 3).unwrap();
     let mut sim = Simulation::new(machine, agents(shards, &[]), None).unwrap();
     let mut records = Vec::new();
-    sim.run(|r| records.push(r.clone())).unwrap();
+    // Nothing the coordinator holds is a single update: after every round
+    // its state has no buffer of plain changes under secure aggregation.
+    let mut looked = 0;
+    sim.run_until(
+        |r| records.push(r.clone()),
+        |sim| {
+            if let yilian_federated::Phase::Buffered(b) = &sim.machine.state().phase {
+                assert!(b.buffer.is_empty());
+                looked += 1;
+            }
+            false
+        },
+    )
+    .unwrap();
+    assert!(looked >= 10, "looked at the state after {looked} rounds");
     assert_eq!(records.len(), 12);
     for r in &records {
         // The coordinator learned one sum per cohort of five.
@@ -245,11 +280,6 @@ fn each_buffer_is_one_secure_aggregation_under_secagg() {
             "one group: the empty and the full coalition"
         );
         assert!(r.failures.is_empty());
-    }
-    // Nothing the coordinator holds is a single update: its state has no
-    // buffer of plain changes under secure aggregation.
-    if let yilian_federated::Phase::Buffered(b) = &sim.machine.state().phase {
-        assert!(b.buffer.is_empty());
     }
     // Two cohorts were in flight at a time; the task still made exactly
     // its rounds and paid exactly its budget.
@@ -267,43 +297,14 @@ fn a_buffer_that_cannot_fill_is_applied_when_nobody_else_trains() {
     let spec = ModelSpec::logistic_regression(64, 10);
     let mut t = buffered(task("digits-fedbuff-stuck", spec, 10, 2, 3, 3), 3, 2);
     t.round_timeout_ms = 1_000;
-    let w0 = t.model.init_weights(t.init_seed).unwrap();
-    let mut m = RoundMachine::new(t, w0, validation).unwrap();
+    let (mut m, ids) = recruited(t, validation, 3);
     let shards = train.partition_iid(3, 4);
-    let ids: Vec<AgentId> = (1..=3u8).map(|i| [i; 32]).collect();
-    let schema = yilian_federated::DataSchema {
-        features: 64,
-        label_column: "y".into(),
-        classes: 10,
-    };
-    for id in &ids {
-        m.recruit(*id, &schema).unwrap();
-    }
-    let sent: Vec<(AgentId, u32, yilian_models::TrainConfig)> = m
-        .tick(0)
-        .into_iter()
-        .filter_map(|e| match e {
-            Effect::SendModel {
-                agent,
-                round,
-                config,
-            } => Some((agent, round, config)),
-            _ => None,
-        })
-        .collect();
+    let sent = models_sent(m.tick(0));
     assert_eq!(sent.len(), 3);
-    let update = |i: usize, round: u32, config: &yilian_models::TrainConfig, m: &RoundMachine| {
-        let out = yilian_models::train(m.spec(), m.model_for(round), &shards[i], config).unwrap();
-        Update {
-            weights: out.weights,
-            samples: out.samples as u64,
-            loss: out.loss,
-        }
-    };
     let mut late = None;
     for (agent, round, config) in &sent {
         let i = ids.iter().position(|a| a == agent).unwrap();
-        let u = update(i, *round, config, &m);
+        let u = train_from(&m, *round, config, &shards[i]);
         if i == 2 {
             late = Some((*agent, *round, u));
             continue;
@@ -343,52 +344,24 @@ fn a_reconnected_agent_is_resent_the_newest_model_and_no_one_else_is_moved() {
     let (train, validation, _) = digits_splits();
     let spec = ModelSpec::logistic_regression(64, 10);
     let t = buffered(task("digits-fedbuff-resend", spec, 10, 5, 3, 2), 2, 2);
-    let w0 = t.model.init_weights(t.init_seed).unwrap();
-    let mut m = RoundMachine::new(t, w0, validation).unwrap();
+    let (mut m, ids) = recruited(t, validation, 3);
     let shards = train.partition_iid(3, 6);
-    let ids: Vec<AgentId> = (1..=3u8).map(|i| [i; 32]).collect();
-    let schema = yilian_federated::DataSchema {
-        features: 64,
-        label_column: "y".into(),
-        classes: 10,
+    let train_on = |i: usize, round: u32, config: &TrainConfig, m: &RoundMachine| {
+        train_from(m, round, config, &shards[i])
     };
-    for id in &ids {
-        m.recruit(*id, &schema).unwrap();
-    }
-    let sent = |effects: Vec<Effect>| -> Vec<(AgentId, u32, yilian_models::TrainConfig)> {
-        effects
-            .into_iter()
-            .filter_map(|e| match e {
-                Effect::SendModel {
-                    agent,
-                    round,
-                    config,
-                } => Some((agent, round, config)),
-                _ => None,
-            })
-            .collect()
-    };
-    let train_on = |i: usize, round: u32, config: &yilian_models::TrainConfig, m: &RoundMachine| {
-        let out = yilian_models::train(m.spec(), m.model_for(round), &shards[i], config).unwrap();
-        Update {
-            weights: out.weights,
-            samples: out.samples as u64,
-            loss: out.loss,
-        }
-    };
-    let first = sent(m.tick(0));
+    let first = models_sent(m.tick(0));
     assert_eq!(first.len(), 3);
     // Agents 1 and 2 fill the first buffer: version 1; they are sent it.
     let mut again = Vec::new();
     for (agent, round, config) in first.iter().filter(|(a, ..)| *a != ids[2]) {
         let i = ids.iter().position(|a| a == agent).unwrap();
         let u = train_on(i, *round, config, &m);
-        again.extend(sent(m.submit(*agent, *round, u, 10)));
+        again.extend(models_sent(m.submit(*agent, *round, u, 10)));
     }
     assert_eq!(m.current_round(), Some(1));
     assert!(again.iter().all(|(_, r, _)| *r == 1), "{again:?}");
     // Agent 3, still on version 0, comes back: it is sent version 1 alone.
-    let resent = sent(m.resend_to(ids[2]));
+    let resent = models_sent(m.resend_to(ids[2]));
     assert_eq!(resent.len(), 1);
     assert_eq!((resent[0].0, resent[0].1), (ids[2], 1));
     // Its old work no longer counts; its new work does.

@@ -17,14 +17,15 @@ pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u
         let s = String::deserialize(d)?;
         hex::decode(s).map_err(D::Error::custom)?
     } else {
-        serde_bytes_vec(d)?
+        byte_string(d)?
     };
     bytes
         .try_into()
         .map_err(|v: Vec<u8>| D::Error::invalid_length(v.len(), &"a fixed number of bytes"))
 }
 
-fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+/// A byte string, however the binary format hands it over.
+pub fn byte_string<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
     struct V;
     impl<'de> serde::de::Visitor<'de> for V {
         type Value = Vec<u8>;

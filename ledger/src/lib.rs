@@ -22,7 +22,7 @@ pub mod bundle;
 pub mod checkpoint;
 pub mod consensus;
 pub mod head;
-mod hexbytes;
+pub mod hexbytes;
 pub mod merkle;
 pub mod peer;
 pub mod raft;

@@ -76,9 +76,16 @@ async fn anchor(shared: &Shared, payload: Payload) -> Result<u64, FlError> {
     Ok(ledger.submit(tx).await?.index)
 }
 
-/// Holds the id with the task's file written, until the task is added or
-/// the submission released; refused if the id is taken.
-async fn reserve(shared: &Shared, id: &str, file: (&'static str, Vec<u8>)) -> Result<(), FlError> {
+/// Takes a checked task in: holds its id with its file written, anchors it
+/// on the ledger (releasing the id and the file if the ledger refuses), then
+/// adds it with `add`. The anchor's ledger index.
+async fn accept(
+    shared: &Shared,
+    id: &str,
+    file: (&'static str, Arc<Vec<u8>>),
+    payload: Payload,
+    add: impl FnOnce(super::Reply) -> Event,
+) -> Result<u64, FlError> {
     let (reply, reserved) = tokio::sync::oneshot::channel();
     shared
         .send(Event::Reserve {
@@ -87,19 +94,18 @@ async fn reserve(shared: &Shared, id: &str, file: (&'static str, Vec<u8>)) -> Re
             reply,
         })
         .await?;
-    reserved.await.map_err(|_| FlError::Stopped)?
-}
-
-/// Anchors a reserved task; if the ledger refuses, the reservation goes and
-/// nothing is left behind.
-async fn anchor_reserved(shared: &Shared, id: &str, payload: Payload) -> Result<u64, FlError> {
-    match anchor(shared, payload).await {
-        Ok(index) => Ok(index),
+    reserved.await.map_err(|_| FlError::Stopped)??;
+    let index = match anchor(shared, payload).await {
+        Ok(index) => index,
         Err(e) => {
             let _ = shared.send(Event::Release { id: id.to_owned() }).await;
-            Err(e)
+            return Err(e);
         }
-    }
+    };
+    let (reply, added) = tokio::sync::oneshot::channel();
+    shared.send(add(reply)).await?;
+    added.await.map_err(|_| FlError::Stopped)??;
+    Ok(index)
 }
 
 /// Whether a task has the id, asked of the engine.
@@ -118,9 +124,6 @@ pub(super) async fn submit_task(
         ));
     };
     let task = *task;
-    if exists(shared, &task.id).await? {
-        return Err(FlError::TaskExists(task.id));
-    }
     let validation = Dataset::from_csv_reader(
         req.validation_csv.as_slice(),
         true,
@@ -135,25 +138,17 @@ pub(super) async fn submit_task(
     };
     let machine = RoundMachine::new(task.clone(), initial, validation)?;
     let params = machine.param_count() as u64;
-    reserve(shared, &task.id, ("validation.csv", req.validation_csv)).await?;
-    let ledger_index = anchor_reserved(
-        shared,
-        &task.id,
-        Payload::TaskSubmitted {
-            task_id: task.id.clone(),
-            spec_hash: task.hash(),
-            reward_budget: task.reward_budget,
-        },
-    )
+    let payload = Payload::TaskSubmitted {
+        task_id: task.id.clone(),
+        spec_hash: task.hash(),
+        reward_budget: task.reward_budget,
+    };
+    let file = ("validation.csv", Arc::new(req.validation_csv));
+    let ledger_index = accept(shared, &task.id, file, payload, |reply| Event::AddTask {
+        machine: Box::new(machine),
+        reply,
+    })
     .await?;
-    let (reply, accepted) = tokio::sync::oneshot::channel();
-    shared
-        .send(Event::AddTask {
-            machine: Box::new(machine),
-            reply,
-        })
-        .await?;
-    accepted.await.map_err(|_| FlError::Stopped)??;
     tracing::info!(task_id = task.id, params, "training task accepted");
     Ok(pb::SubmitTaskResponse {
         task_id: task.id,
@@ -179,6 +174,7 @@ async fn submit_evaluation(
         )
         .into());
     };
+    // Before the model's bytes are buffered; the reservation below decides.
     if exists(shared, &task.id).await? {
         return Err(FlError::TaskExists(task.id).into());
     }
@@ -220,25 +216,20 @@ async fn submit_evaluation(
     let machine = EvaluationMachine::new(task.clone(), &onnx)?;
     let params = machine.state().params;
     let model = Arc::new(onnx.bytes().to_vec());
-    reserve(shared, &task.id, ("model.onnx", model.to_vec())).await?;
-    let ledger_index = anchor_reserved(
-        shared,
-        &task.id,
-        Payload::TaskSubmitted {
-            task_id: task.id.clone(),
-            spec_hash: task.hash(&machine.state().model_sha256),
-            reward_budget: 0,
-        },
-    )
-    .await?;
-    let (reply, accepted) = tokio::sync::oneshot::channel();
-    shared
-        .send(Event::AddEvaluation {
+    let payload = Payload::TaskSubmitted {
+        task_id: task.id.clone(),
+        spec_hash: task.hash(&machine.state().model_sha256),
+        reward_budget: 0,
+    };
+    let file = ("model.onnx", model.clone());
+    let ledger_index = accept(shared, &task.id, file, payload, |reply| {
+        Event::AddEvaluation {
             eval: EvaluationTask { machine, model },
             reply,
-        })
-        .await?;
-    accepted.await.map_err(|_| FlError::Stopped)??;
+        }
+    })
+    .await
+    .map_err(Status::from)?;
     tracing::info!(task_id = task.id, params, "evaluation task accepted");
     Ok(pb::SubmitTaskResponse {
         task_id: task.id,
@@ -305,6 +296,12 @@ impl From<&EvaluationResult> for pb::EvaluationResult {
 }
 
 fn training_status(m: &RoundMachine) -> pb::TrainingStatus {
+    status_from(m, 0)
+}
+
+/// The status with the closed rounds from index `from` on (a watcher has
+/// the ones before).
+fn status_from(m: &RoundMachine, from: usize) -> pb::TrainingStatus {
     let s = m.state();
     let (phase, current_round, selected, received) = match &s.phase {
         Phase::Waiting => (pb::TaskPhase::Waiting, 0, 0, 0),
@@ -337,7 +334,7 @@ fn training_status(m: &RoundMachine) -> pb::TrainingStatus {
         current_round,
         selected,
         received,
-        history: s.history.iter().map(pb::Round::from).collect(),
+        history: s.history.iter().skip(from).map(pb::Round::from).collect(),
         secure_aggregation: s.task.secure_aggregation,
         privacy: s.task.privacy.as_ref().map(|p| pb::Privacy {
             epsilon_spent: s
@@ -402,9 +399,10 @@ struct Watch {
 }
 
 impl Watch {
-    /// The events between what was told and `s`, and whether the task ended.
-    /// Every round is told started before closed, even one that opened and
-    /// closed between two looks.
+    /// The events between what was told and `s` (whose history starts at
+    /// the first round not told), and whether the task ended. Every round is
+    /// told started before closed, even one that opened and closed between
+    /// two looks.
     fn events(&mut self, s: &pb::TrainingStatus) -> (Vec<pb::TaskEvent>, bool) {
         use pb::task_event::Event;
         let mut out = Vec::new();
@@ -416,14 +414,14 @@ impl Watch {
                 });
             }
         };
-        for r in &s.history[self.closed.min(s.history.len())..] {
+        for r in &s.history {
             let selected = r.participants.len() + r.missing.len() + r.rejected.len();
             start(r.round, selected as u32, &mut out);
             out.push(pb::TaskEvent {
                 event: Some(Event::Closed(r.clone())),
             });
         }
-        self.closed = s.history.len();
+        self.closed += s.history.len();
         let phase = s.phase();
         if phase == pb::TaskPhase::Running {
             start(s.current_round, s.selected, &mut out);
@@ -436,7 +434,7 @@ impl Watch {
             out.push(pb::TaskEvent {
                 event: Some(Event::Ended(pb::TaskEnded {
                     phase: phase.into(),
-                    rounds_closed: s.history.len() as u32,
+                    rounds_closed: self.closed as u32,
                 })),
             });
         }
@@ -455,12 +453,17 @@ fn not_training(engine: &Engine, task_id: &str) -> FlError {
     }
 }
 
-async fn training(shared: &Shared, task_id: &str) -> Result<pb::TrainingStatus, FlError> {
+/// A training task's status, with its closed rounds from index `from` on.
+async fn training(
+    shared: &Shared,
+    task_id: &str,
+    from: usize,
+) -> Result<pb::TrainingStatus, FlError> {
     let id = task_id.to_owned();
     shared
         .query(move |e| {
             e.task(&id)
-                .map(training_status)
+                .map(|m| status_from(m, from))
                 .ok_or_else(|| not_training(e, &id))
         })
         .await?
@@ -468,7 +471,7 @@ async fn training(shared: &Shared, task_id: &str) -> Result<pb::TrainingStatus, 
 
 async fn watch(shared: &Arc<Shared>, task_id: String) -> Result<EventStream, FlError> {
     let mut changed = shared.changed.subscribe();
-    let first = training(shared, &task_id).await?;
+    let first = training(shared, &task_id, 0).await?;
     let shared = Arc::downgrade(shared);
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
@@ -491,7 +494,7 @@ async fn watch(shared: &Arc<Shared>, task_id: String) -> Result<EventStream, FlE
                 let _ = tx.send(Err(FlError::Stopped.into())).await;
                 return;
             };
-            status = match training(&shared, &task_id).await {
+            status = match training(&shared, &task_id, told.closed).await {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;

@@ -294,12 +294,11 @@ impl Engine {
                 if let Some(old) = self.current.insert(principal.public_key, conn) {
                     // The agent is back on a new connection: the old one goes,
                     // and its session's place in a task passes to the new one.
-                    if let Some(s) = self.sessions.remove(&old) {
+                    if self.sessions.remove(&old).is_some() {
                         step.rest.push(Command::Close {
                             conn: old,
                             reason: "replaced by a newer connection of the same agent".into(),
                         });
-                        drop(s);
                     }
                 }
                 self.sessions.insert(
@@ -667,7 +666,6 @@ impl Engine {
     /// Carries out a training task's effects: messages to agents, ledger
     /// writes of closed rounds; the task's state is then persisted.
     fn effects(&mut self, task_id: &str, effects: Vec<Effect>, now_ms: u64, step: &mut Step) {
-        let mut closed = false;
         let mut global: Option<(u32, Arc<Vec<f32>>)> = None;
         let mut queue: VecDeque<Effect> = effects.into();
         while let Some(effect) = queue.pop_front() {
@@ -717,7 +715,6 @@ impl Engine {
                     }
                 }
                 Effect::RoundClosed(record) => {
-                    closed = true;
                     if self.recording.insert((task_id.to_owned(), record.round)) {
                         step.rest.push(Command::Record {
                             task_id: task_id.to_owned(),
@@ -743,10 +740,10 @@ impl Engine {
                     task_id: task_id.to_owned(),
                     job,
                 }),
-                // While rounds are owed to the ledger, the end of the task
-                // goes out with the last one's results.
-                Effect::Finished | Effect::Expired
-                    if closed || !machine.state().unrecorded.is_empty() => {}
+                // While rounds are owed to the ledger (a round that just
+                // closed among them), the end of the task goes out with the
+                // last one's results.
+                Effect::Finished | Effect::Expired if !machine.state().unrecorded.is_empty() => {}
                 Effect::Finished | Effect::Expired => self.task_done(task_id, step),
             }
         }

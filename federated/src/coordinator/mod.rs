@@ -85,7 +85,7 @@ enum Event {
     /// file (validation set or ONNX model) written under it.
     Reserve {
         id: String,
-        file: (&'static str, Vec<u8>),
+        file: (&'static str, Arc<Vec<u8>>),
         reply: Reply,
     },
     /// The submission was refused after all: the id and its files go.
@@ -473,14 +473,14 @@ impl Driver {
     fn reserve(
         &mut self,
         id: String,
-        (name, bytes): (&'static str, Vec<u8>),
+        (name, bytes): (&'static str, Arc<Vec<u8>>),
     ) -> Result<(), FlError> {
         if self.engine.task_exists(&id) || self.reserved.contains(&id) {
             return Err(FlError::TaskExists(id));
         }
         let dir = task_dir(&self.data_dir, &id);
         let written =
-            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), bytes));
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join(name), &*bytes));
         if let Err(e) = written {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e.into());
@@ -713,7 +713,9 @@ async fn record_round(
     written.then_some(proofs)
 }
 
-async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FlError> {
+/// Reads one frame from a stream (the coordinator's and the agent's); `None`
+/// at a clean end.
+pub async fn next_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FlError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -734,11 +736,6 @@ async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, F
         quinn::ReadExactError::ReadError(e) => FlError::Read(e),
     })?;
     decode_body(&body).map(Some)
-}
-
-/// Reads messages from a stream (shared by the coordinator and the agent).
-pub async fn next_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FlError> {
-    read_message(recv).await
 }
 
 /// Spawns a writer draining `rx` into `send` (the agent's side).
@@ -793,7 +790,7 @@ async fn connection(
     })
     .await?;
     loop {
-        match read_message(&mut recv).await {
+        match next_message(&mut recv).await {
             Ok(Some(message)) => {
                 tell(Event::Input(Input::Message { conn: id, message })).await?;
             }
