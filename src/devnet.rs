@@ -502,14 +502,24 @@ async fn kms_act(net: &NetworkDir, addr: &str) -> Result<()> {
     yilian_kms::devnet::act(addr, cast).await
 }
 
-/// The data holder encrypts a customer record under a KMS-issued BN254 key,
-/// anchors it and the statement's verifying key on the ledger; a bank then
-/// checks facts about it from proofs alone.
+/// The ZK act through the ZK gRPC API, as a bank would use it: the data
+/// holder encrypts a customer record under a KMS-issued BN254 key, anchors
+/// it, registers it (its key sealed under the holder's KMS master key) and
+/// grants the bank four questions; the bank asks them and checks each
+/// proof offline against the anchor; an unconsented question is refused,
+/// and a binary search on the income is stopped by the disclosure budget.
 async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
+    use yilian_zk::query::Predicate;
+    use yilian_zk::record::{EncryptedRecord, FieldValue, Record};
+    use yilian_zk::service::{ZkClient, pb};
+
     let holder = net.load_identity("shop-holder")?;
+    let bank = net.load_identity("acme-verifier")?;
     let mut kms = yilian_kms::client::Client::connect(addr, &holder).await?;
     let key_id = "customer-0001-zk";
+    let wrap_key = "shop-holder-records";
     kms.create_key(key_id, true, false).await?;
+    kms.create_key(wrap_key, false, false).await?;
     let zk_key = kms
         .raw
         .zk_key(yilian_kms::service::pb::KeyRef {
@@ -517,21 +527,25 @@ async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
         })
         .await?
         .into_inner();
-    let elements = yilian_kms::zk::elements(&zk_key.elements)?;
+    let key = yilian_zk::record::CipherKey::new(yilian_kms::zk::elements(&zk_key.elements)?);
     println!(
         "zk: KMS issued BN254 key `{key_id}` to shop-holder, Poseidon commitment {}",
         hex::encode(&zk_key.commitment)
     );
-    let outcome = tokio::task::spawn_blocking(move || {
-        let key = yilian_zk::record::CipherKey::new(elements);
-        yilian_zk::devnet::act(&mut std::io::stdout(), Some(key))
-    })
-    .await??;
-    let anchor = &outcome.record_anchor;
-    ensure!(
-        anchor.key_commitment.as_slice() == zk_key.commitment.as_slice(),
-        "the record is not bound to the KMS key"
-    );
+    let customer = Record {
+        fields: vec![
+            (
+                "id_number".into(),
+                FieldValue::Identifier("310101199001011234".into()),
+            ),
+            ("birth_date".into(), FieldValue::Integer(19_900_101)),
+            ("income".into(), FieldValue::Integer(120_000)),
+            ("credit_score".into(), FieldValue::Integer(720)),
+        ],
+    };
+    let record =
+        EncryptedRecord::encrypt("customer-0001", &customer, &key, rand::random::<u128>())?;
+    let anchor = record.anchor()?;
     let mut ledger = LedgerClient::new(yilian_identity::grpc::connect(addr, &holder).await?);
     let rec = ledger
         .submit(
@@ -543,22 +557,180 @@ async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
             .sign(holder.signing_key()),
         )
         .await?;
-    let vk = ledger
-        .submit(
-            &Transaction::new(Payload::VerifyingKeyAnchor {
-                statement: yilian_zk::KYC_STATEMENT.into(),
-                vk_hash: outcome.vk_hash,
-            })
-            .sign(holder.signing_key()),
-        )
+    let zk = |id: &Identity| {
+        let id = id.clone();
+        async move {
+            let ch = yilian_identity::grpc::connect(addr, &id).await?;
+            anyhow::Ok(
+                ZkClient::new(ch).max_decoding_message_size(yilian_zk::service::MAX_MESSAGE_BYTES),
+            )
+        }
+    };
+    let mut as_holder = zk(&holder).await?;
+    let key_bytes: Vec<u8> = key
+        .elements()
+        .iter()
+        .flat_map(yilian_zk::fr_to_bytes)
+        .collect();
+    as_holder
+        .register_record(pb::RegisterRecordRequest {
+            record: Some((&record).into()),
+            key: key_bytes,
+            wrap_key_id: wrap_key.into(),
+        })
         .await?;
-    let yes = outcome.answers.iter().filter(|(_, a)| *a).count();
+    let sanctions: Vec<String> = (0..1024).map(|i| format!("SANCTIONED-{i:05}")).collect();
+    let set = as_holder
+        .register_set(pb::RegisterSetRequest {
+            identifiers: sanctions,
+            elements: vec![],
+        })
+        .await?
+        .into_inner();
+    let root = yilian_zk::fr_from_bytes(set.root.as_slice().try_into()?)?;
     println!(
-        "zk: record anchored at ledger entry {}, verifying key at entry {}; \
-         the bank learned {} answers ({yes} true) and nothing else",
-        rec.index,
-        vk.index,
-        outcome.answers.len()
+        "zk: shop-holder anchored customer-0001 at ledger entry {} and registered it, its key sealed under `{wrap_key}`",
+        rec.index
+    );
+
+    let questions = [
+        (
+            "ID number is 310101199001011234",
+            Predicate::Eq {
+                field: "id_number".into(),
+                value: FieldValue::Identifier("310101199001011234".into()),
+            },
+        ),
+        (
+            "age >= 18 (born on or before 2007-11-25)",
+            Predicate::Lte {
+                field: "birth_date".into(),
+                value: 20_071_125,
+            },
+        ),
+        (
+            "income >= 150000",
+            Predicate::Gte {
+                field: "income".into(),
+                value: 150_000,
+            },
+        ),
+        (
+            "not on the sanctions list (1024 entries)",
+            Predicate::Nin {
+                field: "id_number".into(),
+                root,
+            },
+        ),
+    ];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let grant = |allowed: Vec<Predicate>, uses: u32| pb::GrantRequest {
+        record_id: "customer-0001".into(),
+        verifier: bank.principal().public_key.to_vec(),
+        allowed: allowed.iter().map(Into::into).collect(),
+        max_uses: Some(uses),
+        not_before_ms: 0,
+        not_after_ms: now + 3_600_000,
+        budget: Default::default(),
+    };
+    let g = as_holder
+        .grant(grant(questions.iter().map(|(_, p)| p.clone()).collect(), 4))
+        .await?
+        .into_inner();
+    println!(
+        "zk: shop-holder granted acme-verifier the four questions, 4 uses, for an hour: grant {} (ledger entry {})",
+        g.grant_id, g.ledger_index
+    );
+
+    // The bank checks every proof itself, against the verifying key and the
+    // record anchor it reads from the ledger.
+    let mut as_bank = zk(&bank).await?;
+    let vk = as_bank
+        .verifying_key(pb::VerifyingKeyRequest::default())
+        .await?
+        .into_inner();
+    let mut bank_ledger = LedgerClient::new(yilian_identity::grpc::connect(addr, &bank).await?);
+    match bank_ledger.entry(vk.anchor_index).await?.tx.payload {
+        Payload::VerifyingKeyAnchor { vk_hash, .. } if vk_hash.as_slice() == vk.vk_hash => {}
+        other => anyhow::bail!("the verifying key is not the anchored one: {other:?}"),
+    }
+    let pvk = yilian_zk::keys::prepare(&yilian_zk::keys::from_bytes(
+        "verifying key",
+        &vk.verifying_key,
+    )?);
+    let ask = |grant_id: &str, p: &Predicate| pb::QueryRequest {
+        record_id: "customer-0001".into(),
+        predicates: vec![p.into()],
+        grant_id: grant_id.into(),
+    };
+    let mut answers = Vec::new();
+    for (text, predicate) in &questions {
+        let r = as_bank
+            .query(ask(&g.grant_id, predicate))
+            .await?
+            .into_inner();
+        let proof = yilian_zk::service::proof_from_pb(r.proof.as_ref().context("no proof")?)?;
+        let answer =
+            yilian_zk::verifier::verify_against_anchor(&pvk, &proof.proof, &proof.public, &anchor)?;
+        ensure!(
+            answer == r.answer,
+            "the node's answer differs from its proof's"
+        );
+        println!("zk: acme-verifier learned: {text}: {answer} (proof verified offline)");
+        answers.push(answer);
+    }
+    ensure!(
+        answers == [true, true, false, true],
+        "unexpected answers {answers:?}"
+    );
+
+    let unconsented = Predicate::Gte {
+        field: "credit_score".into(),
+        value: 700,
+    };
+    let e = as_bank
+        .query(ask(&g.grant_id, &unconsented))
+        .await
+        .expect_err("an unconsented question must be refused");
+    ensure!(e.code() == tonic::Code::PermissionDenied, "{e:?}");
+    println!(
+        "zk: credit_score >= 700, not granted: refused ({})",
+        e.message()
+    );
+
+    // A binary search on the income: the holder is asked for two more
+    // thresholds; the budget (2 distinct per field, 150000 already answered)
+    // lets one through, whoever grants or asks.
+    let income = |value| Predicate::Gte {
+        field: "income".into(),
+        value,
+    };
+    let mut refused = None;
+    for t in [100_000, 125_000] {
+        let outcome = match as_holder.grant(grant(vec![income(t)], 1)).await {
+            Ok(g) => as_bank
+                .query(ask(&g.into_inner().grant_id, &income(t)))
+                .await
+                .map(|r| r.into_inner().answer),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(answer) => println!("zk: binary search, income >= {t}: {answer}"),
+            Err(e) => {
+                ensure!(e.code() == tonic::Code::PermissionDenied, "{e:?}");
+                println!(
+                    "zk: binary search, income >= {t}: refused ({})",
+                    e.message()
+                );
+                refused = Some(t);
+            }
+        }
+    }
+    ensure!(
+        refused == Some(125_000),
+        "the budget did not stop the search"
     );
     Ok(())
 }

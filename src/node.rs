@@ -283,8 +283,9 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     // Destroys grant-only keys whose grants have all ended (crypto-shredding).
     let sweeper = kms.spawn_sweeper(std::time::Duration::from_secs(60));
     // The ZK API: proving keys are made or loaded on first use, so start stays fast.
-    let zk = yilian_zk::service::ZkService::open(&cfg.data_dir, ledger.clone(), &identity)
-        .context("cannot open the ZK API")?;
+    let zk =
+        yilian_zk::service::ZkService::open(&cfg.data_dir, ledger.clone(), &identity, kms.clone())
+            .context("cannot open the ZK API")?;
     let router = tonic::transport::Server::builder()
         .add_service(LedgerService::new(ledger.clone()).into_server())
         .add_service(ConsortiumService::new(ledger.clone()).into_server())

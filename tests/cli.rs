@@ -362,3 +362,144 @@ classes = 2
         "{out}"
     );
 }
+
+#[test]
+fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("net");
+    let d = data.to_str().unwrap();
+    let grpc = free_port();
+    let listen = format!("127.0.0.1:{grpc}");
+    ok(&[
+        "admin",
+        "init-network",
+        "--data",
+        d,
+        "--network",
+        "zktest",
+        "--listen",
+        &listen,
+    ]);
+    let config = data.join("node.toml");
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_yilian"))
+            .args(["node", "--config", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(grpc);
+    for (role, name) in [("data-holder", "holder"), ("verifier", "bank")] {
+        ok(&[
+            "admin", "admit", "--data", d, "--node", &listen, "--org", "o", "--role", role,
+            "--name", name,
+        ]);
+    }
+    let id = |n: &str| data.join("identities").join(n);
+    let (holder, bank) = (id("holder"), id("bank"));
+    let h = ["--node", &listen, "--identity", holder.to_str().unwrap()];
+    let b = ["--node", &listen, "--identity", bank.to_str().unwrap()];
+    let with = |cmd: &[&str], conn: &[&str]| ok(&[cmd, conn].concat());
+    with(
+        &["kms", "create-key"],
+        &[&h[..], &["--zk", "customer-1"]].concat(),
+    );
+    with(&["kms", "create-key"], &[&h[..], &["records"]].concat());
+    let revealed = with(
+        &["kms", "zk-key"],
+        &[&h[..], &["customer-1", "--reveal"]].concat(),
+    );
+    let v: serde_json::Value = serde_json::from_str(&revealed).unwrap();
+    let work = tmp.path();
+    let file = |n: &str| work.join(n).to_str().unwrap().to_owned();
+    std::fs::write(work.join("zk.key"), v["elements"].as_str().unwrap()).unwrap();
+    std::fs::write(
+        work.join("customer.json"),
+        r#"{"fields": [["id_number", {"identifier": "310101199001011234"}], ["income", {"integer": 120000}]]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("q.json"),
+        r#"[{"op": "gte", "field": "income", "value": 100000}]"#,
+    )
+    .unwrap();
+    ok(&[
+        "zk",
+        "register-record",
+        "--record-id",
+        "c1",
+        "--record",
+        &file("customer.json"),
+        "--key-file",
+        &file("zk.key"),
+        "--nonce",
+        "7",
+        "--out",
+        &file("c1.rec"),
+    ]);
+    let out = with(
+        &["zk", "register"],
+        &[
+            &h[..],
+            &[
+                "--record",
+                &file("c1.rec"),
+                "--key-file",
+                &file("zk.key"),
+                "--wrap-key",
+                "records",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(out.contains("registered c1"), "{out}");
+    let (q, answer) = (file("q.json"), file("answer"));
+    let ask = [&b[..], &["--record", "c1", "--query", &q, "--out", &answer]].concat();
+    // Without a grant the bank is refused.
+    let refused = yilian(&[&["zk", "ask", "--grant", "none"][..], &ask].concat());
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("PermissionDenied"));
+    let out = with(
+        &["zk", "grant"],
+        &[
+            &h[..],
+            &[
+                "--record",
+                "c1",
+                "--verifier",
+                bank.to_str().unwrap(),
+                "--allow",
+                &file("q.json"),
+            ],
+        ]
+        .concat(),
+    );
+    let grant = out
+        .lines()
+        .find_map(|l| l.strip_prefix("grant "))
+        .expect("a grant id")
+        .to_owned();
+    let out = with(&["zk", "ask", "--grant", &grant], &ask);
+    assert!(out.contains("answer: true (proof verified)"), "{out}");
+    let out = ok(&[
+        "zk",
+        "verify",
+        "--vk",
+        &file("answer/verification_key.json"),
+        "--proof",
+        &file("answer/proof.json"),
+        "--public",
+        &file("answer/public.json"),
+    ]);
+    assert!(out.contains("the query is true"), "{out}");
+    // One use by default: burnt after reading.
+    let again = yilian(&[&["zk", "ask", "--grant", &grant][..], &ask].concat());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("PermissionDenied"));
+    let out = with(
+        &["zk", "revoke-grant"],
+        &[&h[..], &["--grant", &grant]].concat(),
+    );
+    assert!(out.contains("after 1 uses"), "{out}");
+}

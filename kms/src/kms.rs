@@ -721,13 +721,45 @@ impl<A: AuditLog> Kms<A> {
         context: &[u8],
         grant_id: Option<&str>,
     ) -> Result<SecretBytes> {
+        self.open_envelope(caller, envelope, context, grant_id, Operation::Decrypt)
+            .await
+    }
+
+    /// Opens an envelope for the node's own ZK prover, which uses the key in
+    /// memory and never returns it. A grant of [`Operation::Prove`] lets a
+    /// verifier have questions answered about a record without ever being
+    /// able to decrypt its key: the KMS's gRPC `Decrypt` asks for
+    /// [`Operation::Decrypt`].
+    pub async fn open_to_prove(
+        &self,
+        caller: &Caller,
+        envelope: &[u8],
+        context: &[u8],
+        grant_id: Option<&str>,
+    ) -> Result<SecretBytes> {
+        self.open_envelope(caller, envelope, context, grant_id, Operation::Prove)
+            .await
+    }
+
+    async fn open_envelope(
+        &self,
+        caller: &Caller,
+        envelope: &[u8],
+        context: &[u8],
+        grant_id: Option<&str>,
+        op: Operation,
+    ) -> Result<SecretBytes> {
         let parsed = Envelope::decode(envelope);
         let key_id = parsed
             .as_ref()
             .map(|e| e.key_id.clone())
             .unwrap_or_default();
-        let hash = request_hash(&[b"decrypt", &crypto::sha256(&[envelope]), context]);
-        let mut base = self.base(caller, "decrypt", &key_id, grant_id, hash);
+        let hash = request_hash(&[
+            op.as_str().as_bytes(),
+            &crypto::sha256(&[envelope]),
+            context,
+        ]);
+        let mut base = self.base(caller, op.as_str(), &key_id, grant_id, hash);
         base.key_version = parsed.as_ref().ok().map(|e| e.key_version);
         self.use_key(base, &key_id, grant_id, || {
             let env = parsed?;
@@ -736,7 +768,7 @@ impl<A: AuditLog> Kms<A> {
             // envelope costs the reader nothing.
             k.record.check_decryptable(env.key_version)?;
             let pt = env.open(&master(&k, env.key_version)?, &k.record.owner, context);
-            let txn = self.authorize(caller, &k, Operation::Decrypt, context, grant_id)?;
+            let txn = self.authorize(caller, &k, op, context, grant_id)?;
             Ok(Decided {
                 value: pt?,
                 version: Some(env.key_version),

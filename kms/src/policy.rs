@@ -35,6 +35,9 @@ pub enum Operation {
     Encrypt,
     Decrypt,
     GenerateDataKey,
+    /// Open an envelope inside the node's ZK prover only (the key is used
+    /// to prove and never returned): what a ZK query grant allows.
+    Prove,
 }
 
 impl Operation {
@@ -43,6 +46,7 @@ impl Operation {
             Operation::Encrypt => "encrypt",
             Operation::Decrypt => "decrypt",
             Operation::GenerateDataKey => "generate-data-key",
+            Operation::Prove => "prove",
         }
     }
 }
@@ -60,6 +64,7 @@ impl FromStr for Operation {
             "encrypt" => Ok(Operation::Encrypt),
             "decrypt" => Ok(Operation::Decrypt),
             "generate-data-key" => Ok(Operation::GenerateDataKey),
+            "prove" => Ok(Operation::Prove),
             _ => Err(KmsError::BadGrant("unknown operation")),
         }
     }

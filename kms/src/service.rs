@@ -115,6 +115,17 @@ impl<A: AuditLog + Clone> KmsNode<A> {
         }
     }
 
+    /// Seals the node again, as `vault operator seal` does in an emergency:
+    /// the opened store and its root key are dropped from memory (operations
+    /// already running finish), and every operation is refused with
+    /// [`KmsError::Sealed`] until operators unseal it.
+    pub async fn seal(&self) {
+        *self.state.write().await = NodeState::Sealed {
+            unsealer: Unsealer::new(),
+        };
+        tracing::warn!("KMS sealed");
+    }
+
     pub async fn kms(&self) -> Result<Kms<A>> {
         match &*self.state.read().await {
             NodeState::Unsealed(k) => Ok(k.clone()),

@@ -271,6 +271,45 @@ async fn hotel_door_key_lives_for_the_stay_then_is_shredded() {
         kms.decrypt(&guest, &door_code, b"room-301", None).await,
         Err(KmsError::NotOwner(_))
     ));
+    // A decrypt grant does not let the node's prover open the key, nor the
+    // other way round (a ZK query grant never yields the key).
+    assert!(matches!(
+        kms.open_to_prove(&guest, &door_code, b"room-301", gid)
+            .await,
+        Err(KmsError::OperationNotGranted { .. })
+    ));
+    let prove = kms
+        .grant(
+            &hotel,
+            "door-301",
+            GrantTerms {
+                reader: guest.account,
+                not_before_ms: checkin,
+                not_after_ms: checkout,
+                max_uses: 1,
+                operations: vec![Operation::Prove],
+                required_context: Some(b"room-301".to_vec()),
+            },
+        )
+        .await
+        .unwrap();
+    let pid = Some(prove.grant_id.as_str());
+    assert!(matches!(
+        kms.decrypt(&guest, &door_code, b"room-301", pid).await,
+        Err(KmsError::OperationNotGranted { .. })
+    ));
+    assert_eq!(
+        kms.open_to_prove(&guest, &door_code, b"room-301", pid)
+            .await
+            .unwrap()
+            .expose(),
+        b"open-301"
+    );
+    assert!(matches!(
+        kms.open_to_prove(&guest, &door_code, b"room-301", pid)
+            .await,
+        Err(KmsError::GrantExhausted { .. })
+    ));
     let other_guest = caller(&key(), Role::Device);
     assert!(matches!(
         kms.decrypt(&other_guest, &door_code, b"room-301", gid)

@@ -121,6 +121,30 @@ pub enum Payload {
         epsilon: f64,
         delta: f64,
     },
+    /// A data holder let a verifier ask about one of its records, on the
+    /// customer's behalf: the KMS grant that counts the uses (its creation,
+    /// uses and revocation are `KeyAudit` entries), and the hash of the
+    /// terms (allowed predicates, disclosure budget) the node enforces.
+    QueryGrant {
+        grant_id: String,
+        record_id: String,
+        #[serde(with = "crate::hexbytes")]
+        holder: AccountId,
+        #[serde(with = "crate::hexbytes")]
+        verifier: AccountId,
+        #[serde(with = "crate::hexbytes")]
+        terms_hash: [u8; 32],
+    },
+    /// A verifier's ZK query on a record: `answered`, or `refused: <reason>`.
+    ZkQuery {
+        record_id: String,
+        grant_id: Option<String>,
+        #[serde(with = "crate::hexbytes")]
+        verifier: AccountId,
+        #[serde(with = "crate::hexbytes")]
+        predicates_hash: [u8; 32],
+        outcome: String,
+    },
 }
 
 /// A change to the set of member nodes that replicate and cosign the ledger.
@@ -156,6 +180,8 @@ impl Payload {
             Payload::MemberProposal { .. } => "member-proposal",
             Payload::MemberApproval { .. } => "member-approval",
             Payload::PrivacySpent { .. } => "privacy-spent",
+            Payload::QueryGrant { .. } => "query-grant",
+            Payload::ZkQuery { .. } => "zk-query",
         }
     }
 
@@ -188,6 +214,9 @@ impl Payload {
             | Payload::PrivacySpent { task_id, .. } => {
                 vec![(self.kind(), task_id.as_bytes().to_vec())]
             }
+            Payload::QueryGrant { record_id, .. } | Payload::ZkQuery { record_id, .. } => {
+                vec![(self.kind(), record_id.as_bytes().to_vec())]
+            }
             _ => Vec::new(),
         }
     }
@@ -209,6 +238,8 @@ impl Payload {
             | Payload::Reward { .. }
             | Payload::PrivacySpent { .. } => &[Member],
             Payload::MemberProposal { .. } | Payload::MemberApproval { .. } => &[Member],
+            // The node that enforces the grant records it and each query.
+            Payload::QueryGrant { .. } | Payload::ZkQuery { .. } => &[Member],
         }
     }
 }

@@ -1,19 +1,141 @@
 //! `yilian zk ...`: file-based setup, registration, proving, verifying and
-//! export. Proofs and public inputs are written in snarkjs' JSON formats.
+//! export, and, against a node over mutual TLS, query grants and questions
+//! asked under them. Proofs and public inputs are written in snarkjs' JSON
+//! formats.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ark_bn254::Fr;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
+use yilian_identity::Identity;
 
 use yilian_circuits::{kyc, set::SortedSet};
 
 use crate::record::{CipherKey, EncryptedRecord, Record};
+use crate::service::{ZkClient, pb};
 use crate::{keys, prover, query, snarkjs, verifier};
+
+/// A node to talk to, and the identity to talk as.
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Node address (host:port).
+    #[arg(long, env = "YILIAN_NODE", default_value = "127.0.0.1:7400")]
+    pub node: String,
+    /// Identity directory to connect with (cert.pem, key.pem, ca.pem).
+    #[arg(long, env = "YILIAN_IDENTITY")]
+    pub identity: PathBuf,
+}
+
+impl Conn {
+    async fn channel(&self) -> anyhow::Result<(tonic::transport::Channel, Identity)> {
+        let id = Identity::load(&self.identity)
+            .with_context(|| format!("--identity {}", self.identity.display()))?;
+        let channel = yilian_identity::grpc::connect(&self.node, &id)
+            .await
+            .with_context(|| format!("--node {}", self.node))?;
+        Ok((channel, id))
+    }
+
+    async fn client(&self) -> anyhow::Result<ZkClient<tonic::transport::Channel>> {
+        let (channel, _) = self.channel().await?;
+        Ok(ZkClient::new(channel).max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES))
+    }
+}
+
+/// An account given as 32-byte hex or as an identity directory.
+fn account(s: &str) -> anyhow::Result<[u8; 32]> {
+    if let Ok(bytes) = hex::decode(s)
+        && let Ok(a) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(a);
+    }
+    let id = Identity::load(Path::new(s)).with_context(|| {
+        format!("--verifier {s:?}: give a 32-byte hex public key or an identity directory")
+    })?;
+    Ok(id.principal().public_key)
+}
+
+fn budget(s: &str) -> anyhow::Result<(String, u32)> {
+    let (field, k) = s
+        .split_once('=')
+        .with_context(|| format!("--budget {s:?}: write FIELD=K, e.g. income=2"))?;
+    let k = k
+        .parse()
+        .with_context(|| format!("--budget {s:?}: K must be a whole number"))?;
+    Ok((field.to_owned(), k))
+}
+
+fn grpc(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", e.code(), e.message())
+}
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Let a verifier ask about one of your records (as its data holder, on
+    /// the customer's behalf): the predicates allowed, the number of uses
+    /// (one: burn after reading), the time window and the disclosure budget.
+    Grant {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long = "record")]
+        record_id: String,
+        /// The verifier: 32-byte hex public key or identity directory.
+        #[arg(long)]
+        verifier: String,
+        /// Predicates JSON, each allowed exactly:
+        /// `[{"op": "gte", "field": "income", "value": 100000}, ...]`.
+        #[arg(long)]
+        allow: PathBuf,
+        /// Uses allowed.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long the grant lasts from now, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        valid_for: u64,
+        /// Distinct constants the verifier may learn about a field
+        /// (default 2), as FIELD=K; repeatable.
+        #[arg(long, value_parser = budget)]
+        budget: Vec<(String, u32)>,
+    },
+    /// Anchor an encrypted record (from `register-record`) on the ledger and
+    /// register it with a node, as its data holder. The node keeps the key
+    /// only sealed under your KMS master key `--wrap-key`.
+    Register {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        record: PathBuf,
+        /// The KMS ZK key: 64 bytes as hex.
+        #[arg(long)]
+        key_file: PathBuf,
+        /// An AES-256-GCM master key of yours in the node's KMS.
+        #[arg(long)]
+        wrap_key: String,
+    },
+    /// End one of your query grants now.
+    RevokeGrant {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        grant: String,
+    },
+    /// Ask a record's node a question under a grant (as the verifier); the
+    /// proof and public inputs are written to `--out` and checked here.
+    Ask {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        grant: String,
+        #[arg(long = "record")]
+        record_id: String,
+        /// Predicates JSON (ANDed), each one the grant allows.
+        #[arg(long)]
+        query: PathBuf,
+        /// Directory for `proof.json`, `public.json` and `verification_key.json`.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Generate the KYC statement's proving and verifying keys (single-party
     /// setup: development only; production needs a multi-party ceremony).
     Setup {
@@ -77,6 +199,16 @@ pub enum Command {
         #[arg(long, default_value = "verification_key.json")]
         out: PathBuf,
     },
+    /// Export a verifying key (binary or snarkjs JSON) as a Solidity
+    /// verifier contract that checks proofs with the EVM's BN254 precompiles.
+    ExportSolidity {
+        #[arg(long)]
+        vk: PathBuf,
+        #[arg(long, default_value = "YilianKycVerifier")]
+        contract: String,
+        #[arg(long, default_value = "Verifier.sol")]
+        out: PathBuf,
+    },
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -120,6 +252,137 @@ impl Command {
     /// Runs the command. Proving is CPU-bound and runs on the calling thread.
     pub async fn run(self) -> anyhow::Result<()> {
         match self {
+            Command::Grant {
+                conn,
+                record_id,
+                verifier,
+                allow,
+                uses,
+                valid_for,
+                budget,
+            } => {
+                let verifier = account(&verifier)?;
+                let allowed: Vec<query::Predicate> = read_json(&allow)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64;
+                let r = conn
+                    .client()
+                    .await?
+                    .grant(pb::GrantRequest {
+                        record_id,
+                        verifier: verifier.to_vec(),
+                        allowed: allowed.iter().map(Into::into).collect(),
+                        max_uses: Some(uses),
+                        not_before_ms: now,
+                        not_after_ms: now.saturating_add(valid_for.saturating_mul(1000)),
+                        budget: budget.into_iter().collect(),
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                println!("grant {}", r.grant_id);
+                println!(
+                    "recorded at ledger entry {}, terms {}",
+                    r.ledger_index,
+                    hex::encode(r.terms_hash)
+                );
+            }
+            Command::Register {
+                conn,
+                record,
+                key_file,
+                wrap_key,
+            } => {
+                let enc: EncryptedRecord = read_json(&record)?;
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(&key_file)
+                        .with_context(|| format!("reading {}", key_file.display()))?,
+                );
+                let key = hex::decode(text.trim())
+                    .with_context(|| format!("{}: not hex", key_file.display()))?;
+                let (channel, id) = conn.channel().await?;
+                let anchor = enc.anchor()?;
+                let anchored = yilian_ledger::service::LedgerClient::new(channel.clone())
+                    .submit(
+                        &yilian_ledger::Transaction::new(yilian_ledger::Payload::RecordAnchor {
+                            record_id: anchor.record_id,
+                            ciphertext_hash: anchor.ciphertext_hash,
+                            key_commitment: anchor.key_commitment,
+                        })
+                        .sign(id.signing_key()),
+                    )
+                    .await
+                    .map_err(grpc)?;
+                println!("anchored at ledger entry {}", anchored.index);
+                let r = ZkClient::new(channel)
+                    .register_record(pb::RegisterRecordRequest {
+                        record: Some((&enc).into()),
+                        key,
+                        wrap_key_id: wrap_key,
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                println!(
+                    "registered {} (anchor at ledger entry {}{})",
+                    r.record_id,
+                    r.anchor_index,
+                    if r.replaced { ", replacing" } else { "" }
+                );
+            }
+            Command::RevokeGrant { conn, grant } => {
+                let r = conn
+                    .client()
+                    .await?
+                    .revoke_grant(pb::RevokeGrantRequest { grant_id: grant })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                println!("revoked {} after {} uses", r.grant_id, r.uses);
+            }
+            Command::Ask {
+                conn,
+                grant,
+                record_id,
+                query: query_file,
+                out,
+            } => {
+                let predicates: Vec<query::Predicate> = read_json(&query_file)?;
+                let mut client = conn.client().await?;
+                let r = client
+                    .query(pb::QueryRequest {
+                        record_id,
+                        predicates: predicates.iter().map(Into::into).collect(),
+                        grant_id: grant,
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                let vk = client
+                    .verifying_key(pb::VerifyingKeyRequest::default())
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                let proof = crate::service::proof_from_pb(
+                    r.proof.as_ref().context("the node sent no proof")?,
+                )?;
+                let vk: ark_groth16::VerifyingKey<ark_bn254::Bn254> =
+                    keys::from_bytes("verifying key", &vk.verifying_key)?;
+                // Checked here, offline, before it is believed.
+                let answer = verifier::verify(&keys::prepare(&vk), &proof.proof, &proof.public)?;
+                std::fs::create_dir_all(&out)?;
+                write_json(
+                    &out.join("proof.json"),
+                    &snarkjs::export_proof(&proof.proof),
+                )?;
+                write_json(
+                    &out.join("public.json"),
+                    &snarkjs::export_public(&proof.public.to_inputs()),
+                )?;
+                write_json(&out.join("verification_key.json"), &snarkjs::export_vk(&vk))?;
+                println!("answer: {answer} (proof verified)");
+            }
             Command::Setup { out } => {
                 std::fs::create_dir_all(&out)?;
                 let (pk, vk) = keys::setup(&mut keys::os_rng())?;
@@ -200,6 +463,25 @@ impl Command {
                 let vk = keys::read_verifying_key(&vk)?;
                 write_json(&out, &snarkjs::export_vk(&vk))?;
                 println!("wrote {}", out.display());
+            }
+            Command::ExportSolidity { vk, contract, out } => {
+                let ident = contract
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && contract
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_');
+                anyhow::ensure!(
+                    ident,
+                    "--contract {contract:?}: give a Solidity identifier (letters, digits and _, not starting with a digit)"
+                );
+                let vk = load_vk(&vk)?;
+                let hash = hex::encode(keys::vk_hash(&vk));
+                let source = crate::solidity::verifier(&vk, &contract, crate::KYC_STATEMENT, &hash);
+                std::fs::write(&out, source)
+                    .with_context(|| format!("writing {}", out.display()))?;
+                println!("wrote {} (verifying key {hash})", out.display());
             }
         }
         Ok(())

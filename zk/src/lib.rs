@@ -10,6 +10,12 @@
 //! true or false; anyone checks it against the anchor and the verifying key
 //! ([`verifier`]), alone or in batches.
 //!
+//! On a node ([`service`]) a verifier is answered only under the holder's
+//! query grant, within a disclosure budget ([`consent`]); record keys are
+//! stored only sealed under the holder's KMS master key. Proofs and keys
+//! export as snarkjs JSON ([`snarkjs`]) and as a Solidity verifier
+//! ([`solidity`]), both checked by the reference tools in tests.
+//!
 //! Trusted setup: [`keys::setup`] is a single-party setup. Whoever ran it
 //! knows the toxic waste and can forge proofs, so it is for development and
 //! tests only. Production needs a multi-party ceremony (a powers-of-tau
@@ -22,13 +28,14 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod devnet;
+pub mod consent;
 pub mod keys;
 pub mod prover;
 pub mod query;
 pub mod record;
 pub mod service;
 pub mod snarkjs;
+pub mod solidity;
 mod store;
 pub mod verifier;
 
@@ -39,6 +46,7 @@ pub const KYC_STATEMENT: &str = "kyc-v1";
 
 /// Errors of the ZK crate.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ZkError {
     #[error(transparent)]
     Circuit(#[from] yilian_circuits::CircuitError),
@@ -84,6 +92,20 @@ pub enum ZkError {
     BadRequest(String),
     #[error("ledger: {0}")]
     Ledger(#[from] yilian_ledger::LedgerError),
+    /// Sealing or unsealing a record key in the node's KMS.
+    #[error("kms: {0}")]
+    Kms(#[from] yilian_kms::KmsError),
+    #[error(
+        "record `{0}` has no sealed key (it was registered before keys were sealed at rest); its holder must register it again"
+    )]
+    RecordKeyMissing(String),
+    /// A query or grant the consent rules refuse.
+    #[error("refused: {0}")]
+    Refused(#[from] consent::Refusal),
+    /// The KMS refused a query's grant: unknown, another verifier's, not
+    /// yet valid, expired, used up or revoked.
+    #[error("refused: {0}")]
+    GrantRefused(yilian_kms::KmsError),
     #[error("storage: {0}")]
     Storage(String),
     #[error("stored data is corrupt: {0}")]
@@ -95,8 +117,11 @@ impl From<ZkError> for tonic::Status {
         use ZkError::*;
         use tonic::Code;
         use yilian_circuits::CircuitError as C;
-        let code = match &e {
-            WrongRole { .. } | NotRecordHolder(_) => Code::PermissionDenied,
+        let message = e.to_string();
+        let code = match e {
+            WrongRole { .. } | NotRecordHolder(_) | Refused(_) | GrantRefused(_) => {
+                Code::PermissionDenied
+            }
             UnknownRecord(_) | UnknownStatement(_) => Code::NotFound,
             TooManyFields(_)
             | UnknownField(_)
@@ -117,12 +142,16 @@ impl From<ZkError> for tonic::Status {
             | FalseClaim
             | AnchorMismatch
             | VerifyingKeyMismatch
-            | NotAnchored { .. } => Code::FailedPrecondition,
-            // The ledger's own mapping (a refused anchor keeps its code).
-            Ledger(l) => return tonic::Status::from(l.clone()),
+            | NotAnchored { .. }
+            | RecordKeyMissing(_) => Code::FailedPrecondition,
+            // The ledger's and the KMS's own mappings: a refused anchor keeps
+            // its code, a sealed KMS is Unavailable, a wrapping key the holder
+            // does not own is PermissionDenied.
+            Ledger(l) => return tonic::Status::from(l),
+            Kms(k) => return tonic::Status::from(k),
             Groth16(_) | Io(_) | Storage(_) | Corrupt(_) => Code::Internal,
         };
-        tonic::Status::new(code, e.to_string())
+        tonic::Status::new(code, message)
     }
 }
 

@@ -12,7 +12,16 @@
 //! - Anyone admitted verifies a proof against a verifying key anchored on
 //!   the ledger and against the record's latest anchor.
 //!
-//! Keys: the node proves `kyc-v1` with the keys in `<data_dir>/zk/`
+//! Record keys at rest: the holder names an AES-256-GCM master key of its
+//! own in this node's KMS (`wrap_key_id`), and the cipher key is stored only
+//! as an envelope under it, bound to the record id
+//! ([`record_key_context`]). To prove, the node opens the envelope in
+//! memory, acting for the holder, and drops (zeroizes) the key afterwards;
+//! both are audited by the KMS. A sealed KMS proves nothing (`Unavailable`).
+//! The node process still sees keys while it proves: this protects the
+//! disk and its backups, not a node whose memory is read.
+//!
+//! Proving keys: the node proves `kyc-v1` with the keys in `<data_dir>/zk/`
 //! (`kyc-v1.pk`, `kyc-v1.vk`). They are loaded, or made by the single-party
 //! development setup ([`keys::setup`]) when absent, on first use rather
 //! than at node start: generation takes seconds of CPU that a node which
@@ -32,6 +41,8 @@ use tonic::{Request, Response, Status};
 use yilian_circuits::kyc::{self, KycPublic, SetOp};
 use yilian_circuits::set::SortedSet;
 use yilian_identity::{Identity, Principal, Role};
+use yilian_kms::Caller;
+use yilian_kms::service::LedgerKmsNode;
 use yilian_ledger::{Ledger, Payload, Transaction};
 use zeroize::Zeroizing;
 
@@ -39,7 +50,9 @@ use crate::prover::{self, KycProof};
 use crate::query::{self, Predicate};
 use crate::record::{CipherKey, EncryptedRecord, FieldKind, FieldSpec, FieldValue, RecordAnchor};
 use crate::store::{Store, StoredRecord};
-use crate::{KYC_STATEMENT, Result, ZkError, fr_from_bytes, fr_to_bytes, keys, snarkjs, verifier};
+use crate::{
+    KYC_STATEMENT, Result, ZkError, consent, fr_from_bytes, fr_to_bytes, keys, snarkjs, verifier,
+};
 
 pub mod pb {
     tonic::include_proto!("yilian.zk.v1");
@@ -426,6 +439,44 @@ struct Inner {
     sets: Mutex<HashMap<[u8; 32], Arc<SortedSet>>>,
     /// Proving is CPU- and memory-heavy: at most one per core at a time.
     provers: tokio::sync::Semaphore,
+    /// Seals record keys at rest under their holders' master keys.
+    kms: Arc<LedgerKmsNode>,
+}
+
+/// The envelope context (AEAD associated data) of a record's sealed key:
+/// an envelope moved to another record id does not open.
+pub fn record_key_context(record_id: &str) -> Vec<u8> {
+    [
+        b"yilian-zk/record-key/v1\0".as_slice(),
+        record_id.as_bytes(),
+    ]
+    .concat()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The disclosure to restore for the fields `after` touched: what `before`
+/// had for them (none where it had none).
+fn before_of(
+    after: &std::collections::BTreeMap<String, consent::Disclosed>,
+    before: &std::collections::BTreeMap<String, consent::Disclosed>,
+) -> std::collections::BTreeMap<String, consent::Disclosed> {
+    after
+        .keys()
+        .map(|f| (f.clone(), before.get(f).cloned().unwrap_or_default()))
+        .collect()
+}
+
+/// The KMS caller the node acts as for a record's holder.
+fn holder_caller(holder: &[u8; 32]) -> Caller {
+    Caller {
+        account: *holder,
+        role: Role::DataHolder,
+    }
 }
 
 /// The tonic service. Add `ZkService::open(..)?.into_server()` to the node's router.
@@ -501,7 +552,12 @@ impl ZkService {
     /// Opens (or creates) `<data_dir>/zk.redb`; keys live in `<data_dir>/zk/`
     /// and are loaded or made on first use. `node` signs the node's
     /// verifying-key anchors (it must be an admitted member).
-    pub fn open(data_dir: &Path, ledger: Ledger, node: &Identity) -> Result<ZkService> {
+    pub fn open(
+        data_dir: &Path,
+        ledger: Ledger,
+        node: &Identity,
+        kms: Arc<LedgerKmsNode>,
+    ) -> Result<ZkService> {
         std::fs::create_dir_all(data_dir)?;
         let store = Store::open(&data_dir.join("zk.redb"))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -515,6 +571,7 @@ impl ZkService {
                 keys: tokio::sync::OnceCell::new(),
                 sets: Mutex::new(HashMap::new()),
                 provers: tokio::sync::Semaphore::new(cores),
+                kms,
             }),
         })
     }
@@ -631,6 +688,11 @@ impl ZkService {
     ) -> Result<pb::RegisterRecordResponse> {
         require(caller, Role::DataHolder, "register records")?;
         let key_bytes = Zeroizing::new(std::mem::take(&mut req.key));
+        if req.wrap_key_id.is_empty() {
+            return Err(ZkError::BadRequest(
+                "wrap_key_id is empty: name an AES-256-GCM master key you own in this node's KMS (yilian kms create-key), which seals the record key at rest".into(),
+            ));
+        }
         let record = EncryptedRecord::try_from(
             req.record
                 .as_ref()
@@ -684,12 +746,33 @@ impl ZkService {
             }
             Some(e) => e,
         };
+        // Refused before anything is sealed (and audited); put_record checks
+        // again in its transaction.
+        if let Some((previous, _)) = self.inner.store.record(&record.record_id).ok().flatten()
+            && previous.holder != holder
+        {
+            return Err(ZkError::NotRecordHolder(record.record_id));
+        }
+        let context = record_key_context(&record.record_id);
+        let sealed = self
+            .inner
+            .kms
+            .kms()
+            .await?
+            .encrypt(
+                &holder_caller(&holder),
+                &req.wrap_key_id,
+                &key_bytes,
+                &context,
+                None,
+            )
+            .await?;
         let stored = StoredRecord {
             holder,
             anchor_index: entry.index,
             record,
         };
-        let replaced = self.inner.store.put_record(&stored, &key)?;
+        let replaced = self.inner.store.put_record(&stored, &sealed)?;
         tracing::info!(
             record_id = %stored.record.record_id,
             holder = %caller,
@@ -733,6 +816,228 @@ impl ZkService {
         })
     }
 
+    async fn grant(&self, caller: &Principal, req: pb::GrantRequest) -> Result<pb::GrantResponse> {
+        require(caller, Role::DataHolder, "grant queries")?;
+        let verifier = account(&req.verifier, "verifier")?;
+        match self.inner.ledger.member(&verifier) {
+            Some(m) if m.role == Role::Verifier && !m.revoked => {}
+            _ => {
+                return Err(ZkError::BadRequest(format!(
+                    "verifier {}: not an admitted verifier; give the verifier's certificate key",
+                    hex::encode(verifier)
+                )));
+            }
+        }
+        let max_uses = req.max_uses.unwrap_or(1);
+        if max_uses == 0 {
+            return Err(ZkError::BadRequest(
+                "max_uses is 0: give at least 1 (leave it out for one use)".into(),
+            ));
+        }
+        if req.allowed.is_empty() || req.allowed.len() > consent::MAX_ALLOWED {
+            return Err(ZkError::BadRequest(format!(
+                "allowed: give 1 to {} predicates",
+                consent::MAX_ALLOWED
+            )));
+        }
+        let allowed = req
+            .allowed
+            .iter()
+            .map(Predicate::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        let (stored, sealed) = self
+            .inner
+            .store
+            .record(&req.record_id)?
+            .ok_or_else(|| ZkError::UnknownRecord(req.record_id.clone()))?;
+        if stored.holder != caller.public_key {
+            return Err(ZkError::NotRecordHolder(req.record_id.clone()));
+        }
+        // Each allowed predicate must be one the statement can answer.
+        for p in &allowed {
+            query::compile(&stored.record, std::slice::from_ref(p))?;
+        }
+        let now = now_ms();
+        let not_before_ms = if req.not_before_ms == 0 {
+            now
+        } else {
+            req.not_before_ms
+        };
+        if req.not_after_ms <= not_before_ms.max(now) {
+            return Err(ZkError::BadRequest(
+                "not_after_ms: give the grant's end, later than now and than not_before_ms (ms since the Unix epoch)".into(),
+            ));
+        }
+        let mut grant = consent::QueryGrant {
+            grant_id: String::new(),
+            record_id: req.record_id.clone(),
+            holder: caller.public_key,
+            verifier,
+            allowed,
+            budget: req.budget.into_iter().collect(),
+        };
+        let disclosed = self.inner.store.disclosed(&req.record_id, &verifier)?;
+        consent::check_terms(&grant, &disclosed)?;
+        let wrap_key = yilian_kms::envelope::Envelope::decode(&sealed)
+            .map_err(|e| ZkError::Corrupt(format!("sealed key of {:?}: {e}", req.record_id)))?
+            .key_id;
+        let kms_grant = self
+            .inner
+            .kms
+            .kms()
+            .await?
+            .grant(
+                &holder_caller(&caller.public_key),
+                &wrap_key,
+                yilian_kms::GrantTerms {
+                    reader: verifier,
+                    not_before_ms,
+                    not_after_ms: req.not_after_ms,
+                    max_uses,
+                    operations: vec![yilian_kms::Operation::Prove],
+                    required_context: Some(record_key_context(&req.record_id)),
+                },
+            )
+            .await?;
+        grant.grant_id = kms_grant.grant_id;
+        self.inner.store.put_grant(&grant)?;
+        let terms_hash = grant.terms_hash();
+        let receipt = self
+            .inner
+            .ledger
+            .submit(
+                Transaction::new(Payload::QueryGrant {
+                    grant_id: grant.grant_id.clone(),
+                    record_id: grant.record_id.clone(),
+                    holder: grant.holder,
+                    verifier,
+                    terms_hash,
+                })
+                .sign(&self.inner.node_key),
+            )
+            .await?;
+        tracing::info!(grant_id = %grant.grant_id, record_id = %grant.record_id, holder = %caller, "query grant issued");
+        Ok(pb::GrantResponse {
+            grant_id: grant.grant_id,
+            ledger_index: receipt.index,
+            terms_hash: terms_hash.to_vec(),
+        })
+    }
+
+    async fn revoke_grant(
+        &self,
+        caller: &Principal,
+        req: pb::RevokeGrantRequest,
+    ) -> Result<pb::RevokeGrantResponse> {
+        require(caller, Role::DataHolder, "revoke query grants")?;
+        let g = self
+            .inner
+            .kms
+            .kms()
+            .await?
+            .revoke_grant(&holder_caller(&caller.public_key), &req.grant_id)
+            .await?;
+        tracing::info!(grant_id = %req.grant_id, holder = %caller, "query grant revoked");
+        Ok(pb::RevokeGrantResponse {
+            grant_id: g.grant_id,
+            uses: g.uses,
+        })
+    }
+
+    /// Records a query's outcome on the ledger, signed by this node.
+    async fn record_query(
+        &self,
+        req: &pb::QueryRequest,
+        verifier: [u8; 32],
+        predicates: &[Predicate],
+        outcome: String,
+    ) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let predicates_hash: [u8; 32] =
+            Sha256::digest(serde_json::to_vec(predicates).expect("predicates serialise")).into();
+        self.inner
+            .ledger
+            .submit(
+                Transaction::new(Payload::ZkQuery {
+                    record_id: req.record_id.clone(),
+                    grant_id: (!req.grant_id.is_empty()).then(|| req.grant_id.clone()),
+                    verifier,
+                    predicates_hash,
+                    outcome,
+                })
+                .sign(&self.inner.node_key),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Admits a query under its grant: counts the disclosure (durably,
+    /// before anything is proven) and then a use of the KMS grant, which
+    /// opens the record's key. A refused use gives the disclosure back.
+    async fn consent(
+        &self,
+        req: &pb::QueryRequest,
+        verifier: &[u8; 32],
+        predicates: &[Predicate],
+        sealed: &[u8],
+    ) -> Result<CipherKey> {
+        if req.grant_id.is_empty() {
+            return Err(consent::Refusal::NoGrant.into());
+        }
+        let grant = self
+            .inner
+            .store
+            .grant(&req.grant_id)?
+            .ok_or_else(|| consent::Refusal::UnknownGrant(req.grant_id.clone()))?;
+        let (before, after) = loop {
+            let before = self.inner.store.disclosed(&req.record_id, verifier)?;
+            let after = consent::admit(&grant, &req.record_id, verifier, predicates, &before)?;
+            if self
+                .inner
+                .store
+                .swap_disclosed(&req.record_id, verifier, &before, &after)?
+            {
+                break (before, after);
+            }
+        };
+        let opened = match self.inner.kms.kms().await {
+            Ok(kms) => {
+                kms.open_to_prove(
+                    &Caller {
+                        account: *verifier,
+                        role: Role::Verifier,
+                    },
+                    sealed,
+                    &record_key_context(&req.record_id),
+                    Some(&req.grant_id),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                // Nothing was answered. If another query moved the count on
+                // meanwhile, the swap fails and the count stays high: safe.
+                self.inner.store.swap_disclosed(
+                    &req.record_id,
+                    verifier,
+                    &after,
+                    &before_of(&after, &before),
+                )?;
+                return Err(match e {
+                    yilian_kms::KmsError::Sealed | yilian_kms::KmsError::AuditFailed(_) => {
+                        ZkError::Kms(e)
+                    }
+                    e => ZkError::GrantRefused(e),
+                });
+            }
+        };
+        CipherKey::from_kms_bytes(opened.expose())
+            .map_err(|_| ZkError::Corrupt(format!("sealed key of record {:?}", req.record_id)))
+    }
+
     async fn query(&self, caller: &Principal, req: pb::QueryRequest) -> Result<pb::QueryResponse> {
         require(caller, Role::Verifier, "ask ZK queries")?;
         if req.predicates.is_empty() {
@@ -745,7 +1050,7 @@ impl ZkService {
             .iter()
             .map(Predicate::try_from)
             .collect::<Result<Vec<_>>>()?;
-        let (stored, key) = self
+        let (stored, sealed) = self
             .inner
             .store
             .record(&req.record_id)?
@@ -756,6 +1061,17 @@ impl ZkService {
             SetOp::In | SetOp::NotIn => Some(self.set(q.set.root).await?),
         };
         let sk = self.keys().await?;
+        let verifier = caller.public_key;
+        let key = match self.consent(&req, &verifier, &predicates, &sealed).await {
+            Ok(k) => k,
+            Err(e @ (ZkError::Refused(_) | ZkError::GrantRefused(_))) => {
+                tracing::info!(record_id = %req.record_id, verifier = %caller, reason = %e, "query refused");
+                self.record_query(&req, verifier, &predicates, e.to_string())
+                    .await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let _permit = self
             .inner
             .provers
@@ -783,6 +1099,8 @@ impl ZkService {
             ms = started.elapsed().as_millis() as u64,
             "query proved"
         );
+        self.record_query(&req, verifier, &predicates, "answered".into())
+            .await?;
         Ok(pb::QueryResponse {
             answer: proof.public.result,
             proof: Some(proof_to_pb(&proof, &sk.vk_hash)),
@@ -914,6 +1232,23 @@ impl pb::zk_server::Zk for ZkService {
         let c = caller(&req)?;
         Ok(Response::new(
             ZkService::register_set(self, &c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn grant(&self, req: Request<pb::GrantRequest>) -> R<pb::GrantResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            ZkService::grant(self, &c, req.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke_grant(
+        &self,
+        req: Request<pb::RevokeGrantRequest>,
+    ) -> R<pb::RevokeGrantResponse> {
+        let c = caller(&req)?;
+        Ok(Response::new(
+            ZkService::revoke_grant(self, &c, req.into_inner()).await?,
         ))
     }
 

@@ -1,24 +1,33 @@
 //! The ZK service's durable state (`zk.redb`): registered records with the
 //! cipher keys that prove about them, and registered sets.
 //!
-//! Keys sit in their own table so a record read for its public parts never
-//! copies key material. They are stored as the holder gave them (the redb
-//! file must be protected like the KMS's); in-memory copies are zeroized.
+//! Record keys are never stored in plaintext: each is a KMS envelope, sealed
+//! under a master key of its holder's (see [`crate::service`]), so the file
+//! alone decrypts nothing; the KMS's root key, which t of n operators
+//! unseal, is needed too. The envelopes sit in their own table so a record
+//! read for its public parts never copies one. The file is mode 0600.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::consent::{Disclosed, QueryGrant};
+use crate::record::EncryptedRecord;
+use crate::{Result, ZkError, fr_from_bytes, fr_to_bytes};
 use ark_bn254::Fr;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
-
-use crate::record::{CipherKey, EncryptedRecord};
-use crate::{Result, ZkError, fr_from_bytes, fr_to_bytes};
 
 /// Record id -> [`StoredRecord`] as JSON.
 const RECORDS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("records");
-/// Record id -> the 64-byte cipher key.
-const RECORD_KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("record-keys");
+/// Record id -> the KMS envelope of its 64-byte cipher key.
+const SEALED_KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("sealed-record-keys");
+/// Where earlier versions kept cipher keys in plaintext; dropped on open.
+const PLAINTEXT_KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("record-keys");
+/// Grant id -> [`QueryGrant`] as JSON.
+const GRANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("query-grants");
+/// (record id, verifier, field) -> the constants disclosed, JSON.
+const DISCLOSED: TableDefinition<'_, (&str, &[u8; 32], &str), &[u8]> =
+    TableDefinition::new("disclosed");
 /// Set root -> members, 32-byte little-endian each, concatenated.
 const SETS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("sets");
 
@@ -35,46 +44,52 @@ pub(crate) struct Store {
     db: Database,
 }
 
-fn key_bytes(key: &CipherKey) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(64));
-    for e in key.elements() {
-        out.extend_from_slice(Zeroizing::new(fr_to_bytes(e)).as_slice());
-    }
-    out
-}
-
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let db = Database::create(path)?;
+        restrict(path)?;
         let txn = db.begin_write()?;
         txn.open_table(RECORDS)?;
-        txn.open_table(RECORD_KEYS)?;
+        txn.open_table(SEALED_KEYS)?;
         txn.open_table(SETS)?;
+        txn.open_table(GRANTS)?;
+        txn.open_table(DISCLOSED)?;
+        let dropped = {
+            use redb::ReadableTableMetadata;
+            txn.open_table(PLAINTEXT_KEYS)?.len()?
+        };
+        txn.delete_table(PLAINTEXT_KEYS)?;
         txn.commit()?;
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "deleted record keys stored in plaintext by an earlier version; their holders must register those records again"
+            );
+        }
         Ok(Store { db })
     }
 
-    /// The record and its key, if registered.
-    pub fn record(&self, record_id: &str) -> Result<Option<(StoredRecord, CipherKey)>> {
+    /// The record and its sealed key, if registered.
+    pub fn record(&self, record_id: &str) -> Result<Option<(StoredRecord, Vec<u8>)>> {
         let rtx = self.db.begin_read()?;
         let Some(value) = rtx.open_table(RECORDS)?.get(record_id)? else {
             return Ok(None);
         };
         let stored: StoredRecord = serde_json::from_slice(value.value())
             .map_err(|e| ZkError::Corrupt(format!("record {record_id:?}: {e}")))?;
-        let keys = rtx.open_table(RECORD_KEYS)?;
-        let key = keys
+        let sealed = rtx
+            .open_table(SEALED_KEYS)?
             .get(record_id)?
-            .ok_or_else(|| ZkError::Corrupt(format!("record {record_id:?} has no key")))?;
-        let bytes = Zeroizing::new(key.value().to_vec());
-        let key = CipherKey::from_kms_bytes(&bytes)
-            .map_err(|_| ZkError::Corrupt(format!("key of record {record_id:?}")))?;
-        Ok(Some((stored, key)))
+            .ok_or_else(|| ZkError::RecordKeyMissing(record_id.to_owned()))?
+            .value()
+            .to_vec();
+        Ok(Some((stored, sealed)))
     }
 
-    /// Stores (or replaces) a record and its key in one transaction; refuses
-    /// a record id registered by another holder. Returns true on replacement.
-    pub fn put_record(&self, stored: &StoredRecord, key: &CipherKey) -> Result<bool> {
+    /// Stores (or replaces) a record and its sealed key in one transaction;
+    /// refuses a record id registered by another holder. Returns true on
+    /// replacement.
+    pub fn put_record(&self, stored: &StoredRecord, sealed_key: &[u8]) -> Result<bool> {
         let id = stored.record.record_id.as_str();
         let json = serde_json::to_vec(stored).expect("records serialise");
         let txn = self.db.begin_write()?;
@@ -95,10 +110,85 @@ impl Store {
             return Err(ZkError::NotRecordHolder(id.to_owned()));
         }
         txn.open_table(RECORDS)?.insert(id, json.as_slice())?;
-        txn.open_table(RECORD_KEYS)?
-            .insert(id, key_bytes(key).as_slice())?;
+        txn.open_table(SEALED_KEYS)?.insert(id, sealed_key)?;
         txn.commit()?;
         Ok(previous.is_some())
+    }
+
+    pub fn put_grant(&self, grant: &QueryGrant) -> Result<()> {
+        let json = serde_json::to_vec(grant).expect("grants serialise");
+        let txn = self.db.begin_write()?;
+        txn.open_table(GRANTS)?
+            .insert(grant.grant_id.as_str(), json.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn grant(&self, grant_id: &str) -> Result<Option<QueryGrant>> {
+        let rtx = self.db.begin_read()?;
+        let Some(v) = rtx.open_table(GRANTS)?.get(grant_id)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| ZkError::Corrupt(format!("grant {grant_id:?}: {e}")))
+    }
+
+    /// What `verifier` has learned about each field of the record so far.
+    pub fn disclosed(
+        &self,
+        record_id: &str,
+        verifier: &[u8; 32],
+    ) -> Result<BTreeMap<String, Disclosed>> {
+        let rtx = self.db.begin_read()?;
+        let table = rtx.open_table(DISCLOSED)?;
+        let mut out = BTreeMap::new();
+        for row in table.range((record_id, verifier, "")..)? {
+            let (k, v) = row?;
+            let (r, who, field) = k.value();
+            if r != record_id || who != verifier {
+                break;
+            }
+            let set: Disclosed = serde_json::from_slice(v.value()).map_err(|e| {
+                ZkError::Corrupt(format!("disclosure of {record_id:?} {field:?}: {e}"))
+            })?;
+            out.insert(field.to_owned(), set);
+        }
+        Ok(out)
+    }
+
+    /// Replaces the disclosure of the given fields if nothing changed it
+    /// since `before` was read; returns false (and writes nothing) if it
+    /// did, so the caller decides again. Durable before it returns.
+    pub fn swap_disclosed(
+        &self,
+        record_id: &str,
+        verifier: &[u8; 32],
+        before: &BTreeMap<String, Disclosed>,
+        after: &BTreeMap<String, Disclosed>,
+    ) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(DISCLOSED)?;
+            for (field, set) in after {
+                let key = (record_id, verifier, field.as_str());
+                let current: Disclosed = match table.get(key)? {
+                    Some(v) => serde_json::from_slice(v.value()).map_err(|e| {
+                        ZkError::Corrupt(format!("disclosure of {record_id:?} {field:?}: {e}"))
+                    })?,
+                    None => Disclosed::new(),
+                };
+                if before.get(field).cloned().unwrap_or_default() != current {
+                    drop(table);
+                    txn.abort()?;
+                    return Ok(false);
+                }
+                let json = serde_json::to_vec(set).expect("sets serialise");
+                table.insert(key, json.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(true)
     }
 
     pub fn set_members(&self, root: &[u8; 32]) -> Result<Option<Vec<Fr>>> {
@@ -130,4 +220,12 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Owner read and write only: the file holds which records exist and whom
+/// they belong to, and sealed keys.
+fn restrict(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }

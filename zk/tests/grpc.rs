@@ -4,7 +4,7 @@
 //! can check, and every refusal carries a precise status and changes nothing.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use ark_bn254::Fr;
@@ -14,6 +14,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::{Identity, Role};
+use yilian_kms::service::LedgerKmsNode;
+use yilian_kms::{Caller, KeyKind};
 use yilian_ledger::{Ledger, Payload, Transaction};
 use yilian_zk::query::Predicate;
 use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
@@ -47,12 +49,19 @@ fn shared_keys() -> &'static Path {
     .path()
 }
 
+/// The AES-256-GCM master key each holder seals its record keys under
+/// (KMS key names are global).
+fn wrap_key(who: usize) -> String {
+    format!("record-keys-{}", NAMES[who].0)
+}
+
 struct Net {
     dir: tempfile::TempDir,
     ids: Vec<Identity>,
     ledger: Ledger,
     addr: String,
     service: ZkService,
+    kms: Arc<LedgerKmsNode>,
 }
 
 impl Net {
@@ -114,7 +123,26 @@ async fn net(with_keys: bool) -> Net {
             std::fs::copy(shared_keys().join(&name), key_dir.join(&name)).unwrap();
         }
     }
-    let service = ZkService::open(dir.path(), ledger.clone(), &ids[NODE]).unwrap();
+    let (kms, _) = yilian_kms::service::with_key_file(
+        dir.path(),
+        ledger.clone(),
+        ids[NODE].signing_key().clone(),
+    )
+    .unwrap();
+    for who in [HOLDER, OTHER_HOLDER] {
+        kms.kms()
+            .await
+            .unwrap()
+            .create_key(
+                &Caller::from(ids[who].principal()),
+                &wrap_key(who),
+                KeyKind::Aes256Gcm,
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    let service = ZkService::open(dir.path(), ledger.clone(), &ids[NODE], kms.clone()).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let incoming =
@@ -130,6 +158,7 @@ async fn net(with_keys: bool) -> Net {
         ledger,
         addr,
         service,
+        kms,
     }
 }
 
@@ -180,6 +209,7 @@ fn register_request(record: &EncryptedRecord, key: &[u8]) -> pb::RegisterRecordR
     pb::RegisterRecordRequest {
         record: Some(record.into()),
         key: key.to_vec(),
+        wrap_key_id: wrap_key(HOLDER),
     }
 }
 
@@ -200,10 +230,51 @@ async fn registered(net: &Net, record_id: &str, id_number: &str) -> (EncryptedRe
     (record, key)
 }
 
+/// A query under no grant (refused, unless refused for something else first).
 fn query(record_id: &str, predicates: &[Predicate]) -> pb::QueryRequest {
     pb::QueryRequest {
         record_id: record_id.into(),
         predicates: predicates.iter().map(Into::into).collect(),
+        grant_id: String::new(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The holder's grant to the verifier for exactly `allowed`, `uses` times,
+/// for an hour, with the budget raised to fit them.
+fn grant_request(record_id: &str, net: &Net, allowed: &[Predicate], uses: u32) -> pb::GrantRequest {
+    pb::GrantRequest {
+        record_id: record_id.into(),
+        verifier: net.ids[VERIFIER].principal().public_key.to_vec(),
+        allowed: allowed.iter().map(Into::into).collect(),
+        max_uses: Some(uses),
+        not_before_ms: 0,
+        not_after_ms: now_ms() + 3_600_000,
+        budget: allowed
+            .iter()
+            .map(|p| (yilian_zk::consent::field(p).to_owned(), 16))
+            .collect(),
+    }
+}
+
+/// A query under a fresh one-use grant from the holder for exactly these predicates.
+async fn granted_query(net: &Net, record_id: &str, predicates: &[Predicate]) -> pb::QueryRequest {
+    let g = net
+        .client(HOLDER)
+        .await
+        .grant(grant_request(record_id, net, predicates, 1))
+        .await
+        .unwrap()
+        .into_inner();
+    pb::QueryRequest {
+        grant_id: g.grant_id,
+        ..query(record_id, predicates)
     }
 }
 
@@ -244,13 +315,17 @@ async fn verifiers_get_proven_answers_true_and_false_that_anyone_admitted_can_ch
 
     let started = Instant::now();
     let yes = verifier_client
-        .query(query(
-            "customer-0001",
-            &[Predicate::Eq {
-                field: "id_number".into(),
-                value: FieldValue::Identifier("310101199001011234".into()),
-            }],
-        ))
+        .query(
+            granted_query(
+                &net,
+                "customer-0001",
+                &[Predicate::Eq {
+                    field: "id_number".into(),
+                    value: FieldValue::Identifier("310101199001011234".into()),
+                }],
+            )
+            .await,
+        )
         .await
         .unwrap()
         .into_inner();
@@ -259,20 +334,24 @@ async fn verifiers_get_proven_answers_true_and_false_that_anyone_admitted_can_ch
     assert_eq!(yes.holder, net.ids[HOLDER].principal().public_key.to_vec());
     let started = Instant::now();
     let no = verifier_client
-        .query(query(
-            "customer-0001",
-            &[
-                Predicate::Between {
-                    field: "income".into(),
-                    low: 150_000,
-                    high: 1_000_000,
-                },
-                Predicate::Lte {
-                    field: "birth_date".into(),
-                    value: 20_071_125,
-                },
-            ],
-        ))
+        .query(
+            granted_query(
+                &net,
+                "customer-0001",
+                &[
+                    Predicate::Between {
+                        field: "income".into(),
+                        low: 150_000,
+                        high: 1_000_000,
+                    },
+                    Predicate::Lte {
+                        field: "birth_date".into(),
+                        value: 20_071_125,
+                    },
+                ],
+            )
+            .await,
+        )
         .await
         .unwrap()
         .into_inner();
@@ -479,13 +558,16 @@ async fn each_role_does_only_its_part_and_refusals_change_nothing() {
     let theirs = zk_key();
     let hijack = encrypt("customer-0002", "999", &theirs);
     anchor(&net, OTHER_HOLDER, &hijack).await;
+    let mut req = register_request(&hijack, &key_bytes(&theirs));
+    req.wrap_key_id = wrap_key(OTHER_HOLDER);
     let e = net
         .client(OTHER_HOLDER)
         .await
-        .register_record(register_request(&hijack, &key_bytes(&theirs)))
+        .register_record(req)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("another data holder"), "{e:?}");
     // The holder's registration is untouched: registering again replaces
     // its own record, still matched with its original anchor.
     let r = net
@@ -496,11 +578,12 @@ async fn each_role_does_only_its_part_and_refusals_change_nothing() {
         .unwrap()
         .into_inner();
     assert!(r.replaced);
-    assert_eq!(r.anchor_index, size - 1);
+    // registered() added the anchor and the KMS's audit of sealing the key.
+    assert_eq!(r.anchor_index, size - 2);
     assert_eq!(
         net.ledger.len(),
-        size + 1,
-        "only the other holder's anchor was added"
+        size + 2,
+        "only the other holder's anchor, and the audit of sealing the key again"
     );
 }
 
@@ -574,6 +657,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             pb::RegisterRecordRequest {
                 record: None,
                 key: good.clone(),
+                wrap_key_id: wrap_key(HOLDER),
             },
         ),
         (
@@ -581,6 +665,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             pb::RegisterRecordRequest {
                 record: Some(short_ciphertext),
                 key: good.clone(),
+                wrap_key_id: wrap_key(HOLDER),
             },
         ),
         (
@@ -588,6 +673,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             pb::RegisterRecordRequest {
                 record: Some(bad_nonce),
                 key: good.clone(),
+                wrap_key_id: wrap_key(HOLDER),
             },
         ),
         (
@@ -595,6 +681,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             pb::RegisterRecordRequest {
                 record: Some(duplicate_field),
                 key: good.clone(),
+                wrap_key_id: wrap_key(HOLDER),
             },
         ),
     ];
@@ -612,7 +699,11 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
     // Malformed queries on a registered record.
     let (_record, _key) = registered(&net, "customer-0004", "130101196001010033").await;
     let size_after = net.ledger.len();
-    assert_eq!(size_after, size + 1);
+    assert_eq!(
+        size_after,
+        size + 2,
+        "its anchor and the audit of sealing its key"
+    );
     let pred = |field: &str, op: pb::Op, value: Option<pb::predicate::Value>, high| pb::Predicate {
         field: field.into(),
         op: op as i32,
@@ -729,6 +820,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             .query(pb::QueryRequest {
                 record_id: "customer-0004".into(),
                 predicates,
+                grant_id: String::new(),
             })
             .await
             .unwrap_err();
@@ -744,6 +836,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
                 Some(Value::Root(vec![1; 32])),
                 None,
             )],
+            grant_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -813,9 +906,296 @@ async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
         let name = format!("{KYC_STATEMENT}.{ext}");
         std::fs::copy(key_dir.join(&name), data.path().join("zk").join(&name)).unwrap();
     }
-    let again = ZkService::open(data.path(), net.ledger.clone(), &net.ids[NODE]).unwrap();
+    let again = ZkService::open(
+        data.path(),
+        net.ledger.clone(),
+        &net.ids[NODE],
+        net.kms.clone(),
+    )
+    .unwrap();
     assert_eq!(again.prepare_keys().await.unwrap(), vk_hash);
     assert_eq!(net.ledger.len(), size + 1, "no second anchor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_keys_are_sealed_at_rest_and_a_sealed_kms_proves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let net = net(true).await;
+    let (record, key) = registered(&net, "customer-0005", "140101195001010044").await;
+    let mut verifier_client = net.client(VERIFIER).await;
+    let income = [Predicate::Gte {
+        field: "income".into(),
+        value: 1,
+    }];
+    let ask = granted_query(&net, "customer-0005", &income).await;
+    assert!(
+        verifier_client
+            .query(ask)
+            .await
+            .unwrap()
+            .into_inner()
+            .answer
+    );
+
+    // The store is owner-only and its bytes hold neither key element.
+    let store = net.dir.path().join("zk.redb");
+    let mode = std::fs::metadata(&store).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "zk.redb is mode {mode:o}");
+    let raw = std::fs::read(&store).unwrap();
+    for element in key.elements() {
+        let bytes = fr_to_bytes(element);
+        assert!(
+            !raw.windows(32).any(|w| w == bytes),
+            "a key element is in zk.redb in plaintext"
+        );
+    }
+
+    // Sealing under a key the holder does not own, or under no key, is
+    // refused and stores nothing.
+    let fresh = zk_key();
+    let other = encrypt("customer-0006", "150101194001010055", &fresh);
+    anchor(&net, HOLDER, &other).await;
+    let mut holder = net.client(HOLDER).await;
+    for (wrap, code) in [
+        (wrap_key(OTHER_HOLDER), Code::PermissionDenied),
+        ("no-such-key".to_owned(), Code::NotFound),
+        (String::new(), Code::InvalidArgument),
+    ] {
+        let mut req = register_request(&other, &key_bytes(&fresh));
+        req.wrap_key_id = wrap.clone();
+        let e = holder.register_record(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{wrap:?}: {e:?}");
+    }
+    let e = verifier_client
+        .query(query(
+            "customer-0006",
+            &[Predicate::Gte {
+                field: "income".into(),
+                value: 1,
+            }],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // With the KMS sealed the node can neither open a key (no proof) nor
+    // seal one (no registration).
+    let ask = granted_query(&net, "customer-0005", &income).await;
+    net.kms.seal().await;
+    let e = verifier_client.query(ask.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("sealed"), "{e:?}");
+    let mut req = register_request(&record, &key_bytes(&key));
+    req.wrap_key_id = wrap_key(HOLDER);
+    let e = holder.register_record(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_need_the_holders_grant_and_a_binary_search_is_stopped_by_the_budget() {
+    let net = net(true).await;
+    registered(&net, "customer-0010", "160101193001010066").await;
+    net.service.prepare_keys().await.unwrap();
+    let r = "customer-0010";
+    let score = |value| Predicate::Gte {
+        field: "credit_score".into(),
+        value,
+    };
+    let income = |value| Predicate::Gte {
+        field: "income".into(),
+        value,
+    };
+    let mut verifier = net.client(VERIFIER).await;
+    let mut holder = net.client(HOLDER).await;
+    let under = |grant_id: &str, p: Predicate| pb::QueryRequest {
+        grant_id: grant_id.into(),
+        ..query(r, &[p])
+    };
+    let last_outcome = || match net.ledger.entry(net.ledger.len() - 1).unwrap().tx.payload {
+        Payload::ZkQuery { outcome, .. } => outcome,
+        other => panic!("the last entry is {other:?}"),
+    };
+
+    // No grant: refused with the reason, no proof, and the refusal recorded.
+    let size = net.ledger.len();
+    let e = verifier
+        .query(query(r, &[income(100_000)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("no grant"), "{e:?}");
+    assert_eq!(net.ledger.len(), size + 1);
+    assert!(last_outcome().contains("no grant"));
+
+    // A grant is one use by default (burn after reading), recorded on the ledger.
+    let mut req = grant_request(r, &net, &[income(100_000)], 1);
+    req.max_uses = None;
+    req.budget.clear();
+    let g = holder.grant(req).await.unwrap().into_inner();
+    match net.ledger.entry(g.ledger_index).unwrap().tx.payload {
+        Payload::QueryGrant {
+            grant_id,
+            record_id,
+            terms_hash,
+            ..
+        } => {
+            assert_eq!(
+                (grant_id.as_str(), record_id.as_str()),
+                (g.grant_id.as_str(), r)
+            );
+            assert_eq!(terms_hash.to_vec(), g.terms_hash);
+        }
+        other => panic!("{other:?}"),
+    }
+    let yes = verifier
+        .query(under(&g.grant_id, income(100_000)))
+        .await
+        .unwrap();
+    assert!(yes.into_inner().answer);
+    assert_eq!(last_outcome(), "answered");
+    let e = verifier
+        .query(under(&g.grant_id, income(100_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(last_outcome().starts_with("refused"));
+
+    // Only the predicates the grant names.
+    let g = holder
+        .grant(grant_request(r, &net, &[income(100_000)], 5))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = verifier
+        .query(under(&g.grant_id, income(90_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("does not allow"), "{e:?}");
+
+    // Binary search on the credit score: two grants each within the default
+    // budget of 2, issued before anything was asked; the third distinct
+    // threshold is refused when asked, whatever grant it comes under.
+    let grant = |allowed: Vec<Predicate>| {
+        let mut req = grant_request(r, &net, &allowed, 5);
+        req.budget.clear();
+        req
+    };
+    let a = holder
+        .grant(grant(vec![score(600), score(700)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = holder
+        .grant(grant(vec![score(650)]))
+        .await
+        .unwrap()
+        .into_inner();
+    for t in [700, 600, 700] {
+        assert!(verifier.query(under(&a.grant_id, score(t))).await.is_ok());
+    }
+    let e = verifier
+        .query(under(&b.grant_id, score(650)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("disclosure budget of 2"), "{e:?}");
+    // And now a grant for a third threshold is refused when issued.
+    let size = net.ledger.len();
+    let e = holder.grant(grant(vec![score(680)])).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("3 distinct constants"), "{e:?}");
+    // Nor may one grant allow more than the budget, on a fresh field.
+    let e = holder
+        .grant(grant(vec![income(1), income(2), income(3)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(net.ledger.len(), size, "refused grants record nothing");
+
+    // Revoked, and not yet valid.
+    let g = holder
+        .grant(grant_request(r, &net, &[income(100_000)], 5))
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked = holder
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: g.grant_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.uses, 0);
+    let e = verifier
+        .query(under(&g.grant_id, income(100_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    let mut later = grant_request(r, &net, &[income(100_000)], 5);
+    later.not_before_ms = now_ms() + 1_800_000;
+    let later = holder.grant(later).await.unwrap().into_inner();
+    let e = verifier
+        .query(under(&later.grant_id, income(100_000)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+
+    // Bad grants are refused with what to fix, and record nothing.
+    let size = net.ledger.len();
+    let mut cases: Vec<(&str, pb::GrantRequest, Code)> = Vec::new();
+    let mut zero = grant_request(r, &net, &[income(1)], 1);
+    zero.max_uses = Some(0);
+    cases.push(("max_uses", zero, Code::InvalidArgument));
+    let mut ended = grant_request(r, &net, &[income(1)], 1);
+    ended.not_after_ms = 1;
+    cases.push(("not_after_ms", ended, Code::InvalidArgument));
+    let mut nobody = grant_request(r, &net, &[income(1)], 1);
+    nobody.verifier = net.ids[AUDITOR].principal().public_key.to_vec();
+    cases.push(("not an admitted verifier", nobody, Code::InvalidArgument));
+    let mut none = grant_request(r, &net, &[income(1)], 1);
+    none.allowed.clear();
+    cases.push(("allowed", none, Code::InvalidArgument));
+    let unknown_field = grant_request(
+        r,
+        &net,
+        &[Predicate::Gte {
+            field: "salary".into(),
+            value: 1,
+        }],
+        1,
+    );
+    cases.push(("salary", unknown_field, Code::InvalidArgument));
+    cases.push((
+        "unknown record",
+        grant_request("nobody", &net, &[income(1)], 1),
+        Code::NotFound,
+    ));
+    for (what, req, code) in cases {
+        let e = holder.grant(req).await.unwrap_err();
+        assert_eq!(e.code(), code, "{what}: {e:?}");
+        assert!(e.message().contains(what), "{what}: {e:?}");
+    }
+    // Another holder may not grant on this record, nor revoke its grants.
+    let mut other = net.client(OTHER_HOLDER).await;
+    let e = other
+        .grant(grant_request(r, &net, &[income(1)], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = other
+        .revoke_grant(pb::RevokeGrantRequest {
+            grant_id: later.grant_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert_eq!(
+        net.ledger.len(),
+        size + 1,
+        "only the KMS audit of the refused revocation"
+    );
 }
 
 /// 2^16 members: building the set (about 2^17 Poseidon hashes) and one
@@ -866,7 +1246,7 @@ async fn a_set_of_65536_members_proves_membership_and_non_membership() {
     ] {
         let started = Instant::now();
         let r = verifier_client
-            .query(query(record_id, std::slice::from_ref(&predicate)))
+            .query(granted_query(&net, record_id, std::slice::from_ref(&predicate)).await)
             .await
             .unwrap()
             .into_inner();

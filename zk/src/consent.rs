@@ -1,0 +1,321 @@
+//! Consent: which questions a verifier may ask about a record, and how much
+//! it may learn. Sans-IO: the service loads a grant and the disclosure so
+//! far, asks [`admit`], and stores what it returns.
+//!
+//! A query grant is issued by the record's holder on the customer's behalf.
+//! It names the verifier, the record, the predicates allowed (each a field,
+//! an operator and a constant; several constants for one field and operator
+//! give "an operator with a bounded set of constants"), and per field a
+//! disclosure budget. Its uses and time window are a KMS grant on the key
+//! that seals the record's key at rest, so a use is counted atomically and
+//! durably by the KMS (the same semantics as any KMS read grant, one use,
+//! "burn after reading", by default), audited on the ledger, and revocable
+//! there.
+//!
+//! # Disclosure budget
+//!
+//! Per record, field and verifier the node remembers the distinct constants
+//! the verifier's answered predicates compared that field with (a
+//! `between` compares with two). A query that would take the count past the
+//! budget is refused, whatever grant it comes under, and a grant that
+//! allows more constants on a field than its budget is refused when issued.
+//!
+//! What a budget of k reveals at most: every predicate on an integer field
+//! (`lt`, `lte`, `gt`, `gte`, `eq`, `ne`, `between`) is decided by where the
+//! value lies relative to its constants. k distinct constants cut the range
+//! into at most 2k + 1 classes (the k points and the k + 1 open intervals
+//! between them), and every answer the verifier can get is a function of
+//! the class: at most log2(2k + 1) bits, 2.32 bits at the default k = 2,
+//! however the predicates are combined or repeated. On an identifier
+//! field, k constants (values or set roots) give at most k + 1 classes for
+//! equality (equal to one of them, or to none) and 2^k for sets (in each or
+//! not): at most k bits. Binary search needs log2(range) distinct
+//! thresholds, so with k = 2 a verifier learns at most which of 5 classes
+//! an income is in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::query::Predicate;
+use crate::record::FieldValue;
+
+/// Distinct constants a verifier may learn about one field of one record
+/// when the grant does not say otherwise.
+pub const DEFAULT_BUDGET: u32 = 2;
+
+/// Most predicates one grant may allow (its terms are stored and hashed).
+pub const MAX_ALLOWED: usize = 64;
+
+/// What the holder allows: the grant's terms besides its uses and time
+/// window, which the KMS grant holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryGrant {
+    /// The KMS grant that counts its uses.
+    pub grant_id: String,
+    pub record_id: String,
+    #[serde(with = "hex::serde")]
+    pub holder: [u8; 32],
+    #[serde(with = "hex::serde")]
+    pub verifier: [u8; 32],
+    pub allowed: Vec<Predicate>,
+    /// Per field, when not [`DEFAULT_BUDGET`].
+    pub budget: BTreeMap<String, u32>,
+}
+
+impl QueryGrant {
+    pub fn budget(&self, field: &str) -> u32 {
+        self.budget.get(field).copied().unwrap_or(DEFAULT_BUDGET)
+    }
+
+    /// SHA-256 of the canonical JSON of the terms: what the ledger records.
+    pub fn terms_hash(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(serde_json::to_vec(self).expect("grants serialise")).into()
+    }
+}
+
+/// The distinct constants a verifier has learned about one field so far.
+pub type Disclosed = BTreeSet<String>;
+
+/// Why a query or a grant is refused. Each is a reason the holder or the
+/// verifier acts on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    #[error("no grant: ask under a query grant from the record's holder (yilian zk grant)")]
+    NoGrant,
+    #[error("unknown grant `{0}`: ask the record's holder for one")]
+    UnknownGrant(String),
+    #[error("grant `{0}` is for another record")]
+    OtherRecord(String),
+    #[error("grant `{0}` is for another verifier")]
+    OtherVerifier(String),
+    #[error("grant `{grant_id}` does not allow the predicate {predicate}")]
+    NotAllowed { grant_id: String, predicate: String },
+    #[error(
+        "field `{field}`: {wanted} distinct constants would exceed its disclosure budget of {budget}"
+    )]
+    OverBudget {
+        field: String,
+        wanted: usize,
+        budget: u32,
+    },
+}
+
+/// The field a predicate is about.
+pub fn field(p: &Predicate) -> &str {
+    match p {
+        Predicate::Eq { field, .. }
+        | Predicate::Ne { field, .. }
+        | Predicate::Lt { field, .. }
+        | Predicate::Lte { field, .. }
+        | Predicate::Gt { field, .. }
+        | Predicate::Gte { field, .. }
+        | Predicate::Between { field, .. }
+        | Predicate::In { field, .. }
+        | Predicate::Nin { field, .. } => field,
+    }
+}
+
+/// The constants a predicate compares its field with, canonically: what
+/// the budget counts. `gte 5` and `lt 5` share the constant 5.
+pub fn constants(p: &Predicate) -> Vec<String> {
+    let value = |v: &FieldValue| match v {
+        FieldValue::Integer(i) => format!("int:{i}"),
+        FieldValue::Identifier(s) => format!("id:{s}"),
+    };
+    match p {
+        Predicate::Eq { value: v, .. } | Predicate::Ne { value: v, .. } => vec![value(v)],
+        Predicate::Lt { value: v, .. }
+        | Predicate::Lte { value: v, .. }
+        | Predicate::Gt { value: v, .. }
+        | Predicate::Gte { value: v, .. } => vec![format!("int:{v}")],
+        Predicate::Between { low, high, .. } => vec![format!("int:{low}"), format!("int:{high}")],
+        Predicate::In { root, .. } | Predicate::Nin { root, .. } => vec![format!("set:{root}")],
+    }
+}
+
+fn by_field<'a>(
+    predicates: impl IntoIterator<Item = &'a Predicate>,
+) -> BTreeMap<&'a str, BTreeSet<String>> {
+    let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for p in predicates {
+        out.entry(field(p)).or_default().extend(constants(p));
+    }
+    out
+}
+
+/// Checks a grant's terms before it is issued: within [`MAX_ALLOWED`], and
+/// on no field more constants than its budget, counting what the verifier
+/// already learned (`disclosed`, per field).
+pub fn check_terms(
+    grant: &QueryGrant,
+    disclosed: &BTreeMap<String, Disclosed>,
+) -> Result<(), Refusal> {
+    for (field, allowed) in by_field(&grant.allowed) {
+        let mut all = disclosed.get(field).cloned().unwrap_or_default();
+        all.extend(allowed);
+        let budget = grant.budget(field);
+        if all.len() > budget as usize {
+            return Err(Refusal::OverBudget {
+                field: field.to_owned(),
+                wanted: all.len(),
+                budget,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Decides a query under a grant. On success returns, per field the query
+/// touches, the disclosure after it is answered, for the caller to store
+/// before the answer leaves.
+pub fn admit(
+    grant: &QueryGrant,
+    record_id: &str,
+    verifier: &[u8; 32],
+    predicates: &[Predicate],
+    disclosed: &BTreeMap<String, Disclosed>,
+) -> Result<BTreeMap<String, Disclosed>, Refusal> {
+    if grant.record_id != record_id {
+        return Err(Refusal::OtherRecord(grant.grant_id.clone()));
+    }
+    if &grant.verifier != verifier {
+        return Err(Refusal::OtherVerifier(grant.grant_id.clone()));
+    }
+    if let Some(p) = predicates.iter().find(|p| !grant.allowed.contains(p)) {
+        return Err(Refusal::NotAllowed {
+            grant_id: grant.grant_id.clone(),
+            predicate: serde_json::to_string(p).expect("predicates serialise"),
+        });
+    }
+    let mut after = BTreeMap::new();
+    for (field, asked) in by_field(predicates) {
+        let mut all = disclosed.get(field).cloned().unwrap_or_default();
+        all.extend(asked);
+        let budget = grant.budget(field);
+        if all.len() > budget as usize {
+            return Err(Refusal::OverBudget {
+                field: field.to_owned(),
+                wanted: all.len(),
+                budget,
+            });
+        }
+        after.insert(field.to_owned(), all);
+    }
+    Ok(after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn gte(v: u64) -> Predicate {
+        Predicate::Gte {
+            field: "income".into(),
+            value: v,
+        }
+    }
+
+    fn grant(allowed: Vec<Predicate>) -> QueryGrant {
+        QueryGrant {
+            grant_id: "g1".into(),
+            record_id: "r".into(),
+            holder: [1; 32],
+            verifier: [2; 32],
+            allowed,
+            budget: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_binary_search_is_stopped_at_the_budget() {
+        // A grant of 16 thresholds is refused under the default budget, and
+        // one that allows them anyway (built here without the check) still
+        // gets only 2 answered.
+        let mut g = grant((0..16).map(|i| gte(i * 10_000)).collect());
+        assert_eq!(
+            check_terms(&g, &BTreeMap::new()),
+            Err(Refusal::OverBudget {
+                field: "income".into(),
+                wanted: 16,
+                budget: 2
+            })
+        );
+        g.budget.insert("income".into(), 16);
+        check_terms(&g, &BTreeMap::new()).unwrap();
+        g.budget.clear();
+        let mut disclosed = BTreeMap::new();
+        for (i, t) in [80_000, 40_000].into_iter().enumerate() {
+            disclosed = admit(&g, "r", &[2; 32], &[gte(t)], &disclosed).unwrap();
+            assert_eq!(disclosed["income"].len(), i + 1);
+        }
+        // Asking an answered threshold again (or its complement) is free.
+        let lt = Predicate::Lt {
+            field: "income".into(),
+            value: 40_000,
+        };
+        let mut with_lt = g.clone();
+        with_lt.allowed.push(lt.clone());
+        assert_eq!(
+            admit(&with_lt, "r", &[2; 32], &[lt], &disclosed).unwrap(),
+            disclosed
+        );
+        let e = admit(&g, "r", &[2; 32], &[gte(60_000)], &disclosed).unwrap_err();
+        assert!(matches!(e, Refusal::OverBudget { wanted: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn only_the_granted_verifier_record_and_predicates_are_admitted() {
+        let g = grant(vec![gte(100)]);
+        let none = BTreeMap::new();
+        assert_eq!(
+            admit(&g, "other", &[2; 32], &[gte(100)], &none),
+            Err(Refusal::OtherRecord("g1".into()))
+        );
+        assert_eq!(
+            admit(&g, "r", &[3; 32], &[gte(100)], &none),
+            Err(Refusal::OtherVerifier("g1".into()))
+        );
+        let e = admit(&g, "r", &[2; 32], &[gte(101)], &none).unwrap_err();
+        assert!(matches!(e, Refusal::NotAllowed { .. }), "{e}");
+        let between = Predicate::Between {
+            field: "income".into(),
+            low: 1,
+            high: 2,
+        };
+        // A between is two thresholds: with one answered it would be three.
+        let mut g2 = grant(vec![gte(100), between.clone()]);
+        assert!(check_terms(&g2, &none).is_err());
+        g2.budget.insert("income".into(), 3);
+        let d = admit(&g2, "r", &[2; 32], &[gte(100)], &none).unwrap();
+        assert_eq!(
+            admit(&g2, "r", &[2; 32], &[between], &d).unwrap()["income"].len(),
+            3
+        );
+    }
+
+    proptest! {
+        /// Whatever a verifier asks, in whatever order, what it has learned
+        /// about a field never exceeds the budget.
+        #[test]
+        fn disclosure_never_exceeds_the_budget(
+            asks in proptest::collection::vec(proptest::collection::vec(0u64..20, 1..4), 0..40),
+            budget in 0u32..6,
+        ) {
+            let mut g = grant((0..20).map(gte).collect());
+            g.budget.insert("income".into(), budget);
+            let mut disclosed = BTreeMap::new();
+            for ask in asks {
+                let q: Vec<Predicate> = ask.into_iter().map(gte).collect();
+                if let Ok(after) = admit(&g, "r", &[2; 32], &q, &disclosed) {
+                    disclosed.extend(after);
+                }
+                let n = disclosed.get("income").map_or(0, |d: &Disclosed| d.len());
+                prop_assert!(n <= budget as usize);
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Interoperability checked by the reference tools, not by our own importer:
+//! `snarkjs groth16 verify` accepts an exported proof, public inputs and
+//! verifying key, and refuses a tampered public input; the generated
+//! Solidity verifier, compiled by solc and run in an in-memory EVM with the
+//! BN254 precompiles, gives the same answers.
+//!
+//! The tools are pinned in `tools/interop/package-lock.json`. `.ci/run`
+//! installs them with `npm ci`; run alone, this test installs them the same
+//! way on first use.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use ark_bn254::Fr;
+use ark_ff::UniformRand;
+
+use yilian_zk::keys;
+use yilian_zk::prover::{self, KycProof};
+use yilian_zk::query::{self, Predicate};
+use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
+use yilian_zk::{KYC_STATEMENT, snarkjs, solidity};
+
+fn tools() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/interop");
+        if !dir.join("node_modules/.bin/snarkjs").exists() {
+            let out = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir)
+                .output()
+                .expect("npm is on the machine (Node.js and npm are required)");
+            assert!(
+                out.status.success(),
+                "npm ci in {} failed; run it there by hand to see why:\n{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        dir
+    })
+}
+
+fn node(args: &[&Path]) -> Output {
+    Command::new("node")
+        .args(args)
+        .current_dir(tools())
+        .output()
+        .expect("node runs")
+}
+
+fn snarkjs_verify(vk: &Path, public: &Path, proof: &Path) -> Output {
+    let cli = tools().join("node_modules/snarkjs/build/cli.cjs");
+    node(&[
+        &cli,
+        Path::new("groth16"),
+        Path::new("verify"),
+        vk,
+        public,
+        proof,
+    ])
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) {
+    std::fs::write(path, serde_json::to_string_pretty(value).unwrap()).unwrap();
+}
+
+fn proof() -> (ark_groth16::VerifyingKey<ark_bn254::Bn254>, KycProof) {
+    let (pk, vk) = keys::setup(&mut keys::os_rng()).unwrap();
+    let record = Record {
+        fields: vec![
+            ("income".into(), FieldValue::Integer(120_000)),
+            ("country".into(), FieldValue::Identifier("CN".into())),
+        ],
+    };
+    let mut rng = ark_std::test_rng();
+    let key = CipherKey::new([Fr::rand(&mut rng), Fr::rand(&mut rng)]);
+    let enc = EncryptedRecord::encrypt("customer-1", &record, &key, 42).unwrap();
+    let predicates = vec![
+        Predicate::Gte {
+            field: "income".into(),
+            value: 100_000,
+        },
+        Predicate::Eq {
+            field: "country".into(),
+            value: FieldValue::Identifier("CN".into()),
+        },
+    ];
+    let q = query::compile(&enc, &predicates).unwrap();
+    let p = prover::prove(&pk, &enc, &key, &q, None, &mut keys::os_rng()).unwrap();
+    assert!(p.public.result);
+    (vk, p)
+}
+
+#[test]
+fn snarkjs_and_the_solidity_verifier_accept_our_proofs_and_refuse_a_tampered_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vk, p) = proof();
+    let inputs = p.public.to_inputs();
+    let vk_path = dir.path().join("verification_key.json");
+    let proof_path = dir.path().join("proof.json");
+    let public_path = dir.path().join("public.json");
+    write_json(&vk_path, &snarkjs::export_vk(&vk));
+    write_json(&proof_path, &snarkjs::export_proof(&p.proof));
+    write_json(&public_path, &snarkjs::export_public(&inputs));
+
+    let ok = snarkjs_verify(&vk_path, &public_path, &proof_path);
+    assert!(ok.status.success(), "snarkjs refused: {}", text(&ok));
+    assert!(text(&ok).contains("OK"), "{}", text(&ok));
+
+    // The result bit is the last public input: claim the opposite answer.
+    let mut forged = inputs.clone();
+    let last = forged.len() - 1;
+    forged[last] = Fr::from(1u64) - forged[last];
+    let forged_path = dir.path().join("forged.json");
+    write_json(&forged_path, &snarkjs::export_public(&forged));
+    let bad = snarkjs_verify(&vk_path, &forged_path, &proof_path);
+    assert!(!bad.status.success(), "snarkjs accepted: {}", text(&bad));
+    assert!(text(&bad).contains("Invalid proof"), "{}", text(&bad));
+
+    // The same answers from the Solidity verifier on the EVM.
+    let sol = dir.path().join("Verifier.sol");
+    let hash = hex::encode(keys::vk_hash(&vk));
+    std::fs::write(
+        &sol,
+        solidity::verifier(&vk, "YilianKycVerifier", KYC_STATEMENT, &hash),
+    )
+    .unwrap();
+    let evm = |inputs: &[Fr], name: &str| {
+        let call = dir.path().join(name);
+        write_json(&call, &solidity::calldata(&p.proof, inputs));
+        let script = tools().join("evm-verify.mjs");
+        let out = node(&[&script, &sol, Path::new("YilianKycVerifier"), &call]);
+        assert!(out.status.success(), "the EVM run failed: {}", text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(evm(&inputs, "call.json").starts_with("true"));
+    assert!(evm(&forged, "forged-call.json").starts_with("false"));
+}
