@@ -27,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ceremony;
 pub mod cli;
 pub mod consent;
 pub mod keys;

@@ -1,0 +1,214 @@
+//! From a phase-1 accumulator and a circuit to the initial phase-2 proving
+//! key (δ = γ = 1), deterministically: arkworks' `LibsnarkReduction` and
+//! `generate_parameters_with_qap`, computed in the exponent.
+//!
+//! The QAP domain D has N = |D| ≥ constraints + public inputs points. The
+//! Lagrange basis `L_i(τ)·G` is the inverse DFT of the powers `τ^j·G`
+//! (`L_i(X) = 1/N Σ_j ω^{-ij} X^j`), computed over the group. Then, for
+//! each variable j, `a_j(τ) = Σ_i A_ij L_i(τ)` (plus `L_{m+j}(τ)` for the
+//! public inputs, the reduction's extra constraints), likewise b and c;
+//! `H_i = τ^i (τ^N - 1)·G1` for i < N - 1.
+
+use ark_bn254::{Bn254, Fr, G1Projective, G2Projective};
+use ark_ec::{AffineRepr, CurveGroup, VariableBaseMSM};
+use ark_ff::{Field, One};
+use ark_groth16::{ProvingKey, VerifyingKey};
+use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
+use ark_relations::gr1cs::{
+    ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, R1CS_PREDICATE_LABEL, SynthesisMode,
+};
+use rayon::prelude::*;
+
+use super::phase1::Accumulator;
+use super::{CeremonyError, Scale};
+
+/// The QAP domain size a circuit needs: what phase 1 must cover.
+pub fn domain_size<C: ConstraintSynthesizer<Fr>>(circuit: C) -> Result<usize, CeremonyError> {
+    let (cs, _) = synthesize(circuit)?;
+    Radix2EvaluationDomain::<Fr>::new(cs.num_constraints() + cs.num_instance_variables())
+        .map(|d| d.size())
+        .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))
+}
+
+type Matrices = Vec<Vec<Vec<(Fr, usize)>>>;
+
+fn synthesize<C: ConstraintSynthesizer<Fr>>(
+    circuit: C,
+) -> Result<(ConstraintSystem<Fr>, Matrices), CeremonyError> {
+    let cs = ark_relations::gr1cs::ConstraintSystem::new_ref();
+    cs.set_optimization_goal(OptimizationGoal::Constraints);
+    cs.set_mode(SynthesisMode::Setup);
+    circuit
+        .generate_constraints(cs.clone())
+        .map_err(|e| CeremonyError::Circuit(e.to_string()))?;
+    cs.finalize();
+    let matrices = cs
+        .to_matrices()
+        .map_err(|e| CeremonyError::Circuit(e.to_string()))?
+        .remove(R1CS_PREDICATE_LABEL)
+        .ok_or_else(|| CeremonyError::Circuit("no R1CS constraints".into()))?;
+    let inner = cs
+        .into_inner()
+        .ok_or_else(|| CeremonyError::Circuit("constraint system still shared".into()))?;
+    Ok((inner, matrices))
+}
+
+/// In-place radix-2 DFT over a group with root `omega` (Cooley–Tukey,
+/// decimation in time, bit-reversed input order).
+fn dft<G: Scale>(a: &mut [G], omega: Fr) {
+    let n = a.len();
+    assert!(n.is_power_of_two());
+    let bits = n.trailing_zeros();
+    for i in 0..n {
+        let j = i.reverse_bits() >> (usize::BITS - bits);
+        if i < j {
+            a.swap(i, j);
+        }
+    }
+    let mut len = 2;
+    while len <= n {
+        let w = omega.pow([(n / len) as u64]);
+        let twiddles: Vec<Fr> = std::iter::successors(Some(Fr::ONE), |t| Some(*t * w))
+            .take(len / 2)
+            .collect();
+        // Parallel across butterflies, not only chunks: the last stages
+        // have one or two chunks.
+        a.par_chunks_mut(len).for_each(|chunk| {
+            let (lo, hi) = chunk.split_at_mut(len / 2);
+            lo.par_iter_mut()
+                .zip(hi.par_iter_mut())
+                .zip(twiddles.par_iter())
+                .with_min_len(64)
+                .for_each(|((x, y), t)| {
+                    let v = y.scale(t);
+                    *y = *x - v;
+                    *x += v;
+                });
+        });
+        len *= 2;
+    }
+}
+
+/// `[L_i(τ)·G]` from `[τ^j·G]`, j < N.
+fn lagrange<G: Scale>(powers: &[G::Affine], domain: &Radix2EvaluationDomain<Fr>) -> Vec<G::Affine> {
+    let mut a: Vec<G> = powers.iter().map(|p| (*p).into()).collect();
+    dft(&mut a, domain.group_gen_inv);
+    let inv = domain.size_inv;
+    a.par_iter_mut().for_each(|p| *p = p.scale(&inv));
+    G::normalize_batch(&a)
+}
+
+/// `Σ coeff · bases[i]` over a variable's terms. Most terms of a circuit's
+/// matrices have coefficient 1 and most variables few terms: those are
+/// added, the rest multiplied, and only long lists go to an MSM.
+fn combination<G>(terms: &[(Fr, usize)], bases: &[G::Affine]) -> G
+where
+    G: Scale + VariableBaseMSM<MulBase = <G as CurveGroup>::Affine>,
+{
+    let (ones, others): (Vec<_>, Vec<_>) = terms.iter().partition(|(c, _)| c.is_one());
+    let mut sum = G::zero();
+    for &(_, i) in ones {
+        sum += bases[i];
+    }
+    if others.len() <= 16 {
+        for &(c, i) in others {
+            sum += G::from(bases[i]).scale(&c);
+        }
+    } else {
+        let points: Vec<G::Affine> = others.iter().map(|(_, i)| bases[*i]).collect();
+        let scalars: Vec<Fr> = others.iter().map(|(c, _)| *c).collect();
+        sum += G::msm_unchecked(&points, &scalars);
+    }
+    sum
+}
+
+/// The initial phase-2 key for `circuit` from the accumulator (δ = 1).
+pub fn initial_key<C: ConstraintSynthesizer<Fr> + Send>(
+    acc: &Accumulator,
+    circuit: C,
+) -> Result<ProvingKey<Bn254>, CeremonyError> {
+    super::pool().install(|| initial_key_here(acc, circuit))
+}
+
+fn initial_key_here<C: ConstraintSynthesizer<Fr>>(
+    acc: &Accumulator,
+    circuit: C,
+) -> Result<ProvingKey<Bn254>, CeremonyError> {
+    let (cs, matrices) = synthesize(circuit)?;
+    let m = cs.num_constraints();
+    let num_instance = cs.num_instance_variables();
+    let num_vars = num_instance + cs.num_witness_variables();
+    let domain = Radix2EvaluationDomain::<Fr>::new(m + num_instance)
+        .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))?;
+    let n = domain.size();
+    if acc.size() < n {
+        return Err(CeremonyError::TooSmall {
+            have: acc.size(),
+            need: n,
+        });
+    }
+    let l1 = lagrange::<G1Projective>(&acc.tau_g1[..n], &domain);
+    let l2 = lagrange::<G2Projective>(&acc.tau_g2[..n], &domain);
+    let la = lagrange::<G1Projective>(&acc.alpha_tau_g1[..n], &domain);
+    let lb = lagrange::<G1Projective>(&acc.beta_tau_g1[..n], &domain);
+
+    // Per variable, its terms in A, B and C: (coefficient, constraint).
+    let mut by_var: [Vec<Vec<(Fr, usize)>>; 3] =
+        std::array::from_fn(|_| vec![Vec::new(); num_vars]);
+    for (k, matrix) in matrices.iter().take(3).enumerate() {
+        for (i, row) in matrix.iter().enumerate() {
+            for &(coeff, var) in row {
+                by_var[k][var].push((coeff, i));
+            }
+        }
+    }
+    // The reduction's extra constraints put public input j at point m + j of A.
+    for (j, terms) in by_var[0].iter_mut().enumerate().take(num_instance) {
+        terms.push((Fr::ONE, m + j));
+    }
+    let [a_terms, b_terms, c_terms] = &by_var;
+    let a_query: Vec<G1Projective> = a_terms
+        .par_iter()
+        .map(|t| combination::<G1Projective>(t, &l1))
+        .collect();
+    let b_g1: Vec<G1Projective> = b_terms
+        .par_iter()
+        .map(|t| combination::<G1Projective>(t, &l1))
+        .collect();
+    let b_g2: Vec<G2Projective> = b_terms
+        .par_iter()
+        .map(|t| combination::<G2Projective>(t, &l2))
+        .collect();
+    // β·a_j + α·b_j + c_j, in the exponent.
+    let abc: Vec<G1Projective> = (0..num_vars)
+        .into_par_iter()
+        .map(|j| {
+            combination::<G1Projective>(&a_terms[j], &lb)
+                + combination::<G1Projective>(&b_terms[j], &la)
+                + combination::<G1Projective>(&c_terms[j], &l1)
+        })
+        .collect();
+    let abc = G1Projective::normalize_batch(&abc);
+    let h: Vec<G1Projective> = (0..n - 1)
+        .into_par_iter()
+        .map(|i| acc.tau_g1[i + n].into_group() - acc.tau_g1[i])
+        .collect();
+    let g1 = super::g1();
+    let g2 = super::g2();
+    Ok(ProvingKey {
+        vk: VerifyingKey {
+            alpha_g1: acc.alpha_tau_g1[0],
+            beta_g2: acc.beta_g2,
+            gamma_g2: g2,
+            delta_g2: g2,
+            gamma_abc_g1: abc[..num_instance].to_vec(),
+        },
+        beta_g1: acc.beta_tau_g1[0],
+        delta_g1: g1,
+        a_query: G1Projective::normalize_batch(&a_query),
+        b_g1_query: G1Projective::normalize_batch(&b_g1),
+        b_g2_query: G2Projective::normalize_batch(&b_g2),
+        h_query: G1Projective::normalize_batch(&h),
+        l_query: abc[num_instance..].to_vec(),
+    })
+}

@@ -1,0 +1,166 @@
+//! The multi-party setup: the key derived in the exponent from a phase-1
+//! accumulator agrees exactly with arkworks' own generator run with the same
+//! secrets; a three-party ceremony's key proves and verifies with the
+//! standard arkworks prover; and a contribution that was not computed from
+//! the one before, or whose proof of knowledge is another's, is refused.
+
+use ark_bn254::{Bn254, Fr};
+use ark_ec::PrimeGroup;
+use ark_ff::{Field, One};
+use ark_groth16::Groth16;
+use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
+use ark_r1cs_std::alloc::AllocVar;
+use ark_r1cs_std::eq::EqGadget;
+use ark_r1cs_std::fields::fp::FpVar;
+use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
+use ark_snark::SNARK;
+use ark_std::rand::SeedableRng;
+use ark_std::rand::rngs::StdRng;
+
+use yilian_zk::ceremony::phase1::Accumulator;
+use yilian_zk::ceremony::{CeremonyError, derive, phase2, transcript_hash};
+
+/// Knows x with x^5 + x = y (y public), and a second public input z = y + 1.
+#[derive(Clone)]
+struct Demo {
+    x: Option<Fr>,
+}
+
+impl ConstraintSynthesizer<Fr> for Demo {
+    fn generate_constraints(self, cs: ConstraintSystemRef<Fr>) -> Result<(), SynthesisError> {
+        let value = |f: fn(Fr) -> Fr| self.x.map(f).ok_or(SynthesisError::AssignmentMissing);
+        let y = FpVar::new_input(cs.clone(), || value(|x| x.pow([5]) + x))?;
+        let z = FpVar::new_input(cs.clone(), || value(|x| x.pow([5]) + x + Fr::one()))?;
+        let x = FpVar::new_witness(cs, || value(|x| x))?;
+        let x2 = &x * &x;
+        let x4 = &x2 * &x2;
+        (&x4 * &x + &x).enforce_equal(&y)?;
+        (y + Fr::one()).enforce_equal(&z)
+    }
+}
+
+fn public(x: Fr) -> Vec<Fr> {
+    let y = x.pow([5]) + x;
+    vec![y, y + Fr::one()]
+}
+
+#[test]
+fn the_derived_key_is_arkworks_own_for_the_same_secrets() {
+    let n = derive::domain_size(Demo { x: None }).unwrap();
+    let (alpha, beta) = (Fr::from(11u64), Fr::from(13u64));
+    // arkworks draws τ from its rng first: draw it the same way.
+    let domain = Radix2EvaluationDomain::<Fr>::new(n).unwrap();
+    let tau = domain.sample_element_outside_domain(&mut StdRng::seed_from_u64(9));
+    let ours = derive::initial_key(
+        &Accumulator::from_secrets(n, tau, alpha, beta),
+        Demo { x: None },
+    )
+    .unwrap();
+    let g1 = ark_bn254::G1Projective::generator();
+    let g2 = ark_bn254::G2Projective::generator();
+    let theirs = Groth16::<Bn254>::generate_parameters_with_qap(
+        Demo { x: None },
+        alpha,
+        beta,
+        Fr::one(),
+        Fr::one(),
+        g1,
+        g2,
+        &mut StdRng::seed_from_u64(9),
+    )
+    .unwrap();
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let n = derive::domain_size(Demo { x: None }).unwrap();
+
+    // Phase 1 among three members, each checked by everyone after.
+    let mut accs = vec![Accumulator::new(n)];
+    let mut hashes = vec![transcript_hash(&[0; 32], &accs[0])];
+    let mut proofs = Vec::new();
+    for _ in 0..3 {
+        let (next, proof) = accs
+            .last()
+            .unwrap()
+            .contribute(hashes.last().unwrap(), &mut rng);
+        hashes.push(transcript_hash(hashes.last().unwrap(), &next));
+        accs.push(next);
+        proofs.push(proof);
+    }
+    for i in 0..3 {
+        accs[i]
+            .verify(&accs[i + 1], &proofs[i], &hashes[i], i + 1, &mut rng)
+            .unwrap();
+    }
+    // Replayed elsewhere, or applied to another accumulator: refused.
+    assert!(matches!(
+        accs[1].verify(&accs[2], &proofs[1], &hashes[0], 2, &mut rng),
+        Err(CeremonyError::BadKnowledge { index: 2, .. })
+    ));
+    assert!(matches!(
+        accs[0].verify(&accs[2], &proofs[1], &hashes[1], 2, &mut rng),
+        Err(CeremonyError::BadKnowledge { .. })
+    ));
+    // A broken power of tau is caught by the batched pairing checks.
+    let mut broken = accs[3].clone();
+    broken.tau_g1[5] = broken.tau_g1[4];
+    assert!(matches!(
+        accs[2].verify(&broken, &proofs[2], &hashes[2], 3, &mut rng),
+        Err(CeremonyError::BadUpdate { index: 3, .. })
+    ));
+    let mut broken = accs[3].clone();
+    broken.alpha_tau_g1[2] = broken.tau_g1[2];
+    assert!(
+        accs[2]
+            .verify(&broken, &proofs[2], &hashes[2], 3, &mut rng)
+            .is_err()
+    );
+
+    // Phase 2 on the derived key.
+    let mut pks = vec![derive::initial_key(&accs[3], Demo { x: None }).unwrap()];
+    assert!(phase2::is_fresh(&pks[0]));
+    let mut h2 = vec![transcript_hash(&hashes[3], &pks[0])];
+    let mut contributions = Vec::new();
+    for _ in 0..3 {
+        let (next, c) = phase2::contribute(pks.last().unwrap(), h2.last().unwrap(), &mut rng);
+        h2.push(transcript_hash(h2.last().unwrap(), &next));
+        pks.push(next);
+        contributions.push(c);
+    }
+    for i in 0..3 {
+        phase2::verify(
+            &pks[i],
+            &pks[i + 1],
+            &contributions[i],
+            &h2[i],
+            i + 1,
+            &mut rng,
+        )
+        .unwrap();
+    }
+    let mut broken = pks[3].clone();
+    broken.l_query[0] = broken.h_query[0];
+    assert!(matches!(
+        phase2::verify(&pks[2], &broken, &contributions[2], &h2[2], 3, &mut rng),
+        Err(CeremonyError::BadUpdate { index: 3, .. })
+    ));
+    let mut broken = pks[3].clone();
+    broken.a_query.swap(0, 1);
+    assert!(matches!(
+        phase2::verify(&pks[2], &broken, &contributions[2], &h2[2], 3, &mut rng),
+        Err(CeremonyError::Changed { index: 3, .. })
+    ));
+
+    // The final key proves with the standard prover, and verifies.
+    let pk = pks.pop().unwrap();
+    let pvk = Groth16::<Bn254>::process_vk(&pk.vk).unwrap();
+    let x = Fr::from(3u64);
+    let proof = Groth16::<Bn254>::prove(&pk, Demo { x: Some(x) }, &mut rng).unwrap();
+    assert!(Groth16::<Bn254>::verify_with_processed_vk(&pvk, &public(x), &proof).unwrap());
+    let mut wrong = public(x);
+    wrong[0] += Fr::one();
+    assert!(!Groth16::<Bn254>::verify_with_processed_vk(&pvk, &wrong, &proof).unwrap());
+}
