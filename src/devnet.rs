@@ -672,8 +672,32 @@ async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
             .await?
             .into_inner();
         let proof = yilian_zk::service::proof_from_pb(r.proof.as_ref().context("no proof")?)?;
-        let answer =
-            yilian_zk::verifier::verify_against_anchor(&pvk, &proof.proof, &proof.public, &anchor)?;
+        let entry = bank_ledger.entry(r.anchor_index).await?;
+        let on_ledger = match entry.tx.payload {
+            Payload::RecordAnchor {
+                record_id,
+                ciphertext_hash,
+                key_commitment,
+            } if entry.signer == holder.principal().public_key => yilian_zk::record::RecordAnchor {
+                record_id,
+                ciphertext_hash,
+                key_commitment,
+            },
+            other => anyhow::bail!(
+                "entry {} is not the holder's anchor: {other:?}",
+                r.anchor_index
+            ),
+        };
+        ensure!(
+            on_ledger == anchor,
+            "the ledger's anchor is not the holder's record"
+        );
+        let answer = yilian_zk::verifier::verify_against_anchor(
+            &pvk,
+            &proof.proof,
+            &proof.public,
+            &on_ledger,
+        )?;
         ensure!(
             answer == r.answer,
             "the node's answer differs from its proof's"

@@ -121,7 +121,9 @@ pub enum Command {
         grant: String,
     },
     /// Ask a record's node a question under a grant (as the verifier); the
-    /// proof and public inputs are written to `--out` and checked here.
+    /// proof is checked here against the verifying key and the record anchor
+    /// on the ledger, and written to `--out` with its public inputs. (That
+    /// the proven query is the one asked is not checked here yet.)
     Ask {
         #[command(flatten)]
         conn: Conn,
@@ -349,10 +351,12 @@ impl Command {
                 out,
             } => {
                 let predicates: Vec<query::Predicate> = read_json(&query_file)?;
-                let mut client = conn.client().await?;
+                let (channel, _) = conn.channel().await?;
+                let mut client = ZkClient::new(channel.clone())
+                    .max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES);
                 let r = client
                     .query(pb::QueryRequest {
-                        record_id,
+                        record_id: record_id.clone(),
                         predicates: predicates.iter().map(Into::into).collect(),
                         grant_id: grant,
                     })
@@ -367,10 +371,49 @@ impl Command {
                 let proof = crate::service::proof_from_pb(
                     r.proof.as_ref().context("the node sent no proof")?,
                 )?;
+                // Believed only against what the ledger says: the verifying
+                // key its anchor names, and the record's anchor by its holder.
+                let mut ledger = yilian_ledger::service::LedgerClient::new(channel);
+                match ledger
+                    .entry(vk.anchor_index)
+                    .await
+                    .map_err(grpc)?
+                    .tx
+                    .payload
+                {
+                    yilian_ledger::Payload::VerifyingKeyAnchor { vk_hash, .. }
+                        if vk_hash.as_slice() == vk.vk_hash.as_slice() => {}
+                    _ => anyhow::bail!(
+                        "the node's verifying key is not the one its ledger entry {} anchors",
+                        vk.anchor_index
+                    ),
+                }
+                let entry = ledger.entry(r.anchor_index).await.map_err(grpc)?;
+                let anchor = match entry.tx.payload {
+                    yilian_ledger::Payload::RecordAnchor {
+                        record_id: id,
+                        ciphertext_hash,
+                        key_commitment,
+                    } if id == record_id && entry.signer.as_slice() == r.holder.as_slice() => {
+                        crate::record::RecordAnchor {
+                            record_id: id,
+                            ciphertext_hash,
+                            key_commitment,
+                        }
+                    }
+                    _ => anyhow::bail!(
+                        "ledger entry {} is not the holder's anchor of {record_id}",
+                        r.anchor_index
+                    ),
+                };
                 let vk: ark_groth16::VerifyingKey<ark_bn254::Bn254> =
                     keys::from_bytes("verifying key", &vk.verifying_key)?;
-                // Checked here, offline, before it is believed.
-                let answer = verifier::verify(&keys::prepare(&vk), &proof.proof, &proof.public)?;
+                let answer = verifier::verify_against_anchor(
+                    &keys::prepare(&vk),
+                    &proof.proof,
+                    &proof.public,
+                    &anchor,
+                )?;
                 std::fs::create_dir_all(&out)?;
                 write_json(
                     &out.join("proof.json"),
@@ -381,7 +424,7 @@ impl Command {
                     &snarkjs::export_public(&proof.public.to_inputs()),
                 )?;
                 write_json(&out.join("verification_key.json"), &snarkjs::export_vk(&vk))?;
-                println!("answer: {answer} (proof verified)");
+                println!("answer: {answer} (proof verified against the ledger's anchors)");
             }
             Command::Setup { out } => {
                 std::fs::create_dir_all(&out)?;

@@ -26,12 +26,13 @@
 //! into at most 2k + 1 classes (the k points and the k + 1 open intervals
 //! between them), and every answer the verifier can get is a function of
 //! the class: at most log2(2k + 1) bits, 2.32 bits at the default k = 2,
-//! however the predicates are combined or repeated. On an identifier
+//! however those predicates are combined or repeated. On an identifier
 //! field, k constants (values or set roots) give at most k + 1 classes for
 //! equality (equal to one of them, or to none) and 2^k for sets (in each or
-//! not): at most k bits. Binary search needs log2(range) distinct
-//! thresholds, so with k = 2 a verifier learns at most which of 5 classes
-//! an income is in.
+//! not): at most k bits. In general, t thresholds or values and s set roots
+//! on one field give at most (2t + 1)·2^s classes, and t + s ≤ k. Binary
+//! search needs log2(range) distinct thresholds, so with k = 2 a verifier
+//! learns at most which of 5 classes an income is in.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -101,6 +102,41 @@ pub enum Refusal {
         wanted: usize,
         budget: u32,
     },
+}
+
+impl Refusal {
+    /// A stable label, which the ledger records (never the caller's input).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NoGrant => "no-grant",
+            Refusal::UnknownGrant(_) => "unknown-grant",
+            Refusal::OtherRecord(_) => "other-record",
+            Refusal::OtherVerifier(_) => "other-verifier",
+            Refusal::NotAllowed { .. } => "not-allowed",
+            Refusal::OverBudget { .. } => "over-budget",
+        }
+    }
+}
+
+/// Checks a query's grant before anything about the record is looked at,
+/// so that an unconsented verifier learns nothing, not even the schema.
+pub fn check_grant(
+    grant: Option<&QueryGrant>,
+    grant_id: &str,
+    record_id: &str,
+    verifier: &[u8; 32],
+) -> Result<(), Refusal> {
+    if grant_id.is_empty() {
+        return Err(Refusal::NoGrant);
+    }
+    let grant = grant.ok_or_else(|| Refusal::UnknownGrant(grant_id.to_owned()))?;
+    if grant.record_id != record_id {
+        return Err(Refusal::OtherRecord(grant.grant_id.clone()));
+    }
+    if &grant.verifier != verifier {
+        return Err(Refusal::OtherVerifier(grant.grant_id.clone()));
+    }
+    Ok(())
 }
 
 /// The field a predicate is about.
@@ -178,12 +214,7 @@ pub fn admit(
     predicates: &[Predicate],
     disclosed: &BTreeMap<String, Disclosed>,
 ) -> Result<BTreeMap<String, Disclosed>, Refusal> {
-    if grant.record_id != record_id {
-        return Err(Refusal::OtherRecord(grant.grant_id.clone()));
-    }
-    if &grant.verifier != verifier {
-        return Err(Refusal::OtherVerifier(grant.grant_id.clone()));
-    }
+    check_grant(Some(grant), &grant.grant_id, record_id, verifier)?;
     if let Some(p) = predicates.iter().find(|p| !grant.allowed.contains(p)) {
         return Err(Refusal::NotAllowed {
             grant_id: grant.grant_id.clone(),

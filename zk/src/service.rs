@@ -68,6 +68,12 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// Longest record id accepted.
 pub const MAX_RECORD_ID_LEN: usize = 256;
 
+/// Longest grant id a query may name (the KMS's are 34 bytes).
+pub const MAX_GRANT_ID_LEN: usize = 64;
+
+/// Longest identifier a predicate may compare with.
+pub const MAX_IDENTIFIER_LEN: usize = 256;
+
 impl std::fmt::Debug for pb::RegisterRecordRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegisterRecordRequest")
@@ -251,7 +257,12 @@ impl TryFrom<&pb::Predicate> for Predicate {
         };
         let value = || match &p.value {
             Some(Value::Integer(v)) => Ok(FieldValue::Integer(*v)),
-            Some(Value::Identifier(s)) => Ok(FieldValue::Identifier(s.clone())),
+            Some(Value::Identifier(s)) if s.len() <= MAX_IDENTIFIER_LEN => {
+                Ok(FieldValue::Identifier(s.clone()))
+            }
+            Some(Value::Identifier(_)) => Err(bad(&format!(
+                "identifiers are at most {MAX_IDENTIFIER_LEN} bytes"
+            ))),
             _ => Err(bad("eq and ne compare with an integer or an identifier")),
         };
         Ok(match op {
@@ -441,7 +452,13 @@ struct Inner {
     provers: tokio::sync::Semaphore,
     /// Seals record keys at rest under their holders' master keys.
     kms: Arc<LedgerKmsNode>,
+    /// One query at a time per (record, verifier), from reserving the
+    /// disclosure to the KMS's decision: a refused query's give-back must
+    /// not erase a constant a concurrent query had answered.
+    consent_locks: Mutex<HashMap<(String, [u8; 32]), ConsentLock>>,
 }
+
+type ConsentLock = Arc<tokio::sync::Mutex<()>>;
 
 /// The envelope context (AEAD associated data) of a record's sealed key:
 /// an envelope moved to another record id does not open.
@@ -572,6 +589,7 @@ impl ZkService {
                 sets: Mutex::new(HashMap::new()),
                 provers: tokio::sync::Semaphore::new(cores),
                 kms,
+                consent_locks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -753,12 +771,18 @@ impl ZkService {
         {
             return Err(ZkError::NotRecordHolder(record.record_id));
         }
+        let kms = self.inner.kms.kms().await?;
+        // A grant-only key is destroyed when its grants end, and every record
+        // key sealed under it with it: one answered question would do.
+        let info = kms.key_info(&holder_caller(&holder), &req.wrap_key_id)?;
+        if info.grant_only {
+            return Err(ZkError::BadRequest(format!(
+                "wrap_key_id `{}` is grant-only, and would be destroyed with its first grant: name a key created without --grant-only",
+                req.wrap_key_id
+            )));
+        }
         let context = record_key_context(&record.record_id);
-        let sealed = self
-            .inner
-            .kms
-            .kms()
-            .await?
+        let sealed = kms
             .encrypt(
                 &holder_caller(&holder),
                 &req.wrap_key_id,
@@ -881,11 +905,8 @@ impl ZkService {
         let wrap_key = yilian_kms::envelope::Envelope::decode(&sealed)
             .map_err(|e| ZkError::Corrupt(format!("sealed key of {:?}: {e}", req.record_id)))?
             .key_id;
-        let kms_grant = self
-            .inner
-            .kms
-            .kms()
-            .await?
+        let kms = self.inner.kms.kms().await?;
+        let kms_grant = kms
             .grant(
                 &holder_caller(&caller.public_key),
                 &wrap_key,
@@ -900,9 +921,10 @@ impl ZkService {
             )
             .await?;
         grant.grant_id = kms_grant.grant_id;
-        self.inner.store.put_grant(&grant)?;
         let terms_hash = grant.terms_hash();
-        let receipt = self
+        // On the ledger before it can be used: a grant the ledger refused is
+        // revoked, and the holder told.
+        let recorded = self
             .inner
             .ledger
             .submit(
@@ -915,7 +937,17 @@ impl ZkService {
                 })
                 .sign(&self.inner.node_key),
             )
-            .await?;
+            .await;
+        let receipt = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = kms
+                    .revoke_grant(&holder_caller(&caller.public_key), &grant.grant_id)
+                    .await;
+                return Err(e.into());
+            }
+        };
+        self.inner.store.put_grant(&grant)?;
         tracing::info!(grant_id = %grant.grant_id, record_id = %grant.record_id, holder = %caller, "query grant issued");
         Ok(pb::GrantResponse {
             grant_id: grant.grant_id,
@@ -971,36 +1003,40 @@ impl ZkService {
         Ok(())
     }
 
-    /// Admits a query under its grant: counts the disclosure (durably,
-    /// before anything is proven) and then a use of the KMS grant, which
-    /// opens the record's key. A refused use gives the disclosure back.
+    /// Admits a query under its (already checked) grant: counts the
+    /// disclosure, durably, before anything is proven, then a use of the
+    /// KMS grant, which opens the record's key. A refused use gives the
+    /// disclosure back. One query per (record, verifier) at a time.
     async fn consent(
         &self,
         req: &pb::QueryRequest,
+        grant: &consent::QueryGrant,
         verifier: &[u8; 32],
         predicates: &[Predicate],
         sealed: &[u8],
     ) -> Result<CipherKey> {
-        if req.grant_id.is_empty() {
-            return Err(consent::Refusal::NoGrant.into());
-        }
-        let grant = self
-            .inner
-            .store
-            .grant(&req.grant_id)?
-            .ok_or_else(|| consent::Refusal::UnknownGrant(req.grant_id.clone()))?;
-        let (before, after) = loop {
-            let before = self.inner.store.disclosed(&req.record_id, verifier)?;
-            let after = consent::admit(&grant, &req.record_id, verifier, predicates, &before)?;
-            if self
+        let lock = {
+            let mut locks = self
                 .inner
-                .store
-                .swap_disclosed(&req.record_id, verifier, &before, &after)?
-            {
-                break (before, after);
-            }
+                .consent_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks
+                .entry((req.record_id.clone(), *verifier))
+                .or_default()
+                .clone()
         };
-        let opened = match self.inner.kms.kms().await {
+        let _turn = lock.lock().await;
+        let store = &self.inner.store;
+        let before = store.disclosed(&req.record_id, verifier)?;
+        let after = consent::admit(grant, &req.record_id, verifier, predicates, &before)?;
+        if !store.swap_disclosed(&req.record_id, verifier, &before, &after)? {
+            return Err(ZkError::Corrupt(
+                "the disclosure changed under the consent lock".into(),
+            ));
+        }
+        let kms = self.inner.kms.kms().await;
+        let opened = match kms {
             Ok(kms) => {
                 kms.open_to_prove(
                     &Caller {
@@ -1018,24 +1054,50 @@ impl ZkService {
         let opened = match opened {
             Ok(o) => o,
             Err(e) => {
-                // Nothing was answered. If another query moved the count on
-                // meanwhile, the swap fails and the count stays high: safe.
-                self.inner.store.swap_disclosed(
+                // Nothing was answered: give the disclosure back.
+                store.swap_disclosed(
                     &req.record_id,
                     verifier,
                     &after,
                     &before_of(&after, &before),
                 )?;
+                use yilian_kms::KmsError as K;
                 return Err(match e {
-                    yilian_kms::KmsError::Sealed | yilian_kms::KmsError::AuditFailed(_) => {
-                        ZkError::Kms(e)
-                    }
-                    e => ZkError::GrantRefused(e),
+                    K::UnknownGrant(_)
+                    | K::NotGrantee(_)
+                    | K::GrantNotYetValid { .. }
+                    | K::GrantExpired { .. }
+                    | K::GrantExhausted { .. }
+                    | K::GrantRevoked(_)
+                    | K::OperationNotGranted { .. }
+                    | K::WrongContext(_)
+                    | K::BadGrant(_) => ZkError::GrantRefused(e),
+                    e => ZkError::Kms(e),
                 });
             }
         };
         CipherKey::from_kms_bytes(opened.expose())
             .map_err(|_| ZkError::Corrupt(format!("sealed key of record {:?}", req.record_id)))
+    }
+
+    /// Records a refusal (with its stable code, never the caller's input)
+    /// and returns it.
+    async fn refuse(
+        &self,
+        req: &pb::QueryRequest,
+        verifier: [u8; 32],
+        predicates: &[Predicate],
+        e: ZkError,
+    ) -> Result<pb::QueryResponse> {
+        let code = match &e {
+            ZkError::Refused(r) => r.code(),
+            ZkError::GrantRefused(k) => k.reason(),
+            _ => "error",
+        };
+        tracing::info!(record_id = %req.record_id, verifier = %hex::encode(verifier), reason = %e, "query refused");
+        self.record_query(req, verifier, predicates, format!("refused: {code}"))
+            .await?;
+        Err(e)
     }
 
     async fn query(&self, caller: &Principal, req: pb::QueryRequest) -> Result<pb::QueryResponse> {
@@ -1045,11 +1107,31 @@ impl ZkService {
                 "a query needs at least one predicate".into(),
             ));
         }
+        if req.grant_id.len() > MAX_GRANT_ID_LEN {
+            return Err(ZkError::BadRequest(format!(
+                "grant_id is {} bytes: give the id Grant returned (at most {MAX_GRANT_ID_LEN})",
+                req.grant_id.len()
+            )));
+        }
         let predicates = req
             .predicates
             .iter()
             .map(Predicate::try_from)
             .collect::<Result<Vec<_>>>()?;
+        let verifier = caller.public_key;
+        // Consent first: without it the verifier learns nothing about the
+        // record, not even whether it exists.
+        let grant = if req.grant_id.is_empty() {
+            None
+        } else {
+            self.inner.store.grant(&req.grant_id)?
+        };
+        if let Err(r) =
+            consent::check_grant(grant.as_ref(), &req.grant_id, &req.record_id, &verifier)
+        {
+            return self.refuse(&req, verifier, &predicates, r.into()).await;
+        }
+        let grant = grant.expect("checked");
         let (stored, sealed) = self
             .inner
             .store
@@ -1061,14 +1143,13 @@ impl ZkService {
             SetOp::In | SetOp::NotIn => Some(self.set(q.set.root).await?),
         };
         let sk = self.keys().await?;
-        let verifier = caller.public_key;
-        let key = match self.consent(&req, &verifier, &predicates, &sealed).await {
+        let key = match self
+            .consent(&req, &grant, &verifier, &predicates, &sealed)
+            .await
+        {
             Ok(k) => k,
             Err(e @ (ZkError::Refused(_) | ZkError::GrantRefused(_))) => {
-                tracing::info!(record_id = %req.record_id, verifier = %caller, reason = %e, "query refused");
-                self.record_query(&req, verifier, &predicates, e.to_string())
-                    .await?;
-                return Err(e);
+                return self.refuse(&req, verifier, &predicates, e).await;
             }
             Err(e) => return Err(e),
         };
@@ -1081,7 +1162,7 @@ impl ZkService {
         let record = stored.record;
         let k = sk.clone();
         let started = std::time::Instant::now();
-        let proof = blocking(move || {
+        let proved = blocking(move || {
             prover::prove(
                 &k.pk,
                 &record,
@@ -1091,7 +1172,16 @@ impl ZkService {
                 &mut keys::os_rng(),
             )
         })
-        .await?;
+        .await;
+        let proof = match proved {
+            Ok(p) => p,
+            Err(e) => {
+                // The use is spent: say so on the ledger.
+                self.record_query(&req, verifier, &predicates, "failed".into())
+                    .await?;
+                return Err(e);
+            }
+        };
         tracing::info!(
             record_id = %req.record_id,
             verifier = %caller,

@@ -113,10 +113,13 @@ pub fn verifier(
         uint256 y = IC0_Y;
         uint256 mx;
         uint256 my;
-{accumulate}        uint256[24] memory p;
+{accumulate}        // Canonical coordinates only, so that a proof has one encoding.
+        if (a[0] >= Q || a[1] >= Q || c[0] >= Q || c[1] >= Q) return false;
+        if (b[0][0] >= Q || b[0][1] >= Q || b[1][0] >= Q || b[1][1] >= Q) return false;
+        uint256[24] memory p;
         // e(-A, B)
         p[0] = a[0];
-        p[1] = (Q - (a[1] % Q)) % Q;
+        p[1] = a[1] == 0 ? 0 : Q - a[1];
         p[2] = b[0][0];
         p[3] = b[0][1];
         p[4] = b[1][0];

@@ -46,6 +46,15 @@ pub(crate) struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            // Owner-only from its first byte, not from a chmod after.
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+        }
         let db = Database::create(path)?;
         restrict(path)?;
         let txn = db.begin_write()?;
@@ -61,9 +70,11 @@ impl Store {
         txn.delete_table(PLAINTEXT_KEYS)?;
         txn.commit()?;
         if dropped > 0 {
+            // Deleting frees the pages without wiping them: the keys stay in
+            // this file (and its backups) until overwritten.
             tracing::warn!(
                 dropped,
-                "deleted record keys stored in plaintext by an earlier version; their holders must register those records again"
+                "dropped record keys an earlier version stored in plaintext: treat them as exposed; their holders must re-encrypt, re-anchor and register those records again"
             );
         }
         Ok(Store { db })

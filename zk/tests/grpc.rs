@@ -1,7 +1,9 @@
 //! The ZK API over gRPC with mutual-TLS identities from a real admission
 //! authority and a real ledger: holders register anchored records and
 //! sets, verifiers get proven answers (true and false) that anyone admitted
-//! can check, and every refusal carries a precise status and changes nothing.
+//! can check, under the holder's grants and disclosure budget; every refusal
+//! carries a precise status and changes nothing but the ledger's record of
+//! it (a ZkQuery entry, or the KMS's audit).
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -263,6 +265,20 @@ fn grant_request(record_id: &str, net: &Net, allowed: &[Predicate], uses: u32) -
     }
 }
 
+/// Whether the node lacks the record: its holder's grant on it is NotFound.
+async fn not_stored(net: &Net, record_id: &str) -> bool {
+    let income = Predicate::Gte {
+        field: "income".into(),
+        value: 1,
+    };
+    let r = net
+        .client(HOLDER)
+        .await
+        .grant(grant_request(record_id, net, &[income], 1))
+        .await;
+    matches!(r, Err(e) if e.code() == Code::NotFound)
+}
+
 /// A query under a fresh one-use grant from the holder for exactly these predicates.
 async fn granted_query(net: &Net, record_id: &str, predicates: &[Predicate]) -> pb::QueryRequest {
     let g = net
@@ -495,19 +511,8 @@ async fn each_role_does_only_its_part_and_refusals_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    let e = verifier_client
-        .query(query(
-            "customer-x",
-            &[Predicate::Gte {
-                field: "income".into(),
-                value: 1,
-            }],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.code(),
-        Code::NotFound,
+    assert!(
+        not_stored(&net, "customer-x").await,
         "the refused record was not stored"
     );
     let e = verifier_client
@@ -525,13 +530,17 @@ async fn each_role_does_only_its_part_and_refusals_change_nothing() {
     .unwrap()
     .root();
     let e = verifier_client
-        .query(query(
-            "customer-0002",
-            &[Predicate::In {
-                field: "id_number".into(),
-                root,
-            }],
-        ))
+        .query(
+            granted_query(
+                &net,
+                "customer-0002",
+                &[Predicate::In {
+                    field: "id_number".into(),
+                    root,
+                }],
+            )
+            .await,
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -582,8 +591,8 @@ async fn each_role_does_only_its_part_and_refusals_change_nothing() {
     assert_eq!(r.anchor_index, size - 2);
     assert_eq!(
         net.ledger.len(),
-        size + 2,
-        "only the other holder's anchor, and the audit of sealing the key again"
+        size + 4,
+        "only the other holder's anchor, the audit of sealing the key again, and the grant the set question was asked under (its KMS audit and QueryGrant)"
     );
 }
 
@@ -597,8 +606,15 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
         value,
     };
 
+    // A verifier without a grant learns nothing, not even whether a record
+    // exists; its holder learns that it does not.
     let e = verifier_client
         .query(query("nobody", &[income(1)]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = holder
+        .grant(grant_request("nobody", &net, &[income(1)], 1))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
@@ -690,11 +706,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
     }
     // None of it was stored.
-    let e = verifier_client
-        .query(query("customer-0003", &[income(1)]))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(not_stored(&net, "customer-0003").await);
 
     // Malformed queries on a registered record.
     let (_record, _key) = registered(&net, "customer-0004", "130101196001010033").await;
@@ -815,12 +827,14 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             ],
         ),
     ];
+    // Under a grant, so that they reach the record's schema.
+    let granted = granted_query(&net, "customer-0004", &[income(1)]).await;
     for (what, predicates) in cases {
         let e = verifier_client
             .query(pb::QueryRequest {
                 record_id: "customer-0004".into(),
                 predicates,
-                grant_id: String::new(),
+                grant_id: granted.grant_id.clone(),
             })
             .await
             .unwrap_err();
@@ -836,7 +850,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
                 Some(Value::Root(vec![1; 32])),
                 None,
             )],
-            grant_id: String::new(),
+            grant_id: granted.grant_id.clone(),
         })
         .await
         .unwrap_err();
@@ -861,9 +875,10 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
-    // Nothing above wrote to the ledger (not even a verifying-key anchor:
-    // every refusal came before proving).
-    assert_eq!(net.ledger.len(), size_after);
+    // Nothing above wrote to the ledger but the grant the malformed queries
+    // were asked under (its KMS audit and its QueryGrant): every refusal
+    // came before consent was counted and before proving.
+    assert_eq!(net.ledger.len(), size_after + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -966,17 +981,7 @@ async fn record_keys_are_sealed_at_rest_and_a_sealed_kms_proves_nothing() {
         let e = holder.register_record(req).await.unwrap_err();
         assert_eq!(e.code(), code, "{wrap:?}: {e:?}");
     }
-    let e = verifier_client
-        .query(query(
-            "customer-0006",
-            &[Predicate::Gte {
-                field: "income".into(),
-                value: 1,
-            }],
-        ))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(not_stored(&net, "customer-0006").await);
 
     // With the KMS sealed the node can neither open a key (no proof) nor
     // seal one (no registration).
@@ -1025,7 +1030,7 @@ async fn queries_need_the_holders_grant_and_a_binary_search_is_stopped_by_the_bu
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("no grant"), "{e:?}");
     assert_eq!(net.ledger.len(), size + 1);
-    assert!(last_outcome().contains("no grant"));
+    assert_eq!(last_outcome(), "refused: no-grant");
 
     // A grant is one use by default (burn after reading), recorded on the ledger.
     let mut req = grant_request(r, &net, &[income(100_000)], 1);
@@ -1196,6 +1201,28 @@ async fn queries_need_the_holders_grant_and_a_binary_search_is_stopped_by_the_bu
         size + 1,
         "only the KMS audit of the refused revocation"
     );
+
+    // Two copies of a question with a new constant, at once, under a grant
+    // of one use: one is answered, and its constant stays counted although
+    // the other's refusal gives its reservation back.
+    let born = |value| Predicate::Lte {
+        field: "birth_date".into(),
+        value,
+    };
+    let mut one_use = grant_request(r, &net, &[born(20_000_101)], 1);
+    one_use.budget.clear();
+    let once = holder.grant(one_use).await.unwrap().into_inner();
+    let mut again = net.client(VERIFIER).await;
+    let (a, b) = tokio::join!(
+        verifier.query(under(&once.grant_id, born(20_000_101))),
+        again.query(under(&once.grant_id, born(20_000_101))),
+    );
+    assert_eq!(u8::from(a.is_ok()) + u8::from(b.is_ok()), 1);
+    let e = holder
+        .grant(grant(vec![born(19_800_101), born(19_700_101)]))
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("3 distinct constants"), "{e:?}");
 }
 
 /// 2^16 members: building the set (about 2^17 Poseidon hashes) and one

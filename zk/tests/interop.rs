@@ -6,7 +6,7 @@
 //!
 //! The tools are pinned in `tools/interop/package-lock.json`. `.ci/run`
 //! installs them with `npm ci`; run alone, this test installs them the same
-//! way on first use.
+//! way when `node_modules` was not installed from that lock file.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 
 use ark_bn254::Fr;
 use ark_ff::UniformRand;
+use sha2::Digest;
 
 use yilian_zk::keys;
 use yilian_zk::prover::{self, KycProof};
@@ -25,7 +26,11 @@ fn tools() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/interop");
-        if !dir.join("node_modules/.bin/snarkjs").exists() {
+        // Installed from this lock file, or installed again.
+        let lock = std::fs::read(dir.join("package-lock.json")).expect("the lock file");
+        let stamp = dir.join("node_modules/.yilian-lock");
+        let digest = hex::encode(sha2::Sha256::digest(&lock));
+        if std::fs::read_to_string(&stamp).ok().as_deref() != Some(digest.as_str()) {
             let out = Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
                 .current_dir(&dir)
@@ -37,6 +42,7 @@ fn tools() -> &'static Path {
                 dir.display(),
                 String::from_utf8_lossy(&out.stderr)
             );
+            std::fs::write(&stamp, &digest).unwrap();
         }
         dir
     })
