@@ -141,6 +141,7 @@ async fn consortium(n: usize) -> Net {
             metrics: None,
             identity,
             kms_sealed: false,
+            insecure_dev_setup: false,
             federated: None,
             cluster: ClusterConfig {
                 advertise: Some(listen.clone()),

@@ -33,6 +33,12 @@ pub struct NodeConfig {
     /// `kms-root.key` in the data directory (created on first start).
     #[serde(default)]
     pub kms_sealed: bool,
+    /// Let the ZK API make its proving keys by a single-party setup when it
+    /// has none. Whoever runs that setup can forge proofs: development only.
+    /// Otherwise keys come from the members' ceremony (`yilian zk ceremony
+    /// verify --out <data_dir>/zk`).
+    #[serde(default)]
+    pub insecure_dev_setup: bool,
     /// QUIC address of the federated-learning coordinator (agents connect
     /// here; engineers use the gRPC address); `None` serves no federated
     /// learning.
@@ -85,6 +91,11 @@ pub struct NodeOverrides {
     /// Start the KMS sealed (unseal with `yilian kms unseal`).
     #[arg(long, env = "YILIAN_KMS_SEALED")]
     pub kms_sealed: bool,
+    /// Make ZK proving keys by a single-party setup if there are none
+    /// (forgeable: development only; production keys come from
+    /// `yilian zk ceremony`).
+    #[arg(long)]
+    pub insecure_dev_setup: bool,
     /// Federated-learning (QUIC) listen address, e.g. 127.0.0.1:7401.
     #[arg(long, env = "YILIAN_FEDERATED")]
     pub federated: Option<SocketAddr>,
@@ -99,6 +110,8 @@ struct FileConfig {
     identity: Option<PathBuf>,
     #[serde(default)]
     kms_sealed: bool,
+    #[serde(default)]
+    insecure_dev_setup: bool,
     federated: Option<SocketAddr>,
     #[serde(default)]
     cluster: ClusterConfig,
@@ -132,6 +145,7 @@ impl NodeConfig {
                 .unwrap_or_else(|| "127.0.0.1:7400".parse().expect("valid address")),
             metrics: over.metrics.or(f.metrics),
             kms_sealed: over.kms_sealed || f.kms_sealed,
+            insecure_dev_setup: over.insecure_dev_setup || f.insecure_dev_setup,
             federated: over.federated.or(f.federated),
             cluster: f.cluster,
             data_dir,
@@ -283,9 +297,14 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     // Destroys grant-only keys whose grants have all ended (crypto-shredding).
     let sweeper = kms.spawn_sweeper(std::time::Duration::from_secs(60));
     // The ZK API: proving keys are made or loaded on first use, so start stays fast.
-    let zk =
-        yilian_zk::service::ZkService::open(&cfg.data_dir, ledger.clone(), &identity, kms.clone())
-            .context("cannot open the ZK API")?;
+    let zk = yilian_zk::service::ZkService::open(
+        &cfg.data_dir,
+        ledger.clone(),
+        &identity,
+        kms.clone(),
+        cfg.insecure_dev_setup,
+    )
+    .context("cannot open the ZK API")?;
     let router = tonic::transport::Server::builder()
         .add_service(LedgerService::new(ledger.clone()).into_server())
         .add_service(ConsortiumService::new(ledger.clone()).into_server())

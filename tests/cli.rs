@@ -387,6 +387,7 @@ fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
     let _node = Node(
         Command::new(env!("CARGO_BIN_EXE_yilian"))
             .args(["node", "--config", config.to_str().unwrap()])
+            .arg("--insecure-dev-setup")
             .arg("--metrics")
             .arg(format!("127.0.0.1:{}", free_port()))
             .stdout(Stdio::null())

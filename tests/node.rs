@@ -39,6 +39,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         metrics: None,
         identity: dir.identity(network::NODE_IDENTITY),
         kms_sealed: false,
+        insecure_dev_setup: false,
         federated: None,
         cluster: Default::default(),
     };

@@ -145,6 +145,15 @@ pub enum Payload {
         predicates_hash: [u8; 32],
         outcome: String,
     },
+    /// A member's contribution to a statement's setup ceremony: the
+    /// transcript hash after it (phase 1, powers of tau; phase 2, delta).
+    CeremonyContribution {
+        statement: String,
+        phase: u8,
+        index: u32,
+        #[serde(with = "crate::hexbytes")]
+        hash: [u8; 32],
+    },
 }
 
 /// A change to the set of member nodes that replicate and cosign the ledger.
@@ -182,6 +191,7 @@ impl Payload {
             Payload::PrivacySpent { .. } => "privacy-spent",
             Payload::QueryGrant { .. } => "query-grant",
             Payload::ZkQuery { .. } => "zk-query",
+            Payload::CeremonyContribution { .. } => "ceremony-contribution",
         }
     }
 
@@ -217,6 +227,9 @@ impl Payload {
             Payload::QueryGrant { record_id, .. } | Payload::ZkQuery { record_id, .. } => {
                 vec![(self.kind(), record_id.as_bytes().to_vec())]
             }
+            Payload::CeremonyContribution { statement, .. } => {
+                vec![(self.kind(), statement.as_bytes().to_vec())]
+            }
             _ => Vec::new(),
         }
     }
@@ -240,6 +253,8 @@ impl Payload {
             Payload::MemberProposal { .. } | Payload::MemberApproval { .. } => &[Member],
             // The node that enforces the grant records it and each query.
             Payload::QueryGrant { .. } | Payload::ZkQuery { .. } => &[Member],
+            // Only consortium members contribute to setups.
+            Payload::CeremonyContribution { .. } => &[Member],
         }
     }
 }

@@ -113,6 +113,10 @@ pub enum Command {
         #[arg(long)]
         wrap_key: String,
     },
+    /// The multi-party setup ceremony of the KYC statement among the
+    /// consortium's members.
+    #[command(subcommand)]
+    Ceremony(CeremonyCommand),
     /// End one of your query grants now.
     RevokeGrant {
         #[command(flatten)]
@@ -138,8 +142,9 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-    /// Generate the KYC statement's proving and verifying keys (single-party
-    /// setup: development only; production needs a multi-party ceremony).
+    /// Generate the KYC statement's proving and verifying keys by a
+    /// single-party setup: whoever runs it can forge proofs. Development
+    /// only; `yilian zk ceremony` is the multi-party setup.
     Setup {
         #[arg(long, default_value = ".")]
         out: PathBuf,
@@ -211,6 +216,165 @@ pub enum Command {
         #[arg(long, default_value = "Verifier.sol")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CeremonyCommand {
+    /// Start a ceremony in a directory: phase 1 (powers of tau) sized to the
+    /// KYC statement's QAP domain.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Contribute to the current phase as a member, with fresh secrets that
+    /// are forgotten at once, and anchor the transcript hash on the ledger.
+    Contribute {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// End phase 1: derive the statement's initial phase-2 key from it.
+    FinishPhase1 {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Verify the whole transcript from its start, and, given a node, that
+    /// every contribution is anchored on the ledger by a member; writes the
+    /// resulting keys to `--out` (kyc-v1.pk, kyc-v1.vk, verification_key.json).
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
+}
+
+fn anchor_file(dir: &Path, step: &crate::ceremony::transcript::Step) -> PathBuf {
+    dir.join(format!("phase{}", step.phase))
+        .join(format!("{:04}.anchor", step.index))
+}
+
+impl CeremonyCommand {
+    async fn run(self) -> anyhow::Result<()> {
+        use crate::ceremony::transcript;
+        use yilian_circuits::kyc::KycCircuit;
+        match self {
+            CeremonyCommand::Init { dir } => {
+                let n = transcript::init(&dir, KycCircuit::blank())?;
+                println!(
+                    "ceremony for {} started in {}: {n}-point domain",
+                    crate::KYC_STATEMENT,
+                    dir.display()
+                );
+            }
+            CeremonyCommand::Contribute { conn, dir } => {
+                let (channel, id) = conn.channel().await?;
+                let step = tokio::task::spawn_blocking({
+                    let dir = dir.clone();
+                    move || transcript::contribute(&dir, &mut keys::os_rng())
+                })
+                .await??;
+                let receipt = yilian_ledger::service::LedgerClient::new(channel)
+                    .submit(
+                        &yilian_ledger::Transaction::new(
+                            yilian_ledger::Payload::CeremonyContribution {
+                                statement: crate::KYC_STATEMENT.into(),
+                                phase: step.phase,
+                                index: step.index,
+                                hash: step.hash,
+                            },
+                        )
+                        .sign(id.signing_key()),
+                    )
+                    .await
+                    .map_err(grpc)?;
+                std::fs::write(anchor_file(&dir, &step), receipt.index.to_string())?;
+                println!(
+                    "phase {} contribution {}: transcript hash {}, anchored at ledger entry {}",
+                    step.phase,
+                    step.index,
+                    hex::encode(step.hash),
+                    receipt.index
+                );
+            }
+            CeremonyCommand::FinishPhase1 { dir } => {
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    transcript::finish_phase1(&d, KycCircuit::blank())
+                })
+                .await??;
+                println!(
+                    "phase 1 finished; phase 2 starts from the derived key in {}",
+                    dir.display()
+                );
+            }
+            CeremonyCommand::Verify {
+                dir,
+                out,
+                node,
+                identity,
+            } => {
+                let d = dir.clone();
+                let (pk, steps) = tokio::task::spawn_blocking(move || {
+                    transcript::verify(&d, KycCircuit::blank(), &mut keys::os_rng())
+                })
+                .await??;
+                if let (Some(node), Some(identity)) = (node, identity) {
+                    let conn = Conn { node, identity };
+                    let (channel, _) = conn.channel().await?;
+                    let mut ledger = yilian_ledger::service::LedgerClient::new(channel);
+                    for step in &steps {
+                        let path = anchor_file(&dir, step);
+                        let index: u64 = std::fs::read_to_string(&path)
+                            .with_context(|| format!("{}: no anchor recorded", path.display()))?
+                            .trim()
+                            .parse()
+                            .with_context(|| format!("{}: not a ledger index", path.display()))?;
+                        let entry = ledger.entry(index).await.map_err(grpc)?;
+                        let expected = yilian_ledger::Payload::CeremonyContribution {
+                            statement: crate::KYC_STATEMENT.into(),
+                            phase: step.phase,
+                            index: step.index,
+                            hash: step.hash,
+                        };
+                        anyhow::ensure!(
+                            entry.tx.payload == expected,
+                            "phase {} contribution {}: ledger entry {index} does not anchor its hash",
+                            step.phase,
+                            step.index
+                        );
+                        println!(
+                            "phase {} contribution {}: anchored at entry {index} by member {}",
+                            step.phase,
+                            step.index,
+                            hex::encode(entry.signer)
+                        );
+                    }
+                }
+                let vk_hash = keys::vk_hash(&pk.vk);
+                if let Some(out) = out {
+                    std::fs::create_dir_all(&out)?;
+                    keys::write_key(&out.join(format!("{}.pk", crate::KYC_STATEMENT)), &pk)?;
+                    keys::write_key(&out.join(format!("{}.vk", crate::KYC_STATEMENT)), &pk.vk)?;
+                    write_json(
+                        &out.join("verification_key.json"),
+                        &snarkjs::export_vk(&pk.vk),
+                    )?;
+                }
+                println!(
+                    "transcript verified: {} contributions; verifying key hash {}",
+                    steps.len(),
+                    hex::encode(vk_hash)
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
@@ -333,6 +497,7 @@ impl Command {
                     if r.replaced { ", replacing" } else { "" }
                 );
             }
+            Command::Ceremony(c) => c.run().await?,
             Command::RevokeGrant { conn, grant } => {
                 let r = conn
                     .client()

@@ -100,6 +100,14 @@ pub enum ZkError {
         "record `{0}` has no sealed key (it was registered before keys were sealed at rest); its holder must register it again"
     )]
     RecordKeyMissing(String),
+    #[error(
+        "no kyc-v1 keys in {}: verify the members' ceremony into it (yilian zk ceremony verify --out), or start the node with --insecure-dev-setup for development",
+        .0.display()
+    )]
+    NoKeys(std::path::PathBuf),
+    /// A setup ceremony's contribution or transcript that does not verify.
+    #[error("ceremony: {0}")]
+    Ceremony(#[from] ceremony::CeremonyError),
     /// A query or grant the consent rules refuse.
     #[error("refused: {0}")]
     Refused(#[from] consent::Refusal),
@@ -144,7 +152,9 @@ impl From<ZkError> for tonic::Status {
             | AnchorMismatch
             | VerifyingKeyMismatch
             | NotAnchored { .. }
-            | RecordKeyMissing(_) => Code::FailedPrecondition,
+            | RecordKeyMissing(_)
+            | NoKeys(_)
+            | Ceremony(_) => Code::FailedPrecondition,
             // The ledger's and the KMS's own mappings: a refused anchor keeps
             // its code, a sealed KMS is Unavailable, a wrapping key the holder
             // does not own is PermissionDenied.

@@ -22,8 +22,10 @@
 //! disk and its backups, not a node whose memory is read.
 //!
 //! Proving keys: the node proves `kyc-v1` with the keys in `<data_dir>/zk/`
-//! (`kyc-v1.pk`, `kyc-v1.vk`). They are loaded, or made by the single-party
-//! development setup ([`keys::setup`]) when absent, on first use rather
+//! (`kyc-v1.pk`, `kyc-v1.vk`), which `yilian zk ceremony verify --out`
+//! writes from the members' verified ceremony. They are loaded, or, only
+//! with `--insecure-dev-setup`, made by the single-party development setup
+//! ([`keys::setup`]) when absent, on first use rather
 //! than at node start: generation takes seconds of CPU that a node which
 //! never proves should not pay, and a node start must stay fast. Once
 //! loaded, the node anchors the verifying key's hash on the ledger
@@ -456,6 +458,8 @@ struct Inner {
     /// disclosure to the KMS's decision: a refused query's give-back must
     /// not erase a constant a concurrent query had answered.
     consent_locks: Mutex<HashMap<(String, [u8; 32]), ConsentLock>>,
+    /// Whether a missing key pair may be made by the single-party setup.
+    dev_setup: bool,
 }
 
 type ConsentLock = Arc<tokio::sync::Mutex<()>>;
@@ -529,8 +533,9 @@ fn statement(name: &str) -> Result<&'static str> {
     }
 }
 
-/// Loads the statement's keys from `dir`, or makes and writes them.
-fn load_or_setup(dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
+/// Loads the statement's keys from `dir`, or, if allowed, makes and writes
+/// them by the single-party setup.
+fn load_or_setup(dir: &Path, dev_setup: bool) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
     let pk_path = dir.join(format!("{KYC_STATEMENT}.pk"));
     let vk_path = dir.join(format!("{KYC_STATEMENT}.vk"));
     if pk_path.exists() && vk_path.exists() {
@@ -546,9 +551,12 @@ fn load_or_setup(dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)>
         tracing::info!(dir = %dir.display(), "loaded {KYC_STATEMENT} keys");
         return Ok((pk, vk));
     }
+    if !dev_setup {
+        return Err(ZkError::NoKeys(dir.to_owned()));
+    }
     tracing::warn!(
         dir = %dir.display(),
-        "no {KYC_STATEMENT} keys: running the single-party setup (development only)"
+        "no {KYC_STATEMENT} keys: running the single-party setup (--insecure-dev-setup: whoever runs it can forge proofs)"
     );
     std::fs::create_dir_all(dir)?;
     let (pk, vk) = keys::setup(&mut keys::os_rng())?;
@@ -574,6 +582,7 @@ impl ZkService {
         ledger: Ledger,
         node: &Identity,
         kms: Arc<LedgerKmsNode>,
+        insecure_dev_setup: bool,
     ) -> Result<ZkService> {
         std::fs::create_dir_all(data_dir)?;
         let store = Store::open(&data_dir.join("zk.redb"))?;
@@ -590,6 +599,7 @@ impl ZkService {
                 provers: tokio::sync::Semaphore::new(cores),
                 kms,
                 consent_locks: Mutex::new(HashMap::new()),
+                dev_setup: insecure_dev_setup,
             }),
         })
     }
@@ -611,7 +621,8 @@ impl ZkService {
             .keys
             .get_or_try_init(|| async {
                 let dir = self.inner.key_dir.clone();
-                let (pk, vk) = blocking(move || load_or_setup(&dir)).await?;
+                let dev = self.inner.dev_setup;
+                let (pk, vk) = blocking(move || load_or_setup(&dir, dev)).await?;
                 let vk_hash = keys::vk_hash(&vk);
                 let anchor_index = self.anchor_verifying_key(vk_hash).await?;
                 Ok::<_, ZkError>(Arc::new(StatementKeys {

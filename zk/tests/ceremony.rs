@@ -164,3 +164,41 @@ fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
     wrong[0] += Fr::one();
     assert!(!Groth16::<Bn254>::verify_with_processed_vk(&pvk, &wrong, &proof).unwrap());
 }
+
+#[test]
+fn a_transcript_on_disk_verifies_from_its_start_and_a_replaced_file_is_refused() {
+    use yilian_zk::ceremony::transcript;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = StdRng::seed_from_u64(5);
+    transcript::init(d, Demo { x: None }).unwrap();
+    assert!(transcript::init(d, Demo { x: None }).is_err(), "only once");
+    assert!(
+        transcript::finish_phase1(d, Demo { x: None }).is_err(),
+        "phase 1 needs a contribution"
+    );
+    let mut steps = Vec::new();
+    for _ in 0..2 {
+        steps.push(transcript::contribute(d, &mut rng).unwrap());
+    }
+    transcript::finish_phase1(d, Demo { x: None }).unwrap();
+    for _ in 0..2 {
+        steps.push(transcript::contribute(d, &mut rng).unwrap());
+    }
+    let (pk, verified) = transcript::verify(d, Demo { x: None }, &mut rng).unwrap();
+    assert_eq!(verified, steps, "the hashes each contributor anchored");
+    assert_eq!(
+        steps.iter().map(|s| (s.phase, s.index)).collect::<Vec<_>>(),
+        [(1, 1), (1, 2), (2, 1), (2, 2)]
+    );
+    let x = Fr::from(2u64);
+    let proof = Groth16::<Bn254>::prove(&pk, Demo { x: Some(x) }, &mut rng).unwrap();
+    assert!(Groth16::<Bn254>::verify(&pk.vk, &public(x), &proof).unwrap());
+
+    // A contribution replaced by a fresh one over the same predecessor
+    // verifies alone but breaks the chain after it.
+    let p1 = d.join("phase1");
+    std::fs::copy(p1.join("0001.bin"), p1.join("0002.bin")).unwrap();
+    let e = transcript::verify(d, Demo { x: None }, &mut rng).unwrap_err();
+    assert!(e.to_string().contains("contribution 2"), "{e}");
+}

@@ -144,7 +144,15 @@ async fn net(with_keys: bool) -> Net {
             .await
             .unwrap();
     }
-    let service = ZkService::open(dir.path(), ledger.clone(), &ids[NODE], kms.clone()).unwrap();
+    // Without shared keys, the node makes its own (the first-use test).
+    let service = ZkService::open(
+        dir.path(),
+        ledger.clone(),
+        &ids[NODE],
+        kms.clone(),
+        !with_keys,
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let incoming =
@@ -926,10 +934,37 @@ async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
         net.ledger.clone(),
         &net.ids[NODE],
         net.kms.clone(),
+        false,
     )
     .unwrap();
     assert_eq!(again.prepare_keys().await.unwrap(), vk_hash);
     assert_eq!(net.ledger.len(), size + 1, "no second anchor");
+
+    // Without keys, and without --insecure-dev-setup, a node makes none: it
+    // says where the ceremony's keys go.
+    let empty = tempfile::tempdir().unwrap();
+    let none = ZkService::open(
+        empty.path(),
+        net.ledger.clone(),
+        &net.ids[NODE],
+        net.kms.clone(),
+        false,
+    )
+    .unwrap();
+    let e = none.prepare_keys().await.unwrap_err();
+    assert!(matches!(e, yilian_zk::ZkError::NoKeys(_)), "{e}");
+    assert!(
+        e.to_string().contains("yilian zk ceremony verify --out"),
+        "{e}"
+    );
+    assert!(
+        !empty
+            .path()
+            .join("zk")
+            .join(format!("{KYC_STATEMENT}.pk"))
+            .exists()
+    );
+    assert_eq!(net.ledger.len(), size + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,217 @@
+//! A ceremony's transcript on disk, and its verification from the start.
+//!
+//! ```text
+//! <dir>/phase1/0000.bin          the starting accumulator (recomputed and compared)
+//! <dir>/phase1/NNNN.bin, .proof  contribution N
+//! <dir>/phase2/0000.bin          the derived key (recomputed and compared)
+//! <dir>/phase2/NNNN.bin, .proof  contribution N
+//! ```
+//!
+//! Each state's transcript hash chains from the one before
+//! ([`super::transcript_hash`]); the hash of contribution N is what its
+//! contributor anchors on the ledger (`CeremonyContribution`).
+
+use std::path::{Path, PathBuf};
+
+use ark_bn254::{Bn254, Fr};
+use ark_groth16::ProvingKey;
+use ark_relations::gr1cs::ConstraintSynthesizer;
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+use ark_std::rand::{CryptoRng, RngCore};
+
+use super::phase1::{self, Accumulator};
+use super::{CeremonyError, derive, phase2, transcript_hash};
+use crate::{Result, ZkError};
+
+/// One contribution as the ledger anchors it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub phase: u8,
+    pub index: u32,
+    pub hash: [u8; 32],
+}
+
+fn file(dir: &Path, phase: u8, index: u32, ext: &str) -> PathBuf {
+    dir.join(format!("phase{phase}"))
+        .join(format!("{index:04}.{ext}"))
+}
+
+fn read<T: CanonicalDeserialize>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path)?;
+    T::deserialize_compressed(bytes.as_slice()).map_err(|e| ZkError::Malformed {
+        what: "ceremony file",
+        detail: format!("{}: {e}", path.display()),
+    })
+}
+
+fn write<T: CanonicalSerialize>(path: &Path, value: &T) -> Result<()> {
+    std::fs::create_dir_all(path.parent().expect("files are in a phase directory"))?;
+    let mut bytes = Vec::new();
+    value
+        .serialize_compressed(&mut bytes)
+        .expect("serialising to memory cannot fail");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn count(dir: &Path, phase: u8) -> u32 {
+    (1..)
+        .take_while(|i| file(dir, phase, *i, "bin").exists())
+        .count() as u32
+}
+
+fn ceremony(e: CeremonyError) -> ZkError {
+    ZkError::Ceremony(e)
+}
+
+/// Starts a ceremony for `circuit` in `dir`: phase 1 sized to its domain.
+pub fn init<C: ConstraintSynthesizer<Fr>>(dir: &Path, circuit: C) -> Result<usize> {
+    if file(dir, 1, 0, "bin").exists() {
+        return Err(ZkError::BadRequest(format!(
+            "{}: a ceremony is already there; contribute to it or choose another directory",
+            dir.display()
+        )));
+    }
+    let n = derive::domain_size(circuit).map_err(ceremony)?;
+    write(&file(dir, 1, 0, "bin"), &Accumulator::new(n))?;
+    Ok(n)
+}
+
+/// Adds a contribution to the current phase, after checking the state it
+/// builds on. Returns the step to anchor.
+pub fn contribute<R: RngCore + CryptoRng>(dir: &Path, rng: &mut R) -> Result<Step> {
+    let (phase, last) = match count_phase2(dir) {
+        Some(k) => (2u8, k),
+        None => (1u8, count(dir, 1)),
+    };
+    let hashes = hashes_so_far(dir, phase, last)?;
+    let previous = *hashes.last().expect("state 0 is always hashed");
+    let index = last + 1;
+    let hash = if phase == 1 {
+        let acc: Accumulator = read(&file(dir, 1, last, "bin"))?;
+        let (next, proof) = acc.contribute(&previous, rng);
+        write(&file(dir, 1, index, "bin"), &next)?;
+        write(&file(dir, 1, index, "proof"), &proof)?;
+        transcript_hash(&previous, &next)
+    } else {
+        let pk: ProvingKey<Bn254> = read(&file(dir, 2, last, "bin"))?;
+        let (next, proof) = phase2::contribute(&pk, &previous, rng);
+        write(&file(dir, 2, index, "bin"), &next)?;
+        write(&file(dir, 2, index, "proof"), &proof)?;
+        transcript_hash(&previous, &next)
+    };
+    Ok(Step { phase, index, hash })
+}
+
+fn count_phase2(dir: &Path) -> Option<u32> {
+    file(dir, 2, 0, "bin").exists().then(|| count(dir, 2))
+}
+
+/// The transcript hashes of the states up to `last` of `phase`, read (not
+/// verified: [`verify`] does that).
+fn hashes_so_far(dir: &Path, phase: u8, last: u32) -> Result<Vec<[u8; 32]>> {
+    let mut h = [0u8; 32];
+    let mut out = Vec::new();
+    let p1 = if phase == 1 { last } else { count(dir, 1) };
+    for i in 0..=p1 {
+        let acc: Accumulator = read(&file(dir, 1, i, "bin"))?;
+        h = transcript_hash(&h, &acc);
+        if phase == 1 {
+            out.push(h);
+        }
+    }
+    if phase == 2 {
+        for i in 0..=last {
+            let pk: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
+            h = transcript_hash(&h, &pk);
+            out.push(h);
+        }
+    }
+    Ok(out)
+}
+
+/// Ends phase 1: derives the initial phase-2 key for `circuit`.
+pub fn finish_phase1<C: ConstraintSynthesizer<Fr> + Send>(dir: &Path, circuit: C) -> Result<()> {
+    if count_phase2(dir).is_some() {
+        return Err(ZkError::BadRequest(format!(
+            "{}: phase 1 is already finished",
+            dir.display()
+        )));
+    }
+    let last = count(dir, 1);
+    if last == 0 {
+        return Err(ZkError::BadRequest(format!(
+            "{}: phase 1 has no contribution yet; at least one member must contribute",
+            dir.display()
+        )));
+    }
+    let acc: Accumulator = read(&file(dir, 1, last, "bin"))?;
+    let pk = derive::initial_key(&acc, circuit).map_err(ceremony)?;
+    write(&file(dir, 2, 0, "bin"), &pk)
+}
+
+/// Verifies the whole transcript for `circuit` from its start, recomputing
+/// the starting accumulator and the derived key. Returns the final key and
+/// every contribution's step, for the caller to find anchored.
+pub fn verify<C: ConstraintSynthesizer<Fr> + Send + Clone, R: RngCore + CryptoRng>(
+    dir: &Path,
+    circuit: C,
+    rng: &mut R,
+) -> Result<(ProvingKey<Bn254>, Vec<Step>)> {
+    let n1 = count(dir, 1);
+    let n2 = count_phase2(dir).ok_or_else(|| {
+        ZkError::BadRequest(format!("{}: phase 1 is not finished", dir.display()))
+    })?;
+    if n1 == 0 || n2 == 0 {
+        return Err(ZkError::BadRequest(format!(
+            "{}: each phase needs at least one contribution",
+            dir.display()
+        )));
+    }
+    let mut steps = Vec::new();
+    let mut acc: Accumulator = read(&file(dir, 1, 0, "bin"))?;
+    let n = derive::domain_size(circuit.clone()).map_err(ceremony)?;
+    if acc != Accumulator::new(n) {
+        return Err(ceremony(CeremonyError::BadUpdate {
+            index: 0,
+            what: "the starting accumulator",
+        }));
+    }
+    let mut h = transcript_hash(&[0; 32], &acc);
+    for i in 1..=n1 {
+        let next: Accumulator = read(&file(dir, 1, i, "bin"))?;
+        let proof: phase1::Contribution = read(&file(dir, 1, i, "proof"))?;
+        acc.verify(&next, &proof, &h, i as usize, rng)
+            .map_err(ceremony)?;
+        h = transcript_hash(&h, &next);
+        steps.push(Step {
+            phase: 1,
+            index: i,
+            hash: h,
+        });
+        acc = next;
+    }
+    let mut pk: ProvingKey<Bn254> = read(&file(dir, 2, 0, "bin"))?;
+    if pk != derive::initial_key(&acc, circuit).map_err(ceremony)? {
+        return Err(ceremony(CeremonyError::BadUpdate {
+            index: 0,
+            what: "the derived key",
+        }));
+    }
+    h = transcript_hash(&h, &pk);
+    for i in 1..=n2 {
+        let next: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
+        let proof: phase2::Contribution = read(&file(dir, 2, i, "proof"))?;
+        phase2::verify(&pk, &next, &proof, &h, i as usize, rng).map_err(ceremony)?;
+        h = transcript_hash(&h, &next);
+        steps.push(Step {
+            phase: 2,
+            index: i,
+            hash: h,
+        });
+        pk = next;
+    }
+    Ok((pk, steps))
+}
