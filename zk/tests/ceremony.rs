@@ -119,8 +119,23 @@ fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
             .is_err()
     );
 
-    // Phase 2 on the derived key.
+    // Phase 2 on the derived key, which a verifier checks without deriving it.
     let mut pks = vec![derive::initial_key(&accs[3], Demo { x: None }).unwrap()];
+    derive::check_initial_key(&accs[3], Demo { x: None }, &pks[0], &mut rng).unwrap();
+    let tamper: [(&str, fn(&mut ark_groth16::ProvingKey<Bn254>)); 6] = [
+        ("A query", |k| k.a_query.swap(1, 2)),
+        ("B query in G1", |k| k.b_g1_query[1] = k.b_g1_query[0]),
+        ("B query in G2", |k| k.b_g2_query.swap(0, 2)),
+        ("IC or L query", |k| k.l_query[0] = k.vk.gamma_abc_g1[0]),
+        ("H query", |k| k.h_query.swap(0, 1)),
+        ("alpha, beta", |k| k.beta_g1 = k.vk.alpha_g1),
+    ];
+    for (what, f) in tamper {
+        let mut k = pks[0].clone();
+        f(&mut k);
+        let e = derive::check_initial_key(&accs[3], Demo { x: None }, &k, &mut rng).unwrap_err();
+        assert!(e.to_string().contains(what), "{what}: {e}");
+    }
     assert!(phase2::is_fresh(&pks[0]));
     let mut h2 = vec![transcript_hash(&hashes[3], &pks[0])];
     let mut contributions = Vec::new();
@@ -201,4 +216,27 @@ fn a_transcript_on_disk_verifies_from_its_start_and_a_replaced_file_is_refused()
     std::fs::copy(p1.join("0001.bin"), p1.join("0002.bin")).unwrap();
     let e = transcript::verify(d, Demo { x: None }, &mut rng).unwrap_err();
     assert!(e.to_string().contains("contribution 2"), "{e}");
+}
+
+#[test]
+#[ignore = "timing probe on the KYC statement: cargo test -p yilian-zk --test ceremony -- --ignored --nocapture"]
+fn kyc_ceremony_timing() {
+    use std::time::Instant;
+    use yilian_circuits::kyc::KycCircuit;
+    let mut rng = StdRng::seed_from_u64(3);
+    let n = derive::domain_size(KycCircuit::blank()).unwrap();
+    let acc = Accumulator::new(n);
+    let h = transcript_hash(&[0; 32], &acc);
+    let t = Instant::now();
+    let (next, proof) = acc.contribute(&h, &mut rng);
+    eprintln!("{n}-point domain: phase-1 contribution {:?}", t.elapsed());
+    let t = Instant::now();
+    acc.verify(&next, &proof, &h, 1, &mut rng).unwrap();
+    eprintln!("phase-1 verification {:?}", t.elapsed());
+    let t = Instant::now();
+    let pk = derive::initial_key(&next, KycCircuit::blank()).unwrap();
+    eprintln!("derivation {:?}", t.elapsed());
+    let t = Instant::now();
+    derive::check_initial_key(&next, KycCircuit::blank(), &pk, &mut rng).unwrap();
+    eprintln!("derivation checked {:?}", t.elapsed());
 }

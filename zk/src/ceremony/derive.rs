@@ -11,7 +11,7 @@
 
 use ark_bn254::{Bn254, Fr, G1Projective, G2Projective};
 use ark_ec::{AffineRepr, CurveGroup, VariableBaseMSM};
-use ark_ff::{Field, One};
+use ark_ff::{Field, One, Zero};
 use ark_groth16::{ProvingKey, VerifyingKey};
 use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
 use ark_relations::gr1cs::{
@@ -130,42 +130,63 @@ pub fn initial_key<C: ConstraintSynthesizer<Fr> + Send>(
     super::pool().install(|| initial_key_here(acc, circuit))
 }
 
-fn initial_key_here<C: ConstraintSynthesizer<Fr>>(
-    acc: &Accumulator,
-    circuit: C,
-) -> Result<ProvingKey<Bn254>, CeremonyError> {
+/// A circuit's QAP shape: per variable, its terms in A (with the
+/// reduction's extra public-input points), B and C, as (coefficient, point).
+struct Qap {
+    num_instance: usize,
+    num_vars: usize,
+    domain: Radix2EvaluationDomain<Fr>,
+    terms: [Vec<Vec<(Fr, usize)>>; 3],
+}
+
+fn qap<C: ConstraintSynthesizer<Fr>>(circuit: C, acc: &Accumulator) -> Result<Qap, CeremonyError> {
     let (cs, matrices) = synthesize(circuit)?;
     let m = cs.num_constraints();
     let num_instance = cs.num_instance_variables();
     let num_vars = num_instance + cs.num_witness_variables();
     let domain = Radix2EvaluationDomain::<Fr>::new(m + num_instance)
         .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))?;
-    let n = domain.size();
-    if acc.size() < n {
+    if acc.size() < domain.size() {
         return Err(CeremonyError::TooSmall {
             have: acc.size(),
-            need: n,
+            need: domain.size(),
         });
     }
-    let l1 = lagrange::<G1Projective>(&acc.tau_g1[..n], &domain);
-    let l2 = lagrange::<G2Projective>(&acc.tau_g2[..n], &domain);
-    let la = lagrange::<G1Projective>(&acc.alpha_tau_g1[..n], &domain);
-    let lb = lagrange::<G1Projective>(&acc.beta_tau_g1[..n], &domain);
-
-    // Per variable, its terms in A, B and C: (coefficient, constraint).
-    let mut by_var: [Vec<Vec<(Fr, usize)>>; 3] =
-        std::array::from_fn(|_| vec![Vec::new(); num_vars]);
+    let mut terms: [Vec<Vec<(Fr, usize)>>; 3] = std::array::from_fn(|_| vec![Vec::new(); num_vars]);
     for (k, matrix) in matrices.iter().take(3).enumerate() {
         for (i, row) in matrix.iter().enumerate() {
             for &(coeff, var) in row {
-                by_var[k][var].push((coeff, i));
+                terms[k][var].push((coeff, i));
             }
         }
     }
     // The reduction's extra constraints put public input j at point m + j of A.
-    for (j, terms) in by_var[0].iter_mut().enumerate().take(num_instance) {
-        terms.push((Fr::ONE, m + j));
+    for (j, t) in terms[0].iter_mut().enumerate().take(num_instance) {
+        t.push((Fr::ONE, m + j));
     }
+    Ok(Qap {
+        num_instance,
+        num_vars,
+        domain,
+        terms,
+    })
+}
+
+fn initial_key_here<C: ConstraintSynthesizer<Fr>>(
+    acc: &Accumulator,
+    circuit: C,
+) -> Result<ProvingKey<Bn254>, CeremonyError> {
+    let Qap {
+        num_instance,
+        num_vars,
+        domain,
+        terms: by_var,
+    } = qap(circuit, acc)?;
+    let n = domain.size();
+    let l1 = lagrange::<G1Projective>(&acc.tau_g1[..n], &domain);
+    let l2 = lagrange::<G2Projective>(&acc.tau_g2[..n], &domain);
+    let la = lagrange::<G1Projective>(&acc.alpha_tau_g1[..n], &domain);
+    let lb = lagrange::<G1Projective>(&acc.beta_tau_g1[..n], &domain);
     let [a_terms, b_terms, c_terms] = &by_var;
     let a_query: Vec<G1Projective> = a_terms
         .par_iter()
@@ -189,10 +210,7 @@ fn initial_key_here<C: ConstraintSynthesizer<Fr>>(
         })
         .collect();
     let abc = G1Projective::normalize_batch(&abc);
-    let h: Vec<G1Projective> = (0..n - 1)
-        .into_par_iter()
-        .map(|i| acc.tau_g1[i + n].into_group() - acc.tau_g1[i])
-        .collect();
+    let h = h_query(acc, n);
     let g1 = super::g1();
     let g2 = super::g2();
     Ok(ProvingKey {
@@ -208,7 +226,118 @@ fn initial_key_here<C: ConstraintSynthesizer<Fr>>(
         a_query: G1Projective::normalize_batch(&a_query),
         b_g1_query: G1Projective::normalize_batch(&b_g1),
         b_g2_query: G2Projective::normalize_batch(&b_g2),
-        h_query: G1Projective::normalize_batch(&h),
+        h_query: h,
         l_query: abc[num_instance..].to_vec(),
     })
+}
+
+/// `τ^i (τ^N - 1)·G1` for i < N - 1.
+fn h_query(acc: &Accumulator, n: usize) -> Vec<ark_bn254::G1Affine> {
+    let h: Vec<G1Projective> = (0..n - 1)
+        .into_par_iter()
+        .map(|i| acc.tau_g1[i + n].into_group() - acc.tau_g1[i])
+        .collect();
+    G1Projective::normalize_batch(&h)
+}
+
+/// Checks that `pk` is [`initial_key`] of the accumulator and circuit
+/// without computing it: for random ρ over the variables, each query's
+/// combination `Σ ρ_j q_j` must equal the same combination of the QAP's
+/// polynomials evaluated at τ, which is an MSM over the powers of tau with
+/// the coefficients of `Σ_i (Σ_j ρ_j M_ij) L_i(X)` (a field inverse FFT). A
+/// wrong key passes with probability about 1/|Fr| (Schwartz–Zippel). MSMs
+/// instead of group FFTs: seconds instead of minutes.
+pub fn check_initial_key<C: ConstraintSynthesizer<Fr> + Send>(
+    acc: &Accumulator,
+    circuit: C,
+    pk: &ProvingKey<Bn254>,
+    rng: &mut (impl ark_std::rand::RngCore + ark_std::rand::CryptoRng),
+) -> Result<(), CeremonyError> {
+    let rho_seed: [u8; 32] = {
+        let mut s = [0u8; 32];
+        rng.fill_bytes(&mut s);
+        s
+    };
+    super::pool().install(|| check_here(acc, circuit, pk, rho_seed))
+}
+
+fn check_here<C: ConstraintSynthesizer<Fr>>(
+    acc: &Accumulator,
+    circuit: C,
+    pk: &ProvingKey<Bn254>,
+    rho_seed: [u8; 32],
+) -> Result<(), CeremonyError> {
+    use ark_ff::UniformRand;
+    use ark_std::rand::SeedableRng;
+    let bad = |what| CeremonyError::BadUpdate { index: 0, what };
+    let q = qap(circuit, acc)?;
+    let n = q.domain.size();
+    let (g1, g2) = (super::g1(), super::g2());
+    if pk.a_query.len() != q.num_vars
+        || pk.b_g1_query.len() != q.num_vars
+        || pk.b_g2_query.len() != q.num_vars
+        || pk.vk.gamma_abc_g1.len() != q.num_instance
+        || pk.l_query.len() != q.num_vars - q.num_instance
+        || pk.h_query.len() != n - 1
+    {
+        return Err(CeremonyError::Shape {
+            index: 0,
+            what: "the derived key",
+        });
+    }
+    if pk.vk.alpha_g1 != acc.alpha_tau_g1[0]
+        || pk.beta_g1 != acc.beta_tau_g1[0]
+        || pk.vk.beta_g2 != acc.beta_g2
+        || pk.vk.gamma_g2 != g2
+        || pk.vk.delta_g2 != g2
+        || pk.delta_g1 != g1
+    {
+        return Err(bad("the derived key's alpha, beta, gamma or delta"));
+    }
+    if pk.h_query != h_query(acc, n) {
+        return Err(bad("the derived key's H query"));
+    }
+    let mut rng = ark_std::rand::rngs::StdRng::from_seed(rho_seed);
+    let rho: Vec<Fr> = (0..q.num_vars).map(|_| Fr::rand(&mut rng)).collect();
+    // Per matrix, Σ_j ρ_j M_ij at each point i, then as coefficients.
+    let coeffs: Vec<Vec<Fr>> = q
+        .terms
+        .iter()
+        .map(|by_var| {
+            let mut u = vec![Fr::zero(); n];
+            for (j, terms) in by_var.iter().enumerate() {
+                for &(c, i) in terms {
+                    u[i] += rho[j] * c;
+                }
+            }
+            q.domain.ifft(&u)
+        })
+        .collect();
+    let [ca, cb, cc] = [&coeffs[0], &coeffs[1], &coeffs[2]];
+    let g1_msm = |bases: &[ark_bn254::G1Affine], s: &[Fr]| G1Projective::msm_unchecked(bases, s);
+    let tau1 = &acc.tau_g1[..n];
+    if g1_msm(&pk.a_query, &rho) != g1_msm(tau1, ca) {
+        return Err(bad("the derived key's A query"));
+    }
+    if g1_msm(&pk.b_g1_query, &rho) != g1_msm(tau1, cb) {
+        return Err(bad("the derived key's B query in G1"));
+    }
+    if G2Projective::msm_unchecked(&pk.b_g2_query, &rho)
+        != G2Projective::msm_unchecked(&acc.tau_g2[..n], cb)
+    {
+        return Err(bad("the derived key's B query in G2"));
+    }
+    let abc: Vec<ark_bn254::G1Affine> = pk
+        .vk
+        .gamma_abc_g1
+        .iter()
+        .chain(&pk.l_query)
+        .copied()
+        .collect();
+    let expected =
+        g1_msm(&acc.beta_tau_g1[..n], ca) + g1_msm(&acc.alpha_tau_g1[..n], cb) + g1_msm(tau1, cc);
+    if g1_msm(&abc, &rho) != expected {
+        return Err(bad("the derived key's IC or L query"));
+    }
+    Ok(())
 }

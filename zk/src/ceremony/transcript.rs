@@ -153,7 +153,8 @@ pub fn finish_phase1<C: ConstraintSynthesizer<Fr> + Send>(dir: &Path, circuit: C
 }
 
 /// Verifies the whole transcript for `circuit` from its start, recomputing
-/// the starting accumulator and the derived key. Returns the final key and
+/// the starting accumulator and checking the derived key
+/// ([`derive::check_initial_key`]). Returns the final key and
 /// every contribution's step, for the caller to find anchored.
 pub fn verify<C: ConstraintSynthesizer<Fr> + Send + Clone, R: RngCore + CryptoRng>(
     dir: &Path,
@@ -194,12 +195,7 @@ pub fn verify<C: ConstraintSynthesizer<Fr> + Send + Clone, R: RngCore + CryptoRn
         acc = next;
     }
     let mut pk: ProvingKey<Bn254> = read(&file(dir, 2, 0, "bin"))?;
-    if pk != derive::initial_key(&acc, circuit).map_err(ceremony)? {
-        return Err(ceremony(CeremonyError::BadUpdate {
-            index: 0,
-            what: "the derived key",
-        }));
-    }
+    derive::check_initial_key(&acc, circuit, &pk, rng).map_err(ceremony)?;
     h = transcript_hash(&h, &pk);
     for i in 1..=n2 {
         let next: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
