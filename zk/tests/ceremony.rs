@@ -122,7 +122,8 @@ fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
     // Phase 2 on the derived key, which a verifier checks without deriving it.
     let mut pks = vec![derive::initial_key(&accs[3], Demo { x: None }).unwrap()];
     derive::check_initial_key(&accs[3], Demo { x: None }, &pks[0], &mut rng).unwrap();
-    let tamper: [(&str, fn(&mut ark_groth16::ProvingKey<Bn254>)); 6] = [
+    type Tamper = fn(&mut ark_groth16::ProvingKey<Bn254>);
+    let tamper: [(&str, Tamper); 6] = [
         ("A query", |k| k.a_query.swap(1, 2)),
         ("B query in G1", |k| k.b_g1_query[1] = k.b_g1_query[0]),
         ("B query in G2", |k| k.b_g2_query.swap(0, 2)),
