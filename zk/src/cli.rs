@@ -221,10 +221,14 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum CeremonyCommand {
     /// Start a ceremony in a directory: phase 1 (powers of tau) sized to the
-    /// KYC statement's QAP domain.
+    /// KYC statement's QAP domain, among the members; or, with `--ptau`,
+    /// phase 1 from a public snarkjs/Hermez powers-of-tau file, so that the
+    /// members run phase 2 only.
     Init {
         #[arg(long)]
         dir: PathBuf,
+        #[arg(long)]
+        ptau: Option<PathBuf>,
     },
     /// Contribute to the current phase as a member, with fresh secrets that
     /// are forgotten at once, and anchor the transcript hash on the ledger.
@@ -264,7 +268,26 @@ impl CeremonyCommand {
         use crate::ceremony::transcript;
         use yilian_circuits::kyc::KycCircuit;
         match self {
-            CeremonyCommand::Init { dir } => {
+            CeremonyCommand::Init {
+                dir,
+                ptau: Some(ptau),
+            } => {
+                let bytes = std::fs::read(&ptau)
+                    .with_context(|| format!("reading --ptau {}", ptau.display()))?;
+                let d = dir.clone();
+                let digest = tokio::task::spawn_blocking(move || {
+                    transcript::import_ptau(&d, &bytes, KycCircuit::blank(), &mut keys::os_rng())
+                })
+                .await?
+                .with_context(|| format!("--ptau {}", ptau.display()))?;
+                println!(
+                    "phase 1 taken from {} (SHA-256 {}: compare it with the public ceremony's); phase 2 starts in {}",
+                    ptau.display(),
+                    hex::encode(digest),
+                    dir.display()
+                );
+            }
+            CeremonyCommand::Init { dir, ptau: None } => {
                 let n = transcript::init(&dir, KycCircuit::blank())?;
                 println!(
                     "ceremony for {} started in {}: {n}-point domain",

@@ -105,6 +105,8 @@ pub enum ZkError {
         .0.display()
     )]
     NoKeys(std::path::PathBuf),
+    #[error("powers-of-tau file: {0}")]
+    Ptau(#[from] ceremony::ptau::PtauError),
     /// A setup ceremony's contribution or transcript that does not verify.
     #[error("ceremony: {0}")]
     Ceremony(#[from] ceremony::CeremonyError),
@@ -137,6 +139,7 @@ impl From<ZkError> for tonic::Status {
             | NotAnInteger(_)
             | NonceOutOfRange
             | Malformed { .. }
+            | Ptau(_)
             | BadRequest(_)
             | InvalidProof => Code::InvalidArgument,
             Circuit(c) => match c {

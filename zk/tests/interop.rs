@@ -152,3 +152,78 @@ fn snarkjs_and_the_solidity_verifier_accept_our_proofs_and_refuse_a_tampered_inp
     assert!(evm(&inputs, "call.json").starts_with("true"));
     assert!(evm(&forged, "forged-call.json").starts_with("false"));
 }
+
+/// Knows x with x·x·x = y, y public.
+#[derive(Clone)]
+struct Cube(Option<Fr>);
+
+impl ark_relations::gr1cs::ConstraintSynthesizer<Fr> for Cube {
+    fn generate_constraints(
+        self,
+        cs: ark_relations::gr1cs::ConstraintSystemRef<Fr>,
+    ) -> Result<(), ark_relations::gr1cs::SynthesisError> {
+        use ark_r1cs_std::{alloc::AllocVar, eq::EqGadget, fields::fp::FpVar};
+        use ark_relations::gr1cs::SynthesisError::AssignmentMissing;
+        let y = FpVar::new_input(cs.clone(), || {
+            self.0.map(|x| x * x * x).ok_or(AssignmentMissing)
+        })?;
+        let x = FpVar::new_witness(cs, || self.0.ok_or(AssignmentMissing))?;
+        (&x * &x * &x).enforce_equal(&y)
+    }
+}
+
+#[test]
+fn phase_1_can_come_from_a_snarkjs_powers_of_tau_file() {
+    use ark_snark::SNARK;
+    use yilian_zk::ceremony::transcript;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cli = tools().join("node_modules/snarkjs/build/cli.cjs");
+    let (p0, p1) = (d.join("pot0.ptau"), d.join("pot1.ptau"));
+    for args in [
+        vec![
+            cli.as_os_str(),
+            "powersoftau".as_ref(),
+            "new".as_ref(),
+            "bn128".as_ref(),
+            "4".as_ref(),
+            p0.as_os_str(),
+        ],
+        vec![
+            cli.as_os_str(),
+            "powersoftau".as_ref(),
+            "contribute".as_ref(),
+            p0.as_os_str(),
+            p1.as_os_str(),
+            "--name=one".as_ref(),
+            "-e=some entropy".as_ref(),
+        ],
+    ] {
+        let out = Command::new("node").args(&args).output().unwrap();
+        assert!(out.status.success(), "snarkjs: {}", text(&out));
+    }
+    let ptau = std::fs::read(&p1).unwrap();
+    let mut rng = keys::os_rng();
+
+    // A damaged file is refused, and starts nothing.
+    let bad_dir = d.join("bad");
+    let mut damaged = ptau.clone();
+    let mid = damaged.len() / 3;
+    damaged[mid] ^= 0x40;
+    assert!(transcript::import_ptau(&bad_dir, &damaged, Cube(None), &mut rng).is_err());
+    assert!(!bad_dir.join("phase2").exists());
+    assert!(transcript::import_ptau(&bad_dir, b"not a ptau", Cube(None), &mut rng).is_err());
+
+    let cer = d.join("cer");
+    transcript::import_ptau(&cer, &ptau, Cube(None), &mut rng).unwrap();
+    let step = transcript::contribute(&cer, &mut rng).unwrap();
+    assert_eq!((step.phase, step.index), (2, 1));
+    let (pk, steps) = transcript::verify(&cer, Cube(None), &mut rng).unwrap();
+    assert_eq!(steps, [step]);
+    let x = Fr::from(3u64);
+    let proof =
+        ark_groth16::Groth16::<ark_bn254::Bn254>::prove(&pk, Cube(Some(x)), &mut rng).unwrap();
+    assert!(
+        ark_groth16::Groth16::<ark_bn254::Bn254>::verify(&pk.vk, &[x * x * x], &proof).unwrap()
+    );
+}

@@ -24,6 +24,7 @@
 pub mod derive;
 pub mod phase1;
 pub mod phase2;
+pub mod ptau;
 pub mod transcript;
 
 use ark_bn254::{Bn254, Fr, G1Affine, G1Projective, G2Affine};

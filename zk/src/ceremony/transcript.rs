@@ -3,6 +3,9 @@
 //! ```text
 //! <dir>/phase1/0000.bin          the starting accumulator (recomputed and compared)
 //! <dir>/phase1/NNNN.bin, .proof  contribution N
+//!   or, from a public phase 1:
+//! <dir>/phase1/imported.bin      the accumulator read from a .ptau file
+//! <dir>/phase1/imported.sha256   that file's SHA-256, to match the public ceremony's
 //! <dir>/phase2/0000.bin          the derived key (recomputed and compared)
 //! <dir>/phase2/NNNN.bin, .proof  contribution N
 //! ```
@@ -79,6 +82,93 @@ pub fn init<C: ConstraintSynthesizer<Fr>>(dir: &Path, circuit: C) -> Result<usiz
     Ok(n)
 }
 
+fn imported(dir: &Path) -> PathBuf {
+    dir.join("phase1").join("imported.bin")
+}
+
+/// Starts a ceremony from a public phase 1 (a snarkjs/Hermez `.ptau`
+/// file): its accumulator must be well formed and cover the circuit; phase
+/// 2 then starts from the key derived from it. Returns the file's SHA-256.
+pub fn import_ptau<C: ConstraintSynthesizer<Fr> + Send, R: RngCore + CryptoRng>(
+    dir: &Path,
+    ptau: &[u8],
+    circuit: C,
+    rng: &mut R,
+) -> Result<[u8; 32]> {
+    use sha2::Digest;
+    if file(dir, 1, 0, "bin").exists() || imported(dir).exists() {
+        return Err(ZkError::BadRequest(format!(
+            "{}: a ceremony is already there; choose another directory",
+            dir.display()
+        )));
+    }
+    let acc = super::ptau::read(ptau)?;
+    acc.check_shape(0, rng).map_err(ceremony)?;
+    let pk = derive::initial_key(&acc, circuit).map_err(ceremony)?;
+    let digest: [u8; 32] = sha2::Sha256::digest(ptau).into();
+    write(&imported(dir), &acc)?;
+    std::fs::write(
+        dir.join("phase1").join("imported.sha256"),
+        hex::encode(digest),
+    )?;
+    write(&file(dir, 2, 0, "bin"), &pk)?;
+    Ok(digest)
+}
+
+/// The accumulator phase 2 starts from, and the transcript hash after it.
+fn phase1_result<R: RngCore + CryptoRng>(
+    dir: &Path,
+    n: Option<usize>,
+    steps: &mut Vec<Step>,
+    rng: &mut R,
+) -> Result<(Accumulator, [u8; 32])> {
+    if imported(dir).exists() {
+        let acc: Accumulator = read(&imported(dir))?;
+        let digest_hex = std::fs::read_to_string(dir.join("phase1").join("imported.sha256"))?;
+        let digest: [u8; 32] = hex::decode(digest_hex.trim())
+            .ok()
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| ZkError::Malformed {
+                what: "ceremony file",
+                detail: "phase1/imported.sha256 is not a SHA-256 in hex".into(),
+            })?;
+        acc.check_shape(0, rng).map_err(ceremony)?;
+        let h = transcript_hash(&digest, &acc);
+        return Ok((acc, h));
+    }
+    let n1 = count(dir, 1);
+    if n1 == 0 {
+        return Err(ZkError::BadRequest(format!(
+            "{}: phase 1 needs at least one contribution",
+            dir.display()
+        )));
+    }
+    let mut acc: Accumulator = read(&file(dir, 1, 0, "bin"))?;
+    if let Some(n) = n
+        && acc != Accumulator::new(n)
+    {
+        return Err(ceremony(CeremonyError::BadUpdate {
+            index: 0,
+            what: "the starting accumulator",
+        }));
+    }
+    let mut h = transcript_hash(&[0; 32], &acc);
+    for i in 1..=n1 {
+        let next: Accumulator = read(&file(dir, 1, i, "bin"))?;
+        let proof: phase1::Contribution = read(&file(dir, 1, i, "proof"))?;
+        acc.verify(&next, &proof, &h, i as usize, rng)
+            .map_err(ceremony)?;
+        h = transcript_hash(&h, &next);
+        steps.push(Step {
+            phase: 1,
+            index: i,
+            hash: h,
+        });
+        acc = next;
+    }
+    Ok((acc, h))
+}
+
 /// Adds a contribution to the current phase, after checking the state it
 /// builds on. Returns the step to anchor.
 pub fn contribute<R: RngCore + CryptoRng>(dir: &Path, rng: &mut R) -> Result<Step> {
@@ -114,6 +204,25 @@ fn count_phase2(dir: &Path) -> Option<u32> {
 fn hashes_so_far(dir: &Path, phase: u8, last: u32) -> Result<Vec<[u8; 32]>> {
     let mut h = [0u8; 32];
     let mut out = Vec::new();
+    if phase == 2 && imported(dir).exists() {
+        let acc: Accumulator = read(&imported(dir))?;
+        let digest = hex::decode(
+            std::fs::read_to_string(dir.join("phase1").join("imported.sha256"))?.trim(),
+        )
+        .ok()
+        .and_then(|d| <[u8; 32]>::try_from(d).ok())
+        .ok_or_else(|| ZkError::Malformed {
+            what: "ceremony file",
+            detail: "phase1/imported.sha256 is not a SHA-256 in hex".into(),
+        })?;
+        h = transcript_hash(&digest, &acc);
+        for i in 0..=last {
+            let pk: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
+            h = transcript_hash(&h, &pk);
+            out.push(h);
+        }
+        return Ok(out);
+    }
     let p1 = if phase == 1 { last } else { count(dir, 1) };
     for i in 0..=p1 {
         let acc: Accumulator = read(&file(dir, 1, i, "bin"))?;
@@ -161,39 +270,18 @@ pub fn verify<C: ConstraintSynthesizer<Fr> + Send + Clone, R: RngCore + CryptoRn
     circuit: C,
     rng: &mut R,
 ) -> Result<(ProvingKey<Bn254>, Vec<Step>)> {
-    let n1 = count(dir, 1);
     let n2 = count_phase2(dir).ok_or_else(|| {
         ZkError::BadRequest(format!("{}: phase 1 is not finished", dir.display()))
     })?;
-    if n1 == 0 || n2 == 0 {
+    if n2 == 0 {
         return Err(ZkError::BadRequest(format!(
-            "{}: each phase needs at least one contribution",
+            "{}: phase 2 needs at least one contribution",
             dir.display()
         )));
     }
     let mut steps = Vec::new();
-    let mut acc: Accumulator = read(&file(dir, 1, 0, "bin"))?;
     let n = derive::domain_size(circuit.clone()).map_err(ceremony)?;
-    if acc != Accumulator::new(n) {
-        return Err(ceremony(CeremonyError::BadUpdate {
-            index: 0,
-            what: "the starting accumulator",
-        }));
-    }
-    let mut h = transcript_hash(&[0; 32], &acc);
-    for i in 1..=n1 {
-        let next: Accumulator = read(&file(dir, 1, i, "bin"))?;
-        let proof: phase1::Contribution = read(&file(dir, 1, i, "proof"))?;
-        acc.verify(&next, &proof, &h, i as usize, rng)
-            .map_err(ceremony)?;
-        h = transcript_hash(&h, &next);
-        steps.push(Step {
-            phase: 1,
-            index: i,
-            hash: h,
-        });
-        acc = next;
-    }
+    let (acc, mut h) = phase1_result(dir, Some(n), &mut steps, rng)?;
     let mut pk: ProvingKey<Bn254> = read(&file(dir, 2, 0, "bin"))?;
     derive::check_initial_key(&acc, circuit, &pk, rng).map_err(ceremony)?;
     h = transcript_hash(&h, &pk);
