@@ -389,6 +389,12 @@ impl CeremonyCommand {
                         &snarkjs::export_vk(&pk.vk),
                     )?;
                 }
+                if let Some(d) = transcript::imported_digest(&dir)? {
+                    println!(
+                        "phase 1 from a .ptau file with SHA-256 {}: compare it with the public ceremony's",
+                        hex::encode(d)
+                    );
+                }
                 println!(
                     "transcript verified: {} contributions; verifying key hash {}",
                     steps.len(),

@@ -4,8 +4,9 @@
 //! <dir>/phase1/0000.bin          the starting accumulator (recomputed and compared)
 //! <dir>/phase1/NNNN.bin, .proof  contribution N
 //!   or, from a public phase 1:
-//! <dir>/phase1/imported.bin      the accumulator read from a .ptau file
-//! <dir>/phase1/imported.sha256   that file's SHA-256, to match the public ceremony's
+//! <dir>/phase1/imported.ptau     the snarkjs/Hermez file itself, re-read by every
+//!                                verification (its SHA-256 is what to compare
+//!                                with the public ceremony's)
 //! <dir>/phase2/0000.bin          the derived key (recomputed and compared)
 //! <dir>/phase2/NNNN.bin, .proof  contribution N
 //! ```
@@ -71,7 +72,7 @@ fn ceremony(e: CeremonyError) -> ZkError {
 
 /// Starts a ceremony for `circuit` in `dir`: phase 1 sized to its domain.
 pub fn init<C: ConstraintSynthesizer<Fr>>(dir: &Path, circuit: C) -> Result<usize> {
-    if file(dir, 1, 0, "bin").exists() {
+    if file(dir, 1, 0, "bin").exists() || imported(dir).exists() {
         return Err(ZkError::BadRequest(format!(
             "{}: a ceremony is already there; contribute to it or choose another directory",
             dir.display()
@@ -83,7 +84,30 @@ pub fn init<C: ConstraintSynthesizer<Fr>>(dir: &Path, circuit: C) -> Result<usiz
 }
 
 fn imported(dir: &Path) -> PathBuf {
-    dir.join("phase1").join("imported.bin")
+    dir.join("phase1").join("imported.ptau")
+}
+
+/// The accumulator of an imported `.ptau`, checked, and the file's SHA-256.
+fn read_imported<R: RngCore + CryptoRng>(
+    dir: &Path,
+    rng: &mut R,
+) -> Result<(Accumulator, [u8; 32])> {
+    use sha2::Digest;
+    let bytes = std::fs::read(imported(dir))?;
+    let acc = super::ptau::read(&bytes)?;
+    acc.check_shape(0, rng).map_err(ceremony)?;
+    Ok((acc, sha2::Sha256::digest(&bytes).into()))
+}
+
+/// The SHA-256 of the `.ptau` file phase 1 was taken from, if it was.
+pub fn imported_digest(dir: &Path) -> Result<Option<[u8; 32]>> {
+    use sha2::Digest;
+    if !imported(dir).exists() {
+        return Ok(None);
+    }
+    Ok(Some(
+        sha2::Sha256::digest(std::fs::read(imported(dir))?).into(),
+    ))
 }
 
 /// Starts a ceremony from a public phase 1 (a snarkjs/Hermez `.ptau`
@@ -106,11 +130,8 @@ pub fn import_ptau<C: ConstraintSynthesizer<Fr> + Send, R: RngCore + CryptoRng>(
     acc.check_shape(0, rng).map_err(ceremony)?;
     let pk = derive::initial_key(&acc, circuit).map_err(ceremony)?;
     let digest: [u8; 32] = sha2::Sha256::digest(ptau).into();
-    write(&imported(dir), &acc)?;
-    std::fs::write(
-        dir.join("phase1").join("imported.sha256"),
-        hex::encode(digest),
-    )?;
+    std::fs::create_dir_all(dir.join("phase1"))?;
+    std::fs::write(imported(dir), ptau)?;
     write(&file(dir, 2, 0, "bin"), &pk)?;
     Ok(digest)
 }
@@ -123,16 +144,7 @@ fn phase1_result<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<(Accumulator, [u8; 32])> {
     if imported(dir).exists() {
-        let acc: Accumulator = read(&imported(dir))?;
-        let digest_hex = std::fs::read_to_string(dir.join("phase1").join("imported.sha256"))?;
-        let digest: [u8; 32] = hex::decode(digest_hex.trim())
-            .ok()
-            .and_then(|d| d.try_into().ok())
-            .ok_or_else(|| ZkError::Malformed {
-                what: "ceremony file",
-                detail: "phase1/imported.sha256 is not a SHA-256 in hex".into(),
-            })?;
-        acc.check_shape(0, rng).map_err(ceremony)?;
+        let (acc, digest) = read_imported(dir, rng)?;
         let h = transcript_hash(&digest, &acc);
         return Ok((acc, h));
     }
@@ -205,16 +217,7 @@ fn hashes_so_far(dir: &Path, phase: u8, last: u32) -> Result<Vec<[u8; 32]>> {
     let mut h = [0u8; 32];
     let mut out = Vec::new();
     if phase == 2 && imported(dir).exists() {
-        let acc: Accumulator = read(&imported(dir))?;
-        let digest = hex::decode(
-            std::fs::read_to_string(dir.join("phase1").join("imported.sha256"))?.trim(),
-        )
-        .ok()
-        .and_then(|d| <[u8; 32]>::try_from(d).ok())
-        .ok_or_else(|| ZkError::Malformed {
-            what: "ceremony file",
-            detail: "phase1/imported.sha256 is not a SHA-256 in hex".into(),
-        })?;
+        let (acc, digest) = read_imported(dir, &mut crate::keys::os_rng())?;
         h = transcript_hash(&digest, &acc);
         for i in 0..=last {
             let pk: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
