@@ -189,9 +189,20 @@ pub fn check_terms(
     grant: &QueryGrant,
     disclosed: &BTreeMap<String, Disclosed>,
 ) -> Result<(), Refusal> {
-    for (field, allowed) in by_field(&grant.allowed) {
+    disclosure_after(grant, &grant.allowed, disclosed).map(drop)
+}
+
+/// Per field the predicates touch, what the verifier would have learned
+/// after them; refused past a field's budget.
+fn disclosure_after(
+    grant: &QueryGrant,
+    predicates: &[Predicate],
+    disclosed: &BTreeMap<String, Disclosed>,
+) -> Result<BTreeMap<String, Disclosed>, Refusal> {
+    let mut after = BTreeMap::new();
+    for (field, constants) in by_field(predicates) {
         let mut all = disclosed.get(field).cloned().unwrap_or_default();
-        all.extend(allowed);
+        all.extend(constants);
         let budget = grant.budget(field);
         if all.len() > budget as usize {
             return Err(Refusal::OverBudget {
@@ -200,8 +211,9 @@ pub fn check_terms(
                 budget,
             });
         }
+        after.insert(field.to_owned(), all);
     }
-    Ok(())
+    Ok(after)
 }
 
 /// Decides a query under a grant. On success returns, per field the query
@@ -221,21 +233,7 @@ pub fn admit(
             predicate: serde_json::to_string(p).expect("predicates serialise"),
         });
     }
-    let mut after = BTreeMap::new();
-    for (field, asked) in by_field(predicates) {
-        let mut all = disclosed.get(field).cloned().unwrap_or_default();
-        all.extend(asked);
-        let budget = grant.budget(field);
-        if all.len() > budget as usize {
-            return Err(Refusal::OverBudget {
-                field: field.to_owned(),
-                wanted: all.len(),
-                budget,
-            });
-        }
-        after.insert(field.to_owned(), all);
-    }
-    Ok(after)
+    disclosure_after(grant, predicates, disclosed)
 }
 
 #[cfg(test)]

@@ -16,14 +16,12 @@
 //! export as snarkjs JSON ([`snarkjs`]) and as a Solidity verifier
 //! ([`solidity`]), both checked by the reference tools in tests.
 //!
-//! Trusted setup: [`keys::setup`] is a single-party setup. Whoever ran it
-//! knows the toxic waste and can forge proofs, so it is for development and
-//! tests only. Production needs a multi-party ceremony (a powers-of-tau
-//! phase 1 such as the Perpetual Powers of Tau, then a circuit-specific
-//! phase 2 with contributions from several independent organisations, e.g.
-//! snarkjs `zkey contribute` with a random beacon), publication of the
-//! transcript, and the resulting verifying key's hash anchored on the
-//! ledger; the proof stays sound if any one contributor destroyed its share.
+//! Trusted setup: [`ceremony`] is the members' multi-party setup (phase 1
+//! among them or from a public `.ptau`, then phase 2), each contribution
+//! proven and anchored on the ledger; the key is sound if any one
+//! contributor per phase destroyed its secrets. [`keys::setup`] is a
+//! single-party setup whose runner can forge proofs: for development and
+//! tests only (a node uses it only with `--insecure-dev-setup`).
 
 #![forbid(unsafe_code)]
 
