@@ -569,15 +569,10 @@ async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
         }
     };
     let mut as_holder = zk(&holder).await?;
-    let key_bytes: Vec<u8> = key
-        .elements()
-        .iter()
-        .flat_map(yilian_zk::fr_to_bytes)
-        .collect();
     as_holder
         .register_record(pb::RegisterRecordRequest {
             record: Some((&record).into()),
-            key: key_bytes,
+            key: key.to_kms_bytes().to_vec(),
             wrap_key_id: wrap_key.into(),
         })
         .await?;

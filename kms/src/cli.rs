@@ -27,6 +27,17 @@ impl Conn {
         let id = Identity::load(&self.identity)?;
         Ok((Client::connect(&self.node, &id).await?, id))
     }
+
+    /// A mutual-TLS channel to the node as this identity, for the node's
+    /// other services (the ZK API, the ledger).
+    pub async fn channel(&self) -> Result<(tonic::transport::Channel, Identity)> {
+        let id = Identity::load(&self.identity)
+            .with_context(|| format!("--identity {}", self.identity.display()))?;
+        let channel = yilian_identity::grpc::connect(&self.node, &id)
+            .await
+            .with_context(|| format!("--node {}", self.node))?;
+        Ok((channel, id))
+    }
 }
 
 /// Where a payload comes from: literal text, hex, or a file.
@@ -54,7 +65,8 @@ impl Input {
     }
 }
 
-fn account(s: &str) -> Result<AccountId> {
+/// An account given as 32-byte hex or as an identity directory.
+pub fn account(s: &str) -> Result<AccountId> {
     if let Ok(bytes) = hex::decode(s)
         && let Ok(a) = <[u8; 32]>::try_from(bytes.as_slice())
     {

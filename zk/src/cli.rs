@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ark_bn254::Fr;
-use clap::{Args, Subcommand};
-use yilian_identity::Identity;
+use clap::Subcommand;
 
 use yilian_circuits::{kyc, set::SortedSet};
 
@@ -16,44 +15,11 @@ use crate::record::{CipherKey, EncryptedRecord, Record};
 use crate::service::{ZkClient, pb};
 use crate::{keys, prover, query, snarkjs, verifier};
 
-/// A node to talk to, and the identity to talk as.
-#[derive(Args, Debug, Clone)]
-pub struct Conn {
-    /// Node address (host:port).
-    #[arg(long, env = "YILIAN_NODE", default_value = "127.0.0.1:7400")]
-    pub node: String,
-    /// Identity directory to connect with (cert.pem, key.pem, ca.pem).
-    #[arg(long, env = "YILIAN_IDENTITY")]
-    pub identity: PathBuf,
-}
+use yilian_kms::cli::{Conn, account};
 
-impl Conn {
-    async fn channel(&self) -> anyhow::Result<(tonic::transport::Channel, Identity)> {
-        let id = Identity::load(&self.identity)
-            .with_context(|| format!("--identity {}", self.identity.display()))?;
-        let channel = yilian_identity::grpc::connect(&self.node, &id)
-            .await
-            .with_context(|| format!("--node {}", self.node))?;
-        Ok((channel, id))
-    }
-
-    async fn client(&self) -> anyhow::Result<ZkClient<tonic::transport::Channel>> {
-        let (channel, _) = self.channel().await?;
-        Ok(ZkClient::new(channel).max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES))
-    }
-}
-
-/// An account given as 32-byte hex or as an identity directory.
-fn account(s: &str) -> anyhow::Result<[u8; 32]> {
-    if let Ok(bytes) = hex::decode(s)
-        && let Ok(a) = <[u8; 32]>::try_from(bytes.as_slice())
-    {
-        return Ok(a);
-    }
-    let id = Identity::load(Path::new(s)).with_context(|| {
-        format!("--verifier {s:?}: give a 32-byte hex public key or an identity directory")
-    })?;
-    Ok(id.principal().public_key)
+async fn zk_client(conn: &Conn) -> anyhow::Result<ZkClient<tonic::transport::Channel>> {
+    let (channel, _) = conn.channel().await?;
+    Ok(ZkClient::new(channel).max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES))
 }
 
 fn budget(s: &str) -> anyhow::Result<(String, u32)> {
@@ -456,13 +422,12 @@ impl Command {
                 valid_for,
                 budget,
             } => {
-                let verifier = account(&verifier)?;
+                let verifier = account(&verifier).context("--verifier")?;
                 let allowed: Vec<query::Predicate> = read_json(&allow)?;
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)?
                     .as_millis() as u64;
-                let r = conn
-                    .client()
+                let r = zk_client(&conn)
                     .await?
                     .grant(pb::GrantRequest {
                         record_id,
@@ -528,8 +493,7 @@ impl Command {
             }
             Command::Ceremony(c) => c.run().await?,
             Command::RevokeGrant { conn, grant } => {
-                let r = conn
-                    .client()
+                let r = zk_client(&conn)
                     .await?
                     .revoke_grant(pb::RevokeGrantRequest { grant_id: grant })
                     .await

@@ -108,6 +108,15 @@ impl CipherKey {
         &self.0
     }
 
+    /// The KMS's 64-byte encoding, the inverse of [`Self::from_kms_bytes`].
+    pub fn to_kms_bytes(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(64));
+        for e in &self.0 {
+            out.extend_from_slice(zeroize::Zeroizing::new(crate::fr_to_bytes(e)).as_slice());
+        }
+        out
+    }
+
     /// `Poseidon(k0, k1)`: what the KMS publishes as the key commitment.
     pub fn commitment(&self) -> Fr {
         kyc::key_commitment(&self.0)

@@ -464,6 +464,25 @@ struct Inner {
 
 type ConsentLock = Arc<tokio::sync::Mutex<()>>;
 
+/// On drop, removes a consent lock that no other query holds or waits on.
+struct ForgetLock<'a> {
+    locks: &'a Mutex<HashMap<(String, [u8; 32]), ConsentLock>>,
+    key: (String, [u8; 32]),
+}
+
+impl Drop for ForgetLock<'_> {
+    fn drop(&mut self) {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours is the map's and the caller's `lock`: two references.
+        if locks
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
 /// The envelope context (AEAD associated data) of a record's sealed key:
 /// an envelope moved to another record id does not open.
 pub fn record_key_context(record_id: &str) -> Vec<u8> {
@@ -1038,6 +1057,11 @@ impl ZkService {
                 .clone()
         };
         let _turn = lock.lock().await;
+        // The map would otherwise keep a lock for every pair ever asked.
+        let _forget = ForgetLock {
+            locks: &self.inner.consent_locks,
+            key: (req.record_id.clone(), *verifier),
+        };
         let store = &self.inner.store;
         let before = store.disclosed(&req.record_id, verifier)?;
         let after = consent::admit(grant, &req.record_id, verifier, predicates, &before)?;

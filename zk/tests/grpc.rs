@@ -190,7 +190,7 @@ fn zk_key() -> CipherKey {
 }
 
 fn key_bytes(key: &CipherKey) -> Vec<u8> {
-    key.elements().iter().flat_map(fr_to_bytes).collect()
+    key.to_kms_bytes().to_vec()
 }
 
 fn encrypt(record_id: &str, id_number: &str, key: &CipherKey) -> EncryptedRecord {
