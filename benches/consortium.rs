@@ -142,6 +142,7 @@ async fn consortium(n: usize) -> Net {
             identity,
             kms_sealed: false,
             insecure_dev_setup: false,
+            zk_ceremony: None,
             federated: None,
             cluster: ClusterConfig {
                 advertise: Some(listen.clone()),

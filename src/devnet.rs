@@ -126,8 +126,9 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         ledger_act(&net, &b).await?;
         println!("keys act through {} ({addr}): its KMS store stays on that node", MEMBER_ORGS[0]);
         kms_act(&net, &addr).await?;
+        let vk_hash = ceremony_act(&root, &members[..3], &members[2]).await?;
         println!("zk act through {} ({c}): its ZK records stay on that node", MEMBER_ORGS[2]);
-        zk_act(&net, &c).await?;
+        zk_act(&net, &c, vk_hash).await?;
         learning_act(&net, &root, &addr, fl).await?;
         let survivor = failover_act(&net, &mut members).await?;
         let mut auditor = client(&net, "auditor", &survivor).await?.0;
@@ -174,6 +175,8 @@ fn free_udp_addr() -> Result<String> {
 struct MemberNode {
     org: &'static str,
     addr: String,
+    identity: PathBuf,
+    data: PathBuf,
     config: PathBuf,
     log: PathBuf,
     child: Option<std::process::Child>,
@@ -208,7 +211,9 @@ impl MemberNode {
         Ok(MemberNode {
             org,
             addr,
+            identity,
             log: data.join("node.log"),
+            data,
             config,
             child: None,
         })
@@ -219,10 +224,8 @@ impl MemberNode {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        // The devnet's ZK keys come from a single-party setup (a members'
-        // ceremony of the KYC statement takes minutes on this machine).
         let child = std::process::Command::new(std::env::current_exe()?)
-            .args(["node", "--insecure-dev-setup", "--config"])
+            .args(["node", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "error")
             .stdin(std::process::Stdio::null())
@@ -510,7 +513,62 @@ async fn kms_act(net: &NetworkDir, addr: &str) -> Result<()> {
 /// grants the bank four questions; the bank asks them and checks each
 /// proof offline against the anchor; an unconsented question is refused,
 /// and a binary search on the income is stopped by the disclosure budget.
-async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
+/// The members' setup of the KYC statement: phase 1 (powers of tau, sized
+/// to the statement's domain) and phase 2, each member contributing in turn
+/// and anchoring its transcript hash through its own node. The ZK node then
+/// takes its keys from this transcript only after checking every anchor and
+/// verifying it all.
+async fn ceremony_act(
+    root: &std::path::Path,
+    members: &[MemberNode],
+    zk_node: &MemberNode,
+) -> Result<[u8; 32]> {
+    use yilian_circuits::kyc::KycCircuit;
+    use yilian_zk::ceremony::transcript;
+    let dir = root.join("ceremony");
+    let n = transcript::init(&dir, KycCircuit::blank())?;
+    println!(
+        "ceremony: {} setup among {} members, phase 1 sized to the statement ({n}-point domain)",
+        yilian_zk::KYC_STATEMENT,
+        members.len()
+    );
+    for phase in [1, 2] {
+        if phase == 2 {
+            let started = std::time::Instant::now();
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || transcript::finish_phase1(&d, KycCircuit::blank()))
+                .await??;
+            println!(
+                "ceremony: phase 1 finished, the statement's initial key derived from it ({:.1} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        for m in members {
+            let id = Identity::load(&m.identity)?;
+            let started = std::time::Instant::now();
+            let channel = yilian_identity::grpc::connect(&m.addr, &id).await?;
+            let (step, index) = yilian_zk::cli::contribute_anchored(&dir, channel, &id).await?;
+            println!(
+                "ceremony: {} contributed to phase {phase} ({:.1} s), transcript hash {} anchored at entry {index}",
+                m.org,
+                started.elapsed().as_secs_f64(),
+                &hex::encode(step.hash)[..16]
+            );
+        }
+    }
+    // The transcript is public: the ZK node gets a copy where it looks.
+    let to = zk_node.data.join("zk").join("ceremony");
+    for phase in ["phase1", "phase2"] {
+        std::fs::create_dir_all(to.join(phase))?;
+        for f in std::fs::read_dir(dir.join(phase))? {
+            let f = f?;
+            std::fs::copy(f.path(), to.join(phase).join(f.file_name()))?;
+        }
+    }
+    Ok(yilian_zk::keys::vk_hash(&transcript::last_key(&dir)?.vk))
+}
+
+async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<()> {
     use yilian_zk::query::Predicate;
     use yilian_zk::record::{EncryptedRecord, FieldValue, Record};
     use yilian_zk::service::{ZkClient, pb};
@@ -653,6 +711,16 @@ async fn zk_act(net: &NetworkDir, addr: &str) -> Result<()> {
         Payload::VerifyingKeyAnchor { vk_hash, .. } if vk_hash.as_slice() == vk.vk_hash => {}
         other => anyhow::bail!("the verifying key is not the anchored one: {other:?}"),
     }
+    ensure!(
+        vk.vk_hash == ceremony_vk,
+        "the node's verifying key is not the ceremony's"
+    );
+    println!(
+        "zk: the node verified the members' ceremony transcript, found its 6 contributions anchored, and anchored \
+         the resulting verifying key at entry {} (SHA-256 {})",
+        vk.anchor_index,
+        &hex::encode(&vk.vk_hash)[..16]
+    );
     let pvk = yilian_zk::keys::prepare(&yilian_zk::keys::from_bytes(
         "verifying key",
         &vk.verifying_key,

@@ -35,10 +35,14 @@ pub struct NodeConfig {
     pub kms_sealed: bool,
     /// Let the ZK API make its proving keys by a single-party setup when it
     /// has none. Whoever runs that setup can forge proofs: development only.
-    /// Otherwise keys come from the members' ceremony (`yilian zk ceremony
-    /// verify --out <data_dir>/zk`).
+    /// Otherwise keys come from the members' ceremony (`zk_ceremony`).
     #[serde(default)]
     pub insecure_dev_setup: bool,
+    /// The members' ceremony transcript the ZK API takes its keys from,
+    /// after verifying it and finding every contribution anchored (default
+    /// `<data_dir>/zk/ceremony`).
+    #[serde(default)]
+    pub zk_ceremony: Option<PathBuf>,
     /// QUIC address of the federated-learning coordinator (agents connect
     /// here; engineers use the gRPC address); `None` serves no federated
     /// learning.
@@ -96,6 +100,10 @@ pub struct NodeOverrides {
     /// `yilian zk ceremony`).
     #[arg(long)]
     pub insecure_dev_setup: bool,
+    /// The members' ZK ceremony transcript directory (default
+    /// `<data_dir>/zk/ceremony`).
+    #[arg(long, env = "YILIAN_ZK_CEREMONY")]
+    pub zk_ceremony: Option<PathBuf>,
     /// Federated-learning (QUIC) listen address, e.g. 127.0.0.1:7401.
     #[arg(long, env = "YILIAN_FEDERATED")]
     pub federated: Option<SocketAddr>,
@@ -112,6 +120,7 @@ struct FileConfig {
     kms_sealed: bool,
     #[serde(default)]
     insecure_dev_setup: bool,
+    zk_ceremony: Option<PathBuf>,
     federated: Option<SocketAddr>,
     #[serde(default)]
     cluster: ClusterConfig,
@@ -146,6 +155,7 @@ impl NodeConfig {
             metrics: over.metrics.or(f.metrics),
             kms_sealed: over.kms_sealed || f.kms_sealed,
             insecure_dev_setup: over.insecure_dev_setup || f.insecure_dev_setup,
+            zk_ceremony: over.zk_ceremony.clone().or(f.zk_ceremony),
             federated: over.federated.or(f.federated),
             cluster: f.cluster,
             data_dir,
@@ -302,7 +312,15 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         ledger.clone(),
         &identity,
         kms.clone(),
-        cfg.insecure_dev_setup,
+        if cfg.insecure_dev_setup {
+            yilian_zk::service::KeySource::InsecureDevSetup
+        } else {
+            yilian_zk::service::KeySource::Ceremony(
+                cfg.zk_ceremony
+                    .clone()
+                    .unwrap_or_else(|| cfg.data_dir.join("zk").join("ceremony")),
+            )
+        },
     )
     .context("cannot open the ZK API")?;
     let router = tonic::transport::Server::builder()

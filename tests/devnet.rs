@@ -25,6 +25,9 @@ fn devnet_runs_every_act_and_exits_zero() {
         "is exhausted: 1 of 1 uses spent",
         "decrypted with plain AES-GCM",
         "each inclusion proof verified",
+        "ceremony: platform-co contributed to phase 2",
+        "ceremony: phase 1 finished",
+        "the node verified the members' ceremony transcript, found its 6 contributions anchored",
         "not on the sanctions list (1024 entries): true (proof verified offline)",
         "income >= 150000: false (proof verified offline)",
         "its key sealed under",
@@ -79,6 +82,7 @@ fn devnet_runs_every_act_and_exits_zero() {
     for kind in [
         "record-anchor",
         "verifying-key-anchor",
+        "ceremony-contribution",
         "query-grant",
         "zk-query",
         "contribution",

@@ -40,6 +40,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         identity: dir.identity(network::NODE_IDENTITY),
         kms_sealed: false,
         insecure_dev_setup: false,
+        zk_ceremony: None,
         federated: None,
         cluster: Default::default(),
     };

@@ -229,6 +229,44 @@ fn anchor_file(dir: &Path, step: &crate::ceremony::transcript::Step) -> PathBuf 
         .join(format!("{:04}.anchor", step.index))
 }
 
+/// Adds `member`'s contribution to the ceremony in `dir` (fresh secrets,
+/// forgotten at once) and anchors its transcript hash on the ledger over
+/// `channel`; returns the step and the anchoring entry's index, which is
+/// also kept beside the contribution (`NNNN.anchor`).
+pub async fn contribute_anchored(
+    dir: &Path,
+    channel: tonic::transport::Channel,
+    member: &yilian_identity::Identity,
+) -> anyhow::Result<(crate::ceremony::transcript::Step, u64)> {
+    let step = tokio::task::spawn_blocking({
+        let dir = dir.to_owned();
+        move || crate::ceremony::transcript::contribute(&dir, &mut keys::os_rng())
+    })
+    .await??;
+    let submitted = yilian_ledger::service::LedgerClient::new(channel)
+        .submit(
+            &yilian_ledger::Transaction::new(yilian_ledger::Payload::CeremonyContribution {
+                statement: crate::KYC_STATEMENT.into(),
+                phase: step.phase,
+                index: step.index,
+                hash: step.hash,
+            })
+            .sign(member.signing_key()),
+        )
+        .await;
+    let receipt = match submitted {
+        Ok(r) => r,
+        Err(e) => {
+            // An unanchored contribution would be built on and then refused
+            // by every node: it is taken back, and the member may try again.
+            crate::ceremony::transcript::withdraw(dir, &step)?;
+            return Err(grpc(e));
+        }
+    };
+    std::fs::write(anchor_file(dir, &step), receipt.index.to_string())?;
+    Ok((step, receipt.index))
+}
+
 impl CeremonyCommand {
     async fn run(self) -> anyhow::Result<()> {
         use crate::ceremony::transcript;
@@ -263,32 +301,12 @@ impl CeremonyCommand {
             }
             CeremonyCommand::Contribute { conn, dir } => {
                 let (channel, id) = conn.channel().await?;
-                let step = tokio::task::spawn_blocking({
-                    let dir = dir.clone();
-                    move || transcript::contribute(&dir, &mut keys::os_rng())
-                })
-                .await??;
-                let receipt = yilian_ledger::service::LedgerClient::new(channel)
-                    .submit(
-                        &yilian_ledger::Transaction::new(
-                            yilian_ledger::Payload::CeremonyContribution {
-                                statement: crate::KYC_STATEMENT.into(),
-                                phase: step.phase,
-                                index: step.index,
-                                hash: step.hash,
-                            },
-                        )
-                        .sign(id.signing_key()),
-                    )
-                    .await
-                    .map_err(grpc)?;
-                std::fs::write(anchor_file(&dir, &step), receipt.index.to_string())?;
+                let (step, index) = contribute_anchored(&dir, channel, &id).await?;
                 println!(
-                    "phase {} contribution {}: transcript hash {}, anchored at ledger entry {}",
+                    "phase {} contribution {}: transcript hash {}, anchored at ledger entry {index}",
                     step.phase,
                     step.index,
                     hex::encode(step.hash),
-                    receipt.index
                 );
             }
             CeremonyCommand::FinishPhase1 { dir } => {

@@ -99,10 +99,20 @@ pub enum ZkError {
     )]
     RecordKeyMissing(String),
     #[error(
-        "no kyc-v1 keys in {}: verify the members' ceremony into it (yilian zk ceremony verify --out), or start the node with --insecure-dev-setup for development",
+        "no kyc-v1 ceremony transcript in {}: copy the members' ceremony directory there (after `yilian zk ceremony finish-phase1` and phase-2 contributions), or start the node with --insecure-dev-setup for development",
         .0.display()
     )]
     NoKeys(std::path::PathBuf),
+    /// A transcript step no member anchored: the node does not use it.
+    #[error(
+        "{}: phase {phase} contribution {index} is not anchored on the ledger by a member; use the transcript whose contributions the members anchored with `yilian zk ceremony contribute`",
+        dir.display()
+    )]
+    CeremonyNotAnchored {
+        dir: std::path::PathBuf,
+        phase: u8,
+        index: u32,
+    },
     #[error("powers-of-tau file: {0}")]
     Ptau(#[from] ceremony::ptau::PtauError),
     /// A setup ceremony's contribution or transcript that does not verify.
@@ -155,6 +165,7 @@ impl From<ZkError> for tonic::Status {
             | NotAnchored { .. }
             | RecordKeyMissing(_)
             | NoKeys(_)
+            | CeremonyNotAnchored { .. }
             | Ceremony(_) => Code::FailedPrecondition,
             // The ledger's and the KMS's own mappings: a refused anchor keeps
             // its code, a sealed KMS is Unavailable, a wrapping key the holder

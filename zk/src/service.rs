@@ -21,16 +21,18 @@
 //! The node process still sees keys while it proves: this protects the
 //! disk and its backups, not a node whose memory is read.
 //!
-//! Proving keys: the node proves `kyc-v1` with the keys in `<data_dir>/zk/`
-//! (`kyc-v1.pk`, `kyc-v1.vk`), which `yilian zk ceremony verify --out`
-//! writes from the members' verified ceremony. They are loaded, or, only
-//! with `--insecure-dev-setup`, made by the single-party development setup
-//! ([`keys::setup`]) when absent, on first use rather
-//! than at node start: generation takes seconds of CPU that a node which
-//! never proves should not pay, and a node start must stay fast. Once
-//! loaded, the node anchors the verifying key's hash on the ledger
-//! (`VerifyingKeyAnchor`, signed by the node identity) unless its latest
-//! anchor already names it. [`ZkService::prepare_keys`] does this eagerly.
+//! Proving keys ([`KeySource`]): the node proves `kyc-v1` only with the key
+//! at the end of the members' ceremony transcript, and only after it has
+//! found every contribution's hash anchored on the ledger by a member and
+//! verified the whole transcript from its start itself (it does not take a
+//! key file on anyone's word, its operator's included). Only with
+//! `--insecure-dev-setup` does it use `<data_dir>/zk/kyc-v1.{pk,vk}`, made
+//! by the single-party development setup ([`keys::setup`]) when absent.
+//! Both happen on first use rather than at node start: they take seconds of
+//! CPU that a node which never proves should not pay. Once loaded, the node
+//! anchors the verifying key's hash on the ledger (`VerifyingKeyAnchor`,
+//! signed by the node identity) unless its latest anchor already names it.
+//! [`ZkService::prepare_keys`] does this eagerly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +50,7 @@ use yilian_kms::service::LedgerKmsNode;
 use yilian_ledger::{Ledger, Payload, Transaction};
 use zeroize::Zeroizing;
 
+use crate::ceremony::transcript::Step;
 use crate::prover::{self, KycProof};
 use crate::query::{self, Predicate};
 use crate::record::{CipherKey, EncryptedRecord, FieldKind, FieldSpec, FieldValue, RecordAnchor};
@@ -367,6 +370,9 @@ struct LedgerIndex {
     /// carry the binding, not the id.
     records: HashMap<[u8; 32], Vec<AnchorEntry>>,
     vks: HashMap<String, Vec<VkEntry>>,
+    /// Ceremony contributions anchored by members, by statement and step:
+    /// the anchoring entry's index and signer.
+    contributions: HashMap<(String, Step), (u64, [u8; 32])>,
 }
 
 impl LedgerIndex {
@@ -376,7 +382,11 @@ impl LedgerIndex {
         let len = ledger.len();
         if self.scanned < len {
             let mut found: Vec<u64> = Vec::new();
-            for kind in ["record-anchor", "verifying-key-anchor"] {
+            for kind in [
+                "record-anchor",
+                "verifying-key-anchor",
+                "ceremony-contribution",
+            ] {
                 found.extend(ledger.indexed(kind, b"", self.scanned, usize::MAX)?);
             }
             found.retain(|i| *i < len);
@@ -406,6 +416,22 @@ impl LedgerIndex {
                             signer: stx.signer,
                             vk_hash,
                         })
+                    }
+                    // The ledger admits these from members only.
+                    Payload::CeremonyContribution {
+                        statement,
+                        phase,
+                        index: step,
+                        hash,
+                    } => {
+                        let step = Step {
+                            phase,
+                            index: step,
+                            hash,
+                        };
+                        self.contributions
+                            .entry((statement, step))
+                            .or_insert((index, stx.signer));
                     }
                     _ => {}
                 }
@@ -458,8 +484,21 @@ struct Inner {
     /// disclosure to the KMS's decision: a refused query's give-back must
     /// not erase a constant a concurrent query had answered.
     consent_locks: Mutex<HashMap<(String, [u8; 32]), ConsentLock>>,
-    /// Whether a missing key pair may be made by the single-party setup.
-    dev_setup: bool,
+    keys_from: KeySource,
+}
+
+/// Where a node's proving keys come from.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum KeySource {
+    /// The members' ceremony transcript in this directory (laid out as
+    /// [`crate::ceremony::transcript`] describes): every contribution
+    /// anchored on the ledger by a member, and the transcript verified from
+    /// its start by this node, before it proves with the final key.
+    Ceremony(PathBuf),
+    /// `<data_dir>/zk/kyc-v1.{pk,vk}`, made by the single-party setup when
+    /// absent. Whoever ran that setup can forge proofs: development only.
+    InsecureDevSetup,
 }
 
 type ConsentLock = Arc<tokio::sync::Mutex<()>>;
@@ -552,9 +591,9 @@ fn statement(name: &str) -> Result<&'static str> {
     }
 }
 
-/// Loads the statement's keys from `dir`, or, if allowed, makes and writes
+/// Loads the statement's development keys from `dir`, or makes and writes
 /// them by the single-party setup.
-fn load_or_setup(dir: &Path, dev_setup: bool) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
+fn load_or_setup(dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
     let pk_path = dir.join(format!("{KYC_STATEMENT}.pk"));
     let vk_path = dir.join(format!("{KYC_STATEMENT}.vk"));
     if pk_path.exists() && vk_path.exists() {
@@ -567,11 +606,8 @@ fn load_or_setup(dir: &Path, dev_setup: bool) -> Result<(ProvingKey<Bn254>, Veri
                 vk_path.display()
             )));
         }
-        tracing::info!(dir = %dir.display(), "loaded {KYC_STATEMENT} keys");
+        tracing::warn!(dir = %dir.display(), "loaded {KYC_STATEMENT} development keys (--insecure-dev-setup)");
         return Ok((pk, vk));
-    }
-    if !dev_setup {
-        return Err(ZkError::NoKeys(dir.to_owned()));
     }
     tracing::warn!(
         dir = %dir.display(),
@@ -593,15 +629,15 @@ fn load_or_setup(dir: &Path, dev_setup: bool) -> Result<(ProvingKey<Bn254>, Veri
 }
 
 impl ZkService {
-    /// Opens (or creates) `<data_dir>/zk.redb`; keys live in `<data_dir>/zk/`
-    /// and are loaded or made on first use. `node` signs the node's
-    /// verifying-key anchors (it must be an admitted member).
+    /// Opens (or creates) `<data_dir>/zk.redb`; keys come from `keys_from`
+    /// on first use. `node` signs the node's verifying-key anchors (it must
+    /// be an admitted member).
     pub fn open(
         data_dir: &Path,
         ledger: Ledger,
         node: &Identity,
         kms: Arc<LedgerKmsNode>,
-        insecure_dev_setup: bool,
+        keys_from: KeySource,
     ) -> Result<ZkService> {
         std::fs::create_dir_all(data_dir)?;
         let store = Store::open(&data_dir.join("zk.redb"))?;
@@ -618,7 +654,7 @@ impl ZkService {
                 provers: tokio::sync::Semaphore::new(cores),
                 kms,
                 consent_locks: Mutex::new(HashMap::new()),
-                dev_setup: insecure_dev_setup,
+                keys_from,
             }),
         })
     }
@@ -639,9 +675,13 @@ impl ZkService {
         self.inner
             .keys
             .get_or_try_init(|| async {
-                let dir = self.inner.key_dir.clone();
-                let dev = self.inner.dev_setup;
-                let (pk, vk) = blocking(move || load_or_setup(&dir, dev)).await?;
+                let (pk, vk) = match &self.inner.keys_from {
+                    KeySource::InsecureDevSetup => {
+                        let dir = self.inner.key_dir.clone();
+                        blocking(move || load_or_setup(&dir)).await?
+                    }
+                    KeySource::Ceremony(dir) => self.ceremony_key(dir).await?,
+                };
                 let vk_hash = keys::vk_hash(&vk);
                 let anchor_index = self.anchor_verifying_key(vk_hash).await?;
                 Ok::<_, ZkError>(Arc::new(StatementKeys {
@@ -654,6 +694,60 @@ impl ZkService {
             })
             .await
             .cloned()
+    }
+
+    /// The final key of the ceremony transcript in `dir`, once every
+    /// contribution is found anchored by a member (a cheap check, first)
+    /// and the transcript verifies from its start.
+    async fn ceremony_key(&self, dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
+        use crate::ceremony::transcript;
+        if !transcript::phase2_started(dir) {
+            return Err(ZkError::NoKeys(dir.to_owned()));
+        }
+        let d = dir.to_owned();
+        let steps = blocking(move || transcript::steps(&d)).await?;
+        let signers = self.with_index(|ix| {
+            steps
+                .iter()
+                .map(|s| {
+                    ix.contributions
+                        .get(&(KYC_STATEMENT.to_owned(), *s))
+                        .map(|(_, signer)| *signer)
+                        .ok_or_else(|| ZkError::CeremonyNotAnchored {
+                            dir: dir.to_owned(),
+                            phase: s.phase,
+                            index: s.index,
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let d = dir.to_owned();
+        let (pk, verified) = blocking(move || {
+            transcript::verify(
+                &d,
+                yilian_circuits::kyc::KycCircuit::blank(),
+                &mut keys::os_rng(),
+            )
+        })
+        .await?;
+        // Verification recomputes the hashes the anchors were checked for.
+        if verified != steps {
+            return Err(ZkError::Corrupt(format!(
+                "{}: the transcript changed while it was being verified",
+                dir.display()
+            )));
+        }
+        let mut members: Vec<String> = signers.iter().map(hex::encode).collect();
+        members.sort();
+        members.dedup();
+        tracing::info!(
+            dir = %dir.display(),
+            contributions = steps.len(),
+            members = ?members,
+            "verified the {KYC_STATEMENT} ceremony transcript; every contribution is anchored"
+        );
+        let vk = pk.vk.clone();
+        Ok((pk, vk))
     }
 
     /// The ledger index of this node's anchor for `vk_hash`, submitting one

@@ -21,7 +21,7 @@ use yilian_kms::{Caller, KeyKind};
 use yilian_ledger::{Ledger, Payload, Transaction};
 use yilian_zk::query::Predicate;
 use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
-use yilian_zk::service::{self, ZkClient, ZkService, pb};
+use yilian_zk::service::{self, KeySource, ZkClient, ZkService, pb};
 use yilian_zk::{KYC_STATEMENT, fr_to_bytes, keys, verifier};
 
 const NAMES: &[(&str, Role)] = &[
@@ -144,13 +144,14 @@ async fn net(with_keys: bool) -> Net {
             .await
             .unwrap();
     }
-    // Without shared keys, the node makes its own (the first-use test).
+    // The shared development keys are loaded; without them the node makes
+    // its own (the first-use test).
     let service = ZkService::open(
         dir.path(),
         ledger.clone(),
         &ids[NODE],
         kms.clone(),
-        !with_keys,
+        KeySource::InsecureDevSetup,
     )
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -934,36 +935,31 @@ async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
         net.ledger.clone(),
         &net.ids[NODE],
         net.kms.clone(),
-        false,
+        KeySource::InsecureDevSetup,
     )
     .unwrap();
     assert_eq!(again.prepare_keys().await.unwrap(), vk_hash);
     assert_eq!(net.ledger.len(), size + 1, "no second anchor");
 
-    // Without keys, and without --insecure-dev-setup, a node makes none: it
-    // says where the ceremony's keys go.
+    // Without --insecure-dev-setup, a node makes no keys and does not take
+    // key files: it says where the ceremony's transcript goes.
     let empty = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(empty.path().join("zk")).unwrap();
+    for ext in ["pk", "vk"] {
+        let name = format!("{KYC_STATEMENT}.{ext}");
+        std::fs::copy(key_dir.join(&name), empty.path().join("zk").join(&name)).unwrap();
+    }
     let none = ZkService::open(
         empty.path(),
         net.ledger.clone(),
         &net.ids[NODE],
         net.kms.clone(),
-        false,
+        KeySource::Ceremony(empty.path().join("zk").join("ceremony")),
     )
     .unwrap();
     let e = none.prepare_keys().await.unwrap_err();
     assert!(matches!(e, yilian_zk::ZkError::NoKeys(_)), "{e}");
-    assert!(
-        e.to_string().contains("yilian zk ceremony verify --out"),
-        "{e}"
-    );
-    assert!(
-        !empty
-            .path()
-            .join("zk")
-            .join(format!("{KYC_STATEMENT}.pk"))
-            .exists()
-    );
+    assert!(e.to_string().contains("ceremony directory"), "{e}");
     assert_eq!(net.ledger.len(), size + 1);
 }
 
@@ -1322,4 +1318,75 @@ async fn a_set_of_65536_members_proves_membership_and_non_membership() {
         assert!(v.valid && v.answer, "{}", v.reason);
         assert_eq!(v.record_id, record_id);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anchored_and_verify() {
+    use yilian_circuits::kyc::KycCircuit;
+    use yilian_zk::ZkError;
+    use yilian_zk::ceremony::transcript::{self, Step};
+    let net = net(true).await;
+    let dir = net.dir.path().join("ceremony");
+    transcript::init(&dir, KycCircuit::blank()).unwrap();
+    let p1 = transcript::contribute(&dir, &mut keys::os_rng()).unwrap();
+    // Phase 2 starts from a key not derived from phase 1 (the single-party
+    // one, whose maker can forge): only verifying the transcript shows it.
+    std::fs::create_dir_all(dir.join("phase2")).unwrap();
+    std::fs::copy(
+        shared_keys().join(format!("{KYC_STATEMENT}.pk")),
+        dir.join("phase2").join("0000.bin"),
+    )
+    .unwrap();
+    let p2 = transcript::contribute(&dir, &mut keys::os_rng()).unwrap();
+    assert_eq!(transcript::steps(&dir).unwrap(), vec![p1, p2]);
+
+    let data = tempfile::tempdir().unwrap();
+    let node = ZkService::open(
+        data.path(),
+        net.ledger.clone(),
+        &net.ids[NODE],
+        net.kms.clone(),
+        KeySource::Ceremony(dir.clone()),
+    )
+    .unwrap();
+    let anchor = |step: Step| {
+        let ledger = net.ledger.clone();
+        let key = net.ids[NODE].signing_key().clone();
+        async move {
+            ledger
+                .submit(
+                    Transaction::new(Payload::CeremonyContribution {
+                        statement: KYC_STATEMENT.into(),
+                        phase: step.phase,
+                        index: step.index,
+                        hash: step.hash,
+                    })
+                    .sign(&key),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let not_anchored = |e: ZkError, phase: u8, index: u32| match e {
+        ZkError::CeremonyNotAnchored {
+            phase: p, index: i, ..
+        } => assert_eq!((p, i), (phase, index)),
+        e => panic!("expected phase {phase} contribution {index} unanchored, got {e}"),
+    };
+    let size = net.ledger.len();
+    not_anchored(node.prepare_keys().await.unwrap_err(), 1, 1);
+    // An anchor of another hash at the same place does not vouch for it.
+    let mut other = p1;
+    other.hash[0] ^= 1;
+    anchor(other).await;
+    not_anchored(node.prepare_keys().await.unwrap_err(), 1, 1);
+    anchor(p1).await;
+    not_anchored(node.prepare_keys().await.unwrap_err(), 2, 1);
+    // Every step anchored, but the transcript does not verify: no key.
+    anchor(p2).await;
+    let e = node.prepare_keys().await.unwrap_err();
+    assert!(matches!(e, ZkError::Ceremony(_)), "{e}");
+    assert_eq!(tonic::Status::from(e).code(), Code::FailedPrecondition);
+    // Only the test's anchors were written: no verifying key was anchored.
+    assert_eq!(net.ledger.len(), size + 3);
 }

@@ -80,7 +80,9 @@ fn dft<G: Scale>(a: &mut [G], omega: Fr) {
                 .zip(twiddles.par_iter())
                 .with_min_len(64)
                 .for_each(|((x, y), t)| {
-                    let v = y.scale(t);
+                    // One butterfly in every chunk has twiddle 1: n of the
+                    // (n/2)·log n scalar multiplications are saved.
+                    let v = if t.is_one() { *y } else { y.scale(t) };
                     *y = *x - v;
                     *x += v;
                 });

@@ -56,14 +56,20 @@ pub enum CeremonyError {
 /// `H(previous ‖ state)`: the transcript hash after a state, each state's
 /// canonical compressed encoding. The first state chains from zero.
 pub fn transcript_hash<T: CanonicalSerialize>(previous: &[u8; 32], state: &T) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"yilian/ceremony/v1\0");
-    h.update(previous);
     let mut bytes = Vec::new();
     state
         .serialize_compressed(&mut bytes)
         .expect("serialising to memory cannot fail");
-    h.update(&bytes);
+    transcript_hash_encoded(previous, &bytes)
+}
+
+/// [`transcript_hash`] of a state already in its canonical encoding (a
+/// transcript file), without decoding it.
+pub fn transcript_hash_encoded(previous: &[u8; 32], encoded: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"yilian/ceremony/v1\0");
+    h.update(previous);
+    h.update(encoded);
     h.finalize().into()
 }
 

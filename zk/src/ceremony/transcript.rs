@@ -24,11 +24,11 @@ use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use ark_std::rand::{CryptoRng, RngCore};
 
 use super::phase1::{self, Accumulator};
-use super::{CeremonyError, derive, phase2, transcript_hash};
+use super::{CeremonyError, derive, phase2, transcript_hash, transcript_hash_encoded};
 use crate::{Result, ZkError};
 
 /// One contribution as the ledger anchors it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Step {
     pub phase: u8,
     pub index: u32,
@@ -207,41 +207,100 @@ pub fn contribute<R: RngCore + CryptoRng>(dir: &Path, rng: &mut R) -> Result<Ste
     Ok(Step { phase, index, hash })
 }
 
-fn count_phase2(dir: &Path) -> Option<u32> {
-    file(dir, 2, 0, "bin").exists().then(|| count(dir, 2))
+/// Removes contribution `step`, which must be the last one of its phase
+/// (one whose anchoring failed).
+pub fn withdraw(dir: &Path, step: &Step) -> Result<()> {
+    let last = if step.phase == 2 {
+        count_phase2(dir)
+    } else {
+        Some(count(dir, 1))
+    };
+    if last != Some(step.index) || (step.phase == 1 && phase2_started(dir)) {
+        return Err(ZkError::BadRequest(format!(
+            "{}: phase {} contribution {} is not the last one",
+            dir.display(),
+            step.phase,
+            step.index
+        )));
+    }
+    // The .bin first: it is what makes a contribution count.
+    for ext in ["bin", "proof"] {
+        std::fs::remove_file(file(dir, step.phase, step.index, ext))?;
+    }
+    Ok(())
 }
 
-/// The transcript hashes of the states up to `last` of `phase`, read (not
-/// verified: [`verify`] does that).
+fn count_phase2(dir: &Path) -> Option<u32> {
+    phase2_started(dir).then(|| count(dir, 2))
+}
+
+/// Whether phase 1 is finished (phase 2's starting key is there).
+pub fn phase2_started(dir: &Path) -> bool {
+    file(dir, 2, 0, "bin").exists()
+}
+
+/// The transcript hash of every state up to `last` of `phase`, hashed from
+/// the files' bytes, not decoded or verified ([`verify`] does that): what a
+/// contribution chains from, and what to look for anchored.
 fn hashes_so_far(dir: &Path, phase: u8, last: u32) -> Result<Vec<[u8; 32]>> {
-    let mut h = [0u8; 32];
     let mut out = Vec::new();
-    if phase == 2 && imported(dir).exists() {
-        let (acc, digest) = read_imported(dir, &mut crate::keys::os_rng())?;
-        h = transcript_hash(&digest, &acc);
-        for i in 0..=last {
-            let pk: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
-            h = transcript_hash(&h, &pk);
-            out.push(h);
+    let mut h = if imported(dir).exists() {
+        use sha2::Digest;
+        let bytes = std::fs::read(imported(dir))?;
+        let acc = super::ptau::read(&bytes)?;
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        transcript_hash(&digest, &acc)
+    } else {
+        let p1 = if phase == 1 { last } else { count(dir, 1) };
+        let mut h = [0u8; 32];
+        for i in 0..=p1 {
+            h = transcript_hash_encoded(&h, &std::fs::read(file(dir, 1, i, "bin"))?);
+            if phase == 1 {
+                out.push(h);
+            }
         }
-        return Ok(out);
-    }
-    let p1 = if phase == 1 { last } else { count(dir, 1) };
-    for i in 0..=p1 {
-        let acc: Accumulator = read(&file(dir, 1, i, "bin"))?;
-        h = transcript_hash(&h, &acc);
-        if phase == 1 {
-            out.push(h);
-        }
-    }
+        h
+    };
     if phase == 2 {
         for i in 0..=last {
-            let pk: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
-            h = transcript_hash(&h, &pk);
+            h = transcript_hash_encoded(&h, &std::fs::read(file(dir, 2, i, "bin"))?);
             out.push(h);
         }
     }
     Ok(out)
+}
+
+/// Every contribution in `dir` as its contributor anchored it, from the
+/// files as they are (not verified: [`verify`] does that, and returns the
+/// same steps for a transcript that verifies).
+pub fn steps(dir: &Path) -> Result<Vec<Step>> {
+    let mut out = Vec::new();
+    if !imported(dir).exists() {
+        let n1 = count(dir, 1);
+        let hashes = hashes_so_far(dir, 1, n1)?;
+        out.extend((1..=n1).map(|i| Step {
+            phase: 1,
+            index: i,
+            hash: hashes[i as usize],
+        }));
+    }
+    if let Some(n2) = count_phase2(dir) {
+        let hashes = hashes_so_far(dir, 2, n2)?;
+        out.extend((1..=n2).map(|i| Step {
+            phase: 2,
+            index: i,
+            hash: hashes[i as usize],
+        }));
+    }
+    Ok(out)
+}
+
+/// The key at the end of phase 2 as it is on disk, not verified.
+pub fn last_key(dir: &Path) -> Result<ProvingKey<Bn254>> {
+    let n2 = count_phase2(dir).ok_or_else(|| {
+        ZkError::BadRequest(format!("{}: phase 1 is not finished", dir.display()))
+    })?;
+    read(&file(dir, 2, n2, "bin"))
 }
 
 /// Ends phase 1: derives the initial phase-2 key for `circuit`.
