@@ -33,6 +33,11 @@ fn initial_state<F: PrimeField>(key: &[F; 2], nonce: u128, len: usize) -> [F; 4]
     ]
 }
 
+/// The ciphertext length of a `len`-element message.
+pub fn ciphertext_len(len: usize) -> usize {
+    padded_len(len) + 1
+}
+
 fn padded_len(len: usize) -> usize {
     len.div_ceil(3) * 3
 }

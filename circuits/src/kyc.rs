@@ -1,9 +1,11 @@
 //! The KYC statement: "the anchored ciphertext decrypts, under the committed
 //! key, to a record on which this query evaluates to `result`".
 //!
-//! One circuit shape serves every query: four comparison slots and one set
-//! slot, each with its field index and op code as public inputs (unused
-//! slots carry op 0, "always true"). Public inputs, in order:
+//! One circuit per record size ([`Shape`]: 8, 16 or 32 fields), each with
+//! four comparison slots and one set slot, combined in conjunctive normal
+//! form ([`crate::formula`]): AND, OR, or an AND of ORs. A comparison is a
+//! field against a constant or against another field of the same record
+//! (`balance >= loan`). Unused slots carry op 0. Public inputs, in order:
 //!
 //! | # | input |
 //! |---|---|
@@ -13,12 +15,12 @@
 //! | 3 | nonce (< 2^128) |
 //! | 4 + 4i .. 8 + 4i | comparison slot i: field index, op code, a, b |
 //! | 20, 21, 22 | set slot: field index, op code, Merkle root |
-//! | 23 | result bit |
+//! | 23 | clause indices of the five slots, packed ([`crate::formula::pack`]) |
+//! | 24 | result bit |
 
 use ark_bn254::Fr;
 use ark_ff::{AdditiveGroup, BigInteger, PrimeField, Zero};
 use ark_r1cs_std::{
-    GR1CSVar,
     alloc::AllocVar,
     boolean::Boolean,
     eq::EqGadget,
@@ -30,19 +32,66 @@ use sha2::{Digest, Sha256};
 use crate::CircuitError;
 use crate::cipher;
 use crate::cmp::{self, enforce_bits, is_less_than};
+use crate::formula;
+use crate::index::{one_hot, select};
 use crate::poseidon;
 use crate::set::{self, LowLeafPath, SET_VALUE_BITS};
 
-/// Fields in a record (unused fields are 0).
-pub const RECORD_FIELDS: usize = 8;
 /// Comparison predicates per query.
 pub const COMPARISON_SLOTS: usize = 4;
+/// Predicate slots: the comparisons and the set slot.
+pub const SLOTS: usize = COMPARISON_SLOTS + 1;
 /// Width of integer fields and of ordering constants.
 pub const INT_BITS: usize = 64;
-/// Ciphertext elements of an 8-field record: 9 (padded) + the tag.
-pub const CIPHERTEXT_LEN: usize = 10;
-/// Number of public inputs.
-pub const PUBLIC_INPUTS: usize = 4 + 4 * COMPARISON_SLOTS + 3 + 1;
+/// Number of public inputs (the same for every shape).
+pub const PUBLIC_INPUTS: usize = 4 + 4 * COMPARISON_SLOTS + 3 + 2;
+/// The most fields a record may have.
+pub const MAX_FIELDS: usize = 32;
+
+/// A record size the statement comes in: its circuit, keys and ceremony
+/// are its own. A record takes the smallest shape it fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Shape(usize);
+
+impl Shape {
+    pub const F8: Shape = Shape(8);
+    pub const F16: Shape = Shape(16);
+    pub const F32: Shape = Shape(32);
+    pub const ALL: [Shape; 3] = [Self::F8, Self::F16, Self::F32];
+
+    pub fn fields(self) -> usize {
+        self.0
+    }
+
+    /// The smallest shape with room for `fields` fields.
+    pub fn for_fields(fields: usize) -> Option<Shape> {
+        Self::ALL.into_iter().find(|s| s.0 >= fields)
+    }
+
+    /// The shape whose records encrypt to `len` elements.
+    pub fn for_ciphertext(len: usize) -> Option<Shape> {
+        Self::ALL.into_iter().find(|s| s.ciphertext_len() == len)
+    }
+
+    pub fn ciphertext_len(self) -> usize {
+        cipher::ciphertext_len(self.0)
+    }
+
+    /// The statement's name, under which its keys, ceremony and verifying
+    /// key anchors go.
+    pub fn statement(self) -> &'static str {
+        match self.0 {
+            8 => "kyc8-v2",
+            16 => "kyc16-v2",
+            _ => "kyc32-v2",
+        }
+    }
+
+    /// The shape of a statement name.
+    pub fn for_statement(name: &str) -> Option<Shape> {
+        Self::ALL.into_iter().find(|s| s.statement() == name)
+    }
+}
 
 /// An identifier (ID number, name, record id) as a field element: SHA-256 of
 /// its UTF-8 bytes, first 31 bytes big-endian, so it is below 2^248 and can
@@ -52,19 +101,16 @@ pub fn identifier(text: &str) -> Fr {
     Fr::from_be_bytes_mod_order(&digest[..31])
 }
 
-/// The anchored hash of a ciphertext, bound to its record and nonce:
-/// `P(P(c0..c3), P(c4..c7), P(c8, c9, binding, nonce))`.
+/// The anchored hash of a ciphertext, bound to its record and nonce: the
+/// [`poseidon::tree_hash`] of `c0, .., c_{n-1}, binding, nonce`. For an
+/// eight-field record that is `P(P(c0..c3), P(c4..c7), P(c8, c9, binding, nonce))`.
 pub fn ciphertext_hash(binding: Fr, nonce: u128, ciphertext: &[Fr]) -> Result<Fr, CircuitError> {
-    if ciphertext.len() != CIPHERTEXT_LEN {
-        return Err(CircuitError::CiphertextLength {
-            expected: CIPHERTEXT_LEN,
-            got: ciphertext.len(),
-        });
+    if Shape::for_ciphertext(ciphertext.len()).is_none() {
+        return Err(CircuitError::NoShapeForCiphertext(ciphertext.len()));
     }
-    let h1 = poseidon::hash(&ciphertext[0..4]);
-    let h2 = poseidon::hash(&ciphertext[4..8]);
-    let h3 = poseidon::hash(&[ciphertext[8], ciphertext[9], binding, Fr::from(nonce)]);
-    Ok(poseidon::hash(&[h1, h2, h3]))
+    let mut elements = ciphertext.to_vec();
+    elements.extend([binding, Fr::from(nonce)]);
+    Ok(poseidon::tree_hash(&elements))
 }
 
 /// The KMS's commitment to a cipher key: `Poseidon(k0, k1)`.
@@ -72,7 +118,8 @@ pub fn key_commitment(key: &[Fr; 2]) -> Fr {
     poseidon::hash(key)
 }
 
-/// Comparison operators (op codes are public inputs).
+/// Comparison operators (op codes are public inputs). The `*Field` ones
+/// compare with another field of the record, whose index is operand `a`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum CmpOp {
@@ -86,10 +133,16 @@ pub enum CmpOp {
     Gte = 6,
     /// `a <= v <= b`.
     Between = 7,
+    EqField = 8,
+    NeField = 9,
+    LtField = 10,
+    LteField = 11,
+    GtField = 12,
+    GteField = 13,
 }
 
 impl CmpOp {
-    pub const ALL: [CmpOp; 8] = [
+    pub const ALL: [CmpOp; 14] = [
         Self::Always,
         Self::Eq,
         Self::Ne,
@@ -98,6 +151,12 @@ impl CmpOp {
         Self::Gt,
         Self::Gte,
         Self::Between,
+        Self::EqField,
+        Self::NeField,
+        Self::LtField,
+        Self::LteField,
+        Self::GtField,
+        Self::GteField,
     ];
 
     pub fn code(self) -> u8 {
@@ -110,7 +169,36 @@ impl CmpOp {
 
     /// Ordering operators compare bounded integers.
     pub fn is_ordering(self) -> bool {
-        self.code() >= Self::Lt.code()
+        matches!(
+            self,
+            Self::Lt
+                | Self::Lte
+                | Self::Gt
+                | Self::Gte
+                | Self::Between
+                | Self::LtField
+                | Self::LteField
+                | Self::GtField
+                | Self::GteField
+        )
+    }
+
+    /// Whether operand `a` names another field rather than a constant.
+    pub fn against_field(self) -> bool {
+        self.code() >= Self::EqField.code()
+    }
+
+    /// The constant-operand operator this one applies to the other field.
+    fn base(self) -> Self {
+        match self {
+            Self::EqField => Self::Eq,
+            Self::NeField => Self::Ne,
+            Self::LtField => Self::Lt,
+            Self::LteField => Self::Lte,
+            Self::GtField => Self::Gt,
+            Self::GteField => Self::Gte,
+            op => op,
+        }
     }
 }
 
@@ -147,6 +235,16 @@ impl Comparison {
         a: Fr::ZERO,
         b: Fr::ZERO,
     };
+
+    /// `field op other_field`, for the `*Field` operators.
+    pub fn against_field(field: u8, op: CmpOp, other: u8) -> Self {
+        Self {
+            field,
+            op,
+            a: Fr::from(other as u64),
+            b: Fr::ZERO,
+        }
+    }
 }
 
 /// The set predicate.
@@ -165,82 +263,162 @@ impl SetPredicate {
     };
 }
 
-/// A query: comparison predicates and an optional set predicate, ANDed.
+/// One predicate of a clause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Atom {
+    Compare(Comparison),
+    Set(SetPredicate),
+}
+
+/// A query: comparison predicates and an optional set predicate in
+/// conjunctive normal form, `clauses[i]` naming slot i's clause (slot
+/// [`COMPARISON_SLOTS`] is the set slot).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Query {
     pub comparisons: [Comparison; COMPARISON_SLOTS],
     pub set: SetPredicate,
+    pub clauses: [u8; SLOTS],
 }
 
 impl Query {
+    /// The AND of the predicates.
     pub fn new(
         comparisons: &[Comparison],
         set: Option<SetPredicate>,
     ) -> Result<Self, CircuitError> {
-        if comparisons.len() > COMPARISON_SLOTS {
-            return Err(CircuitError::TooManyPredicates(comparisons.len()));
-        }
-        let mut slots = [Comparison::UNUSED; COMPARISON_SLOTS];
-        slots[..comparisons.len()].copy_from_slice(comparisons);
-        let query = Self {
-            comparisons: slots,
-            set: set.unwrap_or(SetPredicate::UNUSED),
+        let mut clauses: Vec<Vec<Atom>> =
+            comparisons.iter().map(|c| vec![Atom::Compare(*c)]).collect();
+        clauses.extend(set.map(|s| vec![Atom::Set(s)]));
+        Self::from_clauses(&clauses)
+    }
+
+    /// The AND of the clauses, each the OR of its atoms. Comparisons fill
+    /// the comparison slots in order.
+    pub fn from_clauses(clauses: &[Vec<Atom>]) -> Result<Self, CircuitError> {
+        let mut query = Self {
+            comparisons: [Comparison::UNUSED; COMPARISON_SLOTS],
+            set: SetPredicate::UNUSED,
+            clauses: [0; SLOTS],
         };
-        query.check()?;
+        let mut used = 0;
+        let mut set_used = false;
+        for (j, clause) in clauses.iter().enumerate() {
+            if clause.is_empty() {
+                return Err(CircuitError::EmptyClause);
+            }
+            for atom in clause {
+                match atom {
+                    Atom::Compare(c) if c.op == CmpOp::Always => {}
+                    Atom::Compare(c) => {
+                        if used == COMPARISON_SLOTS {
+                            return Err(CircuitError::TooManyPredicates(used + 1));
+                        }
+                        query.comparisons[used] = *c;
+                        query.clauses[used] = j as u8;
+                        used += 1;
+                    }
+                    Atom::Set(s) if s.op == SetOp::None => {}
+                    Atom::Set(s) => {
+                        if set_used {
+                            return Err(CircuitError::TooManySetPredicates);
+                        }
+                        set_used = true;
+                        query.set = *s;
+                        query.clauses[COMPARISON_SLOTS] = j as u8;
+                    }
+                }
+            }
+        }
+        if clauses.len() > SLOTS {
+            return Err(CircuitError::TooManyPredicates(clauses.len()));
+        }
+        query.check(MAX_FIELDS)?;
         Ok(query)
     }
 
-    fn check(&self) -> Result<(), CircuitError> {
+    /// Which slots are in use.
+    pub fn active(&self) -> [bool; SLOTS] {
+        let mut out = [false; SLOTS];
+        for (o, c) in out.iter_mut().zip(&self.comparisons) {
+            *o = c.op != CmpOp::Always;
+        }
+        out[COMPARISON_SLOTS] = self.set.op != SetOp::None;
+        out
+    }
+
+    fn check(&self, fields: usize) -> Result<(), CircuitError> {
         for c in &self.comparisons {
-            if c.field as usize >= RECORD_FIELDS {
+            if c.field as usize >= fields {
                 return Err(CircuitError::NoSuchField(c.field));
             }
             let slack_a = c.op == CmpOp::Always && (c.field != 0 || !c.a.is_zero());
             if slack_a || (c.op != CmpOp::Between && !c.b.is_zero()) {
                 return Err(CircuitError::NonCanonicalQuery);
             }
+            if c.op.against_field() && !cmp::fits_bits(c.a, 8) {
+                return Err(CircuitError::NoSuchField(u8::MAX));
+            }
+            if c.op.against_field() && other_field(c) as usize >= fields {
+                return Err(CircuitError::NoSuchField(other_field(c)));
+            }
             if c.op.is_ordering()
+                && !c.op.against_field()
                 && (!cmp::fits_bits(c.a, INT_BITS)
                     || (c.op == CmpOp::Between && !cmp::fits_bits(c.b, INT_BITS)))
             {
                 return Err(CircuitError::OutOfRange(c.field));
             }
         }
-        if self.set.field as usize >= RECORD_FIELDS {
+        if self.set.field as usize >= fields {
             return Err(CircuitError::NoSuchField(self.set.field));
         }
         if self.set.op == SetOp::None && (self.set.field != 0 || !self.set.root.is_zero()) {
             return Err(CircuitError::NonCanonicalQuery);
         }
+        let active = self.active();
+        for (c, a) in self.clauses.iter().zip(active) {
+            if *c as usize >= SLOTS || (!a && *c != 0) {
+                return Err(CircuitError::NonCanonicalQuery);
+            }
+        }
         Ok(())
     }
 
-    /// Evaluates the query on a plaintext record (the native twin of the
-    /// statement). `set_path` must be the low-leaf path of the set field's
-    /// value when the set predicate is used.
-    pub fn evaluate(
-        &self,
-        record: &[Fr; RECORD_FIELDS],
-        set_path: Option<&LowLeafPath>,
-    ) -> Result<bool, CircuitError> {
-        self.check()?;
-        let mut all = true;
-        for c in &self.comparisons {
+    /// Evaluates the query on a plaintext record of one of the shapes (the
+    /// native twin of the statement). `set_path` must be the low-leaf path
+    /// of the set field's value when the set predicate is used.
+    pub fn evaluate(&self, record: &[Fr], set_path: Option<&LowLeafPath>) -> Result<bool, CircuitError> {
+        let shape = Shape::for_fields(record.len())
+            .filter(|s| s.fields() == record.len())
+            .ok_or(CircuitError::RecordLength(record.len()))?;
+        self.check(shape.fields())?;
+        let mut holds = [true; SLOTS];
+        for (h, c) in holds.iter_mut().zip(&self.comparisons) {
             let v = record[c.field as usize];
-            let lt = |x: Fr, y: Fr| {
-                cmp::less_than(x, y, INT_BITS).ok_or(CircuitError::OutOfRange(c.field))
+            let a = if c.op.against_field() {
+                record[other_field(c) as usize]
+            } else {
+                c.a
             };
-            let holds = match c.op {
+            let out_of_range = || {
+                CircuitError::OutOfRange(if cmp::fits_bits(v, INT_BITS) {
+                    other_field(c)
+                } else {
+                    c.field
+                })
+            };
+            let lt = |x: Fr, y: Fr| cmp::less_than(x, y, INT_BITS).ok_or_else(out_of_range);
+            *h = match c.op.base() {
                 CmpOp::Always => true,
-                CmpOp::Eq => v == c.a,
-                CmpOp::Ne => v != c.a,
-                CmpOp::Lt => lt(v, c.a)?,
-                CmpOp::Lte => !lt(c.a, v)?,
-                CmpOp::Gt => lt(c.a, v)?,
-                CmpOp::Gte => !lt(v, c.a)?,
-                CmpOp::Between => !lt(v, c.a)? && !lt(c.b, v)?,
+                CmpOp::Eq => v == a,
+                CmpOp::Ne => v != a,
+                CmpOp::Lt => lt(v, a)?,
+                CmpOp::Lte => !lt(a, v)?,
+                CmpOp::Gt => lt(a, v)?,
+                CmpOp::Gte => !lt(v, a)?,
+                CmpOp::Between => !lt(v, a)? && !lt(c.b, v)?,
+                _ => unreachable!("base() maps every field operator"),
             };
-            all &= holds;
         }
         if self.set.op != SetOp::None {
             let v = record[self.set.field as usize];
@@ -255,14 +433,20 @@ impl Query {
                 return Err(CircuitError::MissingSetPath);
             }
             let member = path.low == u;
-            all &= if self.set.op == SetOp::In {
+            holds[COMPARISON_SLOTS] = if self.set.op == SetOp::In {
                 member
             } else {
                 !member
             };
         }
-        Ok(all)
+        Ok(formula::evaluate(&self.active(), &holds, &self.clauses))
     }
+}
+
+/// The other field's index of a `*Field` comparison (`a` is below 2^8 once
+/// checked).
+fn other_field(c: &Comparison) -> u8 {
+    c.a.into_bigint().as_ref()[0].min(u8::MAX as u64) as u8
 }
 
 /// The public side of a statement instance.
@@ -299,12 +483,15 @@ impl KycPublic {
             Fr::from(s.field as u64),
             Fr::from(s.op as u64),
             s.root,
+            Fr::from(formula::pack(&self.query.clauses)),
             Fr::from(self.result as u64),
         ]);
         out
     }
 
-    /// Parses public inputs (e.g. from `public.json`), refusing malformed ones.
+    /// Parses public inputs (e.g. from `public.json`), refusing malformed
+    /// ones. Field indices are checked against the largest shape; one past
+    /// a smaller shape's fields cannot be proven in it.
     pub fn from_inputs(inputs: &[Fr]) -> Result<Self, CircuitError> {
         if inputs.len() != PUBLIC_INPUTS {
             return Err(CircuitError::PublicInputCount {
@@ -338,9 +525,17 @@ impl KycPublic {
             op: SetOp::from_code(byte(inputs[21])?).ok_or(CircuitError::MalformedPublicInput)?,
             root: inputs[22],
         };
-        let result = small(inputs[23], 1)? == 1;
-        let query = Query { comparisons, set };
-        query.check()?;
+        let clauses = formula::unpack(small(inputs[23], 3 * SLOTS)? as u64, SLOTS)
+            .ok_or(CircuitError::MalformedPublicInput)?
+            .try_into()
+            .expect("unpack gives SLOTS indices");
+        let result = small(inputs[24], 1)? == 1;
+        let query = Query {
+            comparisons,
+            set,
+            clauses,
+        };
+        query.check(MAX_FIELDS)?;
         Ok(Self {
             record_binding: inputs[0],
             ciphertext_hash: inputs[1],
@@ -360,17 +555,19 @@ pub struct KycWitness {
     pub set_path: LowLeafPath,
 }
 
-/// The statement as an arkworks circuit.
+/// The statement as an arkworks circuit, for one shape.
 #[derive(Clone, Debug)]
 pub struct KycCircuit {
+    pub shape: Shape,
     pub public: KycPublic,
     pub witness: KycWitness,
 }
 
 impl KycCircuit {
     /// A well-shaped instance for key generation (values are irrelevant).
-    pub fn blank() -> Self {
+    pub fn blank(shape: Shape) -> Self {
         Self {
+            shape,
             public: KycPublic {
                 record_binding: Fr::zero(),
                 ciphertext_hash: Fr::zero(),
@@ -379,11 +576,12 @@ impl KycCircuit {
                 query: Query {
                     comparisons: [Comparison::UNUSED; COMPARISON_SLOTS],
                     set: SetPredicate::UNUSED,
+                    clauses: [0; SLOTS],
                 },
                 result: true,
             },
             witness: KycWitness {
-                ciphertext: vec![Fr::zero(); CIPHERTEXT_LEN],
+                ciphertext: vec![Fr::zero(); shape.ciphertext_len()],
                 key: [Fr::zero(); 2],
                 set_path: LowLeafPath::unused(),
             },
@@ -391,89 +589,63 @@ impl KycCircuit {
     }
 }
 
-fn constant_index<F: PrimeField>(i: usize) -> F {
-    F::from(i as u64)
-}
-
-/// Witness bits `b_i = [selector == i]` for `i < n`, constrained one-hot and
-/// to recompose to `selector` (unsatisfiable when `selector >= n`).
-fn one_hot<F: PrimeField>(
-    selector: &FpVar<F>,
-    n: usize,
-) -> Result<Vec<Boolean<F>>, SynthesisError> {
-    let cs = selector.cs();
-    let value = selector.value();
-    let bits = (0..n)
-        .map(|i| Boolean::new_witness(cs.clone(), || value.map(|v| v == constant_index::<F>(i))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let count: FpVar<F> = bits.iter().map(|b| FpVar::from(b.clone())).sum();
-    count.enforce_equal(&FpVar::one())?;
-    let index: FpVar<F> = bits
-        .iter()
-        .enumerate()
-        .map(|(i, b)| FpVar::from(b.clone()) * constant_index::<F>(i))
-        .sum();
-    index.enforce_equal(selector)?;
-    Ok(bits)
-}
-
-fn select<F: PrimeField>(
-    record: &[FpVar<F>],
-    one_hot: &[Boolean<F>],
-) -> Result<FpVar<F>, SynthesisError> {
-    let mut acc = FpVar::zero();
-    for (b, m) in one_hot.iter().zip(record) {
-        acc += b.select(m, &FpVar::zero())?;
-    }
-    Ok(acc)
-}
-
-fn comparison_gadget<F: PrimeField>(
-    record: &[FpVar<F>],
-    field: &FpVar<F>,
-    op: &FpVar<F>,
-    a: &FpVar<F>,
-    b: &FpVar<F>,
-) -> Result<FpVar<F>, SynthesisError> {
-    let v = select(record, &one_hot(field, RECORD_FIELDS)?)?;
+/// One comparison slot: whether it is active, and whether it holds.
+fn comparison_gadget(
+    record: &[FpVar<Fr>],
+    field: &FpVar<Fr>,
+    op: &FpVar<Fr>,
+    a: &FpVar<Fr>,
+    b: &FpVar<Fr>,
+) -> Result<(Boolean<Fr>, Boolean<Fr>), SynthesisError> {
+    let v = select(record, &one_hot(field, record.len())?)?;
     let s = one_hot(op, CmpOp::ALL.len())?;
+    let sel = |op: CmpOp| FpVar::from(s[op as usize].clone());
     // Canonical form: unused operands are 0, so no public input is slack.
-    let always = FpVar::from(s[CmpOp::Always as usize].clone());
-    (&always * field).enforce_equal(&FpVar::zero())?;
-    (&always * a).enforce_equal(&FpVar::zero())?;
+    (sel(CmpOp::Always) * field).enforce_equal(&FpVar::zero())?;
+    (sel(CmpOp::Always) * a).enforce_equal(&FpVar::zero())?;
     (FpVar::from(!s[CmpOp::Between as usize].clone()) * b).enforce_equal(&FpVar::zero())?;
-    let ordering: FpVar<F> = s[CmpOp::Lt as usize..]
+    // Against a field, `a` is its index (unsatisfiable past the record).
+    let against: FpVar<Fr> = CmpOp::ALL
         .iter()
-        .map(|b| FpVar::from(b.clone()))
+        .filter(|o| o.against_field())
+        .map(|o| sel(*o))
+        .sum();
+    let other = select(record, &one_hot(&(&against * a), record.len())?)?;
+    let operand = a + &against * (other - a);
+    let ordering: FpVar<Fr> = CmpOp::ALL
+        .iter()
+        .filter(|o| o.is_ordering())
+        .map(|o| sel(*o))
         .sum();
     // Range checks apply only to ordering ops, so `eq` works on identifiers.
     let x = &ordering * &v;
-    let a_ord = &ordering * a;
-    let b_ord = FpVar::from(s[CmpOp::Between as usize].clone()) * b;
+    let a_ord = &ordering * &operand;
+    let b_ord = sel(CmpOp::Between) * b;
     enforce_bits(&x, INT_BITS)?;
     enforce_bits(&a_ord, INT_BITS)?;
     enforce_bits(&b_ord, INT_BITS)?;
     let lt_a = is_less_than(&x, &a_ord, INT_BITS)?;
     let gt_a = is_less_than(&a_ord, &x, INT_BITS)?;
     let gt_b = is_less_than(&b_ord, &x, INT_BITS)?;
-    let eq = v.is_eq(a)?;
-    let holds = [
-        Boolean::TRUE,
-        eq.clone(),
-        !eq,
-        lt_a.clone(),
-        !gt_a.clone(),
-        gt_a,
-        !lt_a.clone(),
-        !lt_a & !gt_b,
-    ];
-    let mut r = FpVar::zero();
-    for (sel, h) in s.iter().zip(holds) {
-        r += FpVar::from(sel & &h);
-    }
-    Ok(r)
+    let eq = v.is_eq(&operand)?;
+    let holds = |op: CmpOp| match op.base() {
+        CmpOp::Always => Boolean::TRUE,
+        CmpOp::Eq => eq.clone(),
+        CmpOp::Ne => !eq.clone(),
+        CmpOp::Lt => lt_a.clone(),
+        CmpOp::Lte => !gt_a.clone(),
+        CmpOp::Gt => gt_a.clone(),
+        CmpOp::Gte => !lt_a.clone(),
+        _ => !lt_a.clone() & !gt_b.clone(),
+    };
+    let terms: Vec<Boolean<Fr>> = CmpOp::ALL
+        .iter()
+        .map(|o| &s[*o as usize] & &holds(*o))
+        .collect();
+    Ok((!s[CmpOp::Always as usize].clone(), Boolean::kary_or(&terms)?))
 }
 
+/// The set slot: whether it is active, and whether it holds.
 fn set_gadget(
     record: &[FpVar<Fr>],
     field: &FpVar<Fr>,
@@ -481,8 +653,8 @@ fn set_gadget(
     root: &FpVar<Fr>,
     path: &LowLeafPath,
     cs: &ConstraintSystemRef<Fr>,
-) -> Result<FpVar<Fr>, SynthesisError> {
-    let v = select(record, &one_hot(field, RECORD_FIELDS)?)?;
+) -> Result<(Boolean<Fr>, Boolean<Fr>), SynthesisError> {
+    let v = select(record, &one_hot(field, record.len())?)?;
     let s = one_hot(op, 3)?;
     let none = FpVar::from(s[SetOp::None as usize].clone());
     (&none * field).enforce_equal(&FpVar::zero())?;
@@ -511,9 +683,8 @@ fn set_gadget(
     let u_lt_next = is_less_than(&u, &next, SET_VALUE_BITS + 1)?;
     (low_le_u & u_lt_next).conditional_enforce_equal(&Boolean::TRUE, &active)?;
     let member = u.is_eq(&low)?;
-    Ok(FpVar::from(s[0].clone())
-        + FpVar::from(&s[SetOp::In as usize] & &member)
-        + FpVar::from(&s[SetOp::NotIn as usize] & &!member))
+    let holds = (&s[SetOp::In as usize] & &member) | (&s[SetOp::NotIn as usize] & &!member);
+    Ok((active, holds))
 }
 
 /// The statement is written over BN254's scalar field (its native twin and
@@ -526,7 +697,9 @@ impl ConstraintSynthesizer<Fr> for KycCircuit {
             .map(|x| FpVar::new_input(cs.clone(), || Ok(*x)))
             .collect::<Result<Vec<_>, _>>()?;
         let w = &self.witness;
-        if w.ciphertext.len() != CIPHERTEXT_LEN || w.set_path.siblings.len() != set::SET_DEPTH {
+        if w.ciphertext.len() != self.shape.ciphertext_len()
+            || w.set_path.siblings.len() != set::SET_DEPTH
+        {
             return Err(SynthesisError::Unsatisfiable);
         }
         let ciphertext = w
@@ -541,39 +714,37 @@ impl ConstraintSynthesizer<Fr> for KycCircuit {
         let (binding, ct_hash, key_comm, nonce) = (&vars[0], &vars[1], &vars[2], &vars[3]);
         enforce_bits(nonce, cipher::NONCE_BITS)?;
 
-        let p3 = poseidon::bn254_params(3);
-        let p4 = poseidon::bn254_params(4);
-        let p5 = poseidon::bn254_params(5);
-        poseidon::constraints::hash(p3, &key)?.enforce_equal(key_comm)?;
-        let h1 = poseidon::constraints::hash(p5, &ciphertext[0..4])?;
-        let h2 = poseidon::constraints::hash(p5, &ciphertext[4..8])?;
-        let h3 = poseidon::constraints::hash(
-            p5,
-            &[
-                ciphertext[8].clone(),
-                ciphertext[9].clone(),
-                binding.clone(),
-                nonce.clone(),
-            ],
-        )?;
-        poseidon::constraints::hash(p4, &[h1, h2, h3])?.enforce_equal(ct_hash)?;
+        poseidon::constraints::hash(poseidon::bn254_params(3), &key)?.enforce_equal(key_comm)?;
+        let mut hashed = ciphertext.clone();
+        hashed.extend([binding.clone(), nonce.clone()]);
+        poseidon::constraints::tree_hash(&hashed)?.enforce_equal(ct_hash)?;
 
-        let record = cipher::decrypt_gadget(p4, &ciphertext, &key, nonce, RECORD_FIELDS)?;
-        let mut all = FpVar::one();
+        let record = cipher::decrypt_gadget(
+            poseidon::bn254_params(4),
+            &ciphertext,
+            &key,
+            nonce,
+            self.shape.fields(),
+        )?;
+        let mut active = Vec::with_capacity(SLOTS);
+        let mut holds = Vec::with_capacity(SLOTS);
         for i in 0..COMPARISON_SLOTS {
             let base = 4 + 4 * i;
-            let r = comparison_gadget(
+            let (a, h) = comparison_gadget(
                 &record,
                 &vars[base],
                 &vars[base + 1],
                 &vars[base + 2],
                 &vars[base + 3],
             )?;
-            all *= r;
+            active.push(a);
+            holds.push(h);
         }
-        let r = set_gadget(&record, &vars[20], &vars[21], &vars[22], &w.set_path, &cs)?;
-        all *= r;
-        all.enforce_equal(&vars[23])?;
+        let (a, h) = set_gadget(&record, &vars[20], &vars[21], &vars[22], &w.set_path, &cs)?;
+        active.push(a);
+        holds.push(h);
+        let result = formula::evaluate_gadget(&active, &holds, &vars[23])?;
+        FpVar::from(result).enforce_equal(&vars[24])?;
         Ok(())
     }
 }
@@ -586,7 +757,8 @@ mod tests {
     use proptest::prelude::*;
 
     struct Fixture {
-        record: [Fr; RECORD_FIELDS],
+        shape: Shape,
+        record: Vec<Fr>,
         key: [Fr; 2],
         nonce: u128,
         binding: Fr,
@@ -594,7 +766,9 @@ mod tests {
         set: SortedSet,
     }
 
-    fn fixture(record: [Fr; RECORD_FIELDS]) -> Fixture {
+    fn fixture(record: Vec<Fr>) -> Fixture {
+        let shape = Shape::for_fields(record.len()).unwrap();
+        assert_eq!(shape.fields(), record.len());
         let key = [Fr::from(11u64), Fr::from(22u64)];
         let nonce = 42;
         let binding = identifier("record-1");
@@ -604,6 +778,7 @@ mod tests {
             .collect();
         let set = SortedSet::build(&members).unwrap();
         Fixture {
+            shape,
             record,
             key,
             nonce,
@@ -613,8 +788,8 @@ mod tests {
         }
     }
 
-    fn standard_record() -> [Fr; RECORD_FIELDS] {
-        let mut r = [Fr::zero(); RECORD_FIELDS];
+    fn standard_record() -> Vec<Fr> {
+        let mut r = vec![Fr::zero(); 8];
         r[0] = identifier("ID-310101199001011234");
         r[1] = Fr::from(19_900_101u64); // birth date
         r[2] = Fr::from(120_000u64); // income
@@ -646,7 +821,14 @@ mod tests {
                 key: self.key,
                 set_path: path,
             };
-            (KycCircuit { public, witness }, result)
+            (
+                KycCircuit {
+                    shape: self.shape,
+                    public,
+                    witness,
+                },
+                result,
+            )
         }
     }
 
@@ -713,7 +895,13 @@ mod tests {
     #[test]
     fn every_public_input_is_bound() {
         let f = fixture(standard_record());
-        let (circuit, _) = f.instance(kyc_query(&f, 100_000));
+        assert_inputs_bound(&f, kyc_query(&f, 100_000));
+    }
+
+    /// Altering any public input leaves the circuit unsatisfiable, unless
+    /// it makes another true statement about the same record.
+    fn assert_inputs_bound(f: &Fixture, query: Query) {
+        let (circuit, _) = f.instance(query);
         let inputs = circuit.public.to_inputs();
         assert_eq!(KycPublic::from_inputs(&inputs).unwrap(), circuit.public);
         for i in 0..PUBLIC_INPUTS {
@@ -724,16 +912,17 @@ mod tests {
             let Ok(public) = KycPublic::from_inputs(&altered) else {
                 continue;
             };
-            // An altered query constant may still be a true statement about
-            // this record (it is then another statement; the Groth16 proof
-            // of the original does not transfer, see the zk tests). Anything
-            // else must leave the circuit unsatisfiable.
-            let still_true = (4..20).contains(&i)
+            // An altered query constant or clause may still be a true
+            // statement about this record (it is then another statement;
+            // the Groth16 proof of the original does not transfer, see the
+            // zk tests). Anything else must leave the circuit unsatisfiable.
+            let still_true = ((4..20).contains(&i) || i == 23)
                 && public
                     .query
                     .evaluate(&f.record, Some(&circuit.witness.set_path))
                     == Ok(public.result);
             let c = KycCircuit {
+                shape: circuit.shape,
                 public,
                 witness: circuit.witness.clone(),
             };
@@ -744,20 +933,151 @@ mod tests {
     #[test]
     fn tampered_witness_and_replay_are_refused() {
         let f = fixture(standard_record());
-        let (circuit, _) = f.instance(kyc_query(&f, 100_000));
+        assert_tampering_refused(&f, kyc_query(&f, 100_000));
+    }
+
+    /// Another key, ciphertext or set path, another record's binding, or
+    /// the other answer: none satisfies.
+    fn assert_tampering_refused(f: &Fixture, query: Query) {
+        let (circuit, _) = f.instance(query);
+        assert!(satisfied(circuit.clone()));
         let mut c = circuit.clone();
         c.witness.key[0] += Fr::from(1u64);
         assert!(!satisfied(c));
+        for i in [0, 3, circuit.witness.ciphertext.len() - 1] {
+            let mut c = circuit.clone();
+            c.witness.ciphertext[i] += Fr::from(1u64);
+            assert!(!satisfied(c), "altered ciphertext element {i}");
+        }
+        // Another record's ciphertext under the same key.
+        let mut other = f.record.clone();
+        other[1] += Fr::from(1u64);
         let mut c = circuit.clone();
-        c.witness.ciphertext[3] += Fr::from(1u64);
-        assert!(!satisfied(c));
-        let mut c = circuit.clone();
-        c.witness.set_path.siblings[5] += Fr::from(1u64);
-        assert!(!satisfied(c));
+        c.witness.ciphertext = cipher::encrypt(&other, &f.key, f.nonce);
+        assert!(!satisfied(c), "another record's ciphertext");
+        if query.set.op != SetOp::None {
+            let mut c = circuit.clone();
+            c.witness.set_path.siblings[5] += Fr::from(1u64);
+            assert!(!satisfied(c));
+        }
         // Replay against another record: same proof inputs but another binding.
         let mut c = circuit.clone();
         c.public.record_binding = identifier("record-2");
         assert!(!satisfied(c));
+        let mut c = circuit;
+        c.public.result = !c.public.result;
+        assert!(!satisfied(c), "the other answer");
+    }
+
+    /// A record of `shape` with a balance and a loan in its last two fields.
+    fn wide_record(shape: Shape, balance: u64, loan: u64) -> Vec<Fr> {
+        let mut r = standard_record();
+        r.resize(shape.fields(), Fr::zero());
+        for (i, x) in r.iter_mut().enumerate().skip(4) {
+            *x = Fr::from(1_000 + i as u64);
+        }
+        let n = shape.fields();
+        r[n - 2] = Fr::from(balance);
+        r[n - 1] = Fr::from(loan);
+        r
+    }
+
+    #[test]
+    fn every_shape_answers_or_and_field_comparisons_and_refuses_tampering() {
+        let cmp = |field: u8, op: CmpOp, a: u64| {
+            Atom::Compare(Comparison {
+                field,
+                op,
+                a: Fr::from(a),
+                b: Fr::zero(),
+            })
+        };
+        for shape in Shape::ALL {
+            let n = shape.fields() as u8;
+            let (balance, loan) = (n - 2, n - 1);
+            let f = fixture(wide_record(shape, 50_000, 30_000));
+            let vs = |op| Atom::Compare(Comparison::against_field(balance, op, loan));
+            let cases = [
+                // (income >= 150000 or score >= 700) and balance >= loan
+                (
+                    vec![
+                        vec![cmp(2, CmpOp::Gte, 150_000), cmp(3, CmpOp::Gte, 700)],
+                        vec![vs(CmpOp::GteField)],
+                    ],
+                    true,
+                ),
+                // income >= 150000 or score >= 800
+                (
+                    vec![vec![cmp(2, CmpOp::Gte, 150_000), cmp(3, CmpOp::Gte, 800)]],
+                    false,
+                ),
+                // balance < loan, or the last field is not the first's twin
+                (
+                    vec![vec![vs(CmpOp::LtField)], vec![vs(CmpOp::NeField)]],
+                    false,
+                ),
+                // the sanctions check or-ed with an equality on a far field
+                (
+                    vec![vec![
+                        Atom::Set(SetPredicate {
+                            field: 0,
+                            op: SetOp::In,
+                            root: f.set.root(),
+                        }),
+                        cmp(balance, CmpOp::Eq, 50_000),
+                    ]],
+                    true,
+                ),
+            ];
+            for (clauses, expected) in cases {
+                let query = Query::from_clauses(&clauses).unwrap();
+                let (_, result) = f.instance(query);
+                assert_eq!(result, expected, "{shape:?} {clauses:?}");
+                assert_tampering_refused(&f, query);
+            }
+            let query = Query::from_clauses(&[vec![vs(CmpOp::GteField)]]).unwrap();
+            assert_inputs_bound(&f, query);
+            let cs = ConstraintSystem::<Fr>::new_ref();
+            f.instance(query).0.generate_constraints(cs.clone()).unwrap();
+            println!(
+                "{}: {} fields, {} constraints",
+                shape.statement(),
+                shape.fields(),
+                cs.num_constraints()
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_queries_are_refused_with_their_reason() {
+        let f = fixture(standard_record());
+        let c = Comparison::against_field(2, CmpOp::GteField, 8);
+        assert_eq!(
+            Query::new(&[c], None).unwrap().evaluate(&f.record, None),
+            Err(CircuitError::NoSuchField(8))
+        );
+        assert_eq!(
+            Query::from_clauses(&[vec![]]),
+            Err(CircuitError::EmptyClause)
+        );
+        let set = SetPredicate {
+            field: 0,
+            op: SetOp::In,
+            root: Fr::from(1u64),
+        };
+        assert_eq!(
+            Query::from_clauses(&[vec![Atom::Set(set)], vec![Atom::Set(set)]]),
+            Err(CircuitError::TooManySetPredicates)
+        );
+        // An identifier field compared by order with another is out of range.
+        let mut record = standard_record();
+        record[5] = Fr::from(3u64);
+        let q = Query::new(&[Comparison::against_field(5, CmpOp::LtField, 0)], None).unwrap();
+        assert_eq!(q.evaluate(&record, None), Err(CircuitError::OutOfRange(0)));
+        assert_eq!(
+            q.evaluate(&record[..7], None),
+            Err(CircuitError::RecordLength(7))
+        );
     }
 
     #[test]
@@ -786,7 +1106,11 @@ mod tests {
                 key: f.key,
                 set_path: path.clone(),
             };
-            assert!(!satisfied(KycCircuit { public, witness }));
+            assert!(!satisfied(KycCircuit {
+                shape: f.shape,
+                public,
+                witness
+            }));
         }
         let bad = Comparison {
             field: 2,
@@ -798,19 +1122,21 @@ mod tests {
     }
 
     fn op_strategy() -> impl Strategy<Value = CmpOp> {
-        (0u8..8).prop_map(|c| CmpOp::from_code(c).unwrap())
+        (0u8..14).prop_map(|c| CmpOp::from_code(c).unwrap())
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
         #[test]
         fn proven_result_equals_plaintext_evaluation(
-            values in proptest::array::uniform8(0u64..64),
+            values in proptest::collection::vec(0u64..64, 8),
             preds in proptest::collection::vec((0u8..8, op_strategy(), 0u64..64, 0u64..64), 0..=4),
             set_op in 0u8..3,
             set_field in 0u8..8,
+            groups in proptest::array::uniform4(0u8..5),
+            set_group in 0u8..5,
         ) {
-            let record = values.map(Fr::from);
+            let record: Vec<Fr> = values.iter().map(|v| Fr::from(*v)).collect();
             let mut f = fixture(record);
             f.set = SortedSet::build(&(0..64u64).step_by(3).map(Fr::from).collect::<Vec<_>>()).unwrap();
             let comparisons: Vec<Comparison> = preds
@@ -818,6 +1144,7 @@ mod tests {
                 .map(|&(field, op, a, b)| match op {
                     CmpOp::Always => Comparison::UNUSED,
                     CmpOp::Between => Comparison { field, op, a: Fr::from(a), b: Fr::from(b) },
+                    op if op.against_field() => Comparison::against_field(field, op, (a % 8) as u8),
                     _ => Comparison { field, op, a: Fr::from(a), b: Fr::zero() },
                 })
                 .collect();
@@ -825,13 +1152,21 @@ mod tests {
                 SetOp::None => SetPredicate::UNUSED,
                 op => SetPredicate { field: set_field, op, root: f.set.root() },
             };
-            let query = Query::new(&comparisons, Some(set)).unwrap();
+            // Slot i joins clause groups[i]: AND, OR and mixtures.
+            let mut clauses: Vec<Vec<Atom>> = vec![Vec::new(); SLOTS];
+            for (c, g) in comparisons.iter().zip(&groups) {
+                clauses[*g as usize].push(Atom::Compare(*c));
+            }
+            clauses[set_group as usize].push(Atom::Set(set));
+            clauses.retain(|c| !c.is_empty());
+            let query = Query::from_clauses(&clauses).unwrap();
             let (circuit, result) = f.instance(query);
-            let plain = comparisons.iter().all(|c| {
+            let holds = |c: &Comparison| {
                 let v = values[c.field as usize];
                 let (a, b) = (c.a, c.b);
                 let (a, b) = (a.into_bigint().0[0], b.into_bigint().0[0]);
-                match c.op {
+                let a = if c.op.against_field() { values[a as usize] } else { a };
+                match c.op.base() {
                     CmpOp::Always => true,
                     CmpOp::Eq => v == a,
                     CmpOp::Ne => v != a,
@@ -840,12 +1175,26 @@ mod tests {
                     CmpOp::Gt => v > a,
                     CmpOp::Gte => v >= a,
                     CmpOp::Between => a <= v && v <= b,
+                    _ => unreachable!(),
                 }
-            }) && match set.op {
-                SetOp::None => true,
-                SetOp::In => values[set_field as usize] % 3 == 0,
-                SetOp::NotIn => values[set_field as usize] % 3 != 0,
             };
+            let set_holds = match set.op {
+                SetOp::None => None,
+                SetOp::In => Some(values[set_field as usize] % 3 == 0),
+                SetOp::NotIn => Some(values[set_field as usize] % 3 != 0),
+            };
+            // Each non-empty clause: any of its active atoms holds.
+            let plain = clauses.iter().all(|clause| {
+                let active: Vec<bool> = clause
+                    .iter()
+                    .filter_map(|a| match a {
+                        Atom::Compare(c) if c.op != CmpOp::Always => Some(holds(c)),
+                        Atom::Set(_) => set_holds,
+                        _ => None,
+                    })
+                    .collect();
+                active.is_empty() || active.contains(&true)
+            });
             prop_assert_eq!(result, plain);
             prop_assert!(satisfied(circuit.clone()));
             let mut lie = circuit;

@@ -9,12 +9,15 @@
 
 pub mod cipher;
 pub mod cmp;
+pub mod formula;
+pub mod index;
 pub mod kyc;
 pub mod poseidon;
 pub mod set;
 
 /// Errors of the circuits crate.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CircuitError {
     #[error("Poseidon width {0} is not supported (2..=6)")]
     UnsupportedWidth(usize),
@@ -28,8 +31,16 @@ pub enum CircuitError {
     SetValueOutOfRange,
     #[error("set of {0} members does not fit the tree")]
     SetTooLarge(usize),
-    #[error("query has {0} comparison predicates, at most 4 fit the statement")]
+    #[error("query has {0} comparison predicates or clauses, at most 4 comparisons and 5 clauses fit the statement")]
     TooManyPredicates(usize),
+    #[error("query has more than one set predicate; at most one fits the statement")]
+    TooManySetPredicates,
+    #[error("an OR clause needs at least one predicate")]
+    EmptyClause,
+    #[error("record has {0} field elements; the statement comes in 8, 16 and 32")]
+    RecordLength(usize),
+    #[error("ciphertext has {0} elements, which no record shape encrypts to (10, 19 or 34)")]
+    NoShapeForCiphertext(usize),
     #[error("record has no field {0}")]
     NoSuchField(u8),
     #[error("field {0} or its constant is out of range for an ordering comparison")]

@@ -225,6 +225,22 @@ pub fn hash(inputs: &[Fr]) -> Fr {
     bn254_params(inputs.len() + 1).hash(inputs)
 }
 
+/// A hash of any number of elements as a tree of 4-ary Poseidon hashes:
+/// each level hashes consecutive groups of 4 (the last group may be
+/// shorter), until one element is left. Eight-field records' ciphertext
+/// hashes keep the shape they had: `P(P(x0..x3), P(x4..x7), P(x8..x11))`.
+///
+/// # Panics
+/// On fewer than two elements (the arity is fixed by the caller's shape).
+pub fn tree_hash(elements: &[Fr]) -> Fr {
+    assert!(elements.len() >= 2, "a tree hash of {} elements", elements.len());
+    let mut level = elements.to_vec();
+    while level.len() > 1 {
+        level = level.chunks(4).map(hash).collect();
+    }
+    level[0]
+}
+
 /// The circomlib permutation of a BN254 state of width 2..=6 (zk-kit's
 /// `poseidonPerm`), used by the Poseidon cipher.
 pub fn permute(state: &mut [Fr]) {
@@ -276,6 +292,21 @@ pub mod constraints {
             state.clone_from_slice(&mixed);
         }
         Ok(())
+    }
+
+    /// [`super::tree_hash`] in R1CS, over BN254.
+    pub fn tree_hash(
+        elements: &[FpVar<ark_bn254::Fr>],
+    ) -> Result<FpVar<ark_bn254::Fr>, SynthesisError> {
+        assert!(elements.len() >= 2, "a tree hash of {} elements", elements.len());
+        let mut level = elements.to_vec();
+        while level.len() > 1 {
+            level = level
+                .chunks(4)
+                .map(|c| hash(super::bn254_params(c.len() + 1), c))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(level.swap_remove(0))
     }
 
     /// circomlib's `Poseidon(n)` in R1CS.
@@ -362,6 +393,29 @@ mod tests {
         assert_eq!(
             hash(&ints(&[1, 2, 3, 4])),
             fr("0x299c867db6c1fdd79dcefa40e4510b9837e60ebb1ce0663dbaa525df65250465")
+        );
+    }
+
+    #[test]
+    fn tree_hash_gadget_agrees_with_its_native_twin() {
+        use ark_r1cs_std::{GR1CSVar, alloc::AllocVar, fields::fp::FpVar};
+        use ark_relations::gr1cs::ConstraintSystem;
+        for n in [2usize, 4, 5, 12, 21, 36] {
+            let xs: Vec<Fr> = (0..n as u64).map(|i| Fr::from(i * 7 + 1)).collect();
+            let cs = ConstraintSystem::<Fr>::new_ref();
+            let vars: Vec<FpVar<Fr>> = xs
+                .iter()
+                .map(|x| FpVar::new_witness(cs.clone(), || Ok(*x)).unwrap())
+                .collect();
+            let h = constraints::tree_hash(&vars).unwrap();
+            assert_eq!(h.value().unwrap(), tree_hash(&xs), "{n} elements");
+            assert!(cs.is_satisfied().unwrap());
+        }
+        // Twelve elements: the three-group shape of an eight-field record.
+        let xs: Vec<Fr> = (0..12u64).map(Fr::from).collect();
+        assert_eq!(
+            tree_hash(&xs),
+            hash(&[hash(&xs[0..4]), hash(&xs[4..8]), hash(&xs[8..12])])
         );
     }
 }
