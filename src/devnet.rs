@@ -523,21 +523,25 @@ async fn ceremony_act(
     members: &[MemberNode],
     zk_node: &MemberNode,
 ) -> Result<[u8; 32]> {
-    use yilian_circuits::kyc::KycCircuit;
+    use yilian_circuits::kyc::{KycCircuit, Shape};
     use yilian_zk::ceremony::transcript;
-    let dir = root.join("ceremony");
-    let n = transcript::init(&dir, KycCircuit::blank())?;
+    // The customer records here have up to 8 fields: one statement.
+    let shape = Shape::F8;
+    let dir = root.join("ceremony").join(shape.statement());
+    let n = transcript::init(&dir, KycCircuit::blank(shape))?;
     println!(
         "ceremony: {} setup among {} members, phase 1 sized to the statement ({n}-point domain)",
-        yilian_zk::KYC_STATEMENT,
+        shape.statement(),
         members.len()
     );
     for phase in [1, 2] {
         if phase == 2 {
             let started = std::time::Instant::now();
             let d = dir.clone();
-            tokio::task::spawn_blocking(move || transcript::finish_phase1(&d, KycCircuit::blank()))
-                .await??;
+            tokio::task::spawn_blocking(move || {
+                transcript::finish_phase1(&d, KycCircuit::blank(shape))
+            })
+            .await??;
             println!(
                 "ceremony: phase 1 finished, the statement's initial key derived from it ({:.1} s)",
                 started.elapsed().as_secs_f64()
@@ -547,7 +551,8 @@ async fn ceremony_act(
             let id = Identity::load(&m.identity)?;
             let started = std::time::Instant::now();
             let channel = yilian_identity::grpc::connect(&m.addr, &id).await?;
-            let (step, index) = yilian_zk::cli::contribute_anchored(&dir, channel, &id).await?;
+            let (step, index) =
+                yilian_zk::cli::contribute_anchored(&dir, shape, channel, &id).await?;
             println!(
                 "ceremony: {} contributed to phase {phase} ({:.1} s), transcript hash {} anchored at entry {index}",
                 m.org,
@@ -557,7 +562,11 @@ async fn ceremony_act(
         }
     }
     // The transcript is public: the ZK node gets a copy where it looks.
-    let to = zk_node.data.join("zk").join("ceremony");
+    let to = zk_node
+        .data
+        .join("zk")
+        .join("ceremony")
+        .join(shape.statement());
     for phase in ["phase1", "phase2"] {
         std::fs::create_dir_all(to.join(phase))?;
         for f in std::fs::read_dir(dir.join(phase))? {
@@ -601,6 +610,8 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
             ("birth_date".into(), FieldValue::Integer(19_900_101)),
             ("income".into(), FieldValue::Integer(120_000)),
             ("credit_score".into(), FieldValue::Integer(720)),
+            ("savings".into(), FieldValue::Integer(80_000)),
+            ("loan".into(), FieldValue::Integer(50_000)),
         ],
     };
     let record =
@@ -677,6 +688,28 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
                 root,
             },
         ),
+        (
+            "income >= 150000 or credit_score >= 700",
+            Predicate::Any {
+                any: vec![
+                    Predicate::Gte {
+                        field: "income".into(),
+                        value: 150_000,
+                    },
+                    Predicate::Gte {
+                        field: "credit_score".into(),
+                        value: 700,
+                    },
+                ],
+            },
+        ),
+        (
+            "savings >= loan (two fields of the record)",
+            Predicate::GteField {
+                field: "savings".into(),
+                other: "loan".into(),
+            },
+        ),
     ];
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -684,18 +717,18 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
     let grant = |allowed: Vec<Predicate>, uses: u32| pb::GrantRequest {
         record_id: "customer-0001".into(),
         verifier: bank.principal().public_key.to_vec(),
-        allowed: allowed.iter().map(Into::into).collect(),
+        allowed: yilian_zk::service::predicates_to_pb(&allowed),
         max_uses: Some(uses),
         not_before_ms: 0,
         not_after_ms: now + 3_600_000,
         budget: Default::default(),
     };
     let g = as_holder
-        .grant(grant(questions.iter().map(|(_, p)| p.clone()).collect(), 4))
+        .grant(grant(questions.iter().map(|(_, p)| p.clone()).collect(), 6))
         .await?
         .into_inner();
     println!(
-        "zk: shop-holder granted acme-verifier the four questions, 4 uses, for an hour: grant {} (ledger entry {})",
+        "zk: shop-holder granted acme-verifier the six questions, 6 uses, for an hour: grant {} (ledger entry {})",
         g.grant_id, g.ledger_index
     );
 
@@ -727,7 +760,7 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
     )?);
     let ask = |grant_id: &str, p: &Predicate| pb::QueryRequest {
         record_id: "customer-0001".into(),
-        predicates: vec![p.into()],
+        predicates: yilian_zk::service::predicates_to_pb(std::slice::from_ref(p)),
         grant_id: grant_id.into(),
     };
     let mut answers = Vec::new();
@@ -771,7 +804,7 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
         answers.push(answer);
     }
     ensure!(
-        answers == [true, true, false, true],
+        answers == [true, true, false, true, true, true],
         "unexpected answers {answers:?}"
     );
 

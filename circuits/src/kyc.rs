@@ -286,8 +286,10 @@ impl Query {
         comparisons: &[Comparison],
         set: Option<SetPredicate>,
     ) -> Result<Self, CircuitError> {
-        let mut clauses: Vec<Vec<Atom>> =
-            comparisons.iter().map(|c| vec![Atom::Compare(*c)]).collect();
+        let mut clauses: Vec<Vec<Atom>> = comparisons
+            .iter()
+            .map(|c| vec![Atom::Compare(*c)])
+            .collect();
         clauses.extend(set.map(|s| vec![Atom::Set(s)]));
         Self::from_clauses(&clauses)
     }
@@ -387,7 +389,11 @@ impl Query {
     /// Evaluates the query on a plaintext record of one of the shapes (the
     /// native twin of the statement). `set_path` must be the low-leaf path
     /// of the set field's value when the set predicate is used.
-    pub fn evaluate(&self, record: &[Fr], set_path: Option<&LowLeafPath>) -> Result<bool, CircuitError> {
+    pub fn evaluate(
+        &self,
+        record: &[Fr],
+        set_path: Option<&LowLeafPath>,
+    ) -> Result<bool, CircuitError> {
         let shape = Shape::for_fields(record.len())
             .filter(|s| s.fields() == record.len())
             .ok_or(CircuitError::RecordLength(record.len()))?;
@@ -642,7 +648,10 @@ fn comparison_gadget(
         .iter()
         .map(|o| &s[*o as usize] & &holds(*o))
         .collect();
-    Ok((!s[CmpOp::Always as usize].clone(), Boolean::kary_or(&terms)?))
+    Ok((
+        !s[CmpOp::Always as usize].clone(),
+        Boolean::kary_or(&terms)?,
+    ))
 }
 
 /// The set slot: whether it is active, and whether it holds.
@@ -1038,7 +1047,10 @@ mod tests {
             let query = Query::from_clauses(&[vec![vs(CmpOp::GteField)]]).unwrap();
             assert_inputs_bound(&f, query);
             let cs = ConstraintSystem::<Fr>::new_ref();
-            f.instance(query).0.generate_constraints(cs.clone()).unwrap();
+            f.instance(query)
+                .0
+                .generate_constraints(cs.clone())
+                .unwrap();
             println!(
                 "{}: {} fields, {} constraints",
                 shape.statement(),

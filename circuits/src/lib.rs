@@ -31,7 +31,9 @@ pub enum CircuitError {
     SetValueOutOfRange,
     #[error("set of {0} members does not fit the tree")]
     SetTooLarge(usize),
-    #[error("query has {0} comparison predicates or clauses, at most 4 comparisons and 5 clauses fit the statement")]
+    #[error(
+        "query has {0} comparison predicates or clauses, at most 4 comparisons and 5 clauses fit the statement"
+    )]
     TooManyPredicates(usize),
     #[error("query has more than one set predicate; at most one fits the statement")]
     TooManySetPredicates,

@@ -233,7 +233,11 @@ pub fn hash(inputs: &[Fr]) -> Fr {
 /// # Panics
 /// On fewer than two elements (the arity is fixed by the caller's shape).
 pub fn tree_hash(elements: &[Fr]) -> Fr {
-    assert!(elements.len() >= 2, "a tree hash of {} elements", elements.len());
+    assert!(
+        elements.len() >= 2,
+        "a tree hash of {} elements",
+        elements.len()
+    );
     let mut level = elements.to_vec();
     while level.len() > 1 {
         level = level.chunks(4).map(hash).collect();
@@ -298,7 +302,11 @@ pub mod constraints {
     pub fn tree_hash(
         elements: &[FpVar<ark_bn254::Fr>],
     ) -> Result<FpVar<ark_bn254::Fr>, SynthesisError> {
-        assert!(elements.len() >= 2, "a tree hash of {} elements", elements.len());
+        assert!(
+            elements.len() >= 2,
+            "a tree hash of {} elements",
+            elements.len()
+        );
         let mut level = elements.to_vec();
         while level.len() > 1 {
             level = level

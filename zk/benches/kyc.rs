@@ -102,7 +102,7 @@ fn main() {
 
     let mut rng = keys::os_rng();
     let t = Instant::now();
-    let (pk, vk) = keys::setup(&mut rng).unwrap();
+    let (pk, vk) = keys::setup(kyc::Shape::F8, &mut rng).unwrap();
     println!(
         "setup: {:.0} ms (proving key {} bytes)",
         ms(t.elapsed()),

@@ -11,6 +11,7 @@ use clap::Subcommand;
 
 use yilian_circuits::{kyc, set::SortedSet};
 
+use crate::Shape;
 use crate::record::{CipherKey, EncryptedRecord, Record};
 use crate::service::{ZkClient, pb};
 use crate::{keys, prover, query, snarkjs, verifier};
@@ -114,6 +115,10 @@ pub enum Command {
     Setup {
         #[arg(long, default_value = ".")]
         out: PathBuf,
+        /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
+        /// 16 or 32 fields).
+        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        statement: Shape,
     },
     /// Encrypt a plaintext record (JSON) under a KMS ZK key and print its anchor.
     RegisterRecord {
@@ -177,6 +182,11 @@ pub enum Command {
     ExportSolidity {
         #[arg(long)]
         vk: PathBuf,
+        /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
+        /// 16 or 32 fields).
+        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        statement: Shape,
+
         #[arg(long, default_value = "YilianKycVerifier")]
         contract: String,
         #[arg(long, default_value = "Verifier.sol")]
@@ -195,6 +205,10 @@ pub enum CeremonyCommand {
         dir: PathBuf,
         #[arg(long)]
         ptau: Option<PathBuf>,
+        /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
+        /// 16 or 32 fields).
+        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        statement: Shape,
     },
     /// Contribute to the current phase as a member, with fresh secrets that
     /// are forgotten at once, and anchor the transcript hash on the ledger.
@@ -203,18 +217,32 @@ pub enum CeremonyCommand {
         conn: Conn,
         #[arg(long)]
         dir: PathBuf,
+        /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
+        /// 16 or 32 fields).
+        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        statement: Shape,
     },
     /// End phase 1: derive the statement's initial phase-2 key from it.
     FinishPhase1 {
         #[arg(long)]
         dir: PathBuf,
+        /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
+        /// 16 or 32 fields).
+        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        statement: Shape,
     },
     /// Verify the whole transcript from its start, and, given a node, that
     /// every contribution is anchored on the ledger by a member; writes the
-    /// resulting keys to `--out` (kyc-v1.pk, kyc-v1.vk, verification_key.json).
+    /// resulting keys to `--out` (<statement>.pk, <statement>.vk,
+    /// verification_key.json).
     Verify {
         #[arg(long)]
         dir: PathBuf,
+        /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
+        /// 16 or 32 fields).
+        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        statement: Shape,
+
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]
@@ -222,6 +250,11 @@ pub enum CeremonyCommand {
         #[arg(long)]
         identity: Option<PathBuf>,
     },
+}
+
+fn parse_statement(name: &str) -> Result<Shape, String> {
+    Shape::for_statement(name)
+        .ok_or_else(|| format!("give kyc8-v2, kyc16-v2 or kyc32-v2, not {name:?}"))
 }
 
 fn anchor_file(dir: &Path, step: &crate::ceremony::transcript::Step) -> PathBuf {
@@ -235,6 +268,7 @@ fn anchor_file(dir: &Path, step: &crate::ceremony::transcript::Step) -> PathBuf 
 /// also kept beside the contribution (`NNNN.anchor`).
 pub async fn contribute_anchored(
     dir: &Path,
+    statement: Shape,
     channel: tonic::transport::Channel,
     member: &yilian_identity::Identity,
 ) -> anyhow::Result<(crate::ceremony::transcript::Step, u64)> {
@@ -246,7 +280,7 @@ pub async fn contribute_anchored(
     let submitted = yilian_ledger::service::LedgerClient::new(channel)
         .submit(
             &yilian_ledger::Transaction::new(yilian_ledger::Payload::CeremonyContribution {
-                statement: crate::KYC_STATEMENT.into(),
+                statement: statement.statement().into(),
                 phase: step.phase,
                 index: step.index,
                 hash: step.hash,
@@ -275,12 +309,18 @@ impl CeremonyCommand {
             CeremonyCommand::Init {
                 dir,
                 ptau: Some(ptau),
+                statement,
             } => {
                 let bytes = std::fs::read(&ptau)
                     .with_context(|| format!("reading --ptau {}", ptau.display()))?;
                 let d = dir.clone();
                 let digest = tokio::task::spawn_blocking(move || {
-                    transcript::import_ptau(&d, &bytes, KycCircuit::blank(), &mut keys::os_rng())
+                    transcript::import_ptau(
+                        &d,
+                        &bytes,
+                        KycCircuit::blank(statement),
+                        &mut keys::os_rng(),
+                    )
                 })
                 .await?
                 .with_context(|| format!("--ptau {}", ptau.display()))?;
@@ -291,17 +331,25 @@ impl CeremonyCommand {
                     dir.display()
                 );
             }
-            CeremonyCommand::Init { dir, ptau: None } => {
-                let n = transcript::init(&dir, KycCircuit::blank())?;
+            CeremonyCommand::Init {
+                dir,
+                ptau: None,
+                statement,
+            } => {
+                let n = transcript::init(&dir, KycCircuit::blank(statement))?;
                 println!(
                     "ceremony for {} started in {}: {n}-point domain",
-                    crate::KYC_STATEMENT,
+                    statement.statement(),
                     dir.display()
                 );
             }
-            CeremonyCommand::Contribute { conn, dir } => {
+            CeremonyCommand::Contribute {
+                conn,
+                dir,
+                statement,
+            } => {
                 let (channel, id) = conn.channel().await?;
-                let (step, index) = contribute_anchored(&dir, channel, &id).await?;
+                let (step, index) = contribute_anchored(&dir, statement, channel, &id).await?;
                 println!(
                     "phase {} contribution {}: transcript hash {}, anchored at ledger entry {index}",
                     step.phase,
@@ -309,10 +357,10 @@ impl CeremonyCommand {
                     hex::encode(step.hash),
                 );
             }
-            CeremonyCommand::FinishPhase1 { dir } => {
+            CeremonyCommand::FinishPhase1 { dir, statement } => {
                 let d = dir.clone();
                 tokio::task::spawn_blocking(move || {
-                    transcript::finish_phase1(&d, KycCircuit::blank())
+                    transcript::finish_phase1(&d, KycCircuit::blank(statement))
                 })
                 .await??;
                 println!(
@@ -322,13 +370,14 @@ impl CeremonyCommand {
             }
             CeremonyCommand::Verify {
                 dir,
+                statement,
                 out,
                 node,
                 identity,
             } => {
                 let d = dir.clone();
                 let (pk, steps) = tokio::task::spawn_blocking(move || {
-                    transcript::verify(&d, KycCircuit::blank(), &mut keys::os_rng())
+                    transcript::verify(&d, KycCircuit::blank(statement), &mut keys::os_rng())
                 })
                 .await??;
                 if let (Some(node), Some(identity)) = (node, identity) {
@@ -344,7 +393,7 @@ impl CeremonyCommand {
                             .with_context(|| format!("{}: not a ledger index", path.display()))?;
                         let entry = ledger.entry(index).await.map_err(grpc)?;
                         let expected = yilian_ledger::Payload::CeremonyContribution {
-                            statement: crate::KYC_STATEMENT.into(),
+                            statement: statement.statement().into(),
                             phase: step.phase,
                             index: step.index,
                             hash: step.hash,
@@ -366,8 +415,9 @@ impl CeremonyCommand {
                 let vk_hash = keys::vk_hash(&pk.vk);
                 if let Some(out) = out {
                     std::fs::create_dir_all(&out)?;
-                    keys::write_key(&out.join(format!("{}.pk", crate::KYC_STATEMENT)), &pk)?;
-                    keys::write_key(&out.join(format!("{}.vk", crate::KYC_STATEMENT)), &pk.vk)?;
+                    let name = statement.statement();
+                    keys::write_key(&out.join(format!("{name}.pk")), &pk)?;
+                    keys::write_key(&out.join(format!("{name}.vk")), &pk.vk)?;
                     write_json(
                         &out.join("verification_key.json"),
                         &snarkjs::export_vk(&pk.vk),
@@ -450,7 +500,7 @@ impl Command {
                     .grant(pb::GrantRequest {
                         record_id,
                         verifier: verifier.to_vec(),
-                        allowed: allowed.iter().map(Into::into).collect(),
+                        allowed: crate::service::predicates_to_pb(&allowed),
                         max_uses: Some(uses),
                         not_before_ms: now,
                         not_after_ms: now.saturating_add(valid_for.saturating_mul(1000)),
@@ -533,20 +583,21 @@ impl Command {
                 let r = client
                     .query(pb::QueryRequest {
                         record_id: record_id.clone(),
-                        predicates: predicates.iter().map(Into::into).collect(),
+                        predicates: crate::service::predicates_to_pb(&predicates),
                         grant_id: grant,
                     })
                     .await
                     .map_err(grpc)?
                     .into_inner();
+                let wire = r.proof.as_ref().context("the node sent no proof")?;
                 let vk = client
-                    .verifying_key(pb::VerifyingKeyRequest::default())
+                    .verifying_key(pb::VerifyingKeyRequest {
+                        statement: wire.statement.clone(),
+                    })
                     .await
                     .map_err(grpc)?
                     .into_inner();
-                let proof = crate::service::proof_from_pb(
-                    r.proof.as_ref().context("the node sent no proof")?,
-                )?;
+                let proof = crate::service::proof_from_pb(wire)?;
                 // Believed only against what the ledger says: the verifying
                 // key its anchor names, and the record's anchor by its holder.
                 let mut ledger = yilian_ledger::service::LedgerClient::new(channel);
@@ -602,15 +653,15 @@ impl Command {
                 write_json(&out.join("verification_key.json"), &snarkjs::export_vk(&vk))?;
                 println!("answer: {answer} (proof verified against the ledger's anchors)");
             }
-            Command::Setup { out } => {
+            Command::Setup { out, statement } => {
                 std::fs::create_dir_all(&out)?;
-                let (pk, vk) = keys::setup(&mut keys::os_rng())?;
+                let (pk, vk) = keys::setup(statement, &mut keys::os_rng())?;
                 keys::write_key(&out.join("kyc.pk"), &pk)?;
                 keys::write_key(&out.join("kyc.vk"), &vk)?;
                 write_json(&out.join("verification_key.json"), &snarkjs::export_vk(&vk))?;
                 println!(
                     "statement {}: vk hash {}",
-                    crate::KYC_STATEMENT,
+                    statement.statement(),
                     hex::encode(keys::vk_hash(&vk))
                 );
                 println!("single-party setup: for development only");
@@ -683,7 +734,12 @@ impl Command {
                 write_json(&out, &snarkjs::export_vk(&vk))?;
                 println!("wrote {}", out.display());
             }
-            Command::ExportSolidity { vk, contract, out } => {
+            Command::ExportSolidity {
+                vk,
+                statement,
+                contract,
+                out,
+            } => {
                 let ident = contract
                     .chars()
                     .next()
@@ -697,7 +753,8 @@ impl Command {
                 );
                 let vk = load_vk(&vk)?;
                 let hash = hex::encode(keys::vk_hash(&vk));
-                let source = crate::solidity::verifier(&vk, &contract, crate::KYC_STATEMENT, &hash);
+                let source =
+                    crate::solidity::verifier(&vk, &contract, statement.statement(), &hash);
                 std::fs::write(&out, source)
                     .with_context(|| format!("writing {}", out.display()))?;
                 println!("wrote {} (verifying key {hash})", out.display());

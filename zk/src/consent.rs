@@ -33,6 +33,13 @@
 //! on one field give at most (2t + 1)·2^s classes, and t + s ≤ k. Binary
 //! search needs log2(range) distinct thresholds, so with k = 2 a verifier
 //! learns at most which of 5 classes an income is in.
+//!
+//! A comparison of two fields (`balance >= loan`) counts the other field as
+//! one constant of each: the answer depends on the pair's order, one more
+//! cut of each field's range. An OR is allowed when the grant names it, or
+//! names each of its members; it counts its members' constants (its answer
+//! is a function of theirs, so it reveals no more than they would). A
+//! member of an allowed OR is not allowed alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -139,37 +146,44 @@ pub fn check_grant(
     Ok(())
 }
 
-/// The field a predicate is about.
-pub fn field(p: &Predicate) -> &str {
-    match p {
-        Predicate::Eq { field, .. }
-        | Predicate::Ne { field, .. }
-        | Predicate::Lt { field, .. }
-        | Predicate::Lte { field, .. }
-        | Predicate::Gt { field, .. }
-        | Predicate::Gte { field, .. }
-        | Predicate::Between { field, .. }
-        | Predicate::In { field, .. }
-        | Predicate::Nin { field, .. } => field,
-    }
-}
-
-/// The constants a predicate compares its field with, canonically: what
-/// the budget counts. `gte 5` and `lt 5` share the constant 5.
-pub fn constants(p: &Predicate) -> Vec<String> {
+/// Per field a predicate reads, the constants it compares that field
+/// with, canonically: what the budget counts. `gte 5` and `lt 5` share the
+/// constant 5; a comparison of two fields counts the other field as a
+/// constant of each; an OR counts its members'.
+pub fn constants(p: &Predicate) -> Vec<(&str, String)> {
     let value = |v: &FieldValue| match v {
         FieldValue::Integer(i) => format!("int:{i}"),
         FieldValue::Identifier(s) => format!("id:{s}"),
     };
-    match p {
-        Predicate::Eq { value: v, .. } | Predicate::Ne { value: v, .. } => vec![value(v)],
-        Predicate::Lt { value: v, .. }
-        | Predicate::Lte { value: v, .. }
-        | Predicate::Gt { value: v, .. }
-        | Predicate::Gte { value: v, .. } => vec![format!("int:{v}")],
-        Predicate::Between { low, high, .. } => vec![format!("int:{low}"), format!("int:{high}")],
-        Predicate::In { root, .. } | Predicate::Nin { root, .. } => vec![format!("set:{root}")],
-    }
+    let own: Vec<(&String, String)> = match p {
+        Predicate::Eq { field, value: v } | Predicate::Ne { field, value: v } => {
+            vec![(field, value(v))]
+        }
+        Predicate::Lt { field, value: v }
+        | Predicate::Lte { field, value: v }
+        | Predicate::Gt { field, value: v }
+        | Predicate::Gte { field, value: v } => vec![(field, format!("int:{v}"))],
+        Predicate::Between { field, low, high } => {
+            vec![
+                (field, format!("int:{low}")),
+                (field, format!("int:{high}")),
+            ]
+        }
+        Predicate::In { field, root } | Predicate::Nin { field, root } => {
+            vec![(field, format!("set:{root}"))]
+        }
+        Predicate::EqField { field, other }
+        | Predicate::NeField { field, other }
+        | Predicate::LtField { field, other }
+        | Predicate::LteField { field, other }
+        | Predicate::GtField { field, other }
+        | Predicate::GteField { field, other } => vec![
+            (field, format!("field:{other}")),
+            (other, format!("field:{field}")),
+        ],
+        Predicate::Any { any } => return any.iter().flat_map(constants).collect(),
+    };
+    own.into_iter().map(|(f, c)| (f.as_str(), c)).collect()
 }
 
 fn by_field<'a>(
@@ -177,7 +191,9 @@ fn by_field<'a>(
 ) -> BTreeMap<&'a str, BTreeSet<String>> {
     let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for p in predicates {
-        out.entry(field(p)).or_default().extend(constants(p));
+        for (field, constant) in constants(p) {
+            out.entry(field).or_default().insert(constant);
+        }
     }
     out
 }
@@ -227,7 +243,14 @@ pub fn admit(
     disclosed: &BTreeMap<String, Disclosed>,
 ) -> Result<BTreeMap<String, Disclosed>, Refusal> {
     check_grant(Some(grant), &grant.grant_id, record_id, verifier)?;
-    if let Some(p) = predicates.iter().find(|p| !grant.allowed.contains(p)) {
+    // An OR the grant names is allowed as named; so is an OR of predicates
+    // it allows one by one (its answer is a function of theirs). A member
+    // of an allowed OR is not allowed alone: alone it says more.
+    let allowed = |p: &Predicate| {
+        grant.allowed.contains(p)
+            || matches!(p, Predicate::Any { any } if any.iter().all(|a| grant.allowed.contains(a)))
+    };
+    if let Some(p) = predicates.iter().find(|p| !allowed(p)) {
         return Err(Refusal::NotAllowed {
             grant_id: grant.grant_id.clone(),
             predicate: serde_json::to_string(p).expect("predicates serialise"),
@@ -294,6 +317,39 @@ mod tests {
         );
         let e = admit(&g, "r", &[2; 32], &[gte(60_000)], &disclosed).unwrap_err();
         assert!(matches!(e, Refusal::OverBudget { wanted: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn ors_and_field_comparisons_are_admitted_as_granted_and_counted() {
+        let score = Predicate::Gte {
+            field: "score".into(),
+            value: 700,
+        };
+        let either = Predicate::Any {
+            any: vec![gte(100), score.clone()],
+        };
+        let none = BTreeMap::new();
+        // Granted one by one: their OR may be asked too.
+        let g = grant(vec![gte(100), score.clone()]);
+        let after = admit(&g, "r", &[2; 32], std::slice::from_ref(&either), &none).unwrap();
+        assert_eq!(after["income"].len(), 1);
+        assert_eq!(after["score"].len(), 1);
+        // Granted as an OR: a member alone may not be.
+        let g = grant(vec![either.clone()]);
+        admit(&g, "r", &[2; 32], &[either], &none).unwrap();
+        assert!(matches!(
+            admit(&g, "r", &[2; 32], &[score], &none),
+            Err(Refusal::NotAllowed { .. })
+        ));
+        // A comparison of two fields is a constant of each.
+        let vs = Predicate::GteField {
+            field: "balance".into(),
+            other: "loan".into(),
+        };
+        let g = grant(vec![vs.clone()]);
+        let after = admit(&g, "r", &[2; 32], &[vs], &none).unwrap();
+        assert_eq!(after["balance"], BTreeSet::from(["field:loan".to_owned()]));
+        assert_eq!(after["loan"], BTreeSet::from(["field:balance".to_owned()]));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ark_snark::SNARK;
 use ark_std::rand::{CryptoRng, RngCore, SeedableRng, rngs::StdRng};
 use sha2::{Digest, Sha256};
 
-use yilian_circuits::kyc::KycCircuit;
+use yilian_circuits::kyc::{KycCircuit, Shape};
 
 use crate::{Result, ZkError};
 
@@ -19,12 +19,14 @@ pub fn os_rng() -> StdRng {
     StdRng::from_seed(rand::random())
 }
 
-/// Single-party Groth16 setup for the KYC statement. For development only:
-/// see the crate documentation for what a production ceremony needs.
+/// Single-party Groth16 setup for the KYC statement of one shape. For
+/// development only: see the crate documentation for what a production
+/// ceremony needs.
 pub fn setup<R: RngCore + CryptoRng>(
+    shape: Shape,
     rng: &mut R,
 ) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
-    Groth16::<Bn254>::circuit_specific_setup(KycCircuit::blank(), rng)
+    Groth16::<Bn254>::circuit_specific_setup(KycCircuit::blank(shape), rng)
         .map_err(|e| ZkError::Groth16(e.to_string()))
 }
 

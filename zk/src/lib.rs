@@ -38,10 +38,11 @@ pub mod solidity;
 mod store;
 pub mod verifier;
 
-pub use yilian_circuits::kyc::{KycPublic, PUBLIC_INPUTS};
+pub use yilian_circuits::kyc::{KycPublic, PUBLIC_INPUTS, Shape};
 
-/// The statement name under which verifying keys are anchored.
-pub const KYC_STATEMENT: &str = "kyc-v1";
+/// The statement of records of up to 8 fields, the default where a
+/// statement is not named; [`Shape::statement`] names the others.
+pub const KYC_STATEMENT: &str = "kyc8-v2";
 
 /// Errors of the ZK crate.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,7 @@ pub const KYC_STATEMENT: &str = "kyc-v1";
 pub enum ZkError {
     #[error(transparent)]
     Circuit(#[from] yilian_circuits::CircuitError),
-    #[error("record has {0} fields, at most 8 fit the statement")]
+    #[error("record has {0} fields, at most 32 fit the statement")]
     TooManyFields(usize),
     #[error("record has no field named {0:?}")]
     UnknownField(String),
@@ -83,7 +84,7 @@ pub enum ZkError {
     NotRecordHolder(String),
     #[error("no set with root {0} is registered; the data holder must register it first")]
     UnknownSet(String),
-    #[error("unknown statement `{0}` (this node proves `kyc-v1`)")]
+    #[error("unknown statement `{0}` (the statements are kyc8-v2, kyc16-v2 and kyc32-v2)")]
     UnknownStatement(String),
     #[error("record `{record_id}` is not anchored on the ledger as registered: {detail}")]
     NotAnchored { record_id: String, detail: String },
@@ -99,7 +100,7 @@ pub enum ZkError {
     )]
     RecordKeyMissing(String),
     #[error(
-        "no kyc-v1 ceremony transcript in {}: copy the members' ceremony directory there (after `yilian zk ceremony finish-phase1` and phase-2 contributions), or start the node with --insecure-dev-setup for development",
+        "no ceremony transcript in {}: copy the members' ceremony directory there (after `yilian zk ceremony finish-phase1` and phase-2 contributions), or start the node with --insecure-dev-setup for development",
         .0.display()
     )]
     NoKeys(std::path::PathBuf),

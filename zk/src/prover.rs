@@ -51,6 +51,7 @@ pub fn instance(
         result,
     };
     Ok(KycCircuit {
+        shape: record.shape()?,
         public,
         witness: KycWitness {
             ciphertext: record.ciphertext.clone(),

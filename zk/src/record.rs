@@ -5,6 +5,7 @@ use ark_ff::Zero;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
 
+use yilian_circuits::kyc::Shape;
 use yilian_circuits::{cipher, kyc};
 
 use crate::{Result, ZkError, fr_to_bytes};
@@ -50,7 +51,7 @@ pub struct FieldSpec {
     pub kind: FieldKind,
 }
 
-/// A plaintext customer record: up to 8 named, typed fields.
+/// A plaintext customer record: up to 32 named, typed fields.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub fields: Vec<(String, FieldValue)>,
@@ -67,12 +68,14 @@ impl Record {
             .collect()
     }
 
-    /// The record as the statement's 8 field elements (unused fields 0).
-    pub fn encode(&self) -> Result<[Fr; kyc::RECORD_FIELDS]> {
-        if self.fields.len() > kyc::RECORD_FIELDS {
-            return Err(ZkError::TooManyFields(self.fields.len()));
-        }
-        let mut out = [Fr::zero(); kyc::RECORD_FIELDS];
+    /// The statement shape the record takes: the smallest it fits.
+    pub fn shape(&self) -> Result<Shape> {
+        Shape::for_fields(self.fields.len()).ok_or(ZkError::TooManyFields(self.fields.len()))
+    }
+
+    /// The record as its shape's field elements (unused fields 0).
+    pub fn encode(&self) -> Result<Vec<Fr>> {
+        let mut out = vec![Fr::zero(); self.shape()?.fields()];
         for (slot, (_, v)) in out.iter_mut().zip(&self.fields) {
             *slot = v.encode();
         }
@@ -183,17 +186,26 @@ impl EncryptedRecord {
         })
     }
 
-    /// Decrypts and authenticates the 8 field elements.
-    pub fn decrypt(&self, key: &CipherKey) -> Result<[Fr; kyc::RECORD_FIELDS]> {
-        let plain = cipher::decrypt(
+    /// The statement shape of the record: its ciphertext's length says.
+    pub fn shape(&self) -> Result<Shape> {
+        let shape = Shape::for_ciphertext(self.ciphertext.len()).ok_or(ZkError::Circuit(
+            yilian_circuits::CircuitError::NoShapeForCiphertext(self.ciphertext.len()),
+        ))?;
+        if self.schema.len() > shape.fields() {
+            return Err(ZkError::TooManyFields(self.schema.len()));
+        }
+        Ok(shape)
+    }
+
+    /// Decrypts and authenticates the shape's field elements.
+    pub fn decrypt(&self, key: &CipherKey) -> Result<Vec<Fr>> {
+        let fields = self.shape()?.fields();
+        Ok(cipher::decrypt(
             &self.ciphertext,
             key.elements(),
             self.nonce,
-            kyc::RECORD_FIELDS,
-        )?;
-        Ok(plain
-            .try_into()
-            .expect("decrypt returns RECORD_FIELDS elements"))
+            fields,
+        )?)
     }
 
     pub fn binding(&self) -> Fr {

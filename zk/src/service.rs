@@ -21,12 +21,13 @@
 //! The node process still sees keys while it proves: this protects the
 //! disk and its backups, not a node whose memory is read.
 //!
-//! Proving keys ([`KeySource`]): the node proves `kyc-v1` only with the key
-//! at the end of the members' ceremony transcript, and only after it has
+//! Proving keys ([`KeySource`]): the node proves each statement (one per
+//! record shape, [`Shape`]) only with the key at the end of the members'
+//! ceremony transcript for it, and only after it has
 //! found every contribution's hash anchored on the ledger by a member and
 //! verified the whole transcript from its start itself (it does not take a
 //! key file on anyone's word, its operator's included). Only with
-//! `--insecure-dev-setup` does it use `<data_dir>/zk/kyc-v1.{pk,vk}`, made
+//! `--insecure-dev-setup` does it use `<data_dir>/zk/<statement>.{pk,vk}`, made
 //! by the single-party development setup ([`keys::setup`]) when absent.
 //! Both happen on first use rather than at node start: they take seconds of
 //! CPU that a node which never proves should not pay. Once loaded, the node
@@ -55,9 +56,7 @@ use crate::prover::{self, KycProof};
 use crate::query::{self, Predicate};
 use crate::record::{CipherKey, EncryptedRecord, FieldKind, FieldSpec, FieldValue, RecordAnchor};
 use crate::store::{Store, StoredRecord};
-use crate::{
-    KYC_STATEMENT, Result, ZkError, consent, fr_from_bytes, fr_to_bytes, keys, snarkjs, verifier,
-};
+use crate::{Result, Shape, ZkError, consent, fr_from_bytes, fr_to_bytes, keys, snarkjs, verifier};
 
 pub mod pb {
     tonic::include_proto!("yilian.zk.v1");
@@ -153,7 +152,7 @@ impl TryFrom<&pb::EncryptedRecord> for EncryptedRecord {
                 "record id must be 1 to {MAX_RECORD_ID_LEN} bytes"
             )));
         }
-        if r.schema.len() > kyc::RECORD_FIELDS {
+        if r.schema.len() > kyc::MAX_FIELDS {
             return Err(ZkError::TooManyFields(r.schema.len()));
         }
         let mut schema: Vec<FieldSpec> = Vec::with_capacity(r.schema.len());
@@ -179,12 +178,16 @@ impl TryFrom<&pb::EncryptedRecord> for EncryptedRecord {
             .as_slice()
             .try_into()
             .map_err(|_| bad("nonce must be 16 bytes (little-endian u128)".into()))?;
-        if r.ciphertext.len() != kyc::CIPHERTEXT_LEN {
-            return Err(bad(format!(
-                "ciphertext has {} elements, expected {}",
-                r.ciphertext.len(),
-                kyc::CIPHERTEXT_LEN
-            )));
+        match Shape::for_ciphertext(r.ciphertext.len()) {
+            Some(shape) if shape.fields() >= r.schema.len() => {}
+            _ => {
+                return Err(bad(format!(
+                    "ciphertext has {} elements; a record of {} fields encrypts to {}",
+                    r.ciphertext.len(),
+                    r.schema.len(),
+                    Shape::for_fields(r.schema.len()).map_or(0, Shape::ciphertext_len)
+                )));
+            }
         }
         Ok(EncryptedRecord {
             record_id: r.record_id.clone(),
@@ -200,8 +203,64 @@ impl TryFrom<&pb::EncryptedRecord> for EncryptedRecord {
     }
 }
 
-impl From<&Predicate> for pb::Predicate {
-    fn from(p: &Predicate) -> Self {
+/// Predicates as the wire carries them: the members of an OR clause share
+/// a non-zero `any_of`.
+pub fn predicates_to_pb(predicates: &[Predicate]) -> Vec<pb::Predicate> {
+    fn flatten(p: &Predicate, group: u32, out: &mut Vec<pb::Predicate>) {
+        for a in p.atoms() {
+            if let Predicate::Any { .. } = a {
+                // An OR inside an OR is the OR of all their members.
+                flatten(a, group, out);
+            } else {
+                out.push(pb::Predicate {
+                    any_of: group,
+                    ..atom_to_pb(a)
+                });
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(predicates.len());
+    let mut groups = 0;
+    for p in predicates {
+        let group = if let Predicate::Any { .. } = p {
+            groups += 1;
+            groups
+        } else {
+            0
+        };
+        flatten(p, group, &mut out);
+    }
+    out
+}
+
+/// Predicates from the wire, the members of each `any_of` group gathered
+/// into one OR clause where the group first appears.
+pub fn predicates_from_pb(predicates: &[pb::Predicate]) -> Result<Vec<Predicate>> {
+    let mut out: Vec<Predicate> = Vec::with_capacity(predicates.len());
+    let mut groups: HashMap<u32, usize> = HashMap::new();
+    for p in predicates {
+        let atom = atom_from_pb(p)?;
+        if p.any_of == 0 {
+            out.push(atom);
+            continue;
+        }
+        match groups.get(&p.any_of) {
+            Some(&i) => {
+                if let Predicate::Any { any } = &mut out[i] {
+                    any.push(atom);
+                }
+            }
+            None => {
+                groups.insert(p.any_of, out.len());
+                out.push(Predicate::Any { any: vec![atom] });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn atom_to_pb(p: &Predicate) -> pb::Predicate {
+    {
         use pb::predicate::Value;
         let value = |v: &FieldValue| match v {
             FieldValue::Integer(i) => Value::Integer(*i),
@@ -229,19 +288,30 @@ impl From<&Predicate> for pb::Predicate {
                 Value::Root(fr_to_bytes(root).to_vec()),
                 None,
             ),
+            Predicate::EqField { field, other } => (field, pb::Op::Eq, other_field(other), None),
+            Predicate::NeField { field, other } => (field, pb::Op::Ne, other_field(other), None),
+            Predicate::LtField { field, other } => (field, pb::Op::Lt, other_field(other), None),
+            Predicate::LteField { field, other } => (field, pb::Op::Lte, other_field(other), None),
+            Predicate::GtField { field, other } => (field, pb::Op::Gt, other_field(other), None),
+            Predicate::GteField { field, other } => (field, pb::Op::Gte, other_field(other), None),
+            Predicate::Any { .. } => unreachable!("predicates_to_pb flattens OR clauses"),
         };
         pb::Predicate {
             field: field.clone(),
             op: op as i32,
             value: Some(value),
             high,
+            any_of: 0,
         }
     }
 }
 
-impl TryFrom<&pb::Predicate> for Predicate {
-    type Error = ZkError;
-    fn try_from(p: &pb::Predicate) -> Result<Self> {
+fn other_field(name: &str) -> pb::predicate::Value {
+    pb::predicate::Value::OtherField(name.to_owned())
+}
+
+fn atom_from_pb(p: &pb::Predicate) -> Result<Predicate> {
+    {
         use pb::predicate::Value;
         let bad = |detail: &str| ZkError::Malformed {
             what: "predicate",
@@ -252,6 +322,27 @@ impl TryFrom<&pb::Predicate> for Predicate {
             return Err(bad("only between takes a high bound"));
         }
         let field = p.field.clone();
+        if let Some(Value::OtherField(other)) = &p.value {
+            let other = other.clone();
+            if other.is_empty() || other.len() > MAX_IDENTIFIER_LEN {
+                return Err(bad(&format!(
+                    "other_field must be 1 to {MAX_IDENTIFIER_LEN} bytes"
+                )));
+            }
+            return Ok(match op {
+                pb::Op::Eq => Predicate::EqField { field, other },
+                pb::Op::Ne => Predicate::NeField { field, other },
+                pb::Op::Lt => Predicate::LtField { field, other },
+                pb::Op::Lte => Predicate::LteField { field, other },
+                pb::Op::Gt => Predicate::GtField { field, other },
+                pb::Op::Gte => Predicate::GteField { field, other },
+                _ => {
+                    return Err(bad(
+                        "only eq, ne, lt, lte, gt and gte compare with another field",
+                    ));
+                }
+            });
+        }
         let integer = || match &p.value {
             Some(Value::Integer(v)) => Ok(*v),
             _ => Err(bad("this op compares with an integer")),
@@ -317,9 +408,9 @@ impl TryFrom<&pb::Predicate> for Predicate {
 }
 
 /// A proof as the wire carries it.
-pub fn proof_to_pb(p: &KycProof, vk_hash: &[u8; 32]) -> pb::Proof {
+pub fn proof_to_pb(p: &KycProof, shape: Shape, vk_hash: &[u8; 32]) -> pb::Proof {
     pb::Proof {
-        statement: KYC_STATEMENT.into(),
+        statement: shape.statement().into(),
         proof: keys::to_bytes(&p.proof),
         public_inputs: p
             .public
@@ -474,7 +565,8 @@ struct Inner {
     node_key: SigningKey,
     store: Store,
     index: Mutex<LedgerIndex>,
-    keys: tokio::sync::OnceCell<Arc<StatementKeys>>,
+    /// Per shape, in [`Shape::ALL`]'s order.
+    keys: [tokio::sync::OnceCell<Arc<StatementKeys>>; 3],
     sets: Mutex<HashMap<[u8; 32], Arc<SortedSet>>>,
     /// Proving is CPU- and memory-heavy: at most one per core at a time.
     provers: tokio::sync::Semaphore,
@@ -491,12 +583,13 @@ struct Inner {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum KeySource {
-    /// The members' ceremony transcript in this directory (laid out as
+    /// The members' ceremony transcripts under this directory, one per
+    /// statement in `<dir>/<statement>/` (laid out as
     /// [`crate::ceremony::transcript`] describes): every contribution
     /// anchored on the ledger by a member, and the transcript verified from
     /// its start by this node, before it proves with the final key.
     Ceremony(PathBuf),
-    /// `<data_dir>/zk/kyc-v1.{pk,vk}`, made by the single-party setup when
+    /// `<data_dir>/zk/<statement>.{pk,vk}`, made by the single-party setup when
     /// absent. Whoever ran that setup can forge proofs: development only.
     InsecureDevSetup,
 }
@@ -583,19 +676,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| ZkError::Groth16(format!("worker task failed: {e}")))?
 }
 
-fn statement(name: &str) -> Result<&'static str> {
-    if name.is_empty() || name == KYC_STATEMENT {
-        Ok(KYC_STATEMENT)
-    } else {
-        Err(ZkError::UnknownStatement(name.to_owned()))
+/// The shape a statement name names; none names the 8-field one.
+fn statement(name: &str) -> Result<Shape> {
+    if name.is_empty() {
+        return Ok(Shape::F8);
     }
+    Shape::for_statement(name).ok_or_else(|| ZkError::UnknownStatement(name.to_owned()))
 }
 
 /// Loads the statement's development keys from `dir`, or makes and writes
 /// them by the single-party setup.
-fn load_or_setup(dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
-    let pk_path = dir.join(format!("{KYC_STATEMENT}.pk"));
-    let vk_path = dir.join(format!("{KYC_STATEMENT}.vk"));
+fn load_or_setup(dir: &Path, shape: Shape) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
+    let statement = shape.statement();
+    let pk_path = dir.join(format!("{statement}.pk"));
+    let vk_path = dir.join(format!("{statement}.vk"));
     if pk_path.exists() && vk_path.exists() {
         let pk = keys::read_proving_key(&pk_path)?;
         let vk = keys::read_verifying_key(&vk_path)?;
@@ -606,15 +700,15 @@ fn load_or_setup(dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)>
                 vk_path.display()
             )));
         }
-        tracing::warn!(dir = %dir.display(), "loaded {KYC_STATEMENT} development keys (--insecure-dev-setup)");
+        tracing::warn!(dir = %dir.display(), "loaded {statement} development keys (--insecure-dev-setup)");
         return Ok((pk, vk));
     }
     tracing::warn!(
         dir = %dir.display(),
-        "no {KYC_STATEMENT} keys: running the single-party setup (--insecure-dev-setup: whoever runs it can forge proofs)"
+        "no {statement} keys: running the single-party setup (--insecure-dev-setup: whoever runs it can forge proofs)"
     );
     std::fs::create_dir_all(dir)?;
-    let (pk, vk) = keys::setup(&mut keys::os_rng())?;
+    let (pk, vk) = keys::setup(shape, &mut keys::os_rng())?;
     // Written beside and renamed, so a crash never leaves half a key; the
     // verifying key last, since its presence means "the pair is complete".
     for (path, bytes) in [
@@ -649,7 +743,7 @@ impl ZkService {
                 node_key: node.signing_key().clone(),
                 store,
                 index: Mutex::new(LedgerIndex::default()),
-                keys: tokio::sync::OnceCell::new(),
+                keys: Default::default(),
                 sets: Mutex::new(HashMap::new()),
                 provers: tokio::sync::Semaphore::new(cores),
                 kms,
@@ -665,25 +759,32 @@ impl ZkService {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Loads or makes the keys now and anchors the verifying key; returns
-    /// its hash. Requests wait for this on first use anyway.
-    pub async fn prepare_keys(&self) -> Result<[u8; 32]> {
-        Ok(self.keys().await?.vk_hash)
+    /// Loads or makes the keys of the statement of `shape` now and anchors
+    /// the verifying key; returns its hash. Requests wait for this on first
+    /// use anyway.
+    pub async fn prepare_keys(&self, shape: Shape) -> Result<[u8; 32]> {
+        Ok(self.keys(shape).await?.vk_hash)
     }
 
-    async fn keys(&self) -> Result<Arc<StatementKeys>> {
-        self.inner
-            .keys
+    async fn keys(&self, shape: Shape) -> Result<Arc<StatementKeys>> {
+        let slot = Shape::ALL
+            .iter()
+            .position(|s| *s == shape)
+            .expect("every shape has a slot");
+        self.inner.keys[slot]
             .get_or_try_init(|| async {
                 let (pk, vk) = match &self.inner.keys_from {
                     KeySource::InsecureDevSetup => {
                         let dir = self.inner.key_dir.clone();
-                        blocking(move || load_or_setup(&dir)).await?
+                        blocking(move || load_or_setup(&dir, shape)).await?
                     }
-                    KeySource::Ceremony(dir) => self.ceremony_key(dir).await?,
+                    KeySource::Ceremony(dir) => {
+                        self.ceremony_key(&dir.join(shape.statement()), shape)
+                            .await?
+                    }
                 };
                 let vk_hash = keys::vk_hash(&vk);
-                let anchor_index = self.anchor_verifying_key(vk_hash).await?;
+                let anchor_index = self.anchor_verifying_key(shape, vk_hash).await?;
                 Ok::<_, ZkError>(Arc::new(StatementKeys {
                     pvk: keys::prepare(&vk),
                     pk,
@@ -699,7 +800,11 @@ impl ZkService {
     /// The final key of the ceremony transcript in `dir`, once every
     /// contribution is found anchored by a member (a cheap check, first)
     /// and the transcript verifies from its start.
-    async fn ceremony_key(&self, dir: &Path) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
+    async fn ceremony_key(
+        &self,
+        dir: &Path,
+        shape: Shape,
+    ) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
         use crate::ceremony::transcript;
         if !transcript::phase2_started(dir) {
             return Err(ZkError::NoKeys(dir.to_owned()));
@@ -711,7 +816,7 @@ impl ZkService {
                 .iter()
                 .map(|s| {
                     ix.contributions
-                        .get(&(KYC_STATEMENT.to_owned(), *s))
+                        .get(&(shape.statement().to_owned(), *s))
                         .map(|(_, signer)| *signer)
                         .ok_or_else(|| ZkError::CeremonyNotAnchored {
                             dir: dir.to_owned(),
@@ -725,7 +830,7 @@ impl ZkService {
         let (pk, verified) = blocking(move || {
             transcript::verify(
                 &d,
-                yilian_circuits::kyc::KycCircuit::blank(),
+                yilian_circuits::kyc::KycCircuit::blank(shape),
                 &mut keys::os_rng(),
             )
         })
@@ -744,7 +849,8 @@ impl ZkService {
             dir = %dir.display(),
             contributions = steps.len(),
             members = ?members,
-            "verified the {KYC_STATEMENT} ceremony transcript; every contribution is anchored"
+            statement = shape.statement(),
+            "verified the ceremony transcript; every contribution is anchored"
         );
         let vk = pk.vk.clone();
         Ok((pk, vk))
@@ -752,12 +858,13 @@ impl ZkService {
 
     /// The ledger index of this node's anchor for `vk_hash`, submitting one
     /// unless the node's latest anchor for the statement already names it.
-    async fn anchor_verifying_key(&self, vk_hash: [u8; 32]) -> Result<u64> {
+    async fn anchor_verifying_key(&self, shape: Shape, vk_hash: [u8; 32]) -> Result<u64> {
+        let statement = shape.statement();
         let me = self.inner.node_key.verifying_key().to_bytes();
         let existing = self.with_index(|ix| {
             Ok(ix
                 .vks
-                .get(KYC_STATEMENT)
+                .get(statement)
                 .and_then(|v| v.iter().rev().find(|e| e.signer == me))
                 .filter(|e| e.vk_hash == vk_hash)
                 .map(|e| e.index))
@@ -770,7 +877,7 @@ impl ZkService {
             .ledger
             .submit(
                 Transaction::new(Payload::VerifyingKeyAnchor {
-                    statement: KYC_STATEMENT.into(),
+                    statement: statement.into(),
                     vk_hash,
                 })
                 .sign(&self.inner.node_key),
@@ -779,7 +886,8 @@ impl ZkService {
         tracing::info!(
             index = receipt.index,
             vk_hash = %hex::encode(vk_hash),
-            "anchored the {KYC_STATEMENT} verifying key"
+            statement,
+            "anchored the verifying key"
         );
         Ok(receipt.index)
     }
@@ -988,11 +1096,7 @@ impl ZkService {
                 consent::MAX_ALLOWED
             )));
         }
-        let allowed = req
-            .allowed
-            .iter()
-            .map(Predicate::try_from)
-            .collect::<Result<Vec<_>>>()?;
+        let allowed = predicates_from_pb(&req.allowed)?;
         let (stored, sealed) = self
             .inner
             .store
@@ -1242,11 +1346,7 @@ impl ZkService {
                 req.grant_id.len()
             )));
         }
-        let predicates = req
-            .predicates
-            .iter()
-            .map(Predicate::try_from)
-            .collect::<Result<Vec<_>>>()?;
+        let predicates = predicates_from_pb(&req.predicates)?;
         let verifier = caller.public_key;
         // Consent first: without it the verifier learns nothing about the
         // record, not even whether it exists.
@@ -1271,7 +1371,8 @@ impl ZkService {
             SetOp::None => None,
             SetOp::In | SetOp::NotIn => Some(self.set(q.set.root).await?),
         };
-        let sk = self.keys().await?;
+        let shape = stored.record.shape()?;
+        let sk = self.keys(shape).await?;
         let key = match self
             .consent(&req, &grant, &verifier, &predicates, &sealed)
             .await
@@ -1322,21 +1423,22 @@ impl ZkService {
             .await?;
         Ok(pb::QueryResponse {
             answer: proof.public.result,
-            proof: Some(proof_to_pb(&proof, &sk.vk_hash)),
+            proof: Some(proof_to_pb(&proof, shape, &sk.vk_hash)),
             anchor_index: stored.anchor_index,
             holder: stored.holder.to_vec(),
         })
     }
 
     async fn verify(&self, req: pb::VerifyRequest) -> Result<pb::VerifyResponse> {
-        let statement = statement(&req.statement)?;
+        let shape = statement(&req.statement)?;
+        let statement = shape.statement();
         let holder = if req.holder.is_empty() {
             None
         } else {
             Some(account(&req.holder, "holder")?)
         };
         let (pvk, vk_hash) = if req.verifying_key.is_empty() {
-            let k = self.keys().await?;
+            let k = self.keys(shape).await?;
             (k.pvk.clone(), k.vk_hash)
         } else {
             let vk: VerifyingKey<Bn254> = keys::from_bytes("verifying key", &req.verifying_key)?;
@@ -1415,10 +1517,10 @@ impl ZkService {
         &self,
         req: pb::VerifyingKeyRequest,
     ) -> Result<pb::VerifyingKeyResponse> {
-        let statement = statement(&req.statement)?;
-        let k = self.keys().await?;
+        let shape = statement(&req.statement)?;
+        let k = self.keys(shape).await?;
         Ok(pb::VerifyingKeyResponse {
-            statement: statement.into(),
+            statement: shape.statement().into(),
             verifying_key: keys::to_bytes(&k.vk),
             vk_hash: k.vk_hash.to_vec(),
             anchor_index: k.anchor_index,
@@ -1494,5 +1596,81 @@ impl pb::zk_server::Zk for ZkService {
         Ok(Response::new(
             ZkService::verifying_key(self, req.into_inner()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn predicates_cross_the_wire_with_their_ors_and_field_comparisons() {
+        let gte = |field: &str, value| Predicate::Gte {
+            field: field.into(),
+            value,
+        };
+        let predicates = vec![
+            gte("income", 1),
+            Predicate::Any {
+                any: vec![
+                    gte("score", 700),
+                    Predicate::LtField {
+                        field: "loan".into(),
+                        other: "balance".into(),
+                    },
+                ],
+            },
+            Predicate::EqField {
+                field: "name".into(),
+                other: "alias".into(),
+            },
+            Predicate::Any {
+                any: vec![gte("age", 18)],
+            },
+        ];
+        let wire = predicates_to_pb(&predicates);
+        assert_eq!(
+            wire.iter().map(|p| p.any_of).collect::<Vec<_>>(),
+            [0, 1, 1, 0, 2]
+        );
+        assert_eq!(predicates_from_pb(&wire).unwrap(), predicates);
+    }
+
+    fn wire_predicate() -> impl Strategy<Value = pb::Predicate> {
+        use pb::predicate::Value;
+        let value = prop_oneof![
+            Just(None),
+            any::<u64>().prop_map(|v| Some(Value::Integer(v))),
+            "[a-z]{0,3}".prop_map(|s| Some(Value::Identifier(s))),
+            proptest::collection::vec(any::<u8>(), 0..40).prop_map(|r| Some(Value::Root(r))),
+            "[a-z]{0,3}".prop_map(|s| Some(Value::OtherField(s))),
+        ];
+        (
+            "[a-z]{0,3}",
+            0i32..12,
+            value,
+            proptest::option::of(any::<u64>()),
+            0u32..3,
+        )
+            .prop_map(|(field, op, value, high, any_of)| pb::Predicate {
+                field,
+                op,
+                value,
+                high,
+                any_of,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_predicate_decoder_refuses_or_round_trips(
+            wire in proptest::collection::vec(wire_predicate(), 0..6)
+        ) {
+            if let Ok(predicates) = predicates_from_pb(&wire) {
+                let again = predicates_from_pb(&predicates_to_pb(&predicates)).unwrap();
+                prop_assert_eq!(again, predicates);
+            }
+        }
     }
 }

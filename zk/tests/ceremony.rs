@@ -225,7 +225,7 @@ fn kyc_ceremony_timing() {
     use std::time::Instant;
     use yilian_circuits::kyc::KycCircuit;
     let mut rng = StdRng::seed_from_u64(3);
-    let n = derive::domain_size(KycCircuit::blank()).unwrap();
+    let n = derive::domain_size(KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
     let acc = Accumulator::new(n);
     let h = transcript_hash(&[0; 32], &acc);
     let t = Instant::now();
@@ -235,9 +235,15 @@ fn kyc_ceremony_timing() {
     acc.verify(&next, &proof, &h, 1, &mut rng).unwrap();
     eprintln!("phase-1 verification {:?}", t.elapsed());
     let t = Instant::now();
-    let pk = derive::initial_key(&next, KycCircuit::blank()).unwrap();
+    let pk = derive::initial_key(&next, KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
     eprintln!("derivation {:?}", t.elapsed());
     let t = Instant::now();
-    derive::check_initial_key(&next, KycCircuit::blank(), &pk, &mut rng).unwrap();
+    derive::check_initial_key(
+        &next,
+        KycCircuit::blank(yilian_zk::Shape::F8),
+        &pk,
+        &mut rng,
+    )
+    .unwrap();
     eprintln!("derivation checked {:?}", t.elapsed());
 }

@@ -43,7 +43,7 @@ fn shared_keys() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let (pk, vk) = keys::setup(&mut keys::os_rng()).unwrap();
+        let (pk, vk) = keys::setup(yilian_zk::Shape::F8, &mut keys::os_rng()).unwrap();
         keys::write_key(&dir.path().join(format!("{KYC_STATEMENT}.pk")), &pk).unwrap();
         keys::write_key(&dir.path().join(format!("{KYC_STATEMENT}.vk")), &vk).unwrap();
         dir
@@ -245,7 +245,7 @@ async fn registered(net: &Net, record_id: &str, id_number: &str) -> (EncryptedRe
 fn query(record_id: &str, predicates: &[Predicate]) -> pb::QueryRequest {
     pb::QueryRequest {
         record_id: record_id.into(),
-        predicates: predicates.iter().map(Into::into).collect(),
+        predicates: service::predicates_to_pb(predicates),
         grant_id: String::new(),
     }
 }
@@ -263,13 +263,13 @@ fn grant_request(record_id: &str, net: &Net, allowed: &[Predicate], uses: u32) -
     pb::GrantRequest {
         record_id: record_id.into(),
         verifier: net.ids[VERIFIER].principal().public_key.to_vec(),
-        allowed: allowed.iter().map(Into::into).collect(),
+        allowed: service::predicates_to_pb(allowed),
         max_uses: Some(uses),
         not_before_ms: 0,
         not_after_ms: now_ms() + 3_600_000,
         budget: allowed
             .iter()
-            .map(|p| (yilian_zk::consent::field(p).to_owned(), 16))
+            .map(|p| (p.fields()[0].to_owned(), 16))
             .collect(),
     }
 }
@@ -476,7 +476,7 @@ async fn verifiers_get_proven_answers_true_and_false_that_anyone_admitted_can_ch
     );
 
     // A verifying key nobody anchored is not trusted, whatever it verifies.
-    let (_, rogue_vk) = keys::setup(&mut keys::os_rng()).unwrap();
+    let (_, rogue_vk) = keys::setup(yilian_zk::Shape::F8, &mut keys::os_rng()).unwrap();
     let v = auditor
         .verify(pb::VerifyRequest {
             verifying_key: keys::to_bytes(&rogue_vk),
@@ -730,6 +730,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
         op: op as i32,
         value,
         high,
+        any_of: 0,
     };
     use pb::predicate::Value;
     let fine = pred("income", pb::Op::Gte, Some(Value::Integer(1)), None);
@@ -800,6 +801,52 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
             )],
         ),
         ("five comparisons", vec![fine.clone(); 5]),
+        (
+            "five comparisons in one OR",
+            vec![
+                pb::Predicate {
+                    any_of: 1,
+                    ..fine.clone()
+                };
+                5
+            ],
+        ),
+        (
+            "ordering against an identifier field",
+            vec![pred(
+                "income",
+                pb::Op::Lt,
+                Some(Value::OtherField("id_number".into())),
+                None,
+            )],
+        ),
+        (
+            "against an unknown field",
+            vec![pred(
+                "income",
+                pb::Op::Gte,
+                Some(Value::OtherField("salary".into())),
+                None,
+            )],
+        ),
+        (
+            "between against a field",
+            vec![pred(
+                "income",
+                pb::Op::Between,
+                Some(Value::OtherField("credit_score".into())),
+                Some(5),
+            )],
+        ),
+        (
+            "set test against a field",
+            vec![pred(
+                "id_number",
+                pb::Op::In,
+                Some(Value::OtherField("name".into())),
+                None,
+            )],
+        ),
         (
             "set root out of range",
             vec![pred(
@@ -897,7 +944,11 @@ async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
     assert!(!key_dir.join(format!("{KYC_STATEMENT}.pk")).exists());
     let size = net.ledger.len();
     let started = Instant::now();
-    let vk_hash = net.service.prepare_keys().await.unwrap();
+    let vk_hash = net
+        .service
+        .prepare_keys(yilian_zk::Shape::F8)
+        .await
+        .unwrap();
     eprintln!("single-party setup on first use: {:?}", started.elapsed());
     assert!(key_dir.join(format!("{KYC_STATEMENT}.pk")).exists());
     assert_eq!(net.ledger.len(), size + 1);
@@ -938,7 +989,10 @@ async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
         KeySource::InsecureDevSetup,
     )
     .unwrap();
-    assert_eq!(again.prepare_keys().await.unwrap(), vk_hash);
+    assert_eq!(
+        again.prepare_keys(yilian_zk::Shape::F8).await.unwrap(),
+        vk_hash
+    );
     assert_eq!(net.ledger.len(), size + 1, "no second anchor");
 
     // Without --insecure-dev-setup, a node makes no keys and does not take
@@ -957,7 +1011,7 @@ async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
         KeySource::Ceremony(empty.path().join("zk").join("ceremony")),
     )
     .unwrap();
-    let e = none.prepare_keys().await.unwrap_err();
+    let e = none.prepare_keys(yilian_zk::Shape::F8).await.unwrap_err();
     assert!(matches!(e, yilian_zk::ZkError::NoKeys(_)), "{e}");
     assert!(e.to_string().contains("ceremony directory"), "{e}");
     assert_eq!(net.ledger.len(), size + 1);
@@ -1031,7 +1085,10 @@ async fn record_keys_are_sealed_at_rest_and_a_sealed_kms_proves_nothing() {
 async fn queries_need_the_holders_grant_and_a_binary_search_is_stopped_by_the_budget() {
     let net = net(true).await;
     registered(&net, "customer-0010", "160101193001010066").await;
-    net.service.prepare_keys().await.unwrap();
+    net.service
+        .prepare_keys(yilian_zk::Shape::F8)
+        .await
+        .unwrap();
     let r = "customer-0010";
     let score = |value| Predicate::Gte {
         field: "credit_score".into(),
@@ -1326,8 +1383,9 @@ async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anch
     use yilian_zk::ZkError;
     use yilian_zk::ceremony::transcript::{self, Step};
     let net = net(true).await;
-    let dir = net.dir.path().join("ceremony");
-    transcript::init(&dir, KycCircuit::blank()).unwrap();
+    let ceremonies = net.dir.path().join("ceremony");
+    let dir = ceremonies.join(KYC_STATEMENT);
+    transcript::init(&dir, KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
     let p1 = transcript::contribute(&dir, &mut keys::os_rng()).unwrap();
     // Phase 2 starts from a key not derived from phase 1 (the single-party
     // one, whose maker can forge): only verifying the transcript shows it.
@@ -1346,7 +1404,7 @@ async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anch
         net.ledger.clone(),
         &net.ids[NODE],
         net.kms.clone(),
-        KeySource::Ceremony(dir.clone()),
+        KeySource::Ceremony(ceremonies),
     )
     .unwrap();
     let anchor = |step: Step| {
@@ -1374,17 +1432,29 @@ async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anch
         e => panic!("expected phase {phase} contribution {index} unanchored, got {e}"),
     };
     let size = net.ledger.len();
-    not_anchored(node.prepare_keys().await.unwrap_err(), 1, 1);
+    not_anchored(
+        node.prepare_keys(yilian_zk::Shape::F8).await.unwrap_err(),
+        1,
+        1,
+    );
     // An anchor of another hash at the same place does not vouch for it.
     let mut other = p1;
     other.hash[0] ^= 1;
     anchor(other).await;
-    not_anchored(node.prepare_keys().await.unwrap_err(), 1, 1);
+    not_anchored(
+        node.prepare_keys(yilian_zk::Shape::F8).await.unwrap_err(),
+        1,
+        1,
+    );
     anchor(p1).await;
-    not_anchored(node.prepare_keys().await.unwrap_err(), 2, 1);
+    not_anchored(
+        node.prepare_keys(yilian_zk::Shape::F8).await.unwrap_err(),
+        2,
+        1,
+    );
     // Every step anchored, but the transcript does not verify: no key.
     anchor(p2).await;
-    let e = node.prepare_keys().await.unwrap_err();
+    let e = node.prepare_keys(yilian_zk::Shape::F8).await.unwrap_err();
     assert!(matches!(e, ZkError::Ceremony(_)), "{e}");
     assert_eq!(tonic::Status::from(e).code(), Code::FailedPrecondition);
     // Only the test's anchors were written: no verifying key was anchored.

@@ -81,7 +81,7 @@ fn write_json(path: &Path, value: &impl serde::Serialize) {
 }
 
 fn proof() -> (ark_groth16::VerifyingKey<ark_bn254::Bn254>, KycProof) {
-    let (pk, vk) = keys::setup(&mut keys::os_rng()).unwrap();
+    let (pk, vk) = keys::setup(yilian_zk::Shape::F8, &mut keys::os_rng()).unwrap();
     let record = Record {
         fields: vec![
             ("income".into(), FieldValue::Integer(120_000)),

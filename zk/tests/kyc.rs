@@ -25,7 +25,7 @@ struct Keys {
 fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let (pk, vk) = keys::setup(&mut keys::os_rng()).unwrap();
+        let (pk, vk) = keys::setup(yilian_zk::Shape::F8, &mut keys::os_rng()).unwrap();
         let pvk = keys::prepare(&vk);
         Keys { pk, vk, pvk }
     })
@@ -321,5 +321,91 @@ proptest! {
         };
         let text = snarkjs::export_public(&public.to_inputs());
         prop_assert_eq!(KycPublic::from_inputs(&snarkjs::import_public(&text).unwrap()).unwrap(), public);
+    }
+}
+
+/// A record of `n` fields: the customer's, then accounts, with a balance
+/// and a loan last.
+fn wide_customer(n: usize) -> Record {
+    let mut r = customer();
+    while r.fields.len() < n - 2 {
+        let i = r.fields.len();
+        r.fields.push((
+            format!("account_{i}"),
+            FieldValue::Integer(1_000 * i as u64),
+        ));
+    }
+    r.fields
+        .push(("balance".into(), FieldValue::Integer(80_000)));
+    r.fields.push(("loan".into(), FieldValue::Integer(50_000)));
+    r
+}
+
+#[test]
+fn wider_records_take_larger_statements_and_answer_or_and_field_comparisons() {
+    let set = sanctions();
+    let mut rng = keys::os_rng();
+    for (n, shape) in [(12, yilian_zk::Shape::F16), (32, yilian_zk::Shape::F32)] {
+        let customer = wide_customer(n);
+        assert_eq!(customer.shape().unwrap(), shape);
+        let key = CipherKey::new([Fr::rand(&mut rng), Fr::rand(&mut rng)]);
+        let record = EncryptedRecord::encrypt("wide-1", &customer, &key, 9).unwrap();
+        assert_eq!(record.shape().unwrap(), shape);
+        let (pk, vk) = keys::setup(shape, &mut rng).unwrap();
+        let pvk = keys::prepare(&vk);
+        let gte = |field: &str, value| Predicate::Gte {
+            field: field.into(),
+            value,
+        };
+        let last_account = format!("account_{}", n - 3);
+        let predicates = vec![
+            Predicate::Any {
+                any: vec![gte("income", 150_000), gte(&last_account, 1)],
+            },
+            Predicate::GteField {
+                field: "balance".into(),
+                other: "loan".into(),
+            },
+            Predicate::Nin {
+                field: "id_number".into(),
+                root: set.root(),
+            },
+        ];
+        let q = query::compile(&record, &predicates).unwrap();
+        let p = prover::prove(&pk, &record, &key, &q, Some(&set), &mut rng).unwrap();
+        assert!(p.public.result);
+        let anchor = record.anchor().unwrap();
+        assert!(verifier::verify_against_anchor(&pvk, &p.proof, &p.public, &anchor).unwrap());
+        // The false answer is proven too.
+        let lower = vec![Predicate::LtField {
+            field: "balance".into(),
+            other: "loan".into(),
+        }];
+        let q2 = query::compile(&record, &lower).unwrap();
+        let p2 = prover::prove(&pk, &record, &key, &q2, None, &mut rng).unwrap();
+        assert!(!verifier::verify_against_anchor(&pvk, &p2.proof, &p2.public, &anchor).unwrap());
+        // Another answer, query, or record anchor: refused.
+        let mut lie = p.public;
+        lie.result = false;
+        assert!(matches!(
+            verifier::verify(&pvk, &p.proof, &lie),
+            Err(ZkError::InvalidProof)
+        ));
+        let mut other_query = p.public;
+        other_query.query.clauses[2] = 0; // balance >= loan joins the OR
+        assert!(verifier::verify(&pvk, &p.proof, &other_query).is_err());
+        let other = EncryptedRecord::encrypt("wide-2", &customer, &key, 9).unwrap();
+        assert!(
+            verifier::verify_against_anchor(&pvk, &p.proof, &p.public, &other.anchor().unwrap())
+                .is_err()
+        );
+        // The 8-field statement's key does not verify it.
+        assert!(verifier::verify(&keys().pvk, &p.proof, &p.public).is_err());
+        // A record too wide for any statement is refused before encryption.
+        let too_wide = wide_customer(33);
+        assert!(matches!(
+            EncryptedRecord::encrypt("wide-3", &too_wide, &key, 9),
+            Err(ZkError::TooManyFields(33))
+        ));
     }
 }
