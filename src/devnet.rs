@@ -637,12 +637,15 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
             )
         }
     };
+    // The customer has an identity (its phone): no grant without its say.
+    let customer_id = net.load_identity("device-1")?;
     let mut as_holder = zk(&holder).await?;
     as_holder
         .register_record(pb::RegisterRecordRequest {
             record: Some((&record).into()),
             key: key.to_kms_bytes().to_vec(),
             wrap_key_id: wrap_key.into(),
+            customer: customer_id.principal().public_key.to_vec(),
         })
         .await?;
     let sanctions: Vec<String> = (0..1024).map(|i| format!("SANCTIONED-{i:05}")).collect();
@@ -714,21 +717,47 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    let grant = |allowed: Vec<Predicate>, uses: u32| pb::GrantRequest {
-        record_id: "customer-0001".into(),
-        verifier: bank.principal().public_key.to_vec(),
-        allowed: yilian_zk::service::predicates_to_pb(&allowed),
-        max_uses: Some(uses),
-        not_before_ms: 0,
-        not_after_ms: now + 3_600_000,
-        budget: Default::default(),
+    // The customer countersigns each grant's terms on its device.
+    let grant = |allowed: Vec<Predicate>, uses: u32| {
+        let terms = yilian_zk::consent::Consent {
+            record_id: "customer-0001".into(),
+            verifier: bank.principal().public_key,
+            allowed,
+            max_uses: uses,
+            not_before_ms: 0,
+            not_after_ms: now + 3_600_000,
+            budget: Default::default(),
+        };
+        pb::GrantRequest {
+            record_id: terms.record_id.clone(),
+            verifier: terms.verifier.to_vec(),
+            allowed: yilian_zk::service::predicates_to_pb(&terms.allowed),
+            max_uses: Some(uses),
+            not_before_ms: 0,
+            not_after_ms: terms.not_after_ms,
+            budget: Default::default(),
+            customer_signature: terms.sign(customer_id.signing_key()).signature,
+        }
     };
+    let unsigned = pb::GrantRequest {
+        customer_signature: Vec::new(),
+        ..grant(questions.iter().map(|(_, p)| p.clone()).collect(), 6)
+    };
+    let e = as_holder
+        .grant(unsigned)
+        .await
+        .expect_err("a grant without the customer's countersignature must be refused");
+    ensure!(e.code() == tonic::Code::PermissionDenied, "{e:?}");
+    println!(
+        "zk: a grant without the customer's (device-1's) countersignature: refused ({})",
+        e.message()
+    );
     let g = as_holder
         .grant(grant(questions.iter().map(|(_, p)| p.clone()).collect(), 6))
         .await?
         .into_inner();
     println!(
-        "zk: shop-holder granted acme-verifier the six questions, 6 uses, for an hour: grant {} (ledger entry {})",
+        "zk: shop-holder granted acme-verifier the six questions, 6 uses, for an hour, countersigned by the customer: grant {} (ledger entry {})",
         g.grant_id, g.ledger_index
     );
 

@@ -1,7 +1,16 @@
 //! The standard KYC statement (8-field record, one `eq`, two ranges, one
 //! set predicate in a 2^16-member set): constraint counts, setup, proving,
 //! verifying (single, and per proof in a batch of 64 against one-by-one in
-//! the same run), and proof size. Prints figures; asserts nothing on time.
+//! the same run), and proof size. Then, per statement (8, 16 and 32
+//! fields), a query with an OR, a comparison of two fields and the set
+//! test: constraints, proving and verifying, as ratios to the 8-field
+//! statement; the consent check a query pays before proving, as a ratio to
+//! proving; and the members' ceremony for the 8-field statement (each
+//! contribution, the derivation, each verification), as ratios to the
+//! single-party setup. Prints the machine's load and synced-write latency
+//! first. Prints figures; asserts nothing on time.
+//!
+//! Run: `cargo bench -p yilian-zk --bench kyc` (about four minutes on 2 cores).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +33,37 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Median latency of a 4 KiB write followed by fdatasync, in ms.
+fn synced_write_ms(dir: &std::path::Path) -> f64 {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let block = vec![7u8; 4096];
+    let mut times: Vec<f64> = (0..100)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&block).unwrap();
+            f.sync_data().unwrap();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    println!(
+        "machine: load average {}, synced 4 KiB write {:.3} ms (median of 100), {} cores",
+        load_average(),
+        synced_write_ms(tmp.path()),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     for width in 2..=6 {
         let cs = ConstraintSystem::<Fr>::new_ref();
         let mut state: Vec<FpVar<Fr>> = (0..width)
@@ -118,9 +157,10 @@ fn main() {
         prove_times.push(t.elapsed());
         proofs.push(p);
     }
+    let median_prove = median(prove_times);
     println!(
         "prove: median {:.1} ms over 5 (incl. native decrypt and witness)",
-        ms(median(prove_times))
+        ms(median_prove)
     );
     println!(
         "proof size: {} bytes compressed",
@@ -155,5 +195,186 @@ fn main() {
         ms(batched),
         ms(batched) / 64.0,
         one_by_one.as_secs_f64() / batched.as_secs_f64()
+    );
+
+    statements(&set, &mut rng);
+    consent_check(ms(median_prove));
+    ceremony(tmp.path());
+    println!("machine after: load average {}", load_average());
+}
+
+fn wide_record(n: usize) -> Record {
+    let mut fields = vec![
+        (
+            "id_number".to_owned(),
+            FieldValue::Identifier("310101199001011234".into()),
+        ),
+        ("income".to_owned(), FieldValue::Integer(120_000)),
+        ("credit_score".to_owned(), FieldValue::Integer(720)),
+    ];
+    while fields.len() < n - 2 {
+        let i = fields.len();
+        fields.push((
+            format!("account_{i}"),
+            FieldValue::Integer(1_000 * i as u64),
+        ));
+    }
+    fields.push(("balance".into(), FieldValue::Integer(80_000)));
+    fields.push(("loan".into(), FieldValue::Integer(50_000)));
+    Record { fields }
+}
+
+/// Per statement: (income >= 150000 or the last account >= 1) and
+/// balance >= loan and not sanctioned.
+fn statements(set: &SortedSet, rng: &mut ark_std::rand::rngs::StdRng) {
+    use yilian_zk::Shape;
+    println!(
+        "statement | fields | constraints | setup ms | prove ms | verify ms | prove / kyc8 | verify / kyc8"
+    );
+    let mut base: Option<(f64, f64)> = None;
+    for shape in Shape::ALL {
+        let n = shape.fields();
+        let key = CipherKey::new([Fr::from(0x1234_5678u64), Fr::from(n as u64)]);
+        let enc = EncryptedRecord::encrypt("wide", &wide_record(n), &key, 3).unwrap();
+        let preds = vec![
+            Predicate::Any {
+                any: vec![
+                    Predicate::Gte {
+                        field: "income".into(),
+                        value: 150_000,
+                    },
+                    Predicate::Gte {
+                        field: format!("account_{}", n - 3),
+                        value: 1,
+                    },
+                ],
+            },
+            Predicate::GteField {
+                field: "balance".into(),
+                other: "loan".into(),
+            },
+            Predicate::Nin {
+                field: "id_number".into(),
+                root: set.root(),
+            },
+        ];
+        let q = query::compile(&enc, &preds).unwrap();
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        prover::instance(&enc, &key, &q, Some(set))
+            .unwrap()
+            .generate_constraints(cs.clone())
+            .unwrap();
+        assert!(cs.is_satisfied().unwrap());
+        let t = Instant::now();
+        let (pk, vk) = keys::setup(shape, rng).unwrap();
+        let setup = ms(t.elapsed());
+        let pvk = keys::prepare(&vk);
+        let mut proves = Vec::new();
+        let mut proof = None;
+        for _ in 0..3 {
+            let t = Instant::now();
+            proof = Some(prover::prove(&pk, &enc, &key, &q, Some(set), rng).unwrap());
+            proves.push(t.elapsed());
+        }
+        let proof = proof.unwrap();
+        let mut verifies = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert!(verifier::verify(&pvk, &proof.proof, &proof.public).unwrap());
+            verifies.push(t.elapsed());
+        }
+        let (p, v) = (ms(median(proves)), ms(median(verifies)));
+        let (bp, bv) = *base.get_or_insert((p, v));
+        println!(
+            "{} | {n} | {} | {setup:.0} | {p:.1} | {v:.2} | {:.2} | {:.2}",
+            shape.statement(),
+            cs.num_constraints(),
+            p / bp,
+            v / bv
+        );
+    }
+}
+
+/// The consent decision a query pays before proving (grant terms, the
+/// predicates allowed, the disclosure budget), sans-IO. The KMS's counting
+/// of the use is one audited KMS operation on top, which the KMS bench
+/// measures (an audited Decrypt under a grant).
+fn consent_check(prove_ms: f64) {
+    use std::collections::BTreeMap;
+    use yilian_zk::consent::{self, QueryGrant};
+    let allowed: Vec<Predicate> = (0..16)
+        .map(|i| Predicate::Gte {
+            field: format!("f{}", i % 8),
+            value: i,
+        })
+        .collect();
+    let grant = QueryGrant {
+        grant_id: "g".into(),
+        record_id: "r".into(),
+        holder: [1; 32],
+        verifier: [2; 32],
+        allowed: allowed.clone(),
+        budget: BTreeMap::new(),
+        countersignature: None,
+    };
+    let asked = vec![Predicate::Any {
+        any: allowed[..3].to_vec(),
+    }];
+    let disclosed = BTreeMap::new();
+    let rounds = 100_000;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        consent::check_grant(Some(&grant), "g", "r", &[2; 32]).unwrap();
+        std::hint::black_box(consent::admit(&grant, "r", &[2; 32], &asked, &disclosed).unwrap());
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+    println!(
+        "consent check (grant of 16 predicates, an OR of 3 asked): {us:.2} us, {:.6} of one kyc8 proof",
+        us / 1e3 / prove_ms
+    );
+}
+
+/// The members' ceremony for the 8-field statement, one contribution per
+/// phase, through the transcript on disk as members run it.
+fn ceremony(dir: &std::path::Path) {
+    use yilian_circuits::kyc::KycCircuit;
+    use yilian_zk::Shape;
+    use yilian_zk::ceremony::transcript;
+    let mut rng = keys::os_rng();
+    let t = Instant::now();
+    keys::setup(Shape::F8, &mut rng).unwrap();
+    let single = t.elapsed();
+    let d = dir.join("ceremony");
+    let n = transcript::init(&d, KycCircuit::blank(Shape::F8)).unwrap();
+    let time = |what: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        let e = t.elapsed();
+        println!(
+            "ceremony {what}: {:.1} s, {:.2}x the single-party setup ({:.1} s)",
+            e.as_secs_f64(),
+            e.as_secs_f64() / single.as_secs_f64(),
+            single.as_secs_f64()
+        );
+        e
+    };
+    println!("ceremony of kyc8-v2: {n}-point domain");
+    let c1 = time("phase-1 contribution", &mut || {
+        transcript::contribute(&d, &mut rng).unwrap();
+    });
+    time("finish phase 1 (derive the initial key)", &mut || {
+        transcript::finish_phase1(&d, KycCircuit::blank(Shape::F8)).unwrap();
+    });
+    let c2 = time("phase-2 contribution", &mut || {
+        transcript::contribute(&d, &mut rng).unwrap();
+    });
+    let v = time("transcript verification (1 + 1 contributions)", &mut || {
+        transcript::verify(&d, KycCircuit::blank(Shape::F8), &mut rng).unwrap();
+    });
+    println!(
+        "ceremony: contributions {:.1} s + {:.1} s; verifying the transcript costs {:.2}x contributing to it",
+        c1.as_secs_f64(),
+        c2.as_secs_f64(),
+        v.as_secs_f64() / (c1 + c2).as_secs_f64()
     );
 }

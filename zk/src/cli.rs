@@ -14,7 +14,7 @@ use yilian_circuits::{kyc, set::SortedSet};
 use crate::Shape;
 use crate::record::{CipherKey, EncryptedRecord, Record};
 use crate::service::{ZkClient, pb};
-use crate::{keys, prover, query, snarkjs, verifier};
+use crate::{consent, keys, prover, query, snarkjs, verifier};
 
 use yilian_kms::cli::{Conn, account};
 
@@ -50,20 +50,29 @@ pub enum Command {
         /// The verifier: 32-byte hex public key or identity directory.
         #[arg(long)]
         verifier: String,
-        /// Predicates JSON, each allowed exactly:
-        /// `[{"op": "gte", "field": "income", "value": 100000}, ...]`.
+        #[command(flatten)]
+        terms: GrantTerms,
+        /// The customer's countersigned terms (from `yilian zk consent`),
+        /// needed for a record with a customer; they replace the terms flags.
         #[arg(long)]
-        allow: PathBuf,
-        /// Uses allowed.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-        /// How long the grant lasts from now, in seconds.
-        #[arg(long, default_value_t = 86_400)]
-        valid_for: u64,
-        /// Distinct constants the verifier may learn about a field
-        /// (default 2), as FIELD=K; repeatable.
-        #[arg(long, value_parser = budget)]
-        budget: Vec<(String, u32)>,
+        consent: Option<PathBuf>,
+    },
+    /// Countersign a grant's terms as the record's customer, where the
+    /// customer has an identity; writes the file the holder passes to
+    /// `yilian zk grant --consent`. Offline: only your key signs.
+    Consent {
+        /// The customer's identity directory.
+        #[arg(long)]
+        identity: PathBuf,
+        #[arg(long = "record")]
+        record_id: String,
+        /// The verifier: 32-byte hex public key or identity directory.
+        #[arg(long)]
+        verifier: String,
+        #[command(flatten)]
+        terms: GrantTerms,
+        #[arg(long, default_value = "consent.json")]
+        out: PathBuf,
     },
     /// Anchor an encrypted record (from `register-record`) on the ledger and
     /// register it with a node, as its data holder. The node keeps the key
@@ -79,6 +88,10 @@ pub enum Command {
         /// An AES-256-GCM master key of yours in the node's KMS.
         #[arg(long)]
         wrap_key: String,
+        /// The record's customer, if it has an identity (its hex key or
+        /// identity directory): every grant then needs its countersignature.
+        #[arg(long)]
+        customer: Option<String>,
     },
     /// The multi-party setup ceremony of the KYC statement among the
     /// consortium's members.
@@ -192,6 +205,52 @@ pub enum Command {
         #[arg(long, default_value = "Verifier.sol")]
         out: PathBuf,
     },
+}
+
+/// A grant's terms on the command line.
+#[derive(Debug, clap::Args)]
+pub struct GrantTerms {
+    /// Predicates JSON, each allowed exactly:
+    /// `[{"op": "gte", "field": "income", "value": 100000}, ...]`.
+    #[arg(long)]
+    allow: Option<PathBuf>,
+    /// Uses allowed.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+    /// How long the grant lasts from now, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    valid_for: u64,
+    /// Distinct constants the verifier may learn about a field
+    /// (default 2), as FIELD=K; repeatable.
+    #[arg(long, value_parser = budget)]
+    budget: Vec<(String, u32)>,
+}
+
+impl GrantTerms {
+    fn consent(self, record_id: String, verifier: [u8; 32]) -> anyhow::Result<consent::Consent> {
+        let allow = self
+            .allow
+            .context("--allow: give the predicates JSON the grant allows")?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as u64;
+        Ok(consent::Consent {
+            record_id,
+            verifier,
+            allowed: read_json(&allow)?,
+            max_uses: self.uses,
+            not_before_ms: now,
+            not_after_ms: now.saturating_add(self.valid_for.saturating_mul(1000)),
+            budget: self.budget.into_iter().collect(),
+        })
+    }
+}
+
+/// A customer's consent file: the terms and the customer's signature.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ConsentFile {
+    terms: consent::Consent,
+    countersignature: consent::Countersignature,
 }
 
 #[derive(Debug, Subcommand)]
@@ -485,26 +544,33 @@ impl Command {
                 conn,
                 record_id,
                 verifier,
-                allow,
-                uses,
-                valid_for,
-                budget,
+                terms,
+                consent,
             } => {
                 let verifier = account(&verifier).context("--verifier")?;
-                let allowed: Vec<query::Predicate> = read_json(&allow)?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis() as u64;
+                let (terms, signature) = match consent {
+                    Some(path) => {
+                        let file: ConsentFile = read_json(&path)?;
+                        anyhow::ensure!(
+                            file.terms.record_id == record_id && file.terms.verifier == verifier,
+                            "{}: the customer consented for another record or verifier than --record and --verifier",
+                            path.display()
+                        );
+                        (file.terms, file.countersignature.signature)
+                    }
+                    None => (terms.consent(record_id, verifier)?, Vec::new()),
+                };
                 let r = zk_client(&conn)
                     .await?
                     .grant(pb::GrantRequest {
-                        record_id,
+                        record_id: terms.record_id,
                         verifier: verifier.to_vec(),
-                        allowed: crate::service::predicates_to_pb(&allowed),
-                        max_uses: Some(uses),
-                        not_before_ms: now,
-                        not_after_ms: now.saturating_add(valid_for.saturating_mul(1000)),
-                        budget: budget.into_iter().collect(),
+                        allowed: crate::service::predicates_to_pb(&terms.allowed),
+                        max_uses: Some(terms.max_uses),
+                        not_before_ms: terms.not_before_ms,
+                        not_after_ms: terms.not_after_ms,
+                        budget: terms.budget.into_iter().collect(),
+                        customer_signature: signature,
                     })
                     .await
                     .map_err(grpc)?
@@ -516,12 +582,41 @@ impl Command {
                     hex::encode(r.terms_hash)
                 );
             }
+            Command::Consent {
+                identity,
+                record_id,
+                verifier,
+                terms,
+                out,
+            } => {
+                let me = yilian_identity::Identity::load(&identity)
+                    .with_context(|| format!("--identity {}", identity.display()))?;
+                let verifier = account(&verifier).context("--verifier")?;
+                let terms = terms.consent(record_id, verifier)?;
+                let countersignature = terms.sign(me.signing_key());
+                write_json(
+                    &out,
+                    &ConsentFile {
+                        terms,
+                        countersignature,
+                    },
+                )?;
+                println!(
+                    "wrote {}: give it to the record's holder (yilian zk grant --consent)",
+                    out.display()
+                );
+            }
             Command::Register {
                 conn,
                 record,
                 key_file,
                 wrap_key,
+                customer,
             } => {
+                let customer = customer
+                    .map(|c| account(&c).context("--customer"))
+                    .transpose()?
+                    .map_or_else(Vec::new, |c| c.to_vec());
                 let enc: EncryptedRecord = read_json(&record)?;
                 let text = zeroize::Zeroizing::new(
                     std::fs::read_to_string(&key_file)
@@ -548,6 +643,7 @@ impl Command {
                         record: Some((&enc).into()),
                         key,
                         wrap_key_id: wrap_key,
+                        customer,
                     })
                     .await
                     .map_err(grpc)?

@@ -69,6 +69,71 @@ pub struct QueryGrant {
     pub allowed: Vec<Predicate>,
     /// Per field, when not [`DEFAULT_BUDGET`].
     pub budget: BTreeMap<String, u32>,
+    /// The customer's own consent, for a record whose customer has an
+    /// identity: without it no grant is issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub countersignature: Option<Countersignature>,
+}
+
+/// What a record's customer countersigns: the grant's terms exactly as the
+/// holder asks the node for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub record_id: String,
+    #[serde(with = "hex::serde")]
+    pub verifier: [u8; 32],
+    pub allowed: Vec<Predicate>,
+    pub max_uses: u32,
+    pub not_before_ms: u64,
+    pub not_after_ms: u64,
+    pub budget: BTreeMap<String, u32>,
+}
+
+impl Consent {
+    /// SHA-256 of a domain tag and the canonical JSON of the terms: what the
+    /// customer signs.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"yilian/zk/consent/v1\0");
+        h.update(serde_json::to_vec(self).expect("consents serialise"));
+        h.finalize().into()
+    }
+
+    /// The customer's ed25519 signature of [`Self::digest`].
+    pub fn sign(&self, customer: &ed25519_dalek::SigningKey) -> Countersignature {
+        use ed25519_dalek::Signer;
+        Countersignature {
+            customer: customer.verifying_key().to_bytes(),
+            signature: customer.sign(&self.digest()).to_bytes().to_vec(),
+        }
+    }
+}
+
+/// A customer's signature of a [`Consent`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Countersignature {
+    #[serde(with = "hex::serde")]
+    pub customer: [u8; 32],
+    #[serde(with = "hex::serde")]
+    pub signature: Vec<u8>,
+}
+
+/// Checks that `customer`, the record's customer, signed exactly `terms`.
+pub fn check_countersignature(
+    customer: &[u8; 32],
+    terms: &Consent,
+    countersignature: Option<&Countersignature>,
+) -> Result<(), Refusal> {
+    let c = countersignature.ok_or_else(|| Refusal::NoCountersignature(terms.record_id.clone()))?;
+    let bad = || Refusal::BadCountersignature(terms.record_id.clone());
+    if &c.customer != customer {
+        return Err(bad());
+    }
+    let key = ed25519_dalek::VerifyingKey::from_bytes(customer).map_err(|_| bad())?;
+    let signature = ed25519_dalek::Signature::from_slice(&c.signature).map_err(|_| bad())?;
+    key.verify_strict(&terms.digest(), &signature)
+        .map_err(|_| bad())
 }
 
 impl QueryGrant {
@@ -102,6 +167,16 @@ pub enum Refusal {
     #[error("grant `{grant_id}` does not allow the predicate {predicate}")]
     NotAllowed { grant_id: String, predicate: String },
     #[error(
+        "record `{0}` has a customer with an identity: the grant needs the customer's countersignature of its terms (yilian zk consent)"
+    )]
+    NoCountersignature(String),
+    #[error(
+        "the countersignature is not record `{0}`'s customer's signature of these terms; the customer must sign exactly the terms asked for"
+    )]
+    BadCountersignature(String),
+    #[error("record `{0}`'s customer is no longer admitted: no grant can be countersigned")]
+    CustomerNotAdmitted(String),
+    #[error(
         "field `{field}`: {wanted} distinct constants would exceed its disclosure budget of {budget}"
     )]
     OverBudget {
@@ -121,6 +196,9 @@ impl Refusal {
             Refusal::OtherVerifier(_) => "other-verifier",
             Refusal::NotAllowed { .. } => "not-allowed",
             Refusal::OverBudget { .. } => "over-budget",
+            Refusal::NoCountersignature(_) => "no-countersignature",
+            Refusal::BadCountersignature(_) => "bad-countersignature",
+            Refusal::CustomerNotAdmitted(_) => "customer-not-admitted",
         }
     }
 }
@@ -279,7 +357,41 @@ mod tests {
             verifier: [2; 32],
             allowed,
             budget: BTreeMap::new(),
+            countersignature: None,
         }
+    }
+
+    #[test]
+    fn only_the_customers_signature_of_exactly_these_terms_countersigns() {
+        let customer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let me = customer.verifying_key().to_bytes();
+        let terms = Consent {
+            record_id: "r".into(),
+            verifier: [2; 32],
+            allowed: vec![gte(100)],
+            max_uses: 1,
+            not_before_ms: 0,
+            not_after_ms: 10,
+            budget: BTreeMap::new(),
+        };
+        let signed = terms.sign(&customer);
+        check_countersignature(&me, &terms, Some(&signed)).unwrap();
+        assert_eq!(
+            check_countersignature(&me, &terms, None),
+            Err(Refusal::NoCountersignature("r".into()))
+        );
+        let bad = Err(Refusal::BadCountersignature("r".into()));
+        let mut more = terms.clone();
+        more.max_uses = 2;
+        assert_eq!(check_countersignature(&me, &more, Some(&signed)), bad);
+        let stranger = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        assert_eq!(
+            check_countersignature(&me, &terms, Some(&terms.sign(&stranger))),
+            bad
+        );
+        let mut garbled = signed.clone();
+        garbled.signature.truncate(10);
+        assert_eq!(check_countersignature(&me, &terms, Some(&garbled)), bad);
     }
 
     #[test]

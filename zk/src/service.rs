@@ -998,10 +998,32 @@ impl ZkService {
         };
         // Refused before anything is sealed (and audited); put_record checks
         // again in its transaction.
-        if let Some((previous, _)) = self.inner.store.record(&record.record_id).ok().flatten()
-            && previous.holder != holder
-        {
-            return Err(ZkError::NotRecordHolder(record.record_id));
+        let customer = if req.customer.is_empty() {
+            None
+        } else {
+            let c = account(&req.customer, "customer")?;
+            match self.inner.ledger.member(&c) {
+                Some(m) if m.role == Role::Device && !m.revoked => Some(c),
+                _ => {
+                    return Err(ZkError::BadRequest(format!(
+                        "customer {}: not an admitted device identity; give the customer's certificate key, or leave it out",
+                        hex::encode(c)
+                    )));
+                }
+            }
+        };
+        if let Some((previous, _)) = self.inner.store.record(&record.record_id).ok().flatten() {
+            if previous.holder != holder {
+                return Err(ZkError::NotRecordHolder(record.record_id));
+            }
+            // The customer's say over its record is not the holder's to drop.
+            if previous.customer.is_some() && previous.customer != customer {
+                return Err(ZkError::BadRequest(format!(
+                    "customer: record `{}` belongs to customer {}; register it again with the same customer",
+                    record.record_id,
+                    hex::encode(previous.customer.unwrap_or_default())
+                )));
+            }
         }
         let kms = self.inner.kms.kms().await?;
         // A grant-only key is destroyed when its grants end, and every record
@@ -1027,6 +1049,7 @@ impl ZkService {
             holder,
             anchor_index: entry.index,
             record,
+            customer,
         };
         let replaced = self.inner.store.put_record(&stored, &sealed)?;
         tracing::info!(
@@ -1109,6 +1132,35 @@ impl ZkService {
         for p in &allowed {
             query::compile(&stored.record, std::slice::from_ref(p))?;
         }
+        let countersignature = match stored.customer {
+            None => None,
+            Some(customer) => {
+                if self
+                    .inner
+                    .ledger
+                    .member(&customer)
+                    .is_none_or(|m| m.revoked)
+                {
+                    return Err(consent::Refusal::CustomerNotAdmitted(req.record_id.clone()).into());
+                }
+                let terms = consent::Consent {
+                    record_id: req.record_id.clone(),
+                    verifier,
+                    allowed: allowed.clone(),
+                    max_uses,
+                    not_before_ms: req.not_before_ms,
+                    not_after_ms: req.not_after_ms,
+                    budget: req.budget.clone().into_iter().collect(),
+                };
+                let signed =
+                    (!req.customer_signature.is_empty()).then(|| consent::Countersignature {
+                        customer,
+                        signature: req.customer_signature.clone(),
+                    });
+                consent::check_countersignature(&customer, &terms, signed.as_ref())?;
+                signed
+            }
+        };
         let now = now_ms();
         let not_before_ms = if req.not_before_ms == 0 {
             now
@@ -1127,6 +1179,7 @@ impl ZkService {
             verifier,
             allowed,
             budget: req.budget.into_iter().collect(),
+            countersignature,
         };
         let disclosed = self.inner.store.disclosed(&req.record_id, &verifier)?;
         consent::check_terms(&grant, &disclosed)?;

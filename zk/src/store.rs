@@ -38,6 +38,28 @@ pub(crate) struct StoredRecord {
     pub holder: [u8; 32],
     pub anchor_index: u64,
     pub record: EncryptedRecord,
+    /// The customer whose countersignature every grant needs, if any.
+    #[serde(default, with = "customer_hex")]
+    pub customer: Option<[u8; 32]>,
+}
+
+mod customer_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(c: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            Some(c) => s.serialize_some(&hex::encode(c)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|h| {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(h, &mut out).map_err(serde::de::Error::custom)?;
+                Ok(out)
+            })
+            .transpose()
+    }
 }
 
 pub(crate) struct Store {

@@ -30,12 +30,14 @@ const NAMES: &[(&str, Role)] = &[
     ("other-holder", Role::DataHolder),
     ("verifier", Role::Verifier),
     ("auditor", Role::Auditor),
+    ("customer", Role::Device),
 ];
 const NODE: usize = 0;
 const HOLDER: usize = 1;
 const OTHER_HOLDER: usize = 2;
 const VERIFIER: usize = 3;
 const AUDITOR: usize = 4;
+const CUSTOMER: usize = 5;
 
 /// One single-party setup for the whole test binary (it takes seconds);
 /// each node gets a copy of the key files, as if it had made them before.
@@ -221,6 +223,7 @@ fn register_request(record: &EncryptedRecord, key: &[u8]) -> pb::RegisterRecordR
         record: Some(record.into()),
         key: key.to_vec(),
         wrap_key_id: wrap_key(HOLDER),
+        customer: Vec::new(),
     }
 }
 
@@ -271,6 +274,7 @@ fn grant_request(record_id: &str, net: &Net, allowed: &[Predicate], uses: u32) -
             .iter()
             .map(|p| (p.fields()[0].to_owned(), 16))
             .collect(),
+        customer_signature: Vec::new(),
     }
 }
 
@@ -683,6 +687,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
                 record: None,
                 key: good.clone(),
                 wrap_key_id: wrap_key(HOLDER),
+                customer: Vec::new(),
             },
         ),
         (
@@ -691,6 +696,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
                 record: Some(short_ciphertext),
                 key: good.clone(),
                 wrap_key_id: wrap_key(HOLDER),
+                customer: Vec::new(),
             },
         ),
         (
@@ -699,6 +705,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
                 record: Some(bad_nonce),
                 key: good.clone(),
                 wrap_key_id: wrap_key(HOLDER),
+                customer: Vec::new(),
             },
         ),
         (
@@ -707,6 +714,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
                 record: Some(duplicate_field),
                 key: good.clone(),
                 wrap_key_id: wrap_key(HOLDER),
+                customer: Vec::new(),
             },
         ),
     ];
@@ -1459,4 +1467,115 @@ async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anch
     assert_eq!(tonic::Status::from(e).code(), Code::FailedPrecondition);
     // Only the test's anchors were written: no verifying key was anchored.
     assert_eq!(net.ledger.len(), size + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_customer_is_granted_only_with_the_customers_countersignature() {
+    use yilian_zk::consent::Consent;
+    let net = net(true).await;
+    let key = zk_key();
+    let record = encrypt("customer-0009", "110101197001010099", &key);
+    anchor(&net, HOLDER, &record).await;
+    let mut holder = net.client(HOLDER).await;
+    let customer = net.ids[CUSTOMER].principal().public_key;
+    // Only an admitted device identity may be a record's customer.
+    let with_customer = |c: [u8; 32]| {
+        let mut r = register_request(&record, &key_bytes(&key));
+        r.customer = c.to_vec();
+        r
+    };
+    let e = holder
+        .register_record(with_customer(net.ids[VERIFIER].principal().public_key))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message().contains("not an admitted device identity"),
+        "{e:?}"
+    );
+    holder
+        .register_record(with_customer(customer))
+        .await
+        .unwrap();
+
+    let allowed = [Predicate::Gte {
+        field: "income".into(),
+        value: 100_000,
+    }];
+    let request = grant_request("customer-0009", &net, &allowed, 1);
+    let terms = Consent {
+        record_id: request.record_id.clone(),
+        verifier: net.ids[VERIFIER].principal().public_key,
+        allowed: allowed.to_vec(),
+        max_uses: 1,
+        not_before_ms: request.not_before_ms,
+        not_after_ms: request.not_after_ms,
+        budget: request.budget.clone().into_iter().collect(),
+    };
+    let signed = terms.sign(net.ids[CUSTOMER].signing_key()).signature;
+    let size = net.ledger.len();
+    for (what, req, reason) in [
+        (
+            "unsigned",
+            request.clone(),
+            "needs the customer's countersignature",
+        ),
+        (
+            "signed by another identity",
+            pb::GrantRequest {
+                customer_signature: terms.sign(net.ids[VERIFIER].signing_key()).signature,
+                ..request.clone()
+            },
+            "is not record `customer-0009`'s customer's signature",
+        ),
+        (
+            "signed for one use, asked for two",
+            pb::GrantRequest {
+                max_uses: Some(2),
+                customer_signature: signed.clone(),
+                ..request.clone()
+            },
+            "must sign exactly the terms",
+        ),
+        (
+            "a garbled signature",
+            pb::GrantRequest {
+                customer_signature: signed[..63].to_vec(),
+                ..request.clone()
+            },
+            "is not record `customer-0009`'s customer's signature",
+        ),
+    ] {
+        let e = holder.grant(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+        assert!(e.message().contains(reason), "{what}: {e:?}");
+    }
+    assert_eq!(net.ledger.len(), size, "refused grants change nothing");
+
+    let g = holder
+        .grant(pb::GrantRequest {
+            customer_signature: signed,
+            ..request
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut q = query("customer-0009", &allowed);
+    q.grant_id = g.grant_id;
+    let r = net
+        .client(VERIFIER)
+        .await
+        .query(q)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.answer);
+
+    // The holder cannot drop the customer by registering the record again.
+    let e = holder
+        .register_record(register_request(&record, &key_bytes(&key)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("belongs to customer"), "{e:?}");
 }
