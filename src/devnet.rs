@@ -720,6 +720,7 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
     // The customer countersigns each grant's terms on its device.
     let grant = |allowed: Vec<Predicate>, uses: u32| {
         let terms = yilian_zk::consent::Consent {
+            consent_id: format!("c-{}", hex::encode(rand::random::<[u8; 8]>())),
             record_id: "customer-0001".into(),
             verifier: bank.principal().public_key,
             allowed,
@@ -737,6 +738,7 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
             not_after_ms: terms.not_after_ms,
             budget: Default::default(),
             customer_signature: terms.sign(customer_id.signing_key()).signature,
+            consent_id: terms.consent_id,
         }
     };
     let unsigned = pb::GrantRequest {

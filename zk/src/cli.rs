@@ -234,10 +234,16 @@ impl GrantTerms {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as u64;
+        let allowed: Vec<query::Predicate> = read_json(&allow)?;
+        // Signed as the node will rebuild them from the wire (an OR inside
+        // an OR is flattened there).
+        let allowed =
+            crate::service::predicates_from_pb(&crate::service::predicates_to_pb(&allowed))?;
         Ok(consent::Consent {
+            consent_id: format!("c-{}", hex::encode(rand::random::<[u8; 16]>())),
             record_id,
             verifier,
-            allowed: read_json(&allow)?,
+            allowed,
             max_uses: self.uses,
             not_before_ms: now,
             not_after_ms: now.saturating_add(self.valid_for.saturating_mul(1000)),
@@ -571,6 +577,7 @@ impl Command {
                         not_after_ms: terms.not_after_ms,
                         budget: terms.budget.into_iter().collect(),
                         customer_signature: signature,
+                        consent_id: terms.consent_id,
                     })
                     .await
                     .map_err(grpc)?

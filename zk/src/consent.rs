@@ -79,6 +79,9 @@ pub struct QueryGrant {
 /// holder asks the node for them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consent {
+    /// Chosen by the customer, fresh for each consent: one consent issues
+    /// one grant, never more.
+    pub consent_id: String,
     pub record_id: String,
     #[serde(with = "hex::serde")]
     pub verifier: [u8; 32],
@@ -177,6 +180,10 @@ pub enum Refusal {
     #[error("record `{0}`'s customer is no longer admitted: no grant can be countersigned")]
     CustomerNotAdmitted(String),
     #[error(
+        "the customer's consent `{0}` was already used for a grant; the customer must consent again"
+    )]
+    ConsentUsed(String),
+    #[error(
         "field `{field}`: {wanted} distinct constants would exceed its disclosure budget of {budget}"
     )]
     OverBudget {
@@ -199,6 +206,7 @@ impl Refusal {
             Refusal::NoCountersignature(_) => "no-countersignature",
             Refusal::BadCountersignature(_) => "bad-countersignature",
             Refusal::CustomerNotAdmitted(_) => "customer-not-admitted",
+            Refusal::ConsentUsed(_) => "consent-used",
         }
     }
 }
@@ -366,6 +374,7 @@ mod tests {
         let customer = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let me = customer.verifying_key().to_bytes();
         let terms = Consent {
+            consent_id: "c1".into(),
             record_id: "r".into(),
             verifier: [2; 32],
             allowed: vec![gte(100)],

@@ -114,6 +114,18 @@ pub enum ZkError {
         phase: u8,
         index: u32,
     },
+    /// A phase that fewer distinct admitted members contributed to than
+    /// the node requires (a key one member made alone could be forged).
+    #[error(
+        "{}: phase {phase} has contributions from {have} distinct admitted members, at least {need} must contribute",
+        dir.display()
+    )]
+    CeremonyTooFewMembers {
+        dir: std::path::PathBuf,
+        phase: u8,
+        have: usize,
+        need: usize,
+    },
     #[error("powers-of-tau file: {0}")]
     Ptau(#[from] ceremony::ptau::PtauError),
     /// A setup ceremony's contribution or transcript that does not verify.
@@ -167,6 +179,7 @@ impl From<ZkError> for tonic::Status {
             | RecordKeyMissing(_)
             | NoKeys(_)
             | CeremonyNotAnchored { .. }
+            | CeremonyTooFewMembers { .. }
             | Ceremony(_) => Code::FailedPrecondition,
             // The ledger's and the KMS's own mappings: a refused anchor keeps
             // its code, a sealed KMS is Unavailable, a wrapping key the holder

@@ -826,6 +826,37 @@ impl ZkService {
                 })
                 .collect::<Result<Vec<_>>>()
         })?;
+        // No one member may make the whole key: each phase the members ran
+        // needs contributions from two admitted members (one, while the
+        // network has only one).
+        let admitted: Vec<[u8; 32]> = self
+            .inner
+            .ledger
+            .members()
+            .into_iter()
+            .filter(|(_, m)| m.role == Role::Member && !m.revoked)
+            .map(|(k, _)| k)
+            .collect();
+        let need = admitted.len().min(2);
+        for phase in [1u8, 2] {
+            let mut by: Vec<[u8; 32]> = steps
+                .iter()
+                .zip(&signers)
+                .filter(|(s, k)| s.phase == phase && admitted.contains(k))
+                .map(|(_, k)| *k)
+                .collect();
+            by.sort_unstable();
+            by.dedup();
+            let ran = steps.iter().any(|s| s.phase == phase);
+            if (ran || phase == 2) && by.len() < need {
+                return Err(ZkError::CeremonyTooFewMembers {
+                    dir: dir.to_owned(),
+                    phase,
+                    have: by.len(),
+                    need,
+                });
+            }
+        }
         let d = dir.to_owned();
         let (pk, verified) = blocking(move || {
             transcript::verify(
@@ -1143,7 +1174,13 @@ impl ZkService {
                 {
                     return Err(consent::Refusal::CustomerNotAdmitted(req.record_id.clone()).into());
                 }
+                if req.consent_id.is_empty() || req.consent_id.len() > MAX_GRANT_ID_LEN {
+                    return Err(ZkError::BadRequest(format!(
+                        "consent_id: give the customer's id of its consent (1 to {MAX_GRANT_ID_LEN} bytes)"
+                    )));
+                }
                 let terms = consent::Consent {
+                    consent_id: req.consent_id.clone(),
                     record_id: req.record_id.clone(),
                     verifier,
                     allowed: allowed.clone(),
@@ -1158,6 +1195,11 @@ impl ZkService {
                         signature: req.customer_signature.clone(),
                     });
                 consent::check_countersignature(&customer, &terms, signed.as_ref())?;
+                // Claimed before the grant is made: a failure after it
+                // spends the consent rather than letting it be replayed.
+                if !self.inner.store.claim_consent(&terms.digest())? {
+                    return Err(consent::Refusal::ConsentUsed(req.consent_id.clone()).into());
+                }
                 signed
             }
         };

@@ -28,6 +28,8 @@ const GRANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("query-gra
 /// (record id, verifier, field) -> the constants disclosed, JSON.
 const DISCLOSED: TableDefinition<'_, (&str, &[u8; 32], &str), &[u8]> =
     TableDefinition::new("disclosed");
+/// Digests of the customer consents grants were issued under: each once.
+const USED_CONSENTS: TableDefinition<'_, &[u8; 32], ()> = TableDefinition::new("used-consents");
 /// Set root -> members, 32-byte little-endian each, concatenated.
 const SETS: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("sets");
 
@@ -155,6 +157,16 @@ impl Store {
             .insert(grant.grant_id.as_str(), json.as_slice())?;
         txn.commit()?;
         Ok(())
+    }
+
+    /// Marks a customer consent used, durably; false if it already was.
+    pub fn claim_consent(&self, digest: &[u8; 32]) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let fresh = txn.open_table(USED_CONSENTS)?.insert(digest, ())?.is_none();
+        if fresh {
+            txn.commit()?;
+        }
+        Ok(fresh)
     }
 
     pub fn grant(&self, grant_id: &str) -> Result<Option<QueryGrant>> {

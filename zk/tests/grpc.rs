@@ -275,6 +275,7 @@ fn grant_request(record_id: &str, net: &Net, allowed: &[Predicate], uses: u32) -
             .map(|p| (p.fields()[0].to_owned(), 16))
             .collect(),
         customer_signature: Vec::new(),
+        consent_id: "c-1".into(),
     }
 }
 
@@ -1504,6 +1505,7 @@ async fn a_record_with_a_customer_is_granted_only_with_the_customers_countersign
     }];
     let request = grant_request("customer-0009", &net, &allowed, 1);
     let terms = Consent {
+        consent_id: request.consent_id.clone(),
         record_id: request.record_id.clone(),
         verifier: net.ids[VERIFIER].principal().public_key,
         allowed: allowed.to_vec(),
@@ -1552,14 +1554,21 @@ async fn a_record_with_a_customer_is_granted_only_with_the_customers_countersign
     }
     assert_eq!(net.ledger.len(), size, "refused grants change nothing");
 
+    let signed_request = pb::GrantRequest {
+        customer_signature: signed,
+        ..request
+    };
     let g = holder
-        .grant(pb::GrantRequest {
-            customer_signature: signed,
-            ..request
-        })
+        .grant(signed_request.clone())
         .await
         .unwrap()
         .into_inner();
+    // One consent, one grant: the holder cannot replay it for more.
+    let size = net.ledger.len();
+    let e = holder.grant(signed_request).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("already used"), "{e:?}");
+    assert_eq!(net.ledger.len(), size);
     let mut q = query("customer-0009", &allowed);
     q.grant_id = g.grant_id;
     let r = net
