@@ -1043,18 +1043,11 @@ impl ZkService {
                 }
             }
         };
-        if let Some((previous, _)) = self.inner.store.record(&record.record_id).ok().flatten() {
+        if let Some((previous, _)) = self.inner.store.record(&record.record_id)? {
             if previous.holder != holder {
                 return Err(ZkError::NotRecordHolder(record.record_id));
             }
-            // The customer's say over its record is not the holder's to drop.
-            if previous.customer.is_some() && previous.customer != customer {
-                return Err(ZkError::BadRequest(format!(
-                    "customer: record `{}` belongs to customer {}; register it again with the same customer",
-                    record.record_id,
-                    hex::encode(previous.customer.unwrap_or_default())
-                )));
-            }
+            crate::store::keeps_customer(&previous, customer)?;
         }
         let kms = self.inner.kms.kms().await?;
         // A grant-only key is destroyed when its grants end, and every record

@@ -64,6 +64,19 @@ mod customer_hex {
     }
 }
 
+/// A record's customer stays with it: re-registering may not drop or
+/// change it (the customer's say over its record is not the holder's).
+pub(crate) fn keeps_customer(previous: &StoredRecord, customer: Option<[u8; 32]>) -> Result<()> {
+    match previous.customer {
+        Some(c) if Some(c) != customer => Err(ZkError::BadRequest(format!(
+            "customer: record `{}` belongs to customer {}; register it again with the same customer",
+            previous.record.record_id,
+            hex::encode(c)
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) struct Store {
     db: Database,
 }
@@ -143,6 +156,13 @@ impl Store {
         {
             txn.abort()?;
             return Err(ZkError::NotRecordHolder(id.to_owned()));
+        }
+        if let Some(Err(e)) = previous
+            .as_ref()
+            .map(|p| keeps_customer(p, stored.customer))
+        {
+            txn.abort()?;
+            return Err(e);
         }
         txn.open_table(RECORDS)?.insert(id, json.as_slice())?;
         txn.open_table(SEALED_KEYS)?.insert(id, sealed_key)?;
