@@ -1,7 +1,23 @@
 // protoc comes from crates.io (protoc-bin-vendored), so a fresh machine needs nothing installed.
+const SECRET_MESSAGES: [&str; 6] = [
+    "GenerateDataKeyResponse",
+    "EncryptRequest",
+    "DecryptResponse",
+    "RecoverResponse",
+    "ZkKeyResponse",
+    "UnsealRequest",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // Messages that carry key material or plaintext get a redacting Debug
+    // and a zeroizing Drop by hand (src/service.rs, `secret_messages!`).
+    config.skip_debug(
+        SECRET_MESSAGES
+            .iter()
+            .map(|m| format!(".yilian.kms.v1.{m}")),
+    );
     tonic_prost_build::configure().compile_with_config(
         config,
         &["../proto/kms.proto"],

@@ -618,7 +618,7 @@ async fn ledger(cmd: LedgerCommand) -> Result<()> {
             if let Some(p) = inclusion {
                 let b: InclusionBundle = network::read_json(&p)?;
                 let (tx, who) = b
-                    .verify_cosigned(members, min)
+                    .verify_against_trusted(&cp.body, members, min)
                     .with_context(|| format!("inclusion proof {} REFUSED", p.display()))?;
                 println!(
                     "OK: entry {} ({}) is in the log of size {} with root {}, cosigned by {} ({} needed): {}",
@@ -637,12 +637,32 @@ async fn ledger(cmd: LedgerCommand) -> Result<()> {
                 );
             } else if let Some(p) = consistency {
                 let b: ConsistencyBundle = network::read_json(&p)?;
-                b.verify_cosigned(members, min)
-                    .with_context(|| format!("consistency proof {} REFUSED", p.display()))?;
-                println!(
-                    "OK: the log of size {} is a prefix of the log of size {}, both cosigned by at least {min} members",
-                    b.proof.old_size, b.proof.new_size
-                );
+                let end = b
+                    .verify_from_trusted(&cp.body, members, min)
+                    .with_context(|| {
+                        format!(
+                            "consistency proof {} REFUSED; fetch one from the head in {} with `yilian ledger consistency --old {}`",
+                            p.display(),
+                            head.display(),
+                            head.display()
+                        )
+                    })?;
+                let (old, new) = (b.proof.old_size, b.proof.new_size);
+                let root = |c: &Option<yilian_ledger::checkpoint::Checkpoint>| {
+                    hex::encode(c.as_ref().map(|c| c.body.root).unwrap_or_default())
+                };
+                match end {
+                    yilian_ledger::bundle::TrustedEnd::Old => println!(
+                        "OK: the trusted log of size {old} (root {}) is a prefix of the log of size {new} (root {}), cosigned by at least {min} members",
+                        root(&b.old_checkpoint),
+                        root(&b.new_checkpoint)
+                    ),
+                    yilian_ledger::bundle::TrustedEnd::New => println!(
+                        "OK: the log of size {old} (root {}) is a prefix of the trusted log of size {new} (root {}), cosigned by at least {min} members",
+                        root(&b.old_checkpoint),
+                        root(&b.new_checkpoint)
+                    ),
+                }
             } else {
                 anyhow::bail!("nothing to verify: give --inclusion FILE or --consistency FILE");
             }

@@ -184,9 +184,61 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     );
     let out = ok(&["ledger", "verify", "--head", h, "--consistency", c]);
     assert!(
-        out.contains("OK: the log of size 5 is a prefix of the log of size 6"),
+        out.contains("OK: the trusted log of size 5 (root "),
         "{out}"
     );
+    assert!(
+        out.contains(") is a prefix of the log of size 6 (root "),
+        "{out}"
+    );
+    // Trusting the newer head, the same proof shows the older one is its prefix.
+    let head6 = tmp.path().join("head6.json");
+    let h6 = head6.to_str().unwrap();
+    let save_head = |out: &str| {
+        ok(&[
+            "ledger",
+            "head",
+            "--node",
+            &listen,
+            "--identity",
+            a,
+            "--out",
+            out,
+        ])
+    };
+    save_head(h6);
+    let out = ok(&["ledger", "verify", "--head", h6, "--consistency", c]);
+    assert!(
+        out.contains(") is a prefix of the trusted log of size 6 (root "),
+        "{out}"
+    );
+    // A valid proof that reaches neither end of what the verifier trusts
+    // proves nothing about it: refused, saying what to fetch instead.
+    ok(&[
+        "ledger",
+        "note",
+        "--node",
+        &listen,
+        "--identity",
+        a,
+        "--topic",
+        "kyc",
+        "--body",
+        "again",
+    ]);
+    let head7 = tmp.path().join("head7.json");
+    let h7 = head7.to_str().unwrap();
+    save_head(h7);
+    let out = yilian(&["ledger", "verify", "--head", h7, "--consistency", c]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "the proof runs from size 5 to size 6 and neither end is the trusted head of size 7"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("yilian ledger consistency --old"), "{err}");
 
     // Tampering with the proof file is caught.
     let mut bundle: serde_json::Value =
@@ -224,7 +276,7 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
 
     let m = http_get(metrics, "/metrics");
     assert!(m.contains("yilian_ledger_appended_total"), "{m}");
-    assert!(m.contains("yilian_ledger_size 6"), "{m}");
+    assert!(m.contains("yilian_ledger_size 7"), "{m}");
 
     // While the node runs, the local ledger file is in use: a clear error.
     let out = yilian(&[

@@ -54,6 +54,15 @@ impl AuditLog for VerifiedSubmitAudit {
     fn trail(&self, _: &AccountId, _: Option<&str>) -> yilian_kms::Result<Vec<VerifiedAudit>> {
         Ok(Vec::new())
     }
+    fn admission(&self, account: &AccountId) -> Option<yilian_kms::policy::Admission> {
+        self.ledger
+            .member(account)
+            .map(|m| yilian_kms::policy::Admission {
+                role: m.role,
+                revoked: m.revoked,
+                not_after_ms: m.not_after_ms,
+            })
+    }
 }
 
 /// The baseline only: an audit log that keeps nothing.
@@ -66,6 +75,9 @@ impl AuditLog for NoAudit {
     }
     fn trail(&self, _: &AccountId, _: Option<&str>) -> yilian_kms::Result<Vec<VerifiedAudit>> {
         Ok(Vec::new())
+    }
+    fn admission(&self, _: &AccountId) -> Option<yilian_kms::policy::Admission> {
+        None
     }
 }
 
@@ -160,7 +172,8 @@ async fn run(addr: &str, owner: &Identity, op: Op, clients: usize, secs: f64) ->
         c0.generate_data_key("bench", b"ctx", None)
             .await
             .unwrap()
-            .wrapped,
+            .wrapped
+            .clone(),
     );
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();

@@ -13,7 +13,7 @@ use yilian_ledger::bundle::{BUNDLE_VERSION, InclusionBundle};
 use yilian_ledger::{Ledger, OwnTransaction, Payload, SignedTransaction, Transaction};
 
 use crate::error::{KmsError, Result};
-use crate::policy::AccountId;
+use crate::policy::{AccountId, Admission};
 
 /// One audited operation. Contains identifiers and a request hash, never key
 /// material or plaintext.
@@ -43,6 +43,10 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Every record about `owner`'s keys (optionally one key), each verified.
     fn trail(&self, owner: &AccountId, key_id: Option<&str>) -> Result<Vec<VerifiedAudit>>;
+
+    /// How `account` stands on the network the audit is kept on (the
+    /// ledger's admissions and revocations); `None` if it was never admitted.
+    fn admission(&self, account: &AccountId) -> Option<Admission>;
 }
 
 /// Audit on the Yilian ledger, signed by the node's identity.
@@ -194,5 +198,13 @@ impl AuditLog for LedgerAudit {
 
     fn trail(&self, owner: &AccountId, key_id: Option<&str>) -> Result<Vec<VerifiedAudit>> {
         self.verified_trail(owner, key_id)
+    }
+
+    fn admission(&self, account: &AccountId) -> Option<Admission> {
+        self.ledger.member(account).map(|m| Admission {
+            role: m.role,
+            revoked: m.revoked,
+            not_after_ms: m.not_after_ms,
+        })
     }
 }

@@ -175,6 +175,9 @@ pub enum Command {
         trustees: Vec<String>,
         #[arg(long)]
         threshold: u32,
+        /// Replace the key's existing escrow with this one (audited).
+        #[arg(long)]
+        replace: bool,
     },
     /// Open a recovery of an escrowed key for a recipient.
     StartRecovery {
@@ -408,13 +411,14 @@ impl Command {
                 key_id,
                 trustees,
                 threshold,
+                replace,
             } => {
                 let (mut c, _) = conn.client().await?;
                 let t = trustees
                     .iter()
                     .map(|s| account(s))
                     .collect::<Result<Vec<_>>>()?;
-                let pkg = c.escrow(&key_id, &t, threshold).await?;
+                let pkg = c.escrow(&key_id, &t, threshold, replace).await?;
                 print_json(&serde_json::json!({
                     "key_id": pkg.key_id, "key_version": pkg.key_version, "threshold": pkg.threshold,
                     "trustees": pkg.trustees.iter().map(hex::encode).collect::<Vec<_>>(),
@@ -446,12 +450,12 @@ impl Command {
             }
             Command::Recover { conn, recovery_id } => {
                 let (mut c, _) = conn.client().await?;
-                let k = c
+                let mut k = c
                     .raw
                     .recover(pb::RecoveryRef { recovery_id })
                     .await?
                     .into_inner();
-                let k = crate::secret::SecretBytes::new(k.key);
+                let k = crate::secret::SecretBytes::new(std::mem::take(&mut k.key));
                 println!("{}", hex::encode(k.expose()));
             }
             Command::Grant {
@@ -528,8 +532,8 @@ impl Command {
                 reveal,
             } => {
                 let (mut c, _) = conn.client().await?;
-                let z = c.raw.zk_key(pb::KeyRef { key_id }).await?.into_inner();
-                let elements = crate::secret::SecretBytes::new(z.elements);
+                let mut z = c.raw.zk_key(pb::KeyRef { key_id }).await?.into_inner();
+                let elements = crate::secret::SecretBytes::new(std::mem::take(&mut z.elements));
                 let mut v = serde_json::json!({"commitment": hex::encode(&z.commitment)});
                 if reveal {
                     v["elements"] = hex::encode(elements.expose()).into();
@@ -558,7 +562,7 @@ impl Command {
                     "Give each operator one share; any {threshold} unseal the node. Shown once."
                 );
                 for s in shares {
-                    println!("{}", &*s);
+                    println!("{}", s.expose());
                 }
             }
         }

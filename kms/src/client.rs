@@ -96,7 +96,7 @@ impl Client {
         context: &[u8],
         grant_id: Option<&str>,
     ) -> Result<SecretBytes, tonic::Status> {
-        let r = self
+        let mut r = self
             .raw
             .decrypt(pb::DecryptRequest {
                 envelope: envelope.to_vec(),
@@ -105,7 +105,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(SecretBytes::new(r.plaintext))
+        Ok(SecretBytes::new(std::mem::take(&mut r.plaintext)))
     }
 
     pub async fn escrow(
@@ -113,6 +113,7 @@ impl Client {
         key_id: &str,
         trustees: &[AccountId],
         threshold: u32,
+        replace: bool,
     ) -> Result<EscrowPackage> {
         let r = self
             .raw
@@ -120,6 +121,7 @@ impl Client {
                 key_id: key_id.into(),
                 trustees: trustees.iter().map(|t| t.to_vec()).collect(),
                 threshold,
+                replace,
             })
             .await?
             .into_inner();

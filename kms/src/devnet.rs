@@ -48,7 +48,7 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
         .iter()
         .map(|t| t.principal().public_key)
         .collect();
-    let pkg = owner.escrow(key_id, &trustees, 2).await?;
+    let pkg = owner.escrow(key_id, &trustees, 2, false).await?;
     for t in cast.trustees {
         pkg.open_share(t.signing_key())
             .context("a trustee's share fails its Feldman check")?;
@@ -127,15 +127,14 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
         .approve_recovery(cast.trustees[0], &rec.recovery_id)
         .await;
     ensure!(dup.is_err(), "a duplicate approval was accepted");
-    let key = recipient
+    let recovered = recipient
         .raw
         .recover(crate::service::pb::RecoveryRef {
             recovery_id: rec.recovery_id.clone(),
         })
         .await?
-        .into_inner()
-        .key;
-    let key = Key32::from_slice(&key).context("recovered key is not 32 bytes")?;
+        .into_inner();
+    let key = Key32::from_slice(&recovered.key).context("recovered key is not 32 bytes")?;
     let pt = Envelope::decode(&secret)?.open(&key, &owner_pk, b"note-7")?;
     ensure!(
         pt.expose() == b"vault combination 31-4-15",

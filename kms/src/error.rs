@@ -4,6 +4,7 @@
 use crate::policy::Operation;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum KmsError {
     #[error("unknown key `{0}`")]
     UnknownKey(String),
@@ -80,6 +81,22 @@ pub enum KmsError {
     UnknownRecovery(String),
     #[error("identity {0} is not a trustee of this escrow")]
     NotTrustee(String),
+    #[error(
+        "trustee {account} is {}; name identities admitted with the trustee role",
+        role.as_ref().map_or("not an admitted identity".to_owned(), |r| format!("admitted as {r}, not as a trustee"))
+    )]
+    TrusteeNotAdmitted {
+        account: String,
+        role: Option<String>,
+    },
+    #[error("identity {0} has been revoked")]
+    IdentityRevoked(String),
+    #[error("identity {0}'s admission has expired")]
+    IdentityExpired(String),
+    #[error(
+        "key `{0}` is already escrowed; replacing its escrow must be asked for explicitly (--replace)"
+    )]
+    EscrowExists(String),
     #[error("trustee {0} has already approved this recovery")]
     DuplicateApproval(String),
     #[error("approval signature does not verify for this recovery")]
@@ -140,6 +157,10 @@ impl KmsError {
             NotOwner(_) | WrongRole { .. } | NotGrantee(_) | NotTrustee(_) | NotRecipient(_) => {
                 "denied"
             }
+            TrusteeNotAdmitted { .. } => "trustee-not-admitted",
+            IdentityRevoked(_) => "identity-revoked",
+            IdentityExpired(_) => "identity-expired",
+            EscrowExists(_) => "escrow-exists",
             VersionRetired { .. } => "retired",
             KeyDestroyed(_) => "destroyed",
             WrongKeyKind { .. } => "wrong-kind",
@@ -208,7 +229,11 @@ impl From<KmsError> for tonic::Status {
             | DuplicateApproval(_)
             | RecoveryIncomplete { .. }
             | RecoveryCompleted(_)
-            | DuplicateUnsealShare(_) => Code::FailedPrecondition,
+            | DuplicateUnsealShare(_)
+            | TrusteeNotAdmitted { .. }
+            | IdentityRevoked(_)
+            | IdentityExpired(_) => Code::FailedPrecondition,
+            EscrowExists(_) => Code::AlreadyExists,
             Sealed | AuditFailed(_) => Code::Unavailable,
             WrongRootKey | EscrowCorrupt | Storage(_) | Corrupt(_) | Random => Code::Internal,
         };

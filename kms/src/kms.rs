@@ -838,6 +838,11 @@ impl<A: AuditLog> Kms<A> {
             k.record.check_owner(caller)?;
             k.record.check_alive()?;
             terms.validate()?;
+            policy::check_reader(
+                &terms.reader,
+                self.inner.audit.admission(&terms.reader).as_ref(),
+                (self.inner.clock)(),
+            )?;
             let grant = GrantRecord {
                 grant_id: random_id("g")?,
                 key_id: key_id.to_owned(),
@@ -997,12 +1002,18 @@ impl<A: AuditLog> Kms<A> {
     // -------------------------------------------------------------- escrow
 
     /// Escrows the newest version of a key to `trustees`, `threshold` of whom can recover it.
+    ///
+    /// Every trustee must be an admitted, current identity with the trustee
+    /// role. A key that is already escrowed keeps its escrow unless
+    /// `replace` asks for the new one explicitly (audited as
+    /// `replace-escrow`); the checks above make sure the new set can recover.
     pub async fn escrow(
         &self,
         caller: &Caller,
         key_id: &str,
         trustees: &[AccountId],
         threshold: usize,
+        replace: bool,
     ) -> Result<EscrowPackage> {
         let mut hash_parts: Vec<&[u8]> = vec![b"escrow", key_id.as_bytes()];
         let t_bytes = (threshold as u32).to_be_bytes();
@@ -1010,13 +1021,25 @@ impl<A: AuditLog> Kms<A> {
         for t in trustees {
             hash_parts.push(t);
         }
-        let base = self.base(caller, "escrow", key_id, None, request_hash(&hash_parts));
+        let operation = if replace { "replace-escrow" } else { "escrow" };
+        let base = self.base(caller, operation, key_id, None, request_hash(&hash_parts));
         let _w = self.inner.writer.lock().await;
         let decided = (|| {
             policy::check_owner_role(caller, "escrow keys")?;
             let k = self.cached(key_id)?;
             k.record.check_owner(caller)?;
             k.record.check_alive()?;
+            let now = (self.inner.clock)();
+            for t in trustees {
+                policy::check_trustee(t, self.inner.audit.admission(t).as_ref(), now)?;
+            }
+            let existing: Option<EscrowPackage> = self.read(ESCROWS, key_id)?;
+            if existing.is_some() && !replace {
+                return Err(KmsError::EscrowExists(key_id.to_owned()));
+            }
+            if existing.is_none() && replace {
+                return Err(KmsError::UnknownEscrow(key_id.to_owned()));
+            }
             let version = k.record.latest();
             let pkg = EscrowPackage::create(
                 key_id,

@@ -183,6 +183,56 @@ pub fn check_owner_role(caller: &Caller, action: &'static str) -> Result<()> {
     }
 }
 
+/// Where an identity stands on the network, as the ledger lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    pub role: Role,
+    pub revoked: bool,
+    pub not_after_ms: u64,
+}
+
+impl Admission {
+    fn check_current(&self, account: &AccountId, now_ms: u64) -> Result<()> {
+        if self.revoked {
+            return Err(KmsError::IdentityRevoked(hex::encode(account)));
+        }
+        if self.not_after_ms < now_ms {
+            return Err(KmsError::IdentityExpired(hex::encode(account)));
+        }
+        Ok(())
+    }
+}
+
+/// A grant's reader must not be an identity the network has revoked or
+/// whose admission has expired: such a grant could never be used, and
+/// accepting it silently hides the mistake.
+pub fn check_reader(reader: &AccountId, admission: Option<&Admission>, now_ms: u64) -> Result<()> {
+    admission.map_or(Ok(()), |a| a.check_current(reader, now_ms))
+}
+
+/// Every trustee of an escrow must be admitted with the trustee role and
+/// still current, or its share would be one that can never approve, and a
+/// t-of-n escrow could silently be unrecoverable.
+pub fn check_trustee(
+    trustee: &AccountId,
+    admission: Option<&Admission>,
+    now_ms: u64,
+) -> Result<()> {
+    let Some(a) = admission else {
+        return Err(KmsError::TrusteeNotAdmitted {
+            account: hex::encode(trustee),
+            role: None,
+        });
+    };
+    if a.role != Role::Trustee {
+        return Err(KmsError::TrusteeNotAdmitted {
+            account: hex::encode(trustee),
+            role: Some(a.role.to_string()),
+        });
+    }
+    a.check_current(trustee, now_ms)
+}
+
 /// Only trustees approve recoveries.
 pub fn check_trustee_role(caller: &Caller) -> Result<()> {
     match caller.role {
@@ -458,6 +508,44 @@ mod tests {
         let mut not_grant_only = key.clone();
         not_grant_only.grant_only = false;
         assert!(!grant_only_key_is_dead(&not_grant_only, &[g], 2_000));
+    }
+
+    #[test]
+    fn trustees_and_readers_must_stand_on_the_network() {
+        let a = [7u8; 32];
+        let adm = |role, revoked, not_after_ms| Admission {
+            role,
+            revoked,
+            not_after_ms,
+        };
+        let now = 1_000;
+        assert!(check_trustee(&a, Some(&adm(Role::Trustee, false, now)), now).is_ok());
+        assert!(matches!(
+            check_trustee(&a, None, now),
+            Err(KmsError::TrusteeNotAdmitted { role: None, .. })
+        ));
+        assert!(matches!(
+            check_trustee(&a, Some(&adm(Role::Member, false, now)), now),
+            Err(KmsError::TrusteeNotAdmitted { role: Some(r), .. }) if r == "member"
+        ));
+        assert!(matches!(
+            check_trustee(&a, Some(&adm(Role::Trustee, true, now)), now),
+            Err(KmsError::IdentityRevoked(_))
+        ));
+        assert!(matches!(
+            check_trustee(&a, Some(&adm(Role::Trustee, false, now - 1)), now),
+            Err(KmsError::IdentityExpired(_))
+        ));
+        // A reader the ledger does not list is left to the grant's use.
+        assert!(check_reader(&a, None, now).is_ok());
+        assert!(matches!(
+            check_reader(&a, Some(&adm(Role::Verifier, true, now)), now),
+            Err(KmsError::IdentityRevoked(_))
+        ));
+        assert!(matches!(
+            check_reader(&a, Some(&adm(Role::Verifier, false, now - 1)), now),
+            Err(KmsError::IdentityExpired(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto;
 use crate::error::{KmsError, Result};
-use crate::secret::Key32;
+use crate::secret::{Key32, UnsealShare};
 
 type Share = DefaultShare<IdentifierPrimeField<Scalar>, IdentifierPrimeField<Scalar>>;
 
@@ -25,7 +25,7 @@ fn root_from_secret(s: &Scalar) -> Key32 {
 
 /// Creates a new root key and splits it into `n` operator shares, any
 /// `threshold` of which unseal. Shares are text: `yilian-unseal-v1:<t>:<hex>`.
-pub fn split_root_key(threshold: usize, n: usize) -> Result<(Key32, Vec<Zeroizing<String>>)> {
+pub fn split_root_key(threshold: usize, n: usize) -> Result<(Key32, Vec<UnsealShare>)> {
     if threshold < 1 || threshold > n || n > 255 {
         return Err(KmsError::BadEscrowParameters {
             threshold,
@@ -56,7 +56,7 @@ pub fn split_root_key(threshold: usize, n: usize) -> Result<(Key32, Vec<Zeroizin
         .map(|sh| {
             let mut raw = Zeroizing::new(sh.identifier.0.to_bytes().to_vec());
             raw.extend_from_slice(&sh.value.0.to_bytes());
-            Zeroizing::new(format!("{SHARE_PREFIX}:{threshold}:{}", hex::encode(&*raw)))
+            UnsealShare::new(format!("{SHARE_PREFIX}:{threshold}:{}", hex::encode(&*raw)))
         })
         .collect();
     Ok((root_from_secret(&s), text))
@@ -191,9 +191,9 @@ mod tests {
     fn three_of_five_unseal() {
         let (root, shares) = split_root_key(3, 5).unwrap();
         let mut u = Unsealer::new();
-        assert!(u.add(&shares[4]).unwrap().is_none());
+        assert!(u.add(shares[4].expose()).unwrap().is_none());
         assert!(matches!(
-            u.add(&shares[4]),
+            u.add(shares[4].expose()),
             Err(KmsError::DuplicateUnsealShare(_))
         ));
         assert!(matches!(
@@ -201,10 +201,14 @@ mod tests {
             Err(KmsError::BadUnsealShare)
         ));
         assert!(matches!(u.add("nonsense"), Err(KmsError::BadUnsealShare)));
-        assert!(u.add(&shares[1]).unwrap().is_none());
+        assert!(u.add(shares[1].expose()).unwrap().is_none());
         assert_eq!(u.progress(), (2, Some(3)));
-        let got = u.add(&shares[2]).unwrap().unwrap();
+        let got = u.add(shares[2].expose()).unwrap().unwrap();
         assert_eq!(got.expose(), root.expose());
+        // A share never prints through Debug.
+        let shown = format!("{:?}", shares[0]);
+        assert_eq!(shown, "UnsealShare(<redacted>)");
+        assert!(!shown.contains(&shares[0].expose()[20..]));
     }
 
     #[test]

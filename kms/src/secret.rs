@@ -70,6 +70,25 @@ impl fmt::Debug for SecretBytes {
     }
 }
 
+/// An operator's unseal share, as text (`yilian-unseal-v1:<t>:<hex>`).
+pub struct UnsealShare(Zeroizing<String>);
+
+impl UnsealShare {
+    pub(crate) fn new(text: String) -> Self {
+        UnsealShare(Zeroizing::new(text))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for UnsealShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UnsealShare(<redacted>)")
+    }
+}
+
 impl Zeroize for SecretBytes {
     fn zeroize(&mut self) {
         self.0.zeroize();

@@ -22,6 +22,35 @@ use crate::secret::Key32;
 
 pub mod pb {
     tonic::include_proto!("yilian.kms.v1");
+
+    /// The messages that carry key material, plaintext or unseal shares
+    /// (listed in build.rs, which leaves their Debug out): their secret
+    /// fields print as lengths only and are zeroized when the message is
+    /// dropped, after it is encoded for the wire or decoded from it.
+    macro_rules! secret_messages {
+        ($($msg:ident { $($field:ident),+ }),+ $(,)?) => {$(
+            impl std::fmt::Debug for $msg {
+                fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    let mut d = f.debug_struct(stringify!($msg));
+                    $(d.field(stringify!($field), &format_args!("<redacted, {} bytes>", self.$field.len()));)+
+                    d.finish_non_exhaustive()
+                }
+            }
+            impl Drop for $msg {
+                fn drop(&mut self) {
+                    $(zeroize::Zeroize::zeroize(&mut self.$field);)+
+                }
+            }
+        )+};
+    }
+    secret_messages!(
+        GenerateDataKeyResponse { plaintext },
+        EncryptRequest { plaintext },
+        DecryptResponse { plaintext },
+        RecoverResponse { key },
+        ZkKeyResponse { elements },
+        UnsealRequest { share },
+    );
 }
 
 pub use pb::kms_client::KmsClient;
@@ -377,7 +406,7 @@ impl<A: AuditLog + Clone> pb::kms_server::Kms for KmsService<A> {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let kms = self.node.kms().await?;
         let pkg = kms
-            .escrow(&c, &r.key_id, &trustees, r.threshold as usize)
+            .escrow(&c, &r.key_id, &trustees, r.threshold as usize, r.replace)
             .await?;
         Ok(Response::new(package(&pkg)))
     }

@@ -27,7 +27,7 @@ const NAMES: &[(&str, Role)] = &[
     ("heir", Role::Member),
 ];
 
-async fn net(sealed: bool) -> (Net, Option<Vec<zeroize::Zeroizing<String>>>) {
+async fn net(sealed: bool) -> (Net, Option<Vec<yilian_kms::secret::UnsealShare>>) {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("kms-test").unwrap();
     let ids: Vec<Identity> = NAMES
@@ -145,7 +145,7 @@ async fn a_sealed_node_refuses_until_operators_unseal_it() {
     let e = guest
         .raw
         .unseal(pb::UnsealRequest {
-            share: shares[0].to_string(),
+            share: shares[0].expose().to_owned(),
         })
         .await
         .unwrap_err();
@@ -161,7 +161,7 @@ async fn a_sealed_node_refuses_until_operators_unseal_it() {
     let r = owner
         .raw
         .unseal(pb::UnsealRequest {
-            share: shares[2].to_string(),
+            share: shares[2].expose().to_owned(),
         })
         .await
         .unwrap()
@@ -171,7 +171,7 @@ async fn a_sealed_node_refuses_until_operators_unseal_it() {
     let r = owner
         .raw
         .unseal(pb::UnsealRequest {
-            share: shares[0].to_string(),
+            share: shares[0].expose().to_owned(),
         })
         .await
         .unwrap()

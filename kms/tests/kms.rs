@@ -479,6 +479,9 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         .map(|t| t.verifying_key().to_bytes())
         .collect();
     let tc: Vec<_> = trustees.iter().map(|t| caller(t, Role::Trustee)).collect();
+    for t in &trustees[..2] {
+        env.admit(t, Role::Trustee).await;
+    }
     let recipient_key = key();
     let recipient = caller(&recipient_key, Role::Member);
     kms.create_key(&owner, "vault", KeyKind::Aes256Gcm, false)
@@ -490,14 +493,65 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         .unwrap();
 
     assert!(matches!(
-        kms.escrow(&tc[0], "vault", &t_pub, 2).await,
+        kms.escrow(&tc[0], "vault", &t_pub, 2, false).await,
         Err(KmsError::WrongRole { .. })
     ));
+    // Trustees must be admitted, with the trustee role: one never admitted,
+    // then one admitted as a verifier, is refused by name, and nothing is escrowed.
+    let not_admitted = kms.escrow(&owner, "vault", &t_pub, 2, false).await;
+    assert!(
+        matches!(
+            &not_admitted,
+            Err(KmsError::TrusteeNotAdmitted { role: None, .. })
+        ),
+        "{not_admitted:?}"
+    );
+    assert!(not_admitted.unwrap_err().to_string().contains(&format!(
+        "trustee {} is not an admitted identity",
+        hex::encode(t_pub[2])
+    )));
+    env.admit(&trustees[2], Role::Verifier).await;
+    let wrong_role = kms.escrow(&owner, "vault", &t_pub, 2, false).await;
+    assert!(wrong_role.unwrap_err().to_string().contains(
+        "is admitted as verifier, not as a trustee; name identities admitted with the trustee role"
+    ));
     assert!(matches!(
-        kms.escrow(&owner, "vault", &t_pub, 4).await,
+        kms.escrow_package(&owner, "vault"),
+        Err(KmsError::UnknownEscrow(_))
+    ));
+    let t_pub = {
+        let mut t = t_pub;
+        let third = key();
+        env.admit(&third, Role::Trustee).await;
+        t[2] = third.verifying_key().to_bytes();
+        t
+    };
+    let mut trustees = trustees;
+    assert!(matches!(
+        kms.escrow(&owner, "vault", &t_pub, 4, false).await,
         Err(KmsError::BadEscrowParameters { .. })
     ));
-    let pkg = kms.escrow(&owner, "vault", &t_pub, 2).await.unwrap();
+    assert!(matches!(
+        kms.escrow(&owner, "vault", &t_pub, 2, true).await,
+        Err(KmsError::UnknownEscrow(_))
+    ));
+    let first = kms.escrow(&owner, "vault", &t_pub, 2, false).await.unwrap();
+    // A second escrow never silently replaces a working one.
+    assert!(matches!(
+        kms.escrow(&owner, "vault", &t_pub, 3, false).await,
+        Err(KmsError::EscrowExists(_))
+    ));
+    assert_eq!(kms.escrow_package(&owner, "vault").unwrap(), first);
+    // Replacing is explicit, and the new set (all admitted trustees) can recover.
+    trustees[2] = key();
+    env.admit(&trustees[2], Role::Trustee).await;
+    let t_pub: Vec<[u8; 32]> = trustees
+        .iter()
+        .map(|t| t.verifying_key().to_bytes())
+        .collect();
+    let tc: Vec<_> = trustees.iter().map(|t| caller(t, Role::Trustee)).collect();
+    let pkg = kms.escrow(&owner, "vault", &t_pub, 2, true).await.unwrap();
+    assert_ne!(pkg, first);
     // Each trustee checks its share against the Feldman commitments.
     let shares: Vec<_> = trustees
         .iter()
@@ -620,7 +674,23 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         .audit_log()
         .trail(&owner.account, Some("vault"))
         .unwrap();
-    for op in ["escrow", "start-recovery", "approve-recovery", "recover"] {
+    assert!(
+        trail
+            .iter()
+            .any(|a| a.entry.operation == "escrow" && a.entry.outcome == "escrow-exists")
+    );
+    assert!(
+        trail
+            .iter()
+            .any(|a| a.entry.operation == "escrow" && a.entry.outcome == "trustee-not-admitted")
+    );
+    for op in [
+        "escrow",
+        "replace-escrow",
+        "start-recovery",
+        "approve-recovery",
+        "recover",
+    ] {
         assert!(
             trail
                 .iter()
@@ -804,4 +874,88 @@ async fn zk_keys_carry_a_poseidon_commitment() {
             .await,
         Err(KmsError::NotOwner(_))
     ));
+}
+
+#[tokio::test]
+async fn a_grant_to_a_revoked_identity_is_refused_and_changes_nothing() {
+    let env = Env::new().await;
+    let kms = env.open();
+    let owner = caller(&key(), Role::Member);
+    let reader_key = key();
+    env.admit(&reader_key, Role::Verifier).await;
+    kms.create_key(&owner, "record", KeyKind::Aes256Gcm, false)
+        .await
+        .unwrap();
+    let terms = GrantTerms {
+        reader: reader_key.verifying_key().to_bytes(),
+        not_before_ms: 0,
+        not_after_ms: u64::MAX,
+        max_uses: 1,
+        operations: vec![Operation::Decrypt],
+        required_context: None,
+    };
+    env.revoke(&reader_key).await;
+    let refused = kms.grant(&owner, "record", terms.clone()).await;
+    let err = refused.unwrap_err();
+    assert!(matches!(err, KmsError::IdentityRevoked(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "identity {} has been revoked",
+            hex::encode(reader_key.verifying_key().to_bytes())
+        )
+    );
+    assert_eq!(
+        tonic::Status::from(err).code(),
+        tonic::Code::FailedPrecondition
+    );
+    assert!(kms.grants_for_key("record").unwrap().is_empty());
+    let trail = kms
+        .audit_log()
+        .trail(&owner.account, Some("record"))
+        .unwrap();
+    assert!(
+        trail
+            .iter()
+            .any(|a| a.entry.operation == "grant" && a.entry.outcome == "identity-revoked"),
+        "the refusal is audited"
+    );
+}
+
+#[test]
+fn wire_messages_that_carry_secrets_print_only_lengths() {
+    use yilian_kms::service::pb;
+    let secret = b"correct horse battery staple".to_vec();
+    let shown = [
+        format!(
+            "{:?}",
+            pb::DecryptResponse {
+                plaintext: secret.clone()
+            }
+        ),
+        format!(
+            "{:?}",
+            pb::GenerateDataKeyResponse {
+                plaintext: secret.clone(),
+                wrapped: vec![1, 2],
+                key_version: 1
+            }
+        ),
+        format!(
+            "{:?}",
+            pb::RecoverResponse {
+                key: secret.clone()
+            }
+        ),
+        format!(
+            "{:?}",
+            pb::UnsealRequest {
+                share: String::from_utf8(secret.clone()).unwrap()
+            }
+        ),
+    ];
+    for s in &shown {
+        assert!(s.contains("<redacted, 28 bytes>"), "{s}");
+        assert!(!s.contains("horse") && !s.contains("99, 111, 114"), "{s}");
+    }
 }

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, Cosigner};
+use crate::checkpoint::{Checkpoint, CheckpointBody, Cosigner};
 use crate::head::SignedTreeHead;
 use crate::merkle::{self, ConsistencyProof, InclusionProof, leaf_hash};
 use crate::tx::{AccountId, SignedTransaction};
@@ -98,6 +98,22 @@ impl InclusionBundle {
         merkle::verify_inclusion(&leaf_hash(&self.entry), &self.proof, &cp.body.root)?;
         Ok((tx, who))
     }
+
+    /// [`Self::verify_cosigned`], refusing a checkpoint of the trusted
+    /// head's size with another root (members equivocated).
+    pub fn verify_against_trusted(
+        &self,
+        trusted: &CheckpointBody,
+        cosigners: &[Cosigner],
+        min: usize,
+    ) -> Result<(SignedTransaction, Vec<String>)> {
+        let verified = self.verify_cosigned(cosigners, min)?;
+        let cp = &self.checkpoint.as_ref().expect("verified").body;
+        if cp.size == trusted.size && cp.root != trusted.root {
+            return Err(LedgerError::ForkedHeads { size: cp.size });
+        }
+        Ok(verified)
+    }
 }
 
 impl ConsistencyBundle {
@@ -119,6 +135,47 @@ impl ConsistencyBundle {
         merkle::verify_consistency(&self.proof, &old.body.root, &new.body.root)?;
         Ok(())
     }
+
+    /// [`Self::verify_cosigned`], and one end of the proof must be the head
+    /// the verifier already trusts: otherwise the proof, valid or not, says
+    /// nothing about it. Returns which end it is.
+    pub fn verify_from_trusted(
+        &self,
+        trusted: &CheckpointBody,
+        cosigners: &[Cosigner],
+        min: usize,
+    ) -> Result<TrustedEnd> {
+        self.verify_cosigned(cosigners, min)?;
+        let (old, new) = (
+            &self.old_checkpoint.as_ref().expect("verified").body,
+            &self.new_checkpoint.as_ref().expect("verified").body,
+        );
+        for end in [old, new] {
+            if end.size == trusted.size && end.root != trusted.root {
+                return Err(LedgerError::ForkedHeads { size: end.size });
+            }
+        }
+        if old == trusted {
+            Ok(TrustedEnd::Old)
+        } else if new == trusted {
+            Ok(TrustedEnd::New)
+        } else {
+            Err(LedgerError::ProofMissesTrustedHead {
+                trusted: trusted.size,
+                old: old.size,
+                new: new.size,
+            })
+        }
+    }
+}
+
+/// Which end of a consistency proof is the head the verifier trusts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustedEnd {
+    /// The trusted head's log is a prefix of the proof's newer head.
+    Old,
+    /// The proof's older head is a prefix of the trusted head's log.
+    New,
 }
 
 impl ConsistencyBundle {

@@ -117,6 +117,16 @@ pub enum LedgerError {
     LastMember,
     #[error("peer message: {0}")]
     PeerMessage(String),
+    /// A consistency proof whose ends are both other than the head the
+    /// verifier trusts proves nothing about that head.
+    #[error(
+        "the proof runs from size {old} to size {new} and neither end is the trusted head of size {trusted}"
+    )]
+    ProofMissesTrustedHead { trusted: u64, old: u64, new: u64 },
+    /// Two heads cosigned by a quorum for one size with different roots:
+    /// evidence that members equivocated.
+    #[error("two cosigned heads of size {size} have different roots")]
+    ForkedHeads { size: u64 },
 }
 
 impl LedgerError {
@@ -136,7 +146,10 @@ impl LedgerError {
             LedgerError::InsufficientBalance { .. } | LedgerError::BalanceOverflow => "balance",
             LedgerError::NoGenesis | LedgerError::GenesisMisplaced => "genesis",
             LedgerError::EntryNotFound { .. } => "not-found",
-            LedgerError::Proof(_) | LedgerError::EntryMismatch => "proof",
+            LedgerError::Proof(_)
+            | LedgerError::EntryMismatch
+            | LedgerError::ProofMissesTrustedHead { .. } => "proof",
+            LedgerError::ForkedHeads { .. } => "equivocation",
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Closed => "storage",
             LedgerError::NotLeader { .. } | LedgerError::NoQuorum { .. } => "unavailable",
             LedgerError::Consensus(_) => "consensus",
@@ -178,7 +191,10 @@ impl From<LedgerError> for tonic::Status {
             LedgerError::Proof(ProofError::IndexOutOfRange { .. })
             | LedgerError::Proof(ProofError::SizeOutOfRange { .. })
             | LedgerError::Proof(ProofError::SizesReversed { .. }) => Code::OutOfRange,
-            LedgerError::Proof(_) | LedgerError::EntryMismatch => Code::InvalidArgument,
+            LedgerError::Proof(_)
+            | LedgerError::EntryMismatch
+            | LedgerError::ProofMissesTrustedHead { .. } => Code::InvalidArgument,
+            LedgerError::ForkedHeads { .. } => Code::DataLoss,
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Consensus(_) => {
                 Code::Internal
             }

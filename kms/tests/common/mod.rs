@@ -18,6 +18,7 @@ pub fn key() -> SigningKey {
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub ledger: Ledger,
+    pub authority: SigningKey,
     pub node: SigningKey,
     pub now: Arc<AtomicU64>,
     pub root: yilian_kms::Key32,
@@ -58,10 +59,42 @@ impl Env {
         Env {
             dir,
             ledger,
+            authority,
             node,
             now: Arc::new(AtomicU64::new(T0)),
             root: yilian_kms::crypto::random_key().unwrap(),
         }
+    }
+
+    /// Admits `k` on the ledger with `role`, as the admission authority does.
+    pub async fn admit(&self, k: &SigningKey, role: Role) {
+        self.ledger
+            .submit(
+                Transaction::new(Payload::Admit {
+                    org: "test".into(),
+                    role,
+                    name: hex::encode(&k.verifying_key().to_bytes()[..4]),
+                    public_key: k.verifying_key().to_bytes(),
+                    serial: k.verifying_key().to_bytes()[..8].to_vec(),
+                    not_after_ms: u64::MAX,
+                })
+                .sign(&self.authority),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn revoke(&self, k: &SigningKey) {
+        self.ledger
+            .submit(
+                Transaction::new(Payload::Revoke {
+                    public_key: k.verifying_key().to_bytes(),
+                    reason: "test".into(),
+                })
+                .sign(&self.authority),
+            )
+            .await
+            .unwrap();
     }
 
     pub fn clock(&self) -> yilian_kms::Clock {
