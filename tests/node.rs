@@ -127,6 +127,13 @@ async fn admitted_clients_are_served_and_others_refused_at_the_handshake() {
         .unwrap();
     let msg = refusal(&net.addr, &stolen_id).await;
     assert!(msg.contains("CertificateRevoked"), "{msg}");
+    // The connection it already had is cut too: the node closes it on the
+    // revocation, and the channel's reconnect is refused at the handshake.
+    let cut = stolen.tree_head().await;
+    assert!(
+        cut.is_err(),
+        "a revoked identity's live connection still served: {cut:?}"
+    );
     // And its signature no longer writes to the ledger, even relayed by someone else.
     let note = Transaction::new(Payload::Note {
         topic: "t".into(),

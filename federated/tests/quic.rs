@@ -450,3 +450,52 @@ async fn buffered_secure_aggregation_over_quic_trains_and_pays() {
         .accuracy;
     assert!(acc > 0.85, "accuracy {acc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_device_closes_its_live_quic_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::create("fl-test").unwrap();
+    admit(&ca, Role::Member, "node-1", dir.path());
+    let device = admit(&ca, Role::Device, "dev-0", dir.path());
+    let other = admit(&ca, Role::Device, "dev-1", dir.path());
+    let revoked = RevocationList::default();
+    let node = Coordinator::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        Identity::load(&dir.path().join("node-1")).unwrap(),
+        revoked.clone(),
+        None,
+        &dir.path().join("coordinator"),
+    )
+    .await
+    .unwrap();
+    let addr = node.local_addr().unwrap();
+    let dial = |id: &Identity| {
+        let endpoint = agent::client_endpoint(id).unwrap();
+        async move { agent::connect(&endpoint, addr, "localhost").await.unwrap() }
+    };
+    let (conn, _tx, _rx) = dial(&device).await;
+    let (bystander, _tx2, _rx2) = dial(&other).await;
+    revoked.revoke(&device.principal().serial);
+    // A hang guard only: the close is expected at once.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(60), conn.closed())
+        .await
+        .expect("the revoked device's connection stays open");
+    match closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, yilian_federated::coordinator::REVOKED.into());
+            assert_eq!(&c.reason[..], b"certificate revoked");
+        }
+        e => panic!("closed for another reason: {e}"),
+    }
+    // Another device's connection is untouched.
+    assert!(bystander.close_reason().is_none());
+    // And the revoked device cannot connect again: in TLS 1.3 the client
+    // may finish its side first, but the node refuses its certificate.
+    let endpoint = agent::client_endpoint(&device).unwrap();
+    if let Ok((again, _, _)) = agent::connect(&endpoint, addr, "localhost").await {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(60), again.closed())
+            .await
+            .expect("a revoked device's new connection stays open");
+        assert!(e.to_string().contains("revoked"), "{e}");
+    }
+}

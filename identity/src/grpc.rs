@@ -29,10 +29,33 @@ pub struct Peer {
     pub remote: Option<SocketAddr>,
 }
 
-/// A TLS stream whose client certificate has been verified.
+/// A TLS stream whose client certificate has been verified. It fails its
+/// next read or write, and wakes an idle reader, once the peer's
+/// certificate is revoked: revocation cuts live sessions, not only new ones.
 pub struct AdmittedStream {
     inner: TlsStream<TcpStream>,
     peer: Peer,
+    revoked: RevocationList,
+    changes: tokio_stream::wrappers::WatchStream<u64>,
+}
+
+impl AdmittedStream {
+    /// The error to end the connection with, if the peer has been revoked
+    /// since the last look.
+    fn cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        use tokio_stream::Stream as _;
+        let mut changed = false;
+        while let Poll::Ready(Some(_)) = Pin::new(&mut self.changes).poll_next(cx) {
+            changed = true;
+        }
+        (changed && self.revoked.is_revoked(&self.peer.principal.serial)).then(|| {
+            tracing::warn!(principal = %self.peer.principal, "closing the connection of a revoked certificate");
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the peer's certificate has been revoked",
+            )
+        })
+    }
 }
 
 impl Connected for AdmittedStream {
@@ -48,6 +71,9 @@ impl AsyncRead for AdmittedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -58,6 +84,9 @@ impl AsyncWrite for AdmittedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -71,12 +100,22 @@ impl AsyncWrite for AdmittedStream {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 }
+
+/// A client that has not finished its TLS handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// TLS handshakes in progress at once; further connections wait to be accepted.
+const MAX_HANDSHAKES: usize = 256;
+const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake
 /// (with an admitted, unrevoked client certificate) succeeds. Handshakes run
@@ -86,16 +125,30 @@ pub fn incoming(
     id: &Identity,
     revoked: RevocationList,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<AdmittedStream>>> {
-    let mut cfg = server_config(id, revoked)?;
+    let mut cfg = server_config(id, revoked.clone())?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
+            // A free handshake slot first: a flood of half-open
+            // connections waits in the kernel's backlog, not in memory.
+            let Ok(slot) = handshakes.clone().acquire_owned().await else {
+                break;
+            };
             let (tcp, remote) = match listener.accept().await {
-                Ok(c) => c,
+                Ok(c) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    c
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: retrying at once
+                    // would spin on the same error.
+                    tracing::warn!(error = %e, ?backoff, "accept failed; retrying after a pause");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             };
@@ -104,15 +157,22 @@ pub fn incoming(
             }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let revoked = revoked.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let tls = match acceptor.accept(tcp).await {
-                    Ok(tls) => tls,
-                    Err(e) => {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
                         return;
                     }
+                    Err(_) => {
+                        tracing::info!(%remote, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                        return;
+                    }
                 };
+                drop(slot);
                 let principal = tls
                     .get_ref()
                     .1
@@ -127,7 +187,19 @@ pub fn incoming(
                     principal,
                     remote: Some(remote),
                 };
-                let _ = tx.send(Ok(AdmittedStream { inner: tls, peer })).await;
+                let changes = tokio_stream::wrappers::WatchStream::from_changes(revoked.changes());
+                // A revocation between the handshake and the watch above.
+                if revoked.is_revoked(&peer.principal.serial) {
+                    return;
+                }
+                let _ = tx
+                    .send(Ok(AdmittedStream {
+                        inner: tls,
+                        peer,
+                        revoked,
+                        changes,
+                    }))
+                    .await;
             });
         }
     });

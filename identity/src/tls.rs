@@ -21,25 +21,53 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use crate::{Identity, IdentityError, Principal, Result, Role};
 
 /// Serials of revoked certificates, shared between the ledger (which records
-/// revocations) and every TLS server (which refuses them at the handshake).
-#[derive(Clone, Default, Debug)]
-pub struct RevocationList(Arc<RwLock<HashSet<Vec<u8>>>>);
+/// revocations) and every TLS server (which refuses them at the handshake
+/// and cuts the connections they already have: [`RevocationList::changes`]).
+#[derive(Clone, Debug)]
+pub struct RevocationList(Arc<Revocations>);
+
+#[derive(Debug)]
+struct Revocations {
+    serials: RwLock<HashSet<Vec<u8>>>,
+    /// How many revocations there have been; live connections watch it.
+    count: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RevocationList {
+    fn default() -> Self {
+        RevocationList(Arc::new(Revocations {
+            serials: RwLock::default(),
+            count: tokio::sync::watch::Sender::new(0),
+        }))
+    }
+}
 
 impl RevocationList {
     pub fn revoke(&self, serial: &[u8]) {
-        self.0
+        let fresh = self
+            .0
+            .serials
             .write()
             .expect("revocation list lock")
             .insert(serial.to_vec());
+        if fresh {
+            self.0.count.send_modify(|c| *c += 1);
+        }
     }
     pub fn is_revoked(&self, serial: &[u8]) -> bool {
         self.0
+            .serials
             .read()
             .expect("revocation list lock")
             .contains(serial)
     }
+    /// Wakes on every new revocation, so a connection can check whether
+    /// its own peer is the one revoked and close.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.count.subscribe()
+    }
     pub fn len(&self) -> usize {
-        self.0.read().expect("revocation list lock").len()
+        self.0.serials.read().expect("revocation list lock").len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

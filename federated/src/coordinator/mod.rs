@@ -222,7 +222,7 @@ impl Coordinator {
                 evaluations.insert(id, EvaluationTask { machine, model });
             }
         }
-        let endpoint = quinn::Endpoint::server(server_config(&identity, revoked)?, addr)?;
+        let endpoint = quinn::Endpoint::server(server_config(&identity, revoked.clone())?, addr)?;
         let (events, rx) = mpsc::channel(ENGINE_QUEUE);
         let shared = Arc::new(Shared {
             events,
@@ -255,8 +255,9 @@ impl Coordinator {
                 let conn = ids.fetch_add(1, Ordering::Relaxed);
                 let events = s.events.clone();
                 drop(s);
+                let revoked = revoked.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(conn, events, incoming).await {
+                    if let Err(e) = connection(conn, events, incoming, revoked).await {
                         tracing::debug!(conn, "connection ended: {e}");
                     }
                 });
@@ -772,13 +773,40 @@ async fn write_queue(
     conn.close(0u32.into(), b"done");
 }
 
+/// QUIC application error code for a connection closed because its peer's
+/// certificate was revoked after the handshake.
+pub const REVOKED: u32 = 0x52;
+
+/// Closes `conn` as soon as `principal`'s certificate is revoked; ends with
+/// the connection.
+async fn close_when_revoked(
+    conn: quinn::Connection,
+    principal: Principal,
+    revoked: RevocationList,
+) {
+    let mut changes = revoked.changes();
+    loop {
+        if revoked.is_revoked(&principal.serial) {
+            tracing::warn!(%principal, "closing the QUIC connection of a revoked certificate");
+            conn.close(REVOKED.into(), b"certificate revoked");
+            return;
+        }
+        tokio::select! {
+            _ = conn.closed() => return,
+            r = changes.changed() => if r.is_err() { return },
+        }
+    }
+}
+
 async fn connection(
     id: ConnId,
     events: mpsc::Sender<Event>,
     incoming: quinn::Incoming,
+    revoked: RevocationList,
 ) -> Result<(), FlError> {
     let conn = incoming.await?;
     let principal = peer_principal(&conn).ok_or(FlError::NoClientCertificate)?;
+    tokio::spawn(close_when_revoked(conn.clone(), principal.clone(), revoked));
     let (send, mut recv) = conn.accept_bi().await?;
     let (tx, rx) = mpsc::channel(CONNECTION_QUEUE);
     tokio::spawn(write_queue(conn.clone(), send, rx));
