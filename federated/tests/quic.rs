@@ -320,6 +320,16 @@ async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
             "validation_csv",
         ),
         (
+            "oversized model",
+            base.replace(
+                "layers = [{ linear = { out = 2 } }",
+                "layers = [{ linear = { out = 100000000 } }, { linear = { out = 2 } }",
+            ),
+            csv.clone(),
+            tonic::Code::InvalidArgument,
+            "the model is too large",
+        ),
+        (
             "not a csv",
             base.clone(),
             b"\xff\x00 not a table".to_vec(),

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong with data, specs, weights and exported models.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
     Io {
@@ -34,6 +35,8 @@ pub enum ModelError {
     },
     #[error("model spec has no layers")]
     NoLayers,
+    #[error("the model is too large: {what} would exceed {limit}; make the layers smaller")]
+    TooLarge { what: &'static str, limit: usize },
     #[error("expected {expected} weights for this model, got {found}")]
     WeightCount { expected: usize, found: usize },
     #[error("data has {found} features but the model takes {expected}")]

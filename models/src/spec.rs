@@ -13,6 +13,21 @@ use crate::ModelError;
 /// The spec format version this build reads and writes.
 pub const SPEC_VERSION: u32 = 1;
 
+/// The most weights a model may have: 2^26 f32 values, 256 MiB, which is
+/// what one model transfer may carry. Engineers submit specs, so a spec
+/// must not be able to make a node allocate without bound.
+pub const MAX_PARAMS: usize = 1 << 26;
+/// The most values any layer may produce for one sample.
+pub const MAX_ACTIVATIONS: usize = 1 << 24;
+
+/// The number of elements of `shape`, if it fits under `limit`.
+fn elements(shape: &[usize], limit: usize) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= limit)
+}
+
 /// One layer. Shapes exclude the batch dimension.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -141,7 +156,8 @@ impl ModelSpec {
 
     /// Number of input features (the product of the input shape).
     pub fn input_features(&self) -> usize {
-        self.input.iter().product()
+        // Saturating: a spec too large to count fails `shapes` anyway.
+        elements(&self.input, usize::MAX).unwrap_or(usize::MAX)
     }
 
     /// Checks every layer against the shape it receives and returns the
@@ -163,6 +179,12 @@ impl ModelSpec {
                 layer: "input",
                 input: shape,
                 reason: "the input shape needs at least one non-zero dimension",
+            });
+        }
+        if elements(&shape, MAX_ACTIVATIONS).is_none() {
+            return Err(ModelError::TooLarge {
+                what: "the input's values per sample",
+                limit: MAX_ACTIVATIONS,
             });
         }
         let mut out = Vec::with_capacity(self.layers.len());
@@ -194,14 +216,19 @@ impl ModelSpec {
                     if out_channels == 0 || kernel == 0 {
                         return Err(bad("conv2d needs channels and a kernel"));
                     }
-                    if h + 2 * padding < kernel || w + 2 * padding < kernel {
+                    let padded = |side: usize| {
+                        padding
+                            .checked_mul(2)
+                            .and_then(|p| p.checked_add(side))
+                            .filter(|&s| s <= MAX_ACTIVATIONS)
+                    };
+                    let (Some(ph), Some(pw)) = (padded(h), padded(w)) else {
+                        return Err(bad("padding too large"));
+                    };
+                    if ph < kernel || pw < kernel {
                         return Err(bad("kernel larger than the padded input"));
                     }
-                    vec![
-                        out_channels,
-                        h + 2 * padding - kernel + 1,
-                        w + 2 * padding - kernel + 1,
-                    ]
+                    vec![out_channels, ph - kernel + 1, pw - kernel + 1]
                 }
                 Layer::MaxPool { size } => {
                     let [c, h, w] = shape[..] else {
@@ -212,7 +239,7 @@ impl ModelSpec {
                     }
                     vec![c, h / size, w / size]
                 }
-                Layer::Flatten => vec![shape.iter().product()],
+                Layer::Flatten => vec![elements(&shape, usize::MAX).unwrap_or(usize::MAX)],
                 Layer::Relu => shape.clone(),
                 Layer::Dropout { p } => {
                     if !(0.0..1.0).contains(&p) {
@@ -230,6 +257,12 @@ impl ModelSpec {
                     shape.clone()
                 }
             };
+            if elements(&shape, MAX_ACTIVATIONS).is_none() {
+                return Err(ModelError::TooLarge {
+                    what: "a layer's values per sample",
+                    limit: MAX_ACTIVATIONS,
+                });
+            }
             out.push(shape.clone());
         }
         if out.last().is_some_and(|s| s.len() != 1) {
@@ -252,9 +285,15 @@ impl ModelSpec {
     pub fn params(&self) -> Result<Vec<ParamShape>, ModelError> {
         let shapes = self.shapes()?;
         let mut params = Vec::new();
-        let mut offset = 0;
+        let mut offset = 0usize;
+        let too_large = || ModelError::TooLarge {
+            what: "the number of weights",
+            limit: MAX_PARAMS,
+        };
         let mut push = |name: String, layer: usize, shape: Vec<usize>, fan_in: usize| {
-            let len: usize = shape.iter().product();
+            let total = elements(&shape, MAX_PARAMS)
+                .and_then(|len| offset.checked_add(len))
+                .filter(|&t| t <= MAX_PARAMS);
             params.push(ParamShape {
                 name,
                 layer,
@@ -262,7 +301,8 @@ impl ModelSpec {
                 offset,
                 fan_in,
             });
-            offset += len;
+            offset = total.ok_or(())?;
+            Ok::<(), ()>(())
         };
         for (i, layer) in self.layers.iter().enumerate() {
             let input = if i == 0 { &self.input } else { &shapes[i - 1] };
@@ -273,22 +313,25 @@ impl ModelSpec {
                         i,
                         vec![out, input[0]],
                         input[0],
-                    );
-                    push(format!("layers.{i}.bias"), i, vec![out], input[0]);
+                    )
+                    .and_then(|()| push(format!("layers.{i}.bias"), i, vec![out], input[0]))
+                    .map_err(|()| too_large())?;
                 }
                 Layer::Conv2d {
                     out_channels,
                     kernel,
                     ..
                 } => {
-                    let fan_in = input[0] * kernel * kernel;
+                    let fan_in =
+                        elements(&[input[0], kernel, kernel], MAX_PARAMS).ok_or_else(too_large)?;
                     push(
                         format!("layers.{i}.weight"),
                         i,
                         vec![out_channels, input[0], kernel, kernel],
                         fan_in,
-                    );
-                    push(format!("layers.{i}.bias"), i, vec![out_channels], fan_in);
+                    )
+                    .and_then(|()| push(format!("layers.{i}.bias"), i, vec![out_channels], fan_in))
+                    .map_err(|()| too_large())?;
                 }
                 _ => {}
             }
@@ -322,6 +365,66 @@ impl ModelSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversized_or_overflowing_specs_are_refused_by_name() {
+        let linear = |input: Vec<usize>, out: usize| ModelSpec {
+            version: SPEC_VERSION,
+            input,
+            layers: vec![Layer::Linear { out }],
+        };
+        // 2^20 inputs to 2^20 outputs: 2^40 weights.
+        let e = linear(vec![1 << 20], 1 << 20).param_count().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the model is too large: the number of weights would exceed {MAX_PARAMS}; make the layers smaller"
+            )
+        );
+        // Products that overflow usize are refused, not wrapped or panicked on.
+        let e = linear(vec![usize::MAX, 2], 1).shapes().unwrap_err();
+        assert!(matches!(e, ModelError::TooLarge { .. }), "{e}");
+        let e = linear(vec![usize::MAX / 2 + 1], usize::MAX)
+            .param_count()
+            .unwrap_err();
+        assert!(matches!(e, ModelError::TooLarge { .. }), "{e}");
+        let conv = ModelSpec {
+            version: SPEC_VERSION,
+            input: vec![1, 8, 8],
+            layers: vec![
+                Layer::Conv2d {
+                    out_channels: 1,
+                    kernel: 3,
+                    padding: usize::MAX / 2,
+                },
+                Layer::Flatten,
+                Layer::Linear { out: 2 },
+            ],
+        };
+        assert!(matches!(
+            conv.shapes(),
+            Err(ModelError::BadLayer {
+                reason: "padding too large",
+                ..
+            })
+        ));
+        let wide = ModelSpec {
+            version: SPEC_VERSION,
+            input: vec![1, 8, 8],
+            layers: vec![
+                Layer::Conv2d {
+                    out_channels: 1 << 20,
+                    kernel: 3,
+                    padding: 1,
+                },
+                Layer::Flatten,
+                Layer::Linear { out: 2 },
+            ],
+        };
+        assert!(matches!(wide.shapes(), Err(ModelError::TooLarge { .. })));
+        assert_eq!(wide.input_features(), 64);
+        assert_eq!(linear(vec![usize::MAX, 2], 1).input_features(), usize::MAX);
+    }
 
     #[test]
     fn builtins_have_expected_parameter_counts() {
