@@ -567,7 +567,7 @@ struct Inner {
     index: Mutex<LedgerIndex>,
     /// Per shape, in [`Shape::ALL`]'s order.
     keys: [tokio::sync::OnceCell<Arc<StatementKeys>>; 3],
-    sets: Mutex<HashMap<[u8; 32], Arc<SortedSet>>>,
+    sets: Mutex<SetCache>,
     /// Proving is CPU- and memory-heavy: at most one per core at a time.
     provers: tokio::sync::Semaphore,
     /// Seals record keys at rest under their holders' master keys.
@@ -744,7 +744,7 @@ impl ZkService {
                 store,
                 index: Mutex::new(LedgerIndex::default()),
                 keys: Default::default(),
-                sets: Mutex::new(HashMap::new()),
+                sets: Mutex::new(SetCache::default()),
                 provers: tokio::sync::Semaphore::new(cores),
                 kms,
                 consent_locks: Mutex::new(HashMap::new()),
@@ -953,11 +953,12 @@ impl ZkService {
     }
 
     fn cached_set(&self, root: &[u8; 32]) -> Option<Arc<SortedSet>> {
-        let sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
-        sets.get(root).cloned()
+        let mut sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
+        sets.get(root)
     }
 
     fn cache_set(&self, root: [u8; 32], set: Arc<SortedSet>) {
+        // Evicted sets are rebuilt from the store on their next query.
         let mut sets = self.inner.sets.lock().unwrap_or_else(|p| p.into_inner());
         sets.insert(root, set);
     }
@@ -1687,10 +1688,87 @@ impl pb::zk_server::Zk for ZkService {
     }
 }
 
+/// Sets built for proving, the most recently used kept, so that data
+/// holders registering many sets cannot grow the node's memory without
+/// bound.
+struct SetCache {
+    sets: HashMap<[u8; 32], (Arc<SortedSet>, u64)>,
+    clock: u64,
+    capacity: usize,
+}
+
+/// Sets kept built in memory at once.
+const CACHED_SETS: usize = 64;
+
+impl Default for SetCache {
+    fn default() -> Self {
+        SetCache::with_capacity(CACHED_SETS)
+    }
+}
+
+impl SetCache {
+    fn with_capacity(capacity: usize) -> Self {
+        SetCache {
+            sets: HashMap::new(),
+            clock: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn get(&mut self, root: &[u8; 32]) -> Option<Arc<SortedSet>> {
+        self.clock += 1;
+        let now = self.clock;
+        self.sets.get_mut(root).map(|(set, used)| {
+            *used = now;
+            set.clone()
+        })
+    }
+
+    fn insert(&mut self, root: [u8; 32], set: Arc<SortedSet>) {
+        self.clock += 1;
+        if !self.sets.contains_key(&root)
+            && self.sets.len() >= self.capacity
+            && let Some(oldest) = self
+                .sets
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+        {
+            self.sets.remove(&oldest);
+        }
+        self.sets.insert(root, (set, self.clock));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.sets.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_set_cache_keeps_the_most_recently_used_within_its_capacity() {
+        use ark_bn254::Fr;
+        let set = |n: u64| Arc::new(SortedSet::build(&[Fr::from(n), Fr::from(n + 1)]).unwrap());
+        let root = |n: u8| [n; 32];
+        let mut cache = SetCache::with_capacity(2);
+        cache.insert(root(1), set(1));
+        cache.insert(root(2), set(2));
+        assert!(cache.get(&root(1)).is_some());
+        // Full: the least recently used (2) goes, not the one just read.
+        cache.insert(root(3), set(3));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&root(2)).is_none());
+        assert!(cache.get(&root(1)).is_some() && cache.get(&root(3)).is_some());
+        // Re-inserting a cached set evicts nothing.
+        cache.insert(root(3), set(3));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(&root(1)).is_some());
+    }
 
     #[test]
     fn predicates_cross_the_wire_with_their_ors_and_field_comparisons() {
