@@ -1,11 +1,12 @@
 // protoc comes from crates.io (protoc-bin-vendored), so a fresh machine needs nothing installed.
-const SECRET_MESSAGES: [&str; 6] = [
+const SECRET_MESSAGES: [&str; 7] = [
     "GenerateDataKeyResponse",
     "EncryptRequest",
     "DecryptResponse",
     "RecoverResponse",
     "ZkKeyResponse",
     "UnsealRequest",
+    "ApproveRecoveryRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -37,6 +37,8 @@ pub struct AdmittedStream {
     peer: Peer,
     revoked: RevocationList,
     changes: tokio_stream::wrappers::WatchStream<u64>,
+    /// Set once the peer is found revoked: every later poll fails too.
+    cut: bool,
 }
 
 impl AdmittedStream {
@@ -44,17 +46,25 @@ impl AdmittedStream {
     /// since the last look.
     fn cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
         use tokio_stream::Stream as _;
-        let mut changed = false;
-        while let Poll::Ready(Some(_)) = Pin::new(&mut self.changes).poll_next(cx) {
-            changed = true;
-        }
-        (changed && self.revoked.is_revoked(&self.peer.principal.serial)).then(|| {
-            tracing::warn!(principal = %self.peer.principal, "closing the connection of a revoked certificate");
+        let revoked = || {
             std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 "the peer's certificate has been revoked",
             )
-        })
+        };
+        if self.cut {
+            return Some(revoked());
+        }
+        let mut changed = false;
+        while let Poll::Ready(Some(_)) = Pin::new(&mut self.changes).poll_next(cx) {
+            changed = true;
+        }
+        if changed && self.revoked.is_revoked(&self.peer.principal.serial) {
+            tracing::warn!(principal = %self.peer.principal, "closing the connection of a revoked certificate");
+            self.cut = true;
+            return Some(revoked());
+        }
+        None
     }
 }
 
@@ -112,8 +122,6 @@ impl AsyncWrite for AdmittedStream {
 
 /// A client that has not finished its TLS handshake by then is dropped.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// TLS handshakes in progress at once; further connections wait to be accepted.
-const MAX_HANDSHAKES: usize = 256;
 const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -129,15 +137,9 @@ pub fn incoming(
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
-            // A free handshake slot first: a flood of half-open
-            // connections waits in the kernel's backlog, not in memory.
-            let Ok(slot) = handshakes.clone().acquire_owned().await else {
-                break;
-            };
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => {
                     backoff = ACCEPT_BACKOFF_MIN;
@@ -172,7 +174,6 @@ pub fn incoming(
                         return;
                     }
                 };
-                drop(slot);
                 let principal = tls
                     .get_ref()
                     .1
@@ -198,6 +199,7 @@ pub fn incoming(
                         peer,
                         revoked,
                         changes,
+                        cut: false,
                     }))
                     .await;
             });

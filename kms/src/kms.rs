@@ -438,6 +438,23 @@ impl<A: AuditLog> Kms<A> {
         Ok(())
     }
 
+    /// Removes `key_id`'s recoveries that have not completed.
+    fn void_open_recoveries(txn: &WriteTransaction, key_id: &str) -> Result<()> {
+        let mut t = txn.open_table(RECOVERIES)?;
+        let mut open = Vec::new();
+        for item in t.iter()? {
+            let (id, v) = item?;
+            let rec: RecoveryRecord = decode(RECOVERIES.name(), v.value())?;
+            if rec.key_id == key_id && !rec.completed {
+                open.push(id.value().to_owned());
+            }
+        }
+        for id in open {
+            t.remove(id.as_str())?;
+        }
+        Ok(())
+    }
+
     fn get<T: DeserializeOwned>(
         txn: &WriteTransaction,
         table: TableDefinition<'_, &str, &[u8]>,
@@ -1050,6 +1067,11 @@ impl<A: AuditLog> Kms<A> {
                 threshold,
             )?;
             let txn = self.begin_write()?;
+            if existing.is_some() {
+                // Approvals of open recoveries were checked against the old
+                // shares and could never combine under the new package.
+                Self::void_open_recoveries(&txn, key_id)?;
+            }
             Self::put(&txn, ESCROWS, key_id, &pkg)?;
             Ok(Decided {
                 value: pkg,
@@ -1094,6 +1116,11 @@ impl<A: AuditLog> Kms<A> {
             if pkg.owner != caller.account && pkg.trustee_index(&caller.account).is_none() {
                 return Err(KmsError::NotTrustee(hex::encode(caller.account)));
             }
+            policy::check_reader(
+                &recipient,
+                self.inner.audit.admission(&recipient).as_ref(),
+                (self.inner.clock)(),
+            )?;
             let rec = RecoveryRecord {
                 recovery_id: random_id("r")?,
                 key_id: key_id.to_owned(),

@@ -23,10 +23,10 @@ use crate::secret::Key32;
 pub mod pb {
     tonic::include_proto!("yilian.kms.v1");
 
-    /// The messages that carry key material, plaintext or unseal shares
-    /// (listed in build.rs, which leaves their Debug out): their secret
-    /// fields print as lengths only and are zeroized when the message is
-    /// dropped, after it is encoded for the wire or decoded from it.
+    /// The messages that carry key material, plaintext or shares (listed
+    /// in build.rs, which leaves their Debug out): their secret fields
+    /// print as lengths only and are zeroized when the message is dropped.
+    /// The transport's own encode and decode buffers are not covered.
     macro_rules! secret_messages {
         ($($msg:ident { $($field:ident),+ }),+ $(,)?) => {$(
             impl std::fmt::Debug for $msg {
@@ -50,6 +50,7 @@ pub mod pb {
         RecoverResponse { key },
         ZkKeyResponse { elements },
         UnsealRequest { share },
+        ApproveRecoveryRequest { share },
     );
 }
 

@@ -542,6 +542,12 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         Err(KmsError::EscrowExists(_))
     ));
     assert_eq!(kms.escrow_package(&owner, "vault").unwrap(), first);
+    // A recovery opened under the first escrow is voided by its replacement:
+    // its approvals would be checked against shares that no longer exist.
+    let stale = kms
+        .start_recovery(&owner, "vault", recipient.account)
+        .await
+        .unwrap();
     // Replacing is explicit, and the new set (all admitted trustees) can recover.
     trustees[2] = key();
     env.admit(&trustees[2], Role::Trustee).await;
@@ -552,6 +558,10 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
     let tc: Vec<_> = trustees.iter().map(|t| caller(t, Role::Trustee)).collect();
     let pkg = kms.escrow(&owner, "vault", &t_pub, 2, true).await.unwrap();
     assert_ne!(pkg, first);
+    assert!(matches!(
+        kms.recovery(&stale.recovery_id),
+        Err(KmsError::UnknownRecovery(_))
+    ));
     // Each trustee checks its share against the Feldman commitments.
     let shares: Vec<_> = trustees
         .iter()
@@ -945,6 +955,30 @@ fn wire_messages_that_carry_secrets_print_only_lengths() {
             "{:?}",
             pb::RecoverResponse {
                 key: secret.clone()
+            }
+        ),
+        format!(
+            "{:?}",
+            pb::EncryptRequest {
+                key_id: "k".into(),
+                plaintext: secret.clone(),
+                context: vec![],
+                grant_id: String::new()
+            }
+        ),
+        format!(
+            "{:?}",
+            pb::ZkKeyResponse {
+                elements: secret.clone(),
+                commitment: vec![0; 32]
+            }
+        ),
+        format!(
+            "{:?}",
+            pb::ApproveRecoveryRequest {
+                recovery_id: "r".into(),
+                share: secret.clone(),
+                signature: vec![0; 64]
             }
         ),
         format!(

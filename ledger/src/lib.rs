@@ -127,6 +127,8 @@ pub enum LedgerError {
     /// evidence that members equivocated.
     #[error("two cosigned heads of size {size} have different roots")]
     ForkedHeads { size: u64 },
+    #[error("the proof is for the log `{found}`, not the trusted log `{trusted}`")]
+    OtherLog { trusted: String, found: String },
 }
 
 impl LedgerError {
@@ -148,7 +150,8 @@ impl LedgerError {
             LedgerError::EntryNotFound { .. } => "not-found",
             LedgerError::Proof(_)
             | LedgerError::EntryMismatch
-            | LedgerError::ProofMissesTrustedHead { .. } => "proof",
+            | LedgerError::ProofMissesTrustedHead { .. }
+            | LedgerError::OtherLog { .. } => "proof",
             LedgerError::ForkedHeads { .. } => "equivocation",
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Closed => "storage",
             LedgerError::NotLeader { .. } | LedgerError::NoQuorum { .. } => "unavailable",
@@ -193,7 +196,8 @@ impl From<LedgerError> for tonic::Status {
             | LedgerError::Proof(ProofError::SizesReversed { .. }) => Code::OutOfRange,
             LedgerError::Proof(_)
             | LedgerError::EntryMismatch
-            | LedgerError::ProofMissesTrustedHead { .. } => Code::InvalidArgument,
+            | LedgerError::ProofMissesTrustedHead { .. }
+            | LedgerError::OtherLog { .. } => Code::InvalidArgument,
             LedgerError::ForkedHeads { .. } => Code::DataLoss,
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Consensus(_) => {
                 Code::Internal

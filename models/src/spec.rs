@@ -19,6 +19,12 @@ pub const SPEC_VERSION: u32 = 1;
 pub const MAX_PARAMS: usize = 1 << 26;
 /// The most values any layer may produce for one sample.
 pub const MAX_ACTIVATIONS: usize = 1 << 24;
+/// The most multiply-adds a forward pass may take for one sample (2^30,
+/// about a quarter of ResNet-50's).
+pub const MAX_MULTIPLY_ADDS: usize = 1 << 30;
+/// The most inputs one convolution output may read (channels x kernel x
+/// kernel): the convolution's working tile grows with it.
+pub const MAX_KERNEL_VOLUME: usize = 1 << 16;
 
 /// The number of elements of `shape`, if it fits under `limit`.
 fn elements(shape: &[usize], limit: usize) -> Option<usize> {
@@ -188,6 +194,11 @@ impl ModelSpec {
             });
         }
         let mut out = Vec::with_capacity(self.layers.len());
+        let mut work = 0usize;
+        let too_much_work = || ModelError::TooLarge {
+            what: "the multiply-adds per sample",
+            limit: MAX_MULTIPLY_ADDS,
+        };
         for (index, layer) in self.layers.iter().enumerate() {
             let bad = |reason: &'static str| ModelError::BadLayer {
                 index,
@@ -203,6 +214,11 @@ impl ModelSpec {
                     if out == 0 {
                         return Err(bad("linear needs at least one output"));
                     }
+                    work = shape[0]
+                        .checked_mul(out)
+                        .and_then(|w| w.checked_add(work))
+                        .filter(|&w| w <= MAX_MULTIPLY_ADDS)
+                        .ok_or_else(too_much_work)?;
                     vec![out]
                 }
                 Layer::Conv2d {
@@ -210,12 +226,21 @@ impl ModelSpec {
                     kernel,
                     padding,
                 } => {
-                    let [_, h, w] = shape[..] else {
+                    let [c, h, w] = shape[..] else {
                         return Err(bad("conv2d takes a [channels, height, width] input"));
                     };
                     if out_channels == 0 || kernel == 0 {
                         return Err(bad("conv2d needs channels and a kernel"));
                     }
+                    if padding >= kernel {
+                        return Err(bad("padding must be smaller than the kernel"));
+                    }
+                    let volume = elements(&[c, kernel, kernel], MAX_KERNEL_VOLUME).ok_or(
+                        ModelError::TooLarge {
+                            what: "a convolution's channels x kernel x kernel",
+                            limit: MAX_KERNEL_VOLUME,
+                        },
+                    )?;
                     let padded = |side: usize| {
                         padding
                             .checked_mul(2)
@@ -228,7 +253,13 @@ impl ModelSpec {
                     if ph < kernel || pw < kernel {
                         return Err(bad("kernel larger than the padded input"));
                     }
-                    vec![out_channels, ph - kernel + 1, pw - kernel + 1]
+                    let next = vec![out_channels, ph - kernel + 1, pw - kernel + 1];
+                    work = elements(&next, MAX_ACTIVATIONS)
+                        .and_then(|n| n.checked_mul(volume))
+                        .and_then(|w| w.checked_add(work))
+                        .filter(|&w| w <= MAX_MULTIPLY_ADDS)
+                        .ok_or_else(too_much_work)?;
+                    next
                 }
                 Layer::MaxPool { size } => {
                     let [c, h, w] = shape[..] else {
@@ -373,8 +404,8 @@ mod tests {
             input,
             layers: vec![Layer::Linear { out }],
         };
-        // 2^20 inputs to 2^20 outputs: 2^40 weights.
-        let e = linear(vec![1 << 20], 1 << 20).param_count().unwrap_err();
+        // 2^14 inputs to 2^13 outputs: 2^27 weights.
+        let e = linear(vec![1 << 14], 1 << 13).param_count().unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(
@@ -388,6 +419,12 @@ mod tests {
             .param_count()
             .unwrap_err();
         assert!(matches!(e, ModelError::TooLarge { .. }), "{e}");
+        // 2^20 inputs to 2^20 outputs: 2^40 multiply-adds a sample.
+        let e = linear(vec![1 << 20], 1 << 20).shapes().unwrap_err();
+        assert!(
+            e.to_string().contains("the multiply-adds per sample"),
+            "{e}"
+        );
         let conv = ModelSpec {
             version: SPEC_VERSION,
             input: vec![1, 8, 8],
@@ -404,10 +441,25 @@ mod tests {
         assert!(matches!(
             conv.shapes(),
             Err(ModelError::BadLayer {
-                reason: "padding too large",
+                reason: "padding must be smaller than the kernel",
                 ..
             })
         ));
+        // Few weights and outputs, but a huge kernel: bounded by its volume.
+        let heavy = ModelSpec {
+            version: SPEC_VERSION,
+            input: vec![1, 5, 6],
+            layers: vec![
+                Layer::Conv2d {
+                    out_channels: 1,
+                    kernel: 2000,
+                    padding: 1999,
+                },
+                Layer::Flatten,
+                Layer::Linear { out: 2 },
+            ],
+        };
+        assert!(matches!(heavy.shapes(), Err(ModelError::TooLarge { .. })));
         let wide = ModelSpec {
             version: SPEC_VERSION,
             input: vec![1, 8, 8],
