@@ -123,28 +123,34 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     let a = alice.to_str().unwrap();
     let head = tmp.path().join("head.json");
     let h = head.to_str().unwrap();
-    ok(&[
-        "ledger",
-        "head",
-        "--node",
-        &listen,
-        "--identity",
-        a,
-        "--out",
-        h,
-    ]);
-    let out = ok(&[
-        "ledger",
-        "note",
-        "--node",
-        &listen,
-        "--identity",
-        a,
-        "--topic",
-        "kyc",
-        "--body",
-        "checked",
-    ]);
+    let save_head = |out: &str| {
+        ok(&[
+            "ledger",
+            "head",
+            "--node",
+            &listen,
+            "--identity",
+            a,
+            "--out",
+            out,
+        ])
+    };
+    save_head(h);
+    let note = |body: &str| {
+        ok(&[
+            "ledger",
+            "note",
+            "--node",
+            &listen,
+            "--identity",
+            a,
+            "--topic",
+            "kyc",
+            "--body",
+            body,
+        ])
+    };
+    let out = note("checked");
     assert!(out.contains("note recorded as entry 5"), "{out}");
 
     let proof = tmp.path().join("proof.json");
@@ -194,18 +200,6 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     // Trusting the newer head, the same proof shows the older one is its prefix.
     let head6 = tmp.path().join("head6.json");
     let h6 = head6.to_str().unwrap();
-    let save_head = |out: &str| {
-        ok(&[
-            "ledger",
-            "head",
-            "--node",
-            &listen,
-            "--identity",
-            a,
-            "--out",
-            out,
-        ])
-    };
     save_head(h6);
     let out = ok(&["ledger", "verify", "--head", h6, "--consistency", c]);
     assert!(
@@ -214,18 +208,7 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     );
     // A valid proof that reaches neither end of what the verifier trusts
     // proves nothing about it: refused, saying what to fetch instead.
-    ok(&[
-        "ledger",
-        "note",
-        "--node",
-        &listen,
-        "--identity",
-        a,
-        "--topic",
-        "kyc",
-        "--body",
-        "again",
-    ]);
+    note("again");
     let head7 = tmp.path().join("head7.json");
     let h7 = head7.to_str().unwrap();
     save_head(h7);

@@ -109,15 +109,7 @@ impl InclusionBundle {
     ) -> Result<(SignedTransaction, Vec<String>)> {
         let verified = self.verify_cosigned(cosigners, min)?;
         let cp = &self.checkpoint.as_ref().expect("verified").body;
-        if cp.origin != trusted.origin {
-            return Err(LedgerError::OtherLog {
-                trusted: trusted.origin.clone(),
-                found: cp.origin.clone(),
-            });
-        }
-        if cp.size == trusted.size && cp.root != trusted.root {
-            return Err(LedgerError::ForkedHeads { size: cp.size });
-        }
+        cp.check_agrees_with(trusted)?;
         Ok(verified)
     }
 }
@@ -156,17 +148,8 @@ impl ConsistencyBundle {
             &self.old_checkpoint.as_ref().expect("verified").body,
             &self.new_checkpoint.as_ref().expect("verified").body,
         );
-        for end in [old, new] {
-            if end.origin != trusted.origin {
-                return Err(LedgerError::OtherLog {
-                    trusted: trusted.origin.clone(),
-                    found: end.origin.clone(),
-                });
-            }
-            if end.size == trusted.size && end.root != trusted.root {
-                return Err(LedgerError::ForkedHeads { size: end.size });
-            }
-        }
+        old.check_agrees_with(trusted)?;
+        new.check_agrees_with(trusted)?;
         if old == trusted {
             Ok(TrustedEnd::Old)
         } else if new == trusted {

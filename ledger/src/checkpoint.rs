@@ -45,6 +45,21 @@ impl CheckpointBody {
             B64.encode(self.root)
         )
     }
+
+    /// Refuses a head that cannot belong to the same history as `trusted`:
+    /// another log's origin, or the trusted size with another root.
+    pub fn check_agrees_with(&self, trusted: &CheckpointBody) -> crate::Result<()> {
+        if self.origin != trusted.origin {
+            return Err(crate::LedgerError::OtherLog {
+                trusted: trusted.origin.clone(),
+                found: self.origin.clone(),
+            });
+        }
+        if self.size == trusted.size && self.root != trusted.root {
+            return Err(crate::LedgerError::ForkedHeads { size: self.size });
+        }
+        Ok(())
+    }
 }
 
 /// One member's cosignature: `timestamp` is seconds since the epoch.

@@ -425,54 +425,30 @@ mod tests {
             e.to_string().contains("the multiply-adds per sample"),
             "{e}"
         );
-        let conv = ModelSpec {
+        let conv = |input: Vec<usize>, out_channels, kernel, padding| ModelSpec {
             version: SPEC_VERSION,
-            input: vec![1, 8, 8],
+            input,
             layers: vec![
                 Layer::Conv2d {
-                    out_channels: 1,
-                    kernel: 3,
-                    padding: usize::MAX / 2,
+                    out_channels,
+                    kernel,
+                    padding,
                 },
                 Layer::Flatten,
                 Layer::Linear { out: 2 },
             ],
         };
         assert!(matches!(
-            conv.shapes(),
+            conv(vec![1, 8, 8], 1, 3, usize::MAX / 2).shapes(),
             Err(ModelError::BadLayer {
                 reason: "padding must be smaller than the kernel",
                 ..
             })
         ));
         // Few weights and outputs, but a huge kernel: bounded by its volume.
-        let heavy = ModelSpec {
-            version: SPEC_VERSION,
-            input: vec![1, 5, 6],
-            layers: vec![
-                Layer::Conv2d {
-                    out_channels: 1,
-                    kernel: 2000,
-                    padding: 1999,
-                },
-                Layer::Flatten,
-                Layer::Linear { out: 2 },
-            ],
-        };
+        let heavy = conv(vec![1, 5, 6], 1, 2000, 1999);
         assert!(matches!(heavy.shapes(), Err(ModelError::TooLarge { .. })));
-        let wide = ModelSpec {
-            version: SPEC_VERSION,
-            input: vec![1, 8, 8],
-            layers: vec![
-                Layer::Conv2d {
-                    out_channels: 1 << 20,
-                    kernel: 3,
-                    padding: 1,
-                },
-                Layer::Flatten,
-                Layer::Linear { out: 2 },
-            ],
-        };
+        let wide = conv(vec![1, 8, 8], 1 << 20, 3, 1);
         assert!(matches!(wide.shapes(), Err(ModelError::TooLarge { .. })));
         assert_eq!(wide.input_features(), 64);
         assert_eq!(linear(vec![usize::MAX, 2], 1).input_features(), usize::MAX);
