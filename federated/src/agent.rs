@@ -111,22 +111,20 @@ pub fn client_endpoint(identity: &Identity) -> Result<quinn::Endpoint, FlError> 
     Ok(endpoint)
 }
 
+/// Messages an agent queues for its connection before a send waits.
+pub const OUTBOX: usize = 64;
+
 /// Opens a connection and its message stream.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     node: SocketAddr,
     server_name: &str,
-) -> Result<
-    (
-        quinn::Connection,
-        mpsc::UnboundedSender<Message>,
-        quinn::RecvStream,
-    ),
-    FlError,
-> {
+) -> Result<(quinn::Connection, mpsc::Sender<Message>, quinn::RecvStream), FlError> {
     let conn = endpoint.connect(node, server_name)?.await?;
     let (send, recv) = conn.open_bi().await?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    // Bounded: a sender waits for the stream (QUIC flow control) instead of
+    // queueing a whole model's chunks in memory.
+    let (tx, rx) = mpsc::channel(OUTBOX);
     spawn_writer(send, rx);
     Ok((conn, tx, recv))
 }
@@ -526,7 +524,7 @@ pub async fn run(
     'session: loop {
         while let Some(action) = actions.pop_front() {
             match action {
-                Action::Send(m) => tx.send(m).map_err(|_| FlError::ConnectionClosed)?,
+                Action::Send(m) => tx.send(m).await.map_err(|_| FlError::ConnectionClosed)?,
                 Action::Event(e) => on_event(e),
                 Action::Stop => break 'session,
                 Action::Train {

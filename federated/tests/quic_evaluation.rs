@@ -137,6 +137,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         schema,
         samples: forger_data.len() as u64,
     })
+    .await
     .unwrap();
     let Some(Message::EvaluationOffer {
         task_id,
@@ -147,7 +148,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         panic!("an evaluation offer")
     };
     assert_eq!(model_bytes, onnx_bytes.len() as u64);
-    tx.send(Message::TaskAccept { task_id }).unwrap();
+    tx.send(Message::TaskAccept { task_id }).await.unwrap();
     wait_for_joined(&eng, 1).await;
 
     // A device whose policy refuses a model this large declines the offer.
@@ -206,6 +207,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         task_id: "digits-eval".into(),
         counts: forged,
     })
+    .await
     .unwrap();
     let mut inflated = EvalCounts::zero(10);
     inflated.samples = forger_data.len() as u64;
@@ -214,6 +216,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         task_id: "digits-eval".into(),
         counts: inflated,
     })
+    .await
     .unwrap();
     let mut refusals = Vec::new();
     while refusals.len() < 2 {

@@ -16,7 +16,7 @@ use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::{Identity, Role};
-use yilian_kms::audit::{AuditLog, AuditReceipt, KeyAudit, VerifiedAudit};
+use yilian_kms::audit::{AuditLog, AuditReceipt, KeyAudit, Page, TrailPage};
 use yilian_kms::client::Client;
 use yilian_kms::policy::AccountId;
 use yilian_kms::service::{KmsNode, KmsService};
@@ -51,8 +51,8 @@ impl AuditLog for VerifiedSubmitAudit {
             .map_err(|e| yilian_kms::KmsError::AuditFailed(e.to_string()))?;
         Ok(AuditReceipt { index: r.index })
     }
-    fn trail(&self, _: &AccountId, _: Option<&str>) -> yilian_kms::Result<Vec<VerifiedAudit>> {
-        Ok(Vec::new())
+    fn trail(&self, _: &AccountId, _: Option<&str>, _: Page) -> yilian_kms::Result<TrailPage> {
+        Ok(TrailPage::default())
     }
     fn admission(&self, account: &AccountId) -> Option<yilian_kms::policy::Admission> {
         self.ledger
@@ -73,8 +73,8 @@ impl AuditLog for NoAudit {
     async fn record(&self, _: KeyAudit) -> yilian_kms::Result<AuditReceipt> {
         Ok(AuditReceipt { index: 0 })
     }
-    fn trail(&self, _: &AccountId, _: Option<&str>) -> yilian_kms::Result<Vec<VerifiedAudit>> {
-        Ok(Vec::new())
+    fn trail(&self, _: &AccountId, _: Option<&str>, _: Page) -> yilian_kms::Result<TrailPage> {
+        Ok(TrailPage::default())
     }
     fn admission(&self, _: &AccountId) -> Option<yilian_kms::policy::Admission> {
         None

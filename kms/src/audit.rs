@@ -41,12 +41,44 @@ pub struct AuditReceipt {
 pub trait AuditLog: Send + Sync + 'static {
     fn record(&self, entry: KeyAudit) -> impl Future<Output = Result<AuditReceipt>> + Send;
 
-    /// Every record about `owner`'s keys (optionally one key), each verified.
-    fn trail(&self, owner: &AccountId, key_id: Option<&str>) -> Result<Vec<VerifiedAudit>>;
+    /// A page of the records about `owner`'s keys (optionally one key),
+    /// each verified, from ledger index `page.from` on.
+    fn trail(&self, owner: &AccountId, key_id: Option<&str>, page: Page) -> Result<TrailPage>;
 
     /// How `account` stands on the network the audit is kept on (the
     /// ledger's admissions and revocations); `None` if it was never admitted.
     fn admission(&self, account: &AccountId) -> Option<Admission>;
+}
+
+/// Where a page of an audit trail starts and how long it may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub from: u64,
+    pub limit: usize,
+}
+
+impl Page {
+    /// Records per page when the caller names no limit.
+    pub const DEFAULT_LIMIT: usize = 256;
+    /// The most records one page holds, whatever the caller asks: each is
+    /// proven and verified before it is returned.
+    pub const MAX_LIMIT: usize = 1024;
+
+    /// A page from `from`, `limit` 0 meaning the default.
+    pub fn new(from: u64, limit: u32) -> Page {
+        let limit = match limit as usize {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        };
+        Page { from, limit }
+    }
+}
+
+/// One page of a verified trail and where the next one starts, if any.
+#[derive(Clone, Debug, Default)]
+pub struct TrailPage {
+    pub entries: Vec<VerifiedAudit>,
+    pub next: Option<u64>,
 }
 
 /// Audit on the Yilian ledger, signed by the node's identity.
@@ -90,19 +122,24 @@ impl LedgerAudit {
         &self,
         owner: &AccountId,
         key_id: Option<&str>,
-    ) -> Result<Vec<VerifiedAudit>> {
+        page: Page,
+    ) -> Result<TrailPage> {
         let head = self.ledger.tree_head();
         // The ledger's index by owner (and key), not a scan of the log.
         let mut lookup = owner.to_vec();
         if let Some(k) = key_id {
             lookup.extend_from_slice(k.as_bytes());
         }
-        let indexes = self
+        // One more than the page, to learn where the next page starts.
+        let mut indexes = self
             .ledger
-            .indexed("key-audit", &lookup, 0, usize::MAX)
+            .indexed("key-audit", &lookup, page.from, page.limit + 1)
             .map_err(|e| KmsError::Storage(e.to_string()))?;
+        indexes.retain(|i| *i < head.tree_size);
+        let next = (indexes.len() > page.limit).then(|| indexes[page.limit]);
+        indexes.truncate(page.limit);
         let mut out = Vec::new();
-        for index in indexes.into_iter().filter(|i| *i < head.tree_size) {
+        for index in indexes {
             let stx = self
                 .ledger
                 .entry(index)
@@ -138,7 +175,7 @@ impl LedgerAudit {
                 bundle,
             });
         }
-        Ok(out)
+        Ok(TrailPage { entries: out, next })
     }
 }
 
@@ -196,8 +233,8 @@ impl AuditLog for LedgerAudit {
         })
     }
 
-    fn trail(&self, owner: &AccountId, key_id: Option<&str>) -> Result<Vec<VerifiedAudit>> {
-        self.verified_trail(owner, key_id)
+    fn trail(&self, owner: &AccountId, key_id: Option<&str>, page: Page) -> Result<TrailPage> {
+        self.verified_trail(owner, key_id, page)
     }
 
     fn admission(&self, account: &AccountId) -> Option<Admission> {

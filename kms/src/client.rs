@@ -183,14 +183,25 @@ impl Client {
         key_id: Option<&str>,
         log_key: Option<&AccountId>,
     ) -> Result<Vec<pb::AuditEntry>> {
-        let entries = self
-            .raw
-            .audit(pb::AuditRequest {
-                key_id: key_id.unwrap_or_default().into(),
-            })
-            .await?
-            .into_inner()
-            .entries;
+        let mut entries = Vec::new();
+        let mut from = Some(0);
+        while let Some(from_index) = from {
+            let page = self
+                .raw
+                .audit(pb::AuditRequest {
+                    key_id: key_id.unwrap_or_default().into(),
+                    from_index,
+                    limit: 0,
+                })
+                .await?
+                .into_inner();
+            ensure!(
+                page.next_index.is_none_or(|n| n > from_index),
+                "the node's audit paging does not advance"
+            );
+            entries.extend(page.entries);
+            from = page.next_index;
+        }
         for e in &entries {
             let bundle: yilian_ledger::bundle::InclusionBundle =
                 serde_json::from_slice(&e.inclusion_bundle_json).context("inclusion bundle")?;

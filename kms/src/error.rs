@@ -89,6 +89,8 @@ pub enum KmsError {
         account: String,
         role: Option<String>,
     },
+    #[error("identity {0} was never admitted to this network; name an admitted identity's key")]
+    NotAdmitted(String),
     #[error("identity {0} has been revoked")]
     IdentityRevoked(String),
     #[error("identity {0}'s admission has expired")]
@@ -158,6 +160,7 @@ impl KmsError {
                 "denied"
             }
             TrusteeNotAdmitted { .. } => "trustee-not-admitted",
+            NotAdmitted(_) => "not-admitted",
             IdentityRevoked(_) => "identity-revoked",
             IdentityExpired(_) => "identity-expired",
             EscrowExists(_) => "escrow-exists",
@@ -231,6 +234,7 @@ impl From<KmsError> for tonic::Status {
             | RecoveryCompleted(_)
             | DuplicateUnsealShare(_)
             | TrusteeNotAdmitted { .. }
+            | NotAdmitted(_)
             | IdentityRevoked(_)
             | IdentityExpired(_) => Code::FailedPrecondition,
             EscrowExists(_) => Code::AlreadyExists,

@@ -275,17 +275,18 @@ impl<A: AuditLog> Kms<A> {
         &self.inner.audit
     }
 
-    /// The caller's verified audit trail: every recorded operation on the
-    /// keys it owns (or on one of them).
+    /// A page of the caller's verified audit trail: the recorded operations
+    /// on the keys it owns (or on one of them).
     pub fn audit_trail(
         &self,
         caller: &Caller,
         key_id: Option<&str>,
-    ) -> Result<Vec<crate::audit::VerifiedAudit>> {
+        page: crate::audit::Page,
+    ) -> Result<crate::audit::TrailPage> {
         if let Some(k) = key_id {
             self.cached(k)?.record.check_owner(caller)?;
         }
-        self.inner.audit.trail(&caller.account, key_id)
+        self.inner.audit.trail(&caller.account, key_id, page)
     }
 
     fn cached(&self, key_id: &str) -> Result<Arc<CachedKey>> {

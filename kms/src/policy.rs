@@ -203,11 +203,14 @@ impl Admission {
     }
 }
 
-/// A grant's reader must not be an identity the network has revoked or
-/// whose admission has expired: such a grant could never be used, and
-/// accepting it silently hides the mistake.
+/// A grant's reader (or a recovery's recipient) must be an identity the
+/// network admitted and has not revoked, whose admission has not expired:
+/// a grant to anyone else could never be used, and accepting it silently
+/// hides the mistake (a mistyped key, a certificate never issued).
 pub fn check_reader(reader: &AccountId, admission: Option<&Admission>, now_ms: u64) -> Result<()> {
-    admission.map_or(Ok(()), |a| a.check_current(reader, now_ms))
+    admission
+        .ok_or_else(|| KmsError::NotAdmitted(hex::encode(reader)))?
+        .check_current(reader, now_ms)
 }
 
 /// Every trustee of an escrow must be admitted with the trustee role and
@@ -536,8 +539,12 @@ mod tests {
             check_trustee(&a, Some(&adm(Role::Trustee, false, now - 1)), now),
             Err(KmsError::IdentityExpired(_))
         ));
-        // A reader the ledger does not list is left to the grant's use.
-        assert!(check_reader(&a, None, now).is_ok());
+        // A reader the ledger never admitted is refused like a revoked one.
+        assert!(matches!(
+            check_reader(&a, None, now),
+            Err(KmsError::NotAdmitted(_))
+        ));
+        assert!(check_reader(&a, Some(&adm(Role::Verifier, false, now)), now).is_ok());
         assert!(matches!(
             check_reader(&a, Some(&adm(Role::Verifier, true, now)), now),
             Err(KmsError::IdentityRevoked(_))

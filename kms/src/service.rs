@@ -483,9 +483,15 @@ impl<A: AuditLog + Clone> pb::kms_server::Kms for KmsService<A> {
         let c = caller(&req)?;
         let r = req.into_inner();
         let kms = self.node.kms().await?;
-        let entries = kms.audit_trail(&c, grant_id(&r.key_id))?;
+        let page = kms.audit_trail(
+            &c,
+            grant_id(&r.key_id),
+            crate::audit::Page::new(r.from_index, r.limit),
+        )?;
         Ok(Response::new(pb::AuditResponse {
-            entries: entries
+            next_index: page.next,
+            entries: page
+                .entries
                 .into_iter()
                 .map(|a| pb::AuditEntry {
                     index: a.index,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use common::{Env, T0, caller, key};
 use yilian_identity::Role;
+use yilian_kms::audit::Page;
 use yilian_kms::envelope::Envelope;
 use yilian_kms::{AuditLog, GrantTerms, KeyKind, KmsError, Operation};
 
@@ -114,8 +115,23 @@ async fn data_keys_encrypt_decrypt_and_precise_refusals() {
     // Every operation, allowed or refused, is on the ledger and verifies.
     let trail = kms
         .audit_log()
-        .trail(&owner.account, Some("payroll"))
-        .unwrap();
+        .trail(&owner.account, Some("payroll"), Page::new(0, 0))
+        .unwrap()
+        .entries;
+    // Paged two at a time, the trail is the same, in order.
+    let mut paged = Vec::new();
+    let mut from = Some(0);
+    while let Some(f) = from {
+        let page = kms
+            .audit_log()
+            .trail(&owner.account, Some("payroll"), Page::new(f, 2))
+            .unwrap();
+        assert!(page.entries.len() <= 2);
+        paged.extend(page.entries.into_iter().map(|a| a.index));
+        from = page.next;
+    }
+    assert_eq!(paged, trail.iter().map(|a| a.index).collect::<Vec<_>>());
+    assert!(trail.len() > 2, "the paging above crossed pages");
     let ops: Vec<(&str, &str)> = trail
         .iter()
         .map(|a| (a.entry.operation.as_str(), a.entry.outcome.as_str()))
@@ -212,6 +228,7 @@ async fn hotel_door_key_lives_for_the_stay_then_is_shredded() {
     let kms = env.open();
     let hotel = caller(&key(), Role::Member);
     let guest_key = key();
+    env.admit(&guest_key, Role::Device).await;
     let guest = caller(&guest_key, Role::Device);
     let checkin = T0 + 1_000;
     let checkout = T0 + 3 * 86_400_000;
@@ -342,8 +359,9 @@ async fn hotel_door_key_lives_for_the_stay_then_is_shredded() {
     ));
     let trail = kms
         .audit_log()
-        .trail(&hotel.account, Some("door-301"))
-        .unwrap();
+        .trail(&hotel.account, Some("door-301"), Page::new(0, 0))
+        .unwrap()
+        .entries;
     assert!(
         trail
             .iter()
@@ -361,7 +379,9 @@ async fn one_use_grant_is_used_exactly_once_under_contention_and_restart() {
     let env = Env::new().await;
     let kms = env.open();
     let owner = caller(&key(), Role::Member);
-    let reader = caller(&key(), Role::Device);
+    let reader_key = key();
+    env.admit(&reader_key, Role::Device).await;
+    let reader = caller(&reader_key, Role::Device);
     kms.create_key(&owner, "secret", KeyKind::Aes256Gcm, false)
         .await
         .unwrap();
@@ -465,6 +485,21 @@ async fn one_use_grant_is_used_exactly_once_under_contention_and_restart() {
         kms.grant(&owner, "secret", bad_terms).await,
         Err(KmsError::BadGrant(_))
     ));
+    // A reader the network never admitted (a mistyped key) is refused, and
+    // nothing is granted.
+    let grants = kms.grants_for_key("secret").unwrap().len();
+    let stranger = GrantTerms {
+        reader: key().verifying_key().to_bytes(),
+        not_before_ms: 0,
+        not_after_ms: u64::MAX,
+        max_uses: 1,
+        operations: vec![Operation::Decrypt],
+        required_context: None,
+    };
+    let e = kms.grant(&owner, "secret", stranger).await.unwrap_err();
+    assert!(matches!(e, KmsError::NotAdmitted(_)), "{e:?}");
+    assert!(e.to_string().contains("never admitted"), "{e}");
+    assert_eq!(kms.grants_for_key("secret").unwrap().len(), grants);
 }
 
 #[tokio::test]
@@ -483,6 +518,7 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         env.admit(t, Role::Trustee).await;
     }
     let recipient_key = key();
+    env.admit(&recipient_key, Role::Member).await;
     let recipient = caller(&recipient_key, Role::Member);
     kms.create_key(&owner, "vault", KeyKind::Aes256Gcm, false)
         .await
@@ -682,8 +718,9 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
     ));
     let trail = kms
         .audit_log()
-        .trail(&owner.account, Some("vault"))
-        .unwrap();
+        .trail(&owner.account, Some("vault"), Page::new(0, 0))
+        .unwrap()
+        .entries;
     assert!(
         trail
             .iter()
@@ -922,8 +959,9 @@ async fn a_grant_to_a_revoked_identity_is_refused_and_changes_nothing() {
     assert!(kms.grants_for_key("record").unwrap().is_empty());
     let trail = kms
         .audit_log()
-        .trail(&owner.account, Some("record"))
-        .unwrap();
+        .trail(&owner.account, Some("record"), Page::new(0, 0))
+        .unwrap()
+        .entries;
     assert!(
         trail
             .iter()

@@ -412,9 +412,9 @@ pub struct PeerClient {
     client: Result<crate::peer::pb::consortium_client::ConsortiumClient<tonic::transport::Channel>>,
 }
 
-/// Which of openraft's RPCs a [`PeerClient::call`] carries.
-#[derive(Clone, Copy)]
-pub(crate) enum Rpc {
+/// Which of openraft's RPCs a peer message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rpc {
     Append,
     Vote,
     Snapshot,
@@ -729,26 +729,38 @@ impl Consensus for RaftConsensus {
     }
 }
 
+/// A peer's Raft request as decoded off the wire, before Raft sees it.
+#[derive(Debug)]
+pub enum RaftRequest {
+    Append(openraft::raft::AppendEntriesRequest<LedgerRaft>),
+    Vote(openraft::raft::VoteRequest<NodeId>),
+    Snapshot(openraft::raft::InstallSnapshotRequest<LedgerRaft>),
+}
+
+/// Decodes a peer's request: the one decoder between a peer's bytes and
+/// openraft, fuzzed in `fuzz/`.
+pub fn decode_request(rpc: Rpc, payload: &[u8]) -> Result<RaftRequest> {
+    Ok(match rpc {
+        Rpc::Append => RaftRequest::Append(dec(payload).map_err(peer_msg)?),
+        Rpc::Vote => RaftRequest::Vote(dec(payload).map_err(peer_msg)?),
+        Rpc::Snapshot => RaftRequest::Snapshot(dec(payload).map_err(peer_msg)?),
+    })
+}
+
 /// The peer side of openraft's RPCs: decode, hand to Raft, encode.
 impl RaftConsensus {
     pub(crate) async fn handle(&self, rpc: Rpc, payload: &[u8]) -> Result<Vec<u8>> {
-        Ok(match rpc {
-            Rpc::Append => {
-                let r = self
-                    .raft
-                    .append_entries(dec(payload).map_err(peer_msg)?)
-                    .await;
+        Ok(match decode_request(rpc, payload)? {
+            RaftRequest::Append(req) => {
+                let r = self.raft.append_entries(req).await;
                 if r.is_ok() {
                     self.touch();
                 }
                 enc(&r)
             }
-            Rpc::Vote => enc(&self.raft.vote(dec(payload).map_err(peer_msg)?).await),
-            Rpc::Snapshot => {
-                let r = self
-                    .raft
-                    .install_snapshot(dec(payload).map_err(peer_msg)?)
-                    .await;
+            RaftRequest::Vote(req) => enc(&self.raft.vote(req).await),
+            RaftRequest::Snapshot(req) => {
+                let r = self.raft.install_snapshot(req).await;
                 if r.is_ok() {
                     self.touch();
                 }

@@ -385,7 +385,8 @@ impl SignedTransaction {
         postcard::to_stdvec(self).expect("transactions always serialise")
     }
 
-    /// Decodes entry bytes, refusing trailing bytes and unknown versions.
+    /// Decodes entry bytes, refusing trailing bytes, unknown versions and
+    /// any encoding but the canonical one.
     pub fn decode(bytes: &[u8]) -> Result<Self, LedgerError> {
         let (tx, rest): (SignedTransaction, _) =
             postcard::take_from_bytes(bytes).map_err(|e| LedgerError::Malformed(e.to_string()))?;
@@ -397,6 +398,14 @@ impl SignedTransaction {
         }
         if tx.tx.version == 0 || tx.tx.version > TX_VERSION {
             return Err(LedgerError::UnsupportedVersion(tx.tx.version));
+        }
+        // postcard reads overlong varints (51 as `b3 00`): refuse them, so
+        // that an entry has one byte string and one Merkle leaf (found by
+        // fuzzing, `fuzz/corpus/ledger_tx/bad-overlong-varint`).
+        if tx.encode() != bytes {
+            return Err(LedgerError::Malformed(
+                "the transaction is not in its canonical encoding (an overlong integer); encode it with postcard".into(),
+            ));
         }
         Ok(tx)
     }
@@ -518,6 +527,24 @@ mod tests {
             SignedTransaction::decode(&ok),
             Err(LedgerError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn an_overlong_integer_is_refused() {
+        let mut t = Transaction::new(Payload::Note {
+            topic: "t".into(),
+            body: "b".into(),
+        });
+        t.nonce = 51;
+        let bytes = t.sign(&key(1)).encode();
+        // version 1, then the nonce: 51 is one byte, `b3 00` its overlong twin.
+        assert_eq!(&bytes[..2], &[1, 51]);
+        let overlong = [&[1u8, 0xb3, 0x00][..], &bytes[2..]].concat();
+        assert!(matches!(
+            SignedTransaction::decode(&overlong),
+            Err(LedgerError::Malformed(m)) if m.contains("canonical")
+        ));
+        assert!(SignedTransaction::decode(&bytes).is_ok());
     }
 
     proptest! {

@@ -1123,11 +1123,14 @@ impl ZkService {
     async fn grant(&self, caller: &Principal, req: pb::GrantRequest) -> Result<pb::GrantResponse> {
         require(caller, Role::DataHolder, "grant queries")?;
         let verifier = account(&req.verifier, "verifier")?;
+        // An expired admission is as good as none: the verifier could not
+        // connect to use the grant.
+        let current = |m: &yilian_ledger::Member| !m.revoked && m.not_after_ms >= now_ms();
         match self.inner.ledger.member(&verifier) {
-            Some(m) if m.role == Role::Verifier && !m.revoked => {}
+            Some(m) if m.role == Role::Verifier && current(&m) => {}
             _ => {
                 return Err(ZkError::BadRequest(format!(
-                    "verifier {}: not an admitted verifier; give the verifier's certificate key",
+                    "verifier {}: not a current admitted verifier; give the certificate key of a verifier whose admission is neither revoked nor expired",
                     hex::encode(verifier)
                 )));
             }
@@ -1164,7 +1167,7 @@ impl ZkService {
                     .inner
                     .ledger
                     .member(&customer)
-                    .is_none_or(|m| m.revoked)
+                    .is_none_or(|m| !current(&m))
                 {
                     return Err(consent::Refusal::CustomerNotAdmitted(req.record_id.clone()).into());
                 }

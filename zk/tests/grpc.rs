@@ -66,6 +66,7 @@ struct Net {
     addr: String,
     service: ZkService,
     kms: Arc<LedgerKmsNode>,
+    authority: ed25519_dalek::SigningKey,
 }
 
 impl Net {
@@ -172,6 +173,7 @@ async fn net(with_keys: bool) -> Net {
         addr,
         service,
         kms,
+        authority: authority.clone(),
     }
 }
 
@@ -1244,6 +1246,23 @@ async fn queries_need_the_holders_grant_and_a_binary_search_is_stopped_by_the_bu
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
+    // A verifier whose admission has expired cannot use a grant: refused.
+    let lapsed = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    net.ledger
+        .submit(
+            Transaction::new(Payload::Admit {
+                org: "org".into(),
+                role: Role::Verifier,
+                name: "lapsed".into(),
+                public_key: lapsed.verifying_key().to_bytes(),
+                serial: vec![42],
+                not_after_ms: 1,
+            })
+            .sign(&net.authority),
+        )
+        .await
+        .unwrap();
+
     // Bad grants are refused with what to fix, and record nothing.
     let size = net.ledger.len();
     let mut cases: Vec<(&str, pb::GrantRequest, Code)> = Vec::new();
@@ -1255,7 +1274,18 @@ async fn queries_need_the_holders_grant_and_a_binary_search_is_stopped_by_the_bu
     cases.push(("not_after_ms", ended, Code::InvalidArgument));
     let mut nobody = grant_request(r, &net, &[income(1)], 1);
     nobody.verifier = net.ids[AUDITOR].principal().public_key.to_vec();
-    cases.push(("not an admitted verifier", nobody, Code::InvalidArgument));
+    cases.push((
+        "not a current admitted verifier",
+        nobody,
+        Code::InvalidArgument,
+    ));
+    let mut expired = grant_request(r, &net, &[income(1)], 1);
+    expired.verifier = lapsed.verifying_key().to_bytes().to_vec();
+    cases.push((
+        "not a current admitted verifier",
+        expired,
+        Code::InvalidArgument,
+    ));
     let mut none = grant_request(r, &net, &[income(1)], 1);
     none.allowed.clear();
     cases.push(("allowed", none, Code::InvalidArgument));

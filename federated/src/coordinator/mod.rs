@@ -740,16 +740,35 @@ pub async fn next_message(recv: &mut quinn::RecvStream) -> Result<Option<Message
 }
 
 /// Spawns a writer draining `rx` into `send` (the agent's side).
-pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Message>) {
+pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Message>) {
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
-            let Ok(frame) = encode(&m) else { continue };
+            let Some(frame) = frame_or_reset(&mut send, &m) else {
+                return;
+            };
             if send.write_all(&frame).await.is_err() {
                 break;
             }
         }
         let _ = send.finish();
     });
+}
+
+/// QUIC stream error code for a stream reset because a message could not be
+/// framed (a bug: messages are cut to fit before they are queued).
+pub const UNENCODABLE: u32 = 0x45;
+
+/// Frames `m`; if it cannot be framed, resets the stream rather than skip
+/// the message, which would leave the peer waiting for it forever.
+fn frame_or_reset(send: &mut quinn::SendStream, m: &Message) -> Option<Vec<u8>> {
+    match encode(m) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            tracing::error!(error = %e, "resetting a stream: a message could not be framed");
+            let _ = send.reset(UNENCODABLE.into());
+            None
+        }
+    }
 }
 
 /// Writes a connection's queue, cutting models into frames as it goes;
@@ -762,7 +781,9 @@ async fn write_queue(
 ) {
     'queue: while let Some(out) = rx.recv().await {
         for m in out.messages() {
-            let Ok(frame) = encode(&m) else { continue };
+            let Some(frame) = frame_or_reset(&mut send, &m) else {
+                return;
+            };
             if send.write_all(&frame).await.is_err() {
                 break 'queue;
             }

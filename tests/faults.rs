@@ -1,0 +1,549 @@
+//! Fault campaign: one real `yilian node` process under mixed load (ledger
+//! writes, KMS data keys under one-use grants, a federated task with four
+//! device agents), killed with SIGKILL at random moments and restarted.
+//! After every restart:
+//! - every acknowledged ledger entry is present, with the id it was acked with;
+//! - every tree head seen so far is a prefix of the new one (RFC 6962
+//!   consistency proof, checked here);
+//! - no one-use grant was used twice, and a used one stays used.
+//!
+//! At the end the task finishes, and its rewards on the ledger are exactly
+//! the ones its history reports: none paid twice, none lost.
+//!
+//! CI runs 3 cycles. A long campaign:
+//! `YILIAN_FAULT_CYCLES=50 cargo test --release --test faults -- --nocapture`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use yilian::network::{self, NetworkDir, Recorder};
+use yilian_federated::agent::{self, AgentConfig};
+use yilian_federated::cli::NodeArgs;
+use yilian_federated::pb as fl;
+use yilian_federated::task::AgentPolicy;
+use yilian_identity::ca::AdmissionRequest;
+use yilian_identity::{Identity, Role};
+use yilian_kms::service::pb as kms;
+use yilian_ledger::service::LedgerClient;
+use yilian_ledger::{ConsistencyProof, Payload, SignedTreeHead, Transaction, TxId, merkle};
+use yilian_models::Dataset;
+
+const DEVICES: usize = 4;
+const ROUNDS: u32 = 4;
+const KEY: &str = "fault-key";
+
+/// What the node acknowledged, as the clients saw it.
+#[derive(Default)]
+struct Acked {
+    entries: Vec<(u64, TxId)>,
+    heads: Vec<SignedTreeHead>,
+    /// Grant id to the number of uses the node answered with a key.
+    grant_uses: BTreeMap<String, u32>,
+}
+
+struct Node {
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_yilian"))
+                .args(["node", "--config"])
+                .arg(&self.config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn ledger_client(addr: &str, id: &Identity) -> LedgerClient {
+    // A hang guard: the node is back within seconds of a restart.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match yilian_identity::grpc::connect(addr, id).await {
+            Ok(ch) => {
+                let mut c = LedgerClient::new(ch);
+                if c.tree_head().await.is_ok() {
+                    return c;
+                }
+            }
+            Err(_) if Instant::now() < deadline => {}
+            Err(e) => panic!("the node at {addr} did not come back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Appends notes until stopped, recording each acknowledged entry and head.
+async fn write_entries(
+    addr: String,
+    id: Identity,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(ch) = yilian_identity::grpc::connect(&addr, &id).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut client = LedgerClient::new(ch);
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let tx = Transaction::new(Payload::Note {
+                topic: "fault".into(),
+                body: format!("note {n}"),
+            })
+            .sign(id.signing_key());
+            match client.submit(&tx).await {
+                Ok(r) => {
+                    let mut a = acked.lock().unwrap();
+                    a.entries.push((r.index, r.tx_id));
+                    a.heads.push(r.tree_head);
+                }
+                Err(_) => break,
+            }
+            // Keeps the log to thousands of entries, which every check reads.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+fn kms_client(
+    ch: tonic::transport::Channel,
+) -> yilian_kms::service::KmsClient<tonic::transport::Channel> {
+    yilian_kms::service::KmsClient::new(ch)
+}
+
+/// Grants the reader one use of the key, then has it try twice at once.
+async fn burn_after_reading(
+    addr: String,
+    owner: Identity,
+    reader: Identity,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let (Ok(o), Ok(r)) = (
+            yilian_identity::grpc::connect(&addr, &owner).await,
+            yilian_identity::grpc::connect(&addr, &reader).await,
+        ) else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (mut owner_kms, reader_kms) = (kms_client(o), kms_client(r));
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let grant = owner_kms
+                .grant(kms::GrantRequest {
+                    key_id: KEY.into(),
+                    reader: reader.principal().public_key.to_vec(),
+                    not_before_ms: 0,
+                    not_after_ms: u64::MAX / 2,
+                    max_uses: 1,
+                    operations: vec!["generate-data-key".into()],
+                    required_context: None,
+                })
+                .await;
+            let Ok(grant) = grant else { break };
+            let grant_id = grant.into_inner().grant_id;
+            acked.lock().unwrap().grant_uses.insert(grant_id.clone(), 0);
+            let attempt = || {
+                let (mut c, g) = (reader_kms.clone(), grant_id.clone());
+                async move {
+                    c.generate_data_key(kms::GenerateDataKeyRequest {
+                        key_id: KEY.into(),
+                        context: b"fault".to_vec(),
+                        grant_id: g,
+                    })
+                    .await
+                }
+            };
+            let (a, b) = tokio::join!(attempt(), attempt());
+            let used = u32::from(a.is_ok()) + u32::from(b.is_ok());
+            *acked.lock().unwrap().grant_uses.get_mut(&grant_id).unwrap() += used;
+            if a.is_err() && b.is_err() {
+                // Both refused: the node may be down; reconnect.
+                break;
+            }
+        }
+    }
+}
+
+/// One device: takes part until the task is finished, reconnecting after
+/// every restart of the node.
+async fn device(fl_addr: SocketAddr, id: Identity, data: Dataset, done: Arc<AtomicBool>) {
+    while !done.load(Ordering::Relaxed) {
+        let cfg = AgentConfig {
+            node: fl_addr,
+            server_name: "localhost".into(),
+            data: data.clone(),
+            label_column: "y".into(),
+            policy: AgentPolicy::default(),
+            single_task: true,
+        };
+        let _ = agent::run(&id, cfg, |_| {}).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The checks after a restart.
+async fn check_after_restart(
+    client: &mut LedgerClient,
+    acked: &Acked,
+    reader_kms: &mut yilian_kms::service::KmsClient<tonic::transport::Channel>,
+    cycle: usize,
+) {
+    let head = client.tree_head().await.unwrap();
+    head.verify().unwrap();
+    for &(index, id) in &acked.entries {
+        let tx = client
+            .entry(index)
+            .await
+            .unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged entry {index} is gone: {e}"));
+        assert_eq!(tx.id(), id, "cycle {cycle}: entry {index} changed");
+    }
+    // Every head seen is a prefix of the new one: each distinct size, or an
+    // even sample of 64 of them on a long run.
+    let mut sizes = BTreeSet::new();
+    let distinct: Vec<&SignedTreeHead> = acked
+        .heads
+        .iter()
+        .filter(|h| sizes.insert(h.tree_size))
+        .collect();
+    let step = distinct.len().div_ceil(64).max(1);
+    for old in distinct.iter().step_by(step).chain(distinct.last()) {
+        assert!(
+            old.tree_size <= head.tree_size,
+            "cycle {cycle}: the log shrank"
+        );
+        let p = client
+            .raw()
+            .get_consistency_proof(yilian_ledger::service::pb::GetConsistencyProofRequest {
+                old_size: old.tree_size,
+                new_size: head.tree_size,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let proof = ConsistencyProof {
+            old_size: p.old_size,
+            new_size: p.new_size,
+            path: p
+                .path
+                .iter()
+                .map(|h| h.as_slice().try_into().unwrap())
+                .collect(),
+        };
+        merkle::verify_consistency(&proof, &old.root_hash, &head.root_hash)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: head {} forked: {e}", old.tree_size));
+    }
+    for (grant, &uses) in &acked.grant_uses {
+        assert!(
+            uses <= 1,
+            "cycle {cycle}: one-use grant {grant} was used {uses} times"
+        );
+        if uses == 1 {
+            let again = reader_kms
+                .generate_data_key(kms::GenerateDataKeyRequest {
+                    key_id: KEY.into(),
+                    context: b"fault".to_vec(),
+                    grant_id: grant.clone(),
+                })
+                .await;
+            assert!(
+                again.is_err(),
+                "cycle {cycle}: used grant {grant} was used again after a restart"
+            );
+        }
+    }
+}
+
+fn task_toml(dir: &Path, task_id: &str, validation: &Path) -> PathBuf {
+    let path = dir.join("task.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"id = "{task_id}"
+rounds = {ROUNDS}
+agents_per_round = {DEVICES}
+min_agents = 3
+local_epochs = 1
+batch_size = 16
+validation = {validation:?}
+reward_budget = 10000
+round_timeout_ms = 20000
+optimizer = {{ adam = {{ lr = 0.01 }} }}
+
+[model]
+input = [64]
+layers = [{{ linear = {{ out = 16 }} }}, "relu", {{ linear = {{ out = 10 }} }}, "softmax"]
+
+[schema]
+features = 64
+label_column = "y"
+classes = 10
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
+    let cycles: usize = std::env::var("YILIAN_FAULT_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = NetworkDir::new(tmp.path());
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    network::init_network(&dir, "faults", &addr).await.unwrap();
+    let fl_addr: SocketAddr = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap()
+    };
+    let mut cast = vec![
+        ("bank", Role::DataHolder, "owner".to_owned()),
+        ("bank", Role::Verifier, "reader".to_owned()),
+        ("lab", Role::Engineer, "engineer".to_owned()),
+    ];
+    cast.extend((1..=DEVICES).map(|i| ("phones", Role::Device, format!("device-{i}"))));
+    {
+        let ledger = dir.open_ledger().unwrap();
+        let mut rec = Recorder::Local(&ledger);
+        for (org, role, name) in &cast {
+            network::admit(
+                &dir,
+                &AdmissionRequest::new(*org, *role, name.clone()),
+                &mut rec,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let id = |n: &str| dir.load_identity(n).unwrap();
+    let config = tmp.path().join("faults.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = {addr:?}\nidentity = {:?}\nfederated = {:?}\n",
+            tmp.path().display().to_string(),
+            dir.identity(network::NODE_IDENTITY).display().to_string(),
+            fl_addr.to_string()
+        ),
+    )
+    .unwrap();
+    let mut node = Node {
+        config,
+        log: tmp.path().join("node.log"),
+        child: None,
+    };
+    node.start();
+    let operator = id(network::OPERATOR_IDENTITY);
+    let mut auditor = ledger_client(&addr, &operator).await;
+
+    // The key, and the task with its validation data.
+    let owner = id("owner");
+    let mut owner_kms = kms_client(yilian_identity::grpc::connect(&addr, &owner).await.unwrap());
+    owner_kms
+        .create_key(kms::CreateKeyRequest {
+            key_id: KEY.into(),
+            kind: kms::KeyKind::Aes256Gcm as i32,
+            grant_only: false,
+        })
+        .await
+        .unwrap();
+    let digits = Dataset::digits(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/digits.csv.gz"
+    )))
+    .unwrap();
+    let (train, validation) = digits.split(0.2, 7);
+    let validation_csv = tmp.path().join("validation.csv");
+    validation.write_csv(&validation_csv, "y").unwrap();
+    let task_id = "fault-digits";
+    let engineer = NodeArgs {
+        node: addr.clone(),
+        identity: dir.identity("engineer"),
+    };
+    yilian_federated::cli::submit(
+        &engineer,
+        &task_toml(tmp.path(), task_id, &validation_csv),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Load.
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task_done = Arc::new(AtomicBool::new(false));
+    let mut load = vec![
+        tokio::spawn(write_entries(
+            addr.clone(),
+            id("device-1"),
+            acked.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(burn_after_reading(
+            addr.clone(),
+            owner.clone(),
+            id("reader"),
+            acked.clone(),
+            stop.clone(),
+        )),
+    ];
+    for (i, shard) in train.partition_iid(DEVICES, 3).into_iter().enumerate() {
+        load.push(tokio::spawn(device(
+            fl_addr,
+            id(&format!("device-{}", i + 1)),
+            shard,
+            task_done.clone(),
+        )));
+    }
+
+    let mut rng = rand::rng();
+    let reader = id("reader");
+    for cycle in 0..cycles {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
+        node.kill9();
+        node.start();
+        auditor = ledger_client(&addr, &operator).await;
+        let mut reader_kms = kms_client(
+            yilian_identity::grpc::connect(&addr, &reader)
+                .await
+                .unwrap(),
+        );
+        // What was acknowledged up to now; the load goes on meanwhile.
+        let snapshot = {
+            let a = acked.lock().unwrap();
+            Acked {
+                entries: a.entries.clone(),
+                heads: a.heads.clone(),
+                grant_uses: a.grant_uses.clone(),
+            }
+        };
+        check_after_restart(&mut auditor, &snapshot, &mut reader_kms, cycle).await;
+        println!(
+            "cycle {cycle}: killed and restarted; {} entries, {} heads and {} grants checked",
+            snapshot.entries.len(),
+            snapshot.heads.len(),
+            snapshot.grant_uses.len()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+
+    // The task finishes (a hang guard only: it needs seconds).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let status = loop {
+        match yilian_federated::cli::status(&engineer, task_id).await {
+            Ok(s) if s.phase() == fl::TaskPhase::Finished => break s,
+            Ok(s) => assert!(
+                !matches!(
+                    s.phase(),
+                    fl::TaskPhase::Expired | fl::TaskPhase::BudgetSpent
+                ),
+                "the task ended {:?}",
+                s.phase()
+            ),
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task did not finish; see {}",
+            node.log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    task_done.store(true, Ordering::Relaxed);
+    let history = status.history;
+    assert_eq!(history.len(), ROUNDS as usize, "every round closed once");
+
+    // Rewards on the ledger are the history's, each paid once.
+    let size = auditor.tree_head().await.unwrap().tree_size;
+    let mut paid: BTreeMap<(u32, [u8; 32]), u64> = BTreeMap::new();
+    for i in 0..size {
+        if let Payload::Reward {
+            task_id: t,
+            round,
+            account,
+            amount,
+        } = auditor.entry(i).await.unwrap().tx.payload
+            && t == task_id
+        {
+            assert!(
+                paid.insert((round, account), amount).is_none(),
+                "round {round}'s reward to {} was paid twice",
+                hex::encode(account)
+            );
+        }
+    }
+    let mut owed = BTreeMap::new();
+    for r in &history {
+        for p in r.participants.iter().filter(|p| p.reward > 0) {
+            owed.insert(
+                (r.round, <[u8; 32]>::try_from(p.agent.as_slice()).unwrap()),
+                p.reward,
+            );
+        }
+    }
+    assert!(!owed.is_empty(), "the task rewarded no one");
+    assert_eq!(
+        paid, owed,
+        "rewards on the ledger differ from the task's history"
+    );
+    let acked = acked.lock().unwrap();
+    println!(
+        "campaign: {cycles} kills; {} acknowledged entries, {} one-use grants ({} used), {} rewards, all intact",
+        acked.entries.len(),
+        acked.grant_uses.len(),
+        acked.grant_uses.values().filter(|u| **u == 1).count(),
+        paid.len()
+    );
+    for h in load {
+        h.abort();
+    }
+}
