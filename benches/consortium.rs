@@ -22,6 +22,7 @@ use yilian::node::{self, ClusterConfig, NodeConfig, RunningNode};
 use yilian_identity::Role;
 use yilian_identity::ca::AdmissionRequest;
 use yilian_ledger::{Ledger, Payload, SignedTransaction, Transaction};
+use yilian_testkit::machine;
 
 fn notes(member: &SigningKey, n: usize, tag: &str) -> Vec<SignedTransaction> {
     (0..n)
@@ -34,37 +35,6 @@ fn notes(member: &SigningKey, n: usize, tag: &str) -> Vec<SignedTransaction> {
             .sign(member)
         })
         .collect()
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Median latency of a 4 KiB write followed by fdatasync, in ms.
-fn synced_write_ms(dir: &std::path::Path) -> f64 {
-    use std::io::Write as _;
-    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
-    let block = vec![7u8; 4096];
-    let mut times: Vec<f64> = (0..100)
-        .map(|_| {
-            let t = Instant::now();
-            f.write_all(&block).unwrap();
-            f.sync_data().unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
-fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string()
 }
 
 /// Submits every transaction with `concurrency` in flight; entries/s.
@@ -112,7 +82,7 @@ async fn consortium(n: usize) -> Net {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().to_owned();
     let net = NetworkDir::new(root.join("org-0"));
-    let first = free_addr();
+    let first = yilian_testkit::free_addr();
     network::init_network(&net, "bench", &first).await.unwrap();
     {
         let ledger = net.open_ledger().unwrap();
@@ -124,7 +94,11 @@ async fn consortium(n: usize) -> Net {
     }
     let mut nodes = Vec::new();
     for i in 0..n {
-        let listen = if i == 0 { first.clone() } else { free_addr() };
+        let listen = if i == 0 {
+            first.clone()
+        } else {
+            yilian_testkit::free_addr()
+        };
         let data = if i == 0 {
             net.root.clone()
         } else {
@@ -207,8 +181,8 @@ fn main() {
     println!(
         "consortium benchmark: {} cores, load average {}, synced 4 KiB write {:.3} ms (median of 100)",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average(),
-        synced_write_ms(probe.path())
+        machine::load_average(),
+        machine::synced_write_ms(probe.path())
     );
 
     rt.block_on(async {
@@ -274,5 +248,5 @@ fn main() {
             node.stop().await.unwrap();
         }
     });
-    println!("load average after the run: {}", load_average());
+    println!("load average after the run: {}", machine::load_average());
 }

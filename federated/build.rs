@@ -1,5 +1,9 @@
 // protoc comes from crates.io (protoc-bin-vendored), so a fresh machine needs nothing installed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The control plane is the coordinator's; a device agent builds without it.
+    if std::env::var_os("CARGO_FEATURE_COORDINATOR").is_none() {
+        return Ok(());
+    }
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure().compile_with_config(

@@ -152,15 +152,7 @@ fn millis(t: SystemTime) -> u64 {
 
 /// The ledger transaction recording an admission, signed by the authority.
 pub fn admission_tx(authority: &Authority, p: &Principal, not_after_ms: u64) -> SignedTransaction {
-    Transaction::new(Payload::Admit {
-        org: p.org.clone(),
-        role: p.role,
-        name: p.name.clone(),
-        public_key: p.public_key,
-        serial: p.serial.clone(),
-        not_after_ms,
-    })
-    .sign(&authority.signing_key())
+    Transaction::new(Payload::admission(p, not_after_ms)).sign(&authority.signing_key())
 }
 
 /// Where an admin operation is recorded: the local store, or a running node.

@@ -3,10 +3,12 @@
 //! a tampered file is refused; the node exposes Prometheus metrics.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use yilian_testkit::{NodeProcess, free_port};
 
 fn yilian(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_yilian"))
@@ -23,22 +25,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Node(Child);
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn wait_for(port: u16) {
@@ -87,16 +73,10 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a network"));
 
     let config = data.join("node.toml");
-    let _node = Node(
-        Command::new(env!("CARGO_BIN_EXE_yilian"))
-            .args(["node", "--config", config.to_str().unwrap()])
-            .arg("--metrics")
-            .arg(format!("127.0.0.1:{metrics}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        .arg("--metrics")
+        .arg(format!("127.0.0.1:{metrics}"))
+        .started();
     wait_for(grpc);
 
     let out = ok(&[
@@ -295,18 +275,13 @@ fn an_engineer_submits_and_follows_a_task_through_the_node() {
         &listen,
     ]);
     let config = data.join("node.toml");
-    let _node = Node(
-        Command::new(env!("CARGO_BIN_EXE_yilian"))
-            .args(["node", "--config", config.to_str().unwrap()])
-            .args(["--federated", &fl])
-            // Its own metrics port: the default one is another test's.
-            .arg("--metrics")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        .arg("--federated")
+        .arg(&fl)
+        // Its own metrics port: the default one is another test's.
+        .arg("--metrics")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .started();
     wait_for(grpc);
     for (role, name) in [("engineer", "eng"), ("device", "phone")] {
         ok(&[
@@ -419,17 +394,11 @@ fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
         &listen,
     ]);
     let config = data.join("node.toml");
-    let _node = Node(
-        Command::new(env!("CARGO_BIN_EXE_yilian"))
-            .args(["node", "--config", config.to_str().unwrap()])
-            .arg("--insecure-dev-setup")
-            .arg("--metrics")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        .arg("--insecure-dev-setup")
+        .arg("--metrics")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .started();
     wait_for(grpc);
     for (role, name) in [("data-holder", "holder"), ("verifier", "bank")] {
         ok(&[

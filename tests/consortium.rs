@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,14 +15,7 @@ use yilian_identity::ca::AdmissionRequest;
 use yilian_identity::{Identity, Role};
 use yilian_ledger::service::LedgerClient;
 use yilian_ledger::{Payload, Transaction};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use yilian_testkit::NodeProcess;
 
 fn yilian(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_yilian"))
@@ -43,35 +36,16 @@ struct Member {
     data: PathBuf,
     identity: PathBuf,
     addr: String,
-    child: Option<Child>,
+    node: NodeProcess,
 }
 
 impl Member {
     fn start(&mut self) {
-        let log = std::fs::File::create(self.data.join("node.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_yilian"))
-            .args(["node", "--config"])
-            .arg(self.data.join("node.toml"))
-            .env("RUST_LOG", "warn,yilian_ledger=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.node.start();
     }
 
     fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // Child::kill sends SIGKILL on Unix.
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill9();
+        self.node.kill9();
     }
 }
 
@@ -111,16 +85,12 @@ async fn client(addr: &str, id: &Identity) -> LedgerClient {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, secs: u64, mut f: F)
+async fn wait_until<F, Fut>(what: &str, secs: u64, f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(150)).await;
-    }
+    yilian_testkit::wait_until(what, Duration::from_secs(secs), f).await
 }
 
 impl Consortium {
@@ -134,7 +104,7 @@ impl Consortium {
     /// its index and every member's address).
     async fn start_with(n: usize, extra: impl Fn(usize, &[String]) -> String) -> Consortium {
         let addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .map(|_| format!("127.0.0.1:{}", yilian_testkit::free_port()))
             .collect();
         let n = addrs.len();
         Self::start_fixed(addrs, extra, n).await
@@ -181,12 +151,15 @@ impl Consortium {
             } else {
                 net.identity(&format!("node-{i}"))
             };
+            let node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &data.join("node.toml"))
+                .env("RUST_LOG", "warn,yilian_ledger=info")
+                .log(&data.join("node.log"));
             let m = Member {
                 org: format!("org-{i}"),
                 data,
                 identity,
                 addr: addr.clone(),
-                child: None,
+                node,
             };
             let peers: Vec<String> = addrs.iter().filter(|a| *a != addr).cloned().collect();
             write_config(&m, &peers, &extra(i, &addrs));
@@ -274,7 +247,7 @@ impl Consortium {
     async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            for m in self.members.iter().filter(|m| m.child.is_some()) {
+            for m in self.members.iter().filter(|m| m.node.is_running()) {
                 let Ok(ch) = yilian_identity::grpc::connect(&m.addr, &self.client).await else {
                     continue;
                 };
@@ -282,7 +255,7 @@ impl Consortium {
                     && let Some(i) = self
                         .members
                         .iter()
-                        .position(|x| x.addr == cons.leader_addr && x.child.is_some())
+                        .position(|x| x.addr == cons.leader_addr && x.node.is_running())
                 {
                     return i;
                 }
@@ -574,8 +547,8 @@ async fn non_members_cannot_be_peers_and_unapproved_members_do_not_join() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_member_added_after_100k_entries_catches_up_by_log_transfer() {
     let addrs = vec![
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", yilian_testkit::free_port()),
+        format!("127.0.0.1:{}", yilian_testkit::free_port()),
     ];
     // Both nodes run; only the first is a member yet.
     let net = Consortium::start_fixed(addrs, |_, _| String::new(), 1).await;
@@ -663,7 +636,7 @@ async fn a_cut_off_member_refuses_writes_reads_stale_and_catches_up() {
     const N: usize = 3;
     // proxies[i][j] carries member i's traffic to member j.
     let addrs: Vec<String> = (0..N)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .map(|_| format!("127.0.0.1:{}", yilian_testkit::free_port()))
         .collect();
     let mut proxies: Vec<Vec<Option<Proxy>>> = Vec::new();
     for i in 0..N {

@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,6 +32,7 @@ use yilian_kms::service::pb as kms;
 use yilian_ledger::service::LedgerClient;
 use yilian_ledger::{ConsistencyProof, Payload, SignedTreeHead, Transaction, TxId, merkle};
 use yilian_models::Dataset;
+use yilian_testkit::NodeProcess;
 
 const DEVICES: usize = 4;
 const ROUNDS: u32 = 4;
@@ -47,69 +47,8 @@ struct Acked {
     grant_uses: BTreeMap<String, u32>,
 }
 
-struct Node {
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_yilian"))
-                .args(["node", "--config"])
-                .arg(&self.config)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn ledger_client(addr: &str, id: &Identity) -> LedgerClient {
-    // A hang guard: the node is back within seconds of a restart.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        match yilian_identity::grpc::connect(addr, id).await {
-            Ok(ch) => {
-                let mut c = LedgerClient::new(ch);
-                if c.tree_head().await.is_ok() {
-                    return c;
-                }
-            }
-            Err(_) if Instant::now() < deadline => {}
-            Err(e) => panic!("the node at {addr} did not come back: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    yilian_testkit::ledger_client(addr, id, Duration::from_secs(120)).await
 }
 
 /// Appends notes until stopped, recording each acknowledged entry and head.
@@ -338,7 +277,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         .unwrap_or(3);
     let tmp = tempfile::tempdir().unwrap();
     let dir = NetworkDir::new(tmp.path());
-    let port = free_port();
+    let port = yilian_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     network::init_network(&dir, "faults", &addr).await.unwrap();
     let fl_addr: SocketAddr = {
@@ -376,12 +315,10 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         ),
     )
     .unwrap();
-    let mut node = Node {
-        config,
-        log: tmp.path().join("node.log"),
-        child: None,
-    };
-    node.start();
+    let mut node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        .env("RUST_LOG", "warn")
+        .log(&tmp.path().join("node.log"))
+        .started();
     let operator = id(network::OPERATOR_IDENTITY);
     let mut auditor = ledger_client(&addr, &operator).await;
 
@@ -494,7 +431,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         assert!(
             Instant::now() < deadline,
             "the task did not finish; see {}",
-            node.log.display()
+            tmp.path().join("node.log").display()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -25,32 +25,10 @@ use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
 use yilian_models::{Dataset, ModelSpec, Optimizer, TrainConfig};
+use yilian_testkit::machine;
 
 fn data_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Median latency of a 4 KiB write followed by fdatasync, in ms.
-fn synced_write_ms(dir: &Path) -> f64 {
-    use std::io::Write as _;
-    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
-    let block = vec![7u8; 4096];
-    let mut times: Vec<f64> = (0..100)
-        .map(|_| {
-            let t = Instant::now();
-            f.write_all(&block).unwrap();
-            f.sync_data().unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
 }
 
 /// Each agent holds 20 rows (drawn with overlap when agents are many).
@@ -354,8 +332,8 @@ async fn main() {
     println!(
         "machine: {} cores, load average {}, synced 4 KiB write {:.3} ms (median of 100)",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average(),
-        synced_write_ms(probe.path())
+        machine::load_average(),
+        machine::synced_write_ms(probe.path())
     );
 
     println!(

@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use yilian_identity::Identity;
 use yilian_models::{Dataset, ModelSpec, OnnxModel, OutputKind, TrainConfig};
 
-use crate::coordinator::{next_message, spawn_writer};
 use crate::protocol::{ALPN, ChunkAssembler, Message, WeightsPurpose, weight_messages};
+use crate::wire::{next_message, spawn_writer};
 use crate::{AgentId, AgentPolicy, DataSchema, FlError, RejectReason};
 
 /// What the agent reports as it goes.

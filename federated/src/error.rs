@@ -185,6 +185,7 @@ pub enum RejectReason {
     BadSurvivorList,
 }
 
+#[cfg(feature = "coordinator")]
 impl From<FlError> for tonic::Status {
     fn from(e: FlError) -> tonic::Status {
         use tonic::Code;
@@ -235,6 +236,7 @@ impl From<FlError> for tonic::Status {
     }
 }
 
+#[cfg(feature = "coordinator")]
 macro_rules! store_err {
     ($($t:ty),*) => {$(
         impl From<$t> for FlError {
@@ -244,6 +246,7 @@ macro_rules! store_err {
         }
     )*};
 }
+#[cfg(feature = "coordinator")]
 store_err!(
     redb::Error,
     redb::DatabaseError,

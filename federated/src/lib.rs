@@ -27,14 +27,23 @@
 //!   driver with mutual TLS; it also serves the engineer's gRPC control
 //!   plane ([`coordinator::ControlPlane`], [`pb`]);
 //! - [`agent`]: the device's side, sans IO ([`agent::AgentMachine`]), and
-//!   its QUIC driver.
+//!   its QUIC driver, over [`wire`].
+//!
+//! A device agent needs only the round logic, the protocol and the agent;
+//! the `coordinator` feature (on by default) adds the coordinator, its
+//! store, its control plane, the simulation drivers and the CLI client,
+//! and with them redb, tonic and the ledger's node. `yilian-agent` builds
+//! without it.
 
 pub mod agent;
 pub mod aggregate;
 pub mod buffered;
+#[cfg(feature = "coordinator")]
 pub mod cli;
 pub mod contribution;
+#[cfg(feature = "coordinator")]
 pub mod coordinator;
+#[cfg(feature = "coordinator")]
 pub mod devnet;
 pub mod dp;
 mod error;
@@ -44,12 +53,16 @@ pub mod round;
 pub mod secagg;
 pub mod secure_round;
 /// The gRPC control plane's messages (`proto/federated.proto`).
+#[cfg(feature = "coordinator")]
 pub mod pb {
     tonic::include_proto!("yilian.federated.v1");
 }
+#[cfg(feature = "coordinator")]
 pub mod sim;
+#[cfg(feature = "coordinator")]
 pub mod store;
 pub mod task;
+pub mod wire;
 
 pub use aggregate::Update;
 pub use error::{FlError, RejectReason};
@@ -57,6 +70,7 @@ pub use evaluation::{
     EvaluationEffect, EvaluationMachine, EvaluationPhase, EvaluationResult, EvaluationState,
 };
 pub use round::{AgentId, Effect, Phase, RoundMachine, RoundRecord, TaskState};
+#[cfg(feature = "coordinator")]
 pub use store::Store;
 pub use task::{
     AgentPolicy, Aggregation, DataSchema, EvaluationSpec, Privacy, Robust, SecAggSettings,

@@ -282,6 +282,19 @@ pub fn decode_body(body: &[u8]) -> Result<Message, FlError> {
     Ok(env.message)
 }
 
+/// The body length a frame's 4-byte big-endian header announces, refused
+/// beyond [`MAX_FRAME`] before anything is allocated for it.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FlError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FlError::FrameTooLarge {
+            size: len,
+            limit: MAX_FRAME,
+        });
+    }
+    Ok(len)
+}
+
 /// Sans-IO frame reader: push bytes as they arrive, pop whole messages.
 #[derive(Default)]
 pub struct FrameDecoder {
@@ -298,13 +311,7 @@ impl FrameDecoder {
         let Some(len) = self.buf.get(..4) else {
             return Ok(None);
         };
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if len > MAX_FRAME {
-            return Err(FlError::FrameTooLarge {
-                size: len,
-                limit: MAX_FRAME,
-            });
-        }
+        let len = frame_len([len[0], len[1], len[2], len[3]])?;
         if self.buf.len() < 4 + len {
             return Ok(None);
         }

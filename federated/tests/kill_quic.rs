@@ -93,15 +93,15 @@ async fn ledger_rewards(dir: &Path) -> BTreeMap<(u32, [u8; 32]), Vec<u64>> {
 async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("fl-kill").unwrap();
-    let coord = admit(&ca, Role::Member, "node-1", dir.path());
-    let engineer = admit(&ca, Role::Engineer, "eng", dir.path());
+    let coord = certify(&ca, Role::Member, "node-1", dir.path());
+    let engineer = certify(&ca, Role::Engineer, "eng", dir.path());
     let devices: Vec<Identity> = (0..AGENTS)
-        .map(|i| admit(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
+        .map(|i| certify(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
         .collect();
     {
         let ledger = open_ledger(dir.path());
         let ids: Vec<&Identity> = devices.iter().chain([&coord, &engineer]).collect();
-        genesis(&ledger, "fl-kill", &ca, &ids).await;
+        genesis(&ledger, &ca, &ids).await;
         ledger.shutdown().await;
     }
     let addr = std::net::UdpSocket::bind("127.0.0.1:0")

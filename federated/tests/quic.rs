@@ -28,14 +28,14 @@ struct Net {
 async fn network(devices: usize, task: &str, validation: &yilian_models::Dataset) -> Net {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("fl-test").unwrap();
-    let coord = admit(&ca, Role::Member, "node-1", dir.path());
-    let engineer = admit(&ca, Role::Engineer, "eng", dir.path());
+    let coord = certify(&ca, Role::Member, "node-1", dir.path());
+    let engineer = certify(&ca, Role::Engineer, "eng", dir.path());
     let devices: Vec<Identity> = (0..devices)
-        .map(|i| admit(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
+        .map(|i| certify(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
         .collect();
     let ledger = Ledger::open(&dir.path().join("ledger.redb"), ca.signing_key()).unwrap();
     let ids: Vec<&Identity> = devices.iter().chain([&coord, &engineer]).collect();
-    genesis(&ledger, "fl-test", &ca, &ids).await;
+    genesis(&ledger, &ca, &ids).await;
     let node = Coordinator::serve(
         "127.0.0.1:0".parse().unwrap(),
         Identity::load(&dir.path().join("node-1")).unwrap(),
@@ -122,10 +122,10 @@ fn rewards_on_the_ledger(net: &Net, earned: &[Vec<agent::EarnedReward>], budget:
 async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
     let (train, validation, test) = breast_cancer_splits();
     let net = network(4, &bc_task_toml("bc-quic", 3, 4, 3, 3000), &validation).await;
-    let odd_device = admit(&net.ca, Role::Device, "dev-odd", net.dir.path());
+    let odd_device = certify(&net.ca, Role::Device, "dev-odd", net.dir.path());
     register(&net.ledger, &net.ca, &odd_device).await;
     let outsider_ca = Authority::create("elsewhere").unwrap();
-    let outsider = admit(&outsider_ca, Role::Device, "intruder", net.dir.path());
+    let outsider = certify(&outsider_ca, Role::Device, "intruder", net.dir.path());
 
     // Not admitted by this network: the handshake fails.
     let refused = agent::run(&outsider, agent_config(net.addr, train.clone()), |_| {}).await;
@@ -465,9 +465,9 @@ async fn buffered_secure_aggregation_over_quic_trains_and_pays() {
 async fn revoking_a_device_closes_its_live_quic_connection() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("fl-test").unwrap();
-    admit(&ca, Role::Member, "node-1", dir.path());
-    let device = admit(&ca, Role::Device, "dev-0", dir.path());
-    let other = admit(&ca, Role::Device, "dev-1", dir.path());
+    certify(&ca, Role::Member, "node-1", dir.path());
+    let device = certify(&ca, Role::Device, "dev-0", dir.path());
+    let other = certify(&ca, Role::Device, "dev-1", dir.path());
     let revoked = RevocationList::default();
     let node = Coordinator::serve(
         "127.0.0.1:0".parse().unwrap(),

@@ -17,16 +17,10 @@ use yilian_federated::cli::{self, NodeArgs};
 use yilian_federated::coordinator::{Coordinator, next_message};
 use yilian_federated::protocol::Message;
 use yilian_federated::{AgentPolicy, DataSchema, RejectReason, pb};
-use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
 use yilian_models::{EvalCounts, OnnxModel, OutputKind};
-
-fn admit(ca: &Authority, role: Role, name: &str, dir: &Path) -> Identity {
-    let id = ca.admit(&AdmissionRequest::new("org", role, name)).unwrap();
-    id.save(&dir.join(name)).unwrap();
-    Identity::load(&dir.join(name)).unwrap()
-}
 
 const TASK: &str = r#"
 kind = "evaluation"
@@ -93,13 +87,13 @@ async fn wait_for_joined(eng: &NodeArgs, joined: u32) {
 async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Authority::create("fl-eval").unwrap();
-    admit(&ca, Role::Member, "node-1", dir.path());
-    admit(&ca, Role::Engineer, "eng", dir.path());
+    certify(&ca, Role::Member, "node-1", dir.path());
+    certify(&ca, Role::Engineer, "eng", dir.path());
     let honest: Vec<Identity> = (0..4)
-        .map(|i| admit(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
+        .map(|i| certify(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
         .collect();
-    let forger = admit(&ca, Role::Device, "dev-forger", dir.path());
-    let cautious = admit(&ca, Role::Device, "dev-cautious", dir.path());
+    let forger = certify(&ca, Role::Device, "dev-forger", dir.path());
+    let cautious = certify(&ca, Role::Device, "dev-cautious", dir.path());
 
     let (node, control) = serve(dir.path()).await;
     let addr = node.local_addr().unwrap();

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ca;
+#[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod tls;
 

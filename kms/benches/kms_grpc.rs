@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use tokio::net::TcpListener;
-use yilian_identity::ca::{AdmissionRequest, Authority};
+use tonic::service::Routes;
 use yilian_identity::{Identity, Role};
 use yilian_kms::audit::{AuditLog, AuditReceipt, KeyAudit, Page, TrailPage};
 use yilian_kms::client::Client;
@@ -22,6 +21,7 @@ use yilian_kms::policy::AccountId;
 use yilian_kms::service::{KmsNode, KmsService};
 use yilian_kms::{LedgerAudit, system_clock};
 use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_testkit::Network;
 
 /// The ledger audit as a client would submit it: the writer verifies the
 /// signature again (what `LedgerAudit` did before it used `submit_own`).
@@ -82,70 +82,21 @@ impl AuditLog for NoAudit {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    net: Network,
     owner: Identity,
-    node: Identity,
-    ledger: Ledger,
 }
 
 async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Authority::create("bench").unwrap();
-    let node = ca
-        .admit(&AdmissionRequest::new("org", Role::Member, "node"))
-        .unwrap();
-    let owner = ca
-        .admit(&AdmissionRequest::new("org", Role::Member, "owner"))
-        .unwrap();
-    let ledger = Ledger::open(&dir.path().join("ledger.redb"), node.signing_key().clone()).unwrap();
-    let authority: SigningKey = ca.signing_key();
-    ledger
-        .submit(
-            Transaction::new(Payload::Genesis {
-                network: "bench".into(),
-                authority: authority.verifying_key().to_bytes(),
-            })
-            .sign(&authority),
-        )
-        .await
-        .unwrap();
-    for id in [&node, &owner] {
-        let p = id.principal();
-        ledger
-            .submit(
-                Transaction::new(Payload::Admit {
-                    org: p.org.clone(),
-                    role: p.role,
-                    name: p.name.clone(),
-                    public_key: p.public_key,
-                    serial: p.serial.clone(),
-                    not_after_ms: u64::MAX,
-                })
-                .sign(&authority),
-            )
-            .await
-            .unwrap();
-    }
-    Setup {
-        _dir: dir,
-        owner,
-        node,
-        ledger,
-    }
+    let net = Network::new("bench").await;
+    let owner = net.admit(Role::Member, "owner").await;
+    Setup { net, owner }
 }
 
 async fn serve<A: AuditLog + Clone>(s: &Setup, name: &str, audit: A) -> String {
     let root = yilian_kms::crypto::random_key().unwrap();
-    let node = KmsNode::unsealed(s._dir.path().join(name), root, audit, system_clock()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let incoming = yilian_identity::grpc::incoming(listener, &s.node, Default::default()).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(KmsService::new(node).into_server())
-            .serve_with_incoming(incoming),
-    );
-    addr
+    let node = KmsNode::unsealed(s.net.path(name), root, audit, system_clock()).unwrap();
+    let routes = Routes::new(KmsService::new(node).into_server());
+    yilian_testkit::serve(&s.net.node, Default::default(), routes).await
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -223,12 +174,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let s = setup().await;
-        let audited = serve(&s, "kms-audit.redb", LedgerAudit::new(s.ledger.clone(), s.node.signing_key().clone())).await;
+        let audited = serve(&s, "kms-audit.redb", LedgerAudit::new(s.net.ledger.clone(), s.net.node.signing_key().clone())).await;
         let bare = serve(&s, "kms-noaudit.redb", NoAudit).await;
         let reverify = serve(
             &s,
             "kms-reverify.redb",
-            VerifiedSubmitAudit { ledger: s.ledger.clone(), key: s.node.signing_key().clone() },
+            VerifiedSubmitAudit { ledger: s.net.ledger.clone(), key: s.net.node.signing_key().clone() },
         )
         .await;
         for addr in [&audited, &bare, &reverify] {
@@ -241,9 +192,9 @@ fn main() {
         println!("{:<16} {:>7} | {:>10} {:>8} {:>8} {:>9} | {:>10} {:>8} {:>8} | {:>10} {:>8} | {:>6}", "operation", "clients", "audit rq/s", "p50 us", "p99 us", "per fsync", "none rq/s", "p50 us", "p99 us", "reverify", "p99 us", "ratio");
         for (name, op) in [("GenerateDataKey", Op::GenerateDataKey), ("Decrypt", Op::Decrypt)] {
             for clients in [1usize, 16, 64] {
-                let (n0, c0) = (s.ledger.len(), s.ledger.commits());
+                let (n0, c0) = (s.net.ledger.len(), s.net.ledger.commits());
                 let a = run(&audited, &s.owner, op, clients, secs).await;
-                let per_fsync = (s.ledger.len() - n0) as f64 / (s.ledger.commits() - c0).max(1) as f64;
+                let per_fsync = (s.net.ledger.len() - n0) as f64 / (s.net.ledger.commits() - c0).max(1) as f64;
                 let b = run(&bare, &s.owner, op, clients, secs).await;
                 let v = run(&reverify, &s.owner, op, clients, secs).await;
                 println!(
@@ -252,6 +203,6 @@ fn main() {
                 );
             }
         }
-        println!("ledger entries written by the audited runs: {}", s.ledger.len());
+        println!("ledger entries written by the audited runs: {}", s.net.ledger.len());
     });
 }

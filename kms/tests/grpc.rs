@@ -2,17 +2,15 @@
 //! authority, audited on a real ledger: the devnet act end to end, a sealed
 //! node unsealed by operator shares, and role checks on the wire.
 
-use ed25519_dalek::SigningKey;
-use tokio::net::TcpListener;
-use yilian_identity::ca::{AdmissionRequest, Authority};
+use tonic::service::Routes;
 use yilian_identity::{Identity, Role};
 use yilian_kms::client::Client;
 use yilian_kms::seal;
 use yilian_kms::service::{self, pb};
-use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_testkit::Network;
 
 struct Net {
-    _dir: tempfile::TempDir,
+    _net: Network,
     ids: Vec<Identity>,
     addr: String,
 }
@@ -28,67 +26,22 @@ const NAMES: &[(&str, Role)] = &[
 ];
 
 async fn net(sealed: bool) -> (Net, Option<Vec<yilian_kms::secret::UnsealShare>>) {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Authority::create("kms-test").unwrap();
-    let ids: Vec<Identity> = NAMES
-        .iter()
-        .map(|(n, r)| ca.admit(&AdmissionRequest::new("org", *r, *n)).unwrap())
-        .collect();
-    let ledger = Ledger::open(
-        &dir.path().join("ledger.redb"),
-        ids[0].signing_key().clone(),
-    )
-    .unwrap();
-    let authority: SigningKey = ca.signing_key();
-    ledger
-        .submit(
-            Transaction::new(Payload::Genesis {
-                network: "kms-test".into(),
-                authority: authority.verifying_key().to_bytes(),
-            })
-            .sign(&authority),
-        )
-        .await
-        .unwrap();
-    for id in &ids {
-        let p = id.principal();
-        ledger
-            .submit(
-                Transaction::new(Payload::Admit {
-                    org: p.org.clone(),
-                    role: p.role,
-                    name: p.name.clone(),
-                    public_key: p.public_key,
-                    serial: p.serial.clone(),
-                    not_after_ms: u64::MAX,
-                })
-                .sign(&authority),
-            )
-            .await
-            .unwrap();
-    }
+    let net = Network::new("kms-test").await;
+    let mut ids = vec![net.load("node")];
+    ids.extend(net.admit_all(&NAMES[1..]).await);
+    let (dir, ledger, key) = (net.dir.path(), net.ledger.clone(), net.node.signing_key());
     let (server, shares) = if sealed {
         let (_root, shares) = seal::split_root_key(2, 3).unwrap();
-        let (_, server) = service::sealed(dir.path(), ledger.clone(), ids[0].signing_key().clone());
+        let (_, server) = service::sealed(dir, ledger, key.clone());
         (server, Some(shares))
     } else {
-        let (node, server) =
-            service::with_key_file(dir.path(), ledger.clone(), ids[0].signing_key().clone())
-                .unwrap();
-        let _ = node;
+        let (_, server) = service::with_key_file(dir, ledger, key.clone()).unwrap();
         (server, None)
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let incoming = yilian_identity::grpc::incoming(listener, &ids[0], Default::default()).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(incoming),
-    );
+    let addr = yilian_testkit::serve(&ids[0], Default::default(), Routes::new(server)).await;
     (
         Net {
-            _dir: dir,
+            _net: net,
             ids,
             addr,
         },

@@ -16,18 +16,28 @@
 //! redb and consensus with group commit; [`service`] serves clients and
 //! [`peer`] the other members over gRPC; [`bundle`] is the offline proof
 //! file format.
+//!
+//! The `node` feature (on by default) is the member node: [`store`],
+//! [`raft`], [`consensus`], [`service`] and [`peer`], with redb, openraft
+//! and tonic. Without it the crate is what a verifier or device needs to
+//! check entries, heads and proofs offline.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod checkpoint;
+#[cfg(feature = "node")]
 pub mod consensus;
 pub mod head;
 pub mod hexbytes;
 pub mod merkle;
+#[cfg(feature = "node")]
 pub mod peer;
+#[cfg(feature = "node")]
 pub mod raft;
+#[cfg(feature = "node")]
 pub mod service;
 pub mod state;
+#[cfg(feature = "node")]
 pub mod store;
 pub mod tx;
 pub mod witness;
@@ -35,6 +45,7 @@ pub mod witness;
 pub use head::SignedTreeHead;
 pub use merkle::{ConsistencyProof, Hash, InclusionProof, ProofError};
 pub use state::{Decision, LedgerState, Member};
+#[cfg(feature = "node")]
 pub use store::{Ledger, OwnTransaction, Receipt};
 pub use tx::{AccountId, Payload, SignedTransaction, Transaction, TxId};
 pub use yilian_identity::Role;
@@ -170,6 +181,7 @@ impl LedgerError {
     }
 }
 
+#[cfg(feature = "node")]
 impl From<LedgerError> for tonic::Status {
     fn from(e: LedgerError) -> tonic::Status {
         use tonic::Code;

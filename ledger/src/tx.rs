@@ -172,6 +172,19 @@ pub enum MembershipChange {
 }
 
 impl Payload {
+    /// The entry recording `p`'s admission by the authority, valid until
+    /// `not_after_ms`.
+    pub fn admission(p: &yilian_identity::Principal, not_after_ms: u64) -> Payload {
+        Payload::Admit {
+            org: p.org.clone(),
+            role: p.role,
+            name: p.name.clone(),
+            public_key: p.public_key,
+            serial: p.serial.clone(),
+            not_after_ms,
+        }
+    }
+
     /// A short name for logs, metrics and error messages.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -20,6 +20,7 @@ use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystem};
 use ark_serialize::CanonicalSerialize;
 
 use yilian_circuits::{kyc, poseidon, set::SortedSet};
+use yilian_testkit::machine;
 use yilian_zk::query::{self, Predicate};
 use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
 use yilian_zk::{keys, prover, verifier};
@@ -33,35 +34,12 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// Median latency of a 4 KiB write followed by fdatasync, in ms.
-fn synced_write_ms(dir: &std::path::Path) -> f64 {
-    use std::io::Write as _;
-    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
-    let block = vec![7u8; 4096];
-    let mut times: Vec<f64> = (0..100)
-        .map(|_| {
-            let t = Instant::now();
-            f.write_all(&block).unwrap();
-            f.sync_data().unwrap();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
 fn main() {
     let tmp = tempfile::tempdir().unwrap();
     println!(
         "machine: load average {}, synced 4 KiB write {:.3} ms (median of 100), {} cores",
-        load_average(),
-        synced_write_ms(tmp.path()),
+        machine::load_average(),
+        machine::synced_write_ms(tmp.path()),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     for width in 2..=6 {
@@ -199,9 +177,9 @@ fn main() {
 
     statements(&set, &mut rng);
     consent_check(ms(median_prove));
-    grant_use(tmp.path(), ms(median_prove));
+    grant_use(ms(median_prove));
     ceremony(tmp.path());
-    println!("machine after: load average {}", load_average());
+    println!("machine after: load average {}", machine::load_average());
 }
 
 fn wide_record(n: usize) -> Record {
@@ -339,61 +317,24 @@ fn consent_check(prove_ms: f64) {
 /// under the verifier's grant, which counts the use durably and audits it
 /// on the (local, single-member) ledger before the key is released. The
 /// disclosure record the node keeps besides is one more synced write.
-fn grant_use(dir: &std::path::Path, prove_ms: f64) {
+fn grant_use(prove_ms: f64) {
     use yilian_identity::Role;
-    use yilian_identity::ca::{AdmissionRequest, Authority};
     use yilian_kms::{Caller, GrantTerms, KeyKind, Operation};
-    use yilian_ledger::{Ledger, Payload, Transaction};
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let ca = Authority::create("bench").unwrap();
-        let ids: Vec<_> = [
-            ("node", Role::Member),
-            ("holder", Role::DataHolder),
-            ("bank", Role::Verifier),
-        ]
-        .iter()
-        .map(|(n, r)| ca.admit(&AdmissionRequest::new("org", *r, *n)).unwrap())
-        .collect();
-        let dir = dir.join("kms");
-        std::fs::create_dir_all(&dir).unwrap();
-        let ledger = Ledger::open(&dir.join("ledger.redb"), ids[0].signing_key().clone()).unwrap();
-        let authority = ca.signing_key();
-        ledger
-            .submit(
-                Transaction::new(Payload::Genesis {
-                    network: "bench".into(),
-                    authority: authority.verifying_key().to_bytes(),
-                })
-                .sign(&authority),
-            )
-            .await
-            .unwrap();
-        for id in &ids {
-            let p = id.principal();
-            ledger
-                .submit(
-                    Transaction::new(Payload::Admit {
-                        org: p.org.clone(),
-                        role: p.role,
-                        name: p.name.clone(),
-                        public_key: p.public_key,
-                        serial: p.serial.clone(),
-                        not_after_ms: u64::MAX,
-                    })
-                    .sign(&authority),
-                )
-                .await
-                .unwrap();
-        }
+        let net = yilian_testkit::Network::new("bench").await;
+        let ids = net
+            .admit_all(&[("holder", Role::DataHolder), ("bank", Role::Verifier)])
+            .await;
+        let key = net.node.signing_key().clone();
         let (node, _) =
-            yilian_kms::service::with_key_file(&dir, ledger, ids[0].signing_key().clone()).unwrap();
+            yilian_kms::service::with_key_file(net.dir.path(), net.ledger.clone(), key).unwrap();
         let kms = node.kms().await.unwrap();
-        let holder = Caller::from(ids[1].principal());
+        let holder = Caller::from(ids[0].principal());
         kms.create_key(&holder, "wrap", KeyKind::Aes256Gcm, false)
             .await
             .unwrap();
@@ -407,7 +348,7 @@ fn grant_use(dir: &std::path::Path, prove_ms: f64) {
             .unwrap()
             .as_millis() as u64;
         let bank = Caller {
-            account: ids[2].principal().public_key,
+            account: ids[1].principal().public_key,
             role: Role::Verifier,
         };
         let grant = kms

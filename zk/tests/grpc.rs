@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use ark_bn254::Fr;
 use ark_ff::UniformRand;
-use tokio::net::TcpListener;
 use tonic::Code;
+use tonic::service::Routes;
 use tonic::transport::Channel;
-use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::{Identity, Role};
 use yilian_kms::service::LedgerKmsNode;
 use yilian_kms::{Caller, KeyKind};
 use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_testkit::Network;
 use yilian_zk::query::Predicate;
 use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
 use yilian_zk::service::{self, KeySource, ZkClient, ZkService, pb};
@@ -60,7 +60,7 @@ fn wrap_key(who: usize) -> String {
 }
 
 struct Net {
-    dir: tempfile::TempDir,
+    net: Network,
     ids: Vec<Identity>,
     ledger: Ledger,
     addr: String,
@@ -70,6 +70,10 @@ struct Net {
 }
 
 impl Net {
+    fn dir(&self) -> &Path {
+        self.net.dir.path()
+    }
+
     async fn client(&self, who: usize) -> ZkClient<Channel> {
         let channel = yilian_identity::grpc::connect(&self.addr, &self.ids[who])
             .await
@@ -81,59 +85,21 @@ impl Net {
 /// A ledger with genesis and every identity admitted, and a node serving
 /// the ZK API over mutual TLS; `with_keys` gives it the shared key files.
 async fn net(with_keys: bool) -> Net {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Authority::create("zk-test").unwrap();
-    let ids: Vec<Identity> = NAMES
-        .iter()
-        .map(|(n, r)| ca.admit(&AdmissionRequest::new("org", *r, *n)).unwrap())
-        .collect();
-    let ledger = Ledger::open(
-        &dir.path().join("ledger.redb"),
-        ids[NODE].signing_key().clone(),
-    )
-    .unwrap();
-    let authority = ca.signing_key();
-    ledger
-        .submit(
-            Transaction::new(Payload::Genesis {
-                network: "zk-test".into(),
-                authority: authority.verifying_key().to_bytes(),
-            })
-            .sign(&authority),
-        )
-        .await
-        .unwrap();
-    for id in &ids {
-        let p = id.principal();
-        ledger
-            .submit(
-                Transaction::new(Payload::Admit {
-                    org: p.org.clone(),
-                    role: p.role,
-                    name: p.name.clone(),
-                    public_key: p.public_key,
-                    serial: p.serial.clone(),
-                    not_after_ms: u64::MAX,
-                })
-                .sign(&authority),
-            )
-            .await
-            .unwrap();
-    }
+    let net = Network::new("zk-test").await;
+    let mut ids = vec![net.load("node")];
+    ids.extend(net.admit_all(&NAMES[1..]).await);
+    let (dir, ledger) = (net.dir.path(), net.ledger.clone());
     if with_keys {
-        let key_dir = dir.path().join("zk");
+        let key_dir = dir.join("zk");
         std::fs::create_dir_all(&key_dir).unwrap();
         for ext in ["pk", "vk"] {
             let name = format!("{KYC_STATEMENT}.{ext}");
             std::fs::copy(shared_keys().join(&name), key_dir.join(&name)).unwrap();
         }
     }
-    let (kms, _) = yilian_kms::service::with_key_file(
-        dir.path(),
-        ledger.clone(),
-        ids[NODE].signing_key().clone(),
-    )
-    .unwrap();
+    let (kms, _) =
+        yilian_kms::service::with_key_file(dir, ledger.clone(), ids[NODE].signing_key().clone())
+            .unwrap();
     for who in [HOLDER, OTHER_HOLDER] {
         kms.kms()
             .await
@@ -150,30 +116,24 @@ async fn net(with_keys: bool) -> Net {
     // The shared development keys are loaded; without them the node makes
     // its own (the first-use test).
     let service = ZkService::open(
-        dir.path(),
+        dir,
         ledger.clone(),
         &ids[NODE],
         kms.clone(),
         KeySource::InsecureDevSetup,
     )
     .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let incoming =
-        yilian_identity::grpc::incoming(listener, &ids[NODE], Default::default()).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.clone().into_server())
-            .serve_with_incoming(incoming),
-    );
+    let routes = Routes::new(service.clone().into_server());
+    let addr = yilian_testkit::serve(&ids[NODE], Default::default(), routes).await;
+    let authority = net.authority();
     Net {
-        dir,
+        net,
         ids,
         ledger,
         addr,
         service,
         kms,
-        authority: authority.clone(),
+        authority,
     }
 }
 
@@ -951,7 +911,7 @@ async fn unknown_unanchored_and_malformed_requests_get_precise_statuses_and_chan
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_made_on_first_use_anchored_once_and_reloaded_after_restart() {
     let net = net(false).await;
-    let key_dir = net.dir.path().join("zk");
+    let key_dir = net.dir().join("zk");
     assert!(!key_dir.join(format!("{KYC_STATEMENT}.pk")).exists());
     let size = net.ledger.len();
     let started = Instant::now();
@@ -1049,7 +1009,7 @@ async fn record_keys_are_sealed_at_rest_and_a_sealed_kms_proves_nothing() {
     );
 
     // The store is owner-only and its bytes hold neither key element.
-    let store = net.dir.path().join("zk.redb");
+    let store = net.dir().join("zk.redb");
     let mode = std::fs::metadata(&store).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "zk.redb is mode {mode:o}");
     let raw = std::fs::read(&store).unwrap();
@@ -1422,7 +1382,7 @@ async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anch
     use yilian_zk::ZkError;
     use yilian_zk::ceremony::transcript::{self, Step};
     let net = net(true).await;
-    let ceremonies = net.dir.path().join("ceremony");
+    let ceremonies = net.dir().join("ceremony");
     let dir = ceremonies.join(KYC_STATEMENT);
     transcript::init(&dir, KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
     let p1 = transcript::contribute(&dir, &mut keys::os_rng()).unwrap();

@@ -39,7 +39,9 @@ use yilian_identity::{Identity, Principal, tls::RevocationList};
 use yilian_ledger::{Ledger, Payload, Transaction};
 use yilian_models::{Dataset, LabelColumn};
 
-use crate::protocol::{ALPN, MAX_FRAME, Message, RewardProof, decode_body, encode};
+use crate::protocol::{ALPN, Message, RewardProof};
+use crate::wire::frame_or_reset;
+pub use crate::wire::{UNENCODABLE, next_message, spawn_writer};
 use crate::{
     AgentId, EvaluationMachine, EvaluationState, FlError, RoundMachine, RoundRecord, Store,
     TaskSpec,
@@ -712,63 +714,6 @@ async fn record_round(
         }
     }
     written.then_some(proofs)
-}
-
-/// Reads one frame from a stream (the coordinator's and the agent's); `None`
-/// at a clean end.
-pub async fn next_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FlError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(quinn::ReadExactError::FinishedEarly(_)) => return Err(FlError::TruncatedFrame),
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(FlError::Read(e)),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FlError::FrameTooLarge {
-            size: len,
-            limit: MAX_FRAME,
-        });
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(_) => FlError::TruncatedFrame,
-        quinn::ReadExactError::ReadError(e) => FlError::Read(e),
-    })?;
-    decode_body(&body).map(Some)
-}
-
-/// Spawns a writer draining `rx` into `send` (the agent's side).
-pub fn spawn_writer(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Message>) {
-    tokio::spawn(async move {
-        while let Some(m) = rx.recv().await {
-            let Some(frame) = frame_or_reset(&mut send, &m) else {
-                return;
-            };
-            if send.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = send.finish();
-    });
-}
-
-/// QUIC stream error code for a stream reset because a message could not be
-/// framed (a bug: messages are cut to fit before they are queued).
-pub const UNENCODABLE: u32 = 0x45;
-
-/// Frames `m`; if it cannot be framed, resets the stream rather than skip
-/// the message, which would leave the peer waiting for it forever.
-fn frame_or_reset(send: &mut quinn::SendStream, m: &Message) -> Option<Vec<u8>> {
-    match encode(m) {
-        Ok(frame) => Some(frame),
-        Err(e) => {
-            tracing::error!(error = %e, "resetting a stream: a message could not be framed");
-            let _ = send.reset(UNENCODABLE.into());
-            None
-        }
-    }
 }
 
 /// Writes a connection's queue, cutting models into frames as it goes;

@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 
 use yilian_federated::sim::{Behaviour, SimAgent, Simulation};
 use yilian_federated::{DataSchema, Robust, RoundMachine, RoundRecord, Strategy, TaskSpec};
-use yilian_identity::ca::{AdmissionRequest, Authority};
-use yilian_identity::{Identity, Role};
-use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_identity::Identity;
 use yilian_models::{Dataset, ModelSpec, Optimizer, Standardizer};
 
 pub fn data_dir() -> PathBuf {
@@ -132,40 +130,8 @@ pub fn union(shards: &[Dataset]) -> Dataset {
     .unwrap()
 }
 
-/// Admits `name` with `role`, saves it under `dir` and loads it back.
-pub fn admit(ca: &Authority, role: Role, name: &str, dir: &Path) -> Identity {
-    let id = ca.admit(&AdmissionRequest::new("org", role, name)).unwrap();
-    id.save(&dir.join(name)).unwrap();
-    Identity::load(&dir.join(name)).unwrap()
-}
-
-/// Starts `ledger` as network `network` under `ca` and admits `ids` on it.
-pub async fn genesis(ledger: &Ledger, network: &str, ca: &Authority, ids: &[&Identity]) {
-    let genesis = Transaction::new(Payload::Genesis {
-        network: network.into(),
-        authority: ca.signing_key().verifying_key().to_bytes(),
-    });
-    ledger
-        .submit(genesis.sign(&ca.signing_key()))
-        .await
-        .unwrap();
-    for id in ids {
-        register(ledger, ca, id).await;
-    }
-}
-
-pub async fn register(ledger: &Ledger, ca: &Authority, id: &Identity) {
-    let p = id.principal();
-    let tx = Transaction::new(Payload::Admit {
-        org: p.org.clone(),
-        role: p.role,
-        name: p.name.clone(),
-        public_key: p.public_key,
-        serial: p.serial.clone(),
-        not_after_ms: u64::MAX / 2,
-    });
-    ledger.submit(tx.sign(&ca.signing_key())).await.unwrap();
-}
+#[allow(unused_imports)]
+pub use yilian_testkit::{certify, genesis, register};
 
 /// A task file for logistic regression on the breast-cancer data, as the
 /// QUIC tests submit it.
@@ -291,19 +257,6 @@ pub async fn serve_control(
     node: &Identity,
     addr: &str,
 ) -> String {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let incoming = yilian_identity::grpc::incoming(
-        listener,
-        node,
-        yilian_identity::tls::RevocationList::default(),
-    )
-    .unwrap();
-    let service = coordinator.control().into_server();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming),
-    );
-    addr.to_string()
+    let routes = tonic::service::Routes::new(coordinator.control().into_server());
+    yilian_testkit::serve_at(addr, node, Default::default(), routes).await
 }

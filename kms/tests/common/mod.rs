@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use ed25519_dalek::SigningKey;
 use yilian_identity::Role;
 use yilian_kms::{Caller, Kms, LedgerAudit};
-use yilian_ledger::{Ledger, Payload, Transaction};
+use yilian_ledger::Ledger;
+use yilian_testkit::Network;
 
 pub fn key() -> SigningKey {
     SigningKey::from_bytes(&yilian_kms::crypto::random::<32>().unwrap())
 }
 
 pub struct Env {
-    pub dir: tempfile::TempDir,
+    pub net: Network,
     pub ledger: Ledger,
     pub authority: SigningKey,
     pub node: SigningKey,
@@ -28,39 +29,12 @@ pub const T0: u64 = 1_800_000_000_000;
 
 impl Env {
     pub async fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let authority = key();
-        let node = key();
-        let ledger = Ledger::open(&dir.path().join("ledger.redb"), key()).unwrap();
-        ledger
-            .submit(
-                Transaction::new(Payload::Genesis {
-                    network: "test".into(),
-                    authority: authority.verifying_key().to_bytes(),
-                })
-                .sign(&authority),
-            )
-            .await
-            .unwrap();
-        ledger
-            .submit(
-                Transaction::new(Payload::Admit {
-                    org: "bank".into(),
-                    role: Role::Member,
-                    name: "node".into(),
-                    public_key: node.verifying_key().to_bytes(),
-                    serial: vec![1],
-                    not_after_ms: u64::MAX,
-                })
-                .sign(&authority),
-            )
-            .await
-            .unwrap();
+        let net = Network::new("test").await;
         Env {
-            dir,
-            ledger,
-            authority,
-            node,
+            ledger: net.ledger.clone(),
+            authority: net.authority(),
+            node: net.node.signing_key().clone(),
+            net,
             now: Arc::new(AtomicU64::new(T0)),
             root: yilian_kms::crypto::random_key().unwrap(),
         }
@@ -68,33 +42,11 @@ impl Env {
 
     /// Admits `k` on the ledger with `role`, as the admission authority does.
     pub async fn admit(&self, k: &SigningKey, role: Role) {
-        self.ledger
-            .submit(
-                Transaction::new(Payload::Admit {
-                    org: "test".into(),
-                    role,
-                    name: hex::encode(&k.verifying_key().to_bytes()[..4]),
-                    public_key: k.verifying_key().to_bytes(),
-                    serial: k.verifying_key().to_bytes()[..8].to_vec(),
-                    not_after_ms: u64::MAX,
-                })
-                .sign(&self.authority),
-            )
-            .await
-            .unwrap();
+        self.net.admit_key(k, role).await;
     }
 
     pub async fn revoke(&self, k: &SigningKey) {
-        self.ledger
-            .submit(
-                Transaction::new(Payload::Revoke {
-                    public_key: k.verifying_key().to_bytes(),
-                    reason: "test".into(),
-                })
-                .sign(&self.authority),
-            )
-            .await
-            .unwrap();
+        self.net.revoke(k.verifying_key().to_bytes()).await;
     }
 
     pub fn clock(&self) -> yilian_kms::Clock {
@@ -107,7 +59,7 @@ impl Env {
     }
 
     pub fn kms_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("kms.redb")
+        self.net.path("kms.redb")
     }
 
     pub fn open(&self) -> Kms<LedgerAudit> {

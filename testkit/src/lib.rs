@@ -1,0 +1,365 @@
+//! What Yilian's tests and benches share, so that none of them copies the
+//! network bootstrap: a fresh admission authority with a ledger that
+//! carries its genesis and admissions, identities saved where the CLI
+//! expects them, a gRPC server with mutual TLS on loopback, free loopback
+//! addresses, and the machine probes every benchmark prints beside its
+//! figures (load and synced-write latency, because fsync time differs up to
+//! 30x between machines of one kind).
+//!
+//! Nothing here is used by a shipped binary.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use yilian_identity::ca::{AdmissionRequest, Authority};
+use yilian_identity::tls::RevocationList;
+use yilian_identity::{Identity, Role};
+use yilian_ledger::service::LedgerClient;
+use yilian_ledger::{Ledger, Payload, Transaction};
+
+/// The organisation every identity the kit makes belongs to.
+pub const ORG: &str = "org";
+
+/// A network in a temporary directory: an authority, the node identity
+/// `node` (a member) whose key signs the ledger's heads, and that ledger
+/// with the genesis entry and the node's admission on it.
+pub struct Network {
+    pub dir: tempfile::TempDir,
+    pub ca: Authority,
+    pub node: Identity,
+    pub ledger: Ledger,
+}
+
+impl Network {
+    /// A network named `name`: its authority, node and ledger, ready for
+    /// [`Network::admit`].
+    pub async fn new(name: &str) -> Network {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::create(name).unwrap();
+        let node = certify(&ca, Role::Member, "node", dir.path());
+        let ledger = Ledger::open(&dir.path().join("ledger.redb"), node.signing_key().clone())
+            .expect("the test ledger opens");
+        genesis(&ledger, &ca, &[&node]).await;
+        Network {
+            dir,
+            ca,
+            node,
+            ledger,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The identity saved as `name` by [`Network::admit`] or
+    /// [`Network::certify`] (`node` is the node's).
+    pub fn load(&self, name: &str) -> Identity {
+        Identity::load(&self.path(name)).unwrap()
+    }
+
+    /// The authority's key, which signs admissions and revocations.
+    pub fn authority(&self) -> SigningKey {
+        self.ca.signing_key()
+    }
+
+    /// Certifies `name` with `role`, saves it under the network's
+    /// directory and admits it on the ledger.
+    pub async fn admit(&self, role: Role, name: &str) -> Identity {
+        let id = self.certify(role, name);
+        register(&self.ledger, &self.ca, &id).await;
+        id
+    }
+
+    /// [`Network::admit`] for each `(name, role)`, in order.
+    pub async fn admit_all(&self, names: &[(&str, Role)]) -> Vec<Identity> {
+        let mut ids = Vec::with_capacity(names.len());
+        for (name, role) in names {
+            ids.push(self.admit(*role, name).await);
+        }
+        ids
+    }
+
+    /// A certificate from this network's authority that the ledger has not
+    /// (yet) recorded: what a device holds before its admission lands.
+    pub fn certify(&self, role: Role, name: &str) -> Identity {
+        certify(&self.ca, role, name, self.dir.path())
+    }
+
+    /// Admits a bare key with `role`, for tests that sign with keys rather
+    /// than hold certificates.
+    pub async fn admit_key(&self, key: &SigningKey, role: Role) {
+        let public_key = key.verifying_key().to_bytes();
+        let p = yilian_identity::Principal {
+            org: ORG.into(),
+            role,
+            name: format!("key-{:02x}{:02x}", public_key[0], public_key[1]),
+            public_key,
+            serial: public_key[..8].to_vec(),
+        };
+        submit(
+            &self.ledger,
+            Payload::admission(&p, u64::MAX),
+            &self.authority(),
+        )
+        .await;
+    }
+
+    /// Records the revocation of `public_key` on the ledger.
+    pub async fn revoke(&self, public_key: [u8; 32]) {
+        let revoke = Payload::Revoke {
+            public_key,
+            reason: "test".into(),
+        };
+        submit(&self.ledger, revoke, &self.authority()).await;
+    }
+}
+
+/// Certifies `name` with `role` under `ca`, saves it in `dir/name` (where
+/// the CLI's `--identity` finds it) and loads it back from there.
+pub fn certify(ca: &Authority, role: Role, name: &str, dir: &Path) -> Identity {
+    let id = ca.admit(&AdmissionRequest::new(ORG, role, name)).unwrap();
+    id.save(&dir.join(name)).unwrap();
+    Identity::load(&dir.join(name)).unwrap()
+}
+
+/// Starts `ledger` as `ca`'s network and admits `ids` on it.
+pub async fn genesis(ledger: &Ledger, ca: &Authority, ids: &[&Identity]) {
+    let genesis = Payload::Genesis {
+        network: ca.network().into(),
+        authority: ca.signing_key().verifying_key().to_bytes(),
+    };
+    submit(ledger, genesis, &ca.signing_key()).await;
+    for id in ids {
+        register(ledger, ca, id).await;
+    }
+}
+
+/// Records `id`'s admission on `ledger`, as the admission authority does.
+pub async fn register(ledger: &Ledger, ca: &Authority, id: &Identity) {
+    let admit = Payload::admission(id.principal(), u64::MAX);
+    submit(ledger, admit, &ca.signing_key()).await;
+}
+
+async fn submit(ledger: &Ledger, payload: Payload, signer: &SigningKey) {
+    ledger
+        .submit(Transaction::new(payload).sign(signer))
+        .await
+        .expect("the test ledger takes the entry");
+}
+
+/// Serves `routes` over gRPC with mutual TLS as `id` on a free loopback
+/// port, refusing `revoked`; the address clients dial.
+pub async fn serve(
+    id: &Identity,
+    revoked: RevocationList,
+    routes: tonic::service::Routes,
+) -> String {
+    serve_at("127.0.0.1:0", id, revoked, routes).await
+}
+
+/// [`serve`] on `addr`, for a test that must know the address beforehand.
+pub async fn serve_at(
+    addr: &str,
+    id: &Identity,
+    revoked: RevocationList,
+    routes: tonic::service::Routes,
+) -> String {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = yilian_identity::grpc::incoming(listener, id, revoked).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
+/// A loopback address nothing listens on at the time of the call.
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A loopback TCP port nothing listens on at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real `yilian node --config FILE` process, killed with SIGKILL when
+/// dropped: tests that must show nothing acknowledged is lost kill it
+/// mid-stream with [`NodeProcess::kill9`] and start it again.
+pub struct NodeProcess {
+    command: Vec<OsString>,
+    env: Vec<(String, String)>,
+    log: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// The node binary `bin` (a test's `env!("CARGO_BIN_EXE_yilian")`) on
+    /// `config`; not started yet.
+    pub fn new(bin: &str, config: &Path) -> NodeProcess {
+        NodeProcess {
+            command: vec![bin.into(), "node".into(), "--config".into(), config.into()],
+            env: Vec::new(),
+            log: None,
+            child: None,
+        }
+    }
+
+    /// One more command-line argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.command.push(arg.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Appends the node's standard error to `path` across restarts.
+    pub fn log(mut self, path: &Path) -> Self {
+        self.log = Some(path.to_owned());
+        self
+    }
+
+    pub fn start(&mut self) {
+        let stderr = match &self.log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        };
+        let child = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the node binary starts");
+        self.child = Some(child);
+    }
+
+    /// Started, as [`NodeProcess::start`] does.
+    pub fn started(mut self) -> Self {
+        self.start();
+        self
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix): no destructors, no
+    /// flush, whatever the node was doing.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A ledger client of the node at `addr` as `id`, once the node answers a
+/// tree-head read; panics after `within` (a hang guard, not a timing
+/// assertion: a restarted node is back within seconds).
+pub async fn ledger_client(addr: &str, id: &Identity, within: Duration) -> LedgerClient {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match yilian_identity::grpc::connect(addr, id).await {
+            Ok(ch) => {
+                let mut c = LedgerClient::new(ch);
+                match c.tree_head().await {
+                    Ok(_) => return c,
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the node at {addr} did not answer: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `f` until it holds; panics naming `what` after `within`.
+pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// A loopback UDP address nothing is bound to at the time of the call.
+pub fn free_udp_addr() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// What benchmarks print beside their figures.
+pub mod machine {
+    use super::*;
+
+    /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` has them.
+    pub fn load_average() -> String {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// Median latency of a 4 KiB write followed by fdatasync in `dir`, in ms.
+    pub fn synced_write_ms(dir: &Path) -> f64 {
+        use std::io::Write as _;
+        let path = dir.join("fsync-probe");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![7u8; 4096];
+        let mut times: Vec<f64> = (0..100)
+            .map(|_| {
+                let t = Instant::now();
+                f.write_all(&block).unwrap();
+                f.sync_data().unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        let _ = std::fs::remove_file(path);
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    }
+
+    /// One line with both, for a benchmark's header.
+    pub fn report(dir: &Path) -> String {
+        format!(
+            "load average {}; synced 4 KiB write {:.3} ms (median of 100)",
+            load_average(),
+            synced_write_ms(dir)
+        )
+    }
+}
