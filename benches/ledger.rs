@@ -59,9 +59,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let probe = tempfile::tempdir().unwrap();
     println!(
-        "ledger benchmark on {} cores",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "ledger benchmark on {} cores; {}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        yilian_testkit::machine::report(probe.path())
     );
 
     // Baseline: each entry its own durable commit (submit, wait, next).

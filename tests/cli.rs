@@ -259,11 +259,7 @@ fn an_engineer_submits_and_follows_a_task_through_the_node() {
     let d = data.to_str().unwrap();
     let grpc = free_port();
     let listen = format!("127.0.0.1:{grpc}");
-    let fl = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let fl = yilian_testkit::free_udp_addr().to_string();
     ok(&[
         "admin",
         "init-network",

@@ -103,9 +103,7 @@ impl Consortium {
     /// As [`Self::start`], with extra `[cluster]` lines per member (given
     /// its index and every member's address).
     async fn start_with(n: usize, extra: impl Fn(usize, &[String]) -> String) -> Consortium {
-        let addrs: Vec<String> = (0..n)
-            .map(|_| format!("127.0.0.1:{}", yilian_testkit::free_port()))
-            .collect();
+        let addrs: Vec<String> = (0..n).map(|_| yilian_testkit::free_addr()).collect();
         let n = addrs.len();
         Self::start_fixed(addrs, extra, n).await
     }
@@ -546,10 +544,7 @@ async fn non_members_cannot_be_peers_and_unapproved_members_do_not_join() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_member_added_after_100k_entries_catches_up_by_log_transfer() {
-    let addrs = vec![
-        format!("127.0.0.1:{}", yilian_testkit::free_port()),
-        format!("127.0.0.1:{}", yilian_testkit::free_port()),
-    ];
+    let addrs = vec![yilian_testkit::free_addr(), yilian_testkit::free_addr()];
     // Both nodes run; only the first is a member yet.
     let net = Consortium::start_fixed(addrs, |_, _| String::new(), 1).await;
     let mut c = client(&net.members[0].addr, &net.client).await;
@@ -635,9 +630,7 @@ impl Proxy {
 async fn a_cut_off_member_refuses_writes_reads_stale_and_catches_up() {
     const N: usize = 3;
     // proxies[i][j] carries member i's traffic to member j.
-    let addrs: Vec<String> = (0..N)
-        .map(|_| format!("127.0.0.1:{}", yilian_testkit::free_port()))
-        .collect();
+    let addrs: Vec<String> = (0..N).map(|_| yilian_testkit::free_addr()).collect();
     let mut proxies: Vec<Vec<Option<Proxy>>> = Vec::new();
     for i in 0..N {
         let mut row = Vec::new();

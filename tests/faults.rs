@@ -280,10 +280,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     let port = yilian_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
     network::init_network(&dir, "faults", &addr).await.unwrap();
-    let fl_addr: SocketAddr = {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap()
-    };
+    let fl_addr: SocketAddr = yilian_testkit::free_udp_addr();
     let mut cast = vec![
         ("bank", Role::DataHolder, "owner".to_owned()),
         ("bank", Role::Verifier, "reader".to_owned()),

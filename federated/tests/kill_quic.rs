@@ -104,15 +104,8 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
         genesis(&ledger, &ca, &ids).await;
         ledger.shutdown().await;
     }
-    let addr = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let control = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let addr = yilian_testkit::free_udp_addr();
+    let control = yilian_testkit::free_addr();
     let mut child = spawn_child(dir.path(), &addr.to_string(), &control);
 
     let (train, validation, _) = breast_cancer_splits();

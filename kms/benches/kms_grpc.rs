@@ -172,6 +172,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let probe = tempfile::tempdir().unwrap();
+    println!(
+        "kms_grpc benchmark: {}",
+        yilian_testkit::machine::report(probe.path())
+    );
     rt.block_on(async {
         let s = setup().await;
         let audited = serve(&s, "kms-audit.redb", LedgerAudit::new(s.net.ledger.clone(), s.net.node.signing_key().clone())).await;
