@@ -57,14 +57,14 @@ enum Command {
     Ledger(LedgerCommand),
     /// Key management: master and data keys, envelopes, rotation, escrow, grants, audit.
     #[command(subcommand)]
-    Kms(yilian_kms::cli::Command),
+    Kms(yilian::cli::kms::Command),
     /// Zero-knowledge checks on encrypted records: setup, register, prove, verify.
     #[command(subcommand)]
-    Zk(yilian_zk::cli::Command),
+    Zk(yilian::cli::zk::Command),
     /// Federated learning, for ML engineers: submit a task, follow it, download the model.
     /// Devices run the agent: `cargo run --release -p yilian-node-agent -- --help`.
     #[command(subcommand)]
-    Task(yilian_federated::cli::TaskCommand),
+    Task(yilian::cli::task::TaskCommand),
     /// Appends entries to a ledger and prints each index once it is durable (crash tests).
     #[command(hide = true)]
     AppendStream {

@@ -237,6 +237,30 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
     ]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a valid file of this kind"));
 
+    // A 130 KB note is refused, naming the field once, and the log stays
+    // at 7 entries (the metric below).
+    let big = "x".repeat(130_000);
+    let out = yilian(&[
+        "ledger",
+        "note",
+        "--node",
+        &listen,
+        "--identity",
+        a,
+        "--topic",
+        "kyc",
+        "--body",
+        &big,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("`note.body` is 130000 bytes").count(),
+        1,
+        "{err}"
+    );
+    assert!(err.contains("record its hash"), "{err}");
+
     let m = http_get(metrics, "/metrics");
     assert!(m.contains("yilian_ledger_appended_total"), "{m}");
     assert!(m.contains("yilian_ledger_size 7"), "{m}");

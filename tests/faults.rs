@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use yilian::network::{self, NetworkDir, Recorder};
 use yilian_federated::agent::{self, AgentConfig};
-use yilian_federated::cli::NodeArgs;
+use yilian_federated::client::Endpoint;
 use yilian_federated::pb as fl;
 use yilian_federated::task::AgentPolicy;
 use yilian_identity::ca::AdmissionRequest;
@@ -339,11 +339,11 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     let validation_csv = tmp.path().join("validation.csv");
     validation.write_csv(&validation_csv, "y").unwrap();
     let task_id = "fault-digits";
-    let engineer = NodeArgs {
+    let engineer = Endpoint {
         node: addr.clone(),
         identity: dir.identity("engineer"),
     };
-    yilian_federated::cli::submit(
+    yilian_federated::client::submit(
         &engineer,
         &task_toml(tmp.path(), task_id, &validation_csv),
         None,
@@ -413,7 +413,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     // The task finishes (a hang guard only: it needs seconds).
     let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
-        match yilian_federated::cli::status(&engineer, task_id).await {
+        match yilian_federated::client::status(&engineer, task_id).await {
             Ok(s) if s.phase() == fl::TaskPhase::Finished => break s,
             Ok(s) => assert!(
                 !matches!(

@@ -116,6 +116,31 @@ pub enum FlError {
     Store(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The node refused a control-plane call; its message says what to change.
+    #[cfg(feature = "coordinator")]
+    #[error("{}", .0.message())]
+    Rpc(Box<tonic::Status>),
+    #[error("cannot read {}: {cause}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{} is not a valid task file: {cause}", path.display())]
+    BadTaskFile {
+        path: std::path::PathBuf,
+        cause: Box<FlError>,
+    },
+    #[error("cannot use the identity in {}: {cause}", path.display())]
+    Identity {
+        path: std::path::PathBuf,
+        cause: yilian_identity::IdentityError,
+    },
+    #[error("--weights: an evaluation task takes no initial weights; drop the flag")]
+    WeightsForEvaluation,
+    #[error("the node closed the stream before task {0} ended; watch it again")]
+    WatchEnded(String),
+    #[error("the model arrived damaged ({0}); download it again")]
+    ModelDamaged(&'static str),
 }
 
 /// Why an update does not count.
@@ -231,6 +256,14 @@ impl From<FlError> for tonic::Status {
             | FlError::Io(_)
             | FlError::Tls(_)
             | FlError::Worker(_) => Code::Internal,
+            // A refusal passed on keeps the node's code.
+            FlError::Rpc(s) => s.code(),
+            FlError::File { .. }
+            | FlError::BadTaskFile { .. }
+            | FlError::Identity { .. }
+            | FlError::WeightsForEvaluation
+            | FlError::ModelDamaged(_) => Code::InvalidArgument,
+            FlError::WatchEnded(_) => Code::Unavailable,
         };
         tonic::Status::new(code, e.to_string())
     }

@@ -31,7 +31,8 @@
 //!
 //! A device agent needs only the round logic, the protocol and the agent;
 //! the `coordinator` feature (on by default) adds the coordinator, its
-//! store, its control plane, the simulation drivers and the CLI client,
+//! store, its control plane, the simulation drivers and the control-plane client
+//! ([`client`]),
 //! and with them redb, tonic and the ledger's node. `yilian-agent` builds
 //! without it.
 
@@ -39,12 +40,10 @@ pub mod agent;
 pub mod aggregate;
 pub mod buffered;
 #[cfg(feature = "coordinator")]
-pub mod cli;
+pub mod client;
 pub mod contribution;
 #[cfg(feature = "coordinator")]
 pub mod coordinator;
-#[cfg(feature = "coordinator")]
-pub mod devnet;
 pub mod dp;
 mod error;
 pub mod evaluation;

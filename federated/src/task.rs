@@ -222,7 +222,9 @@ impl TaskSpec {
     pub fn check(&self) -> Result<(), FlError> {
         let bad = FlError::InvalidTask;
         if self.id.is_empty() || self.id.len() > 128 {
-            return Err(bad("the task id must be 1 to 128 characters"));
+            return Err(bad(
+                "the task id `id` must be 1 to 128 bytes long; shorten it",
+            ));
         }
         if self.model.input_features() != self.schema.features {
             return Err(bad(
@@ -373,7 +375,9 @@ impl EvaluationSpec {
     pub fn check(&self) -> Result<(), FlError> {
         let bad = FlError::InvalidTask;
         if self.id.is_empty() || self.id.len() > 128 {
-            return Err(bad("the task id must be 1 to 128 characters"));
+            return Err(bad(
+                "the task id `id` must be 1 to 128 bytes long; shorten it",
+            ));
         }
         if self.schema.features == 0 || self.schema.classes == 0 {
             return Err(bad("the schema needs features and classes"));

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::*;
 use rand::{Rng, SeedableRng};
 use yilian_federated::agent::{self, AgentConfig};
-use yilian_federated::cli::{self, NodeArgs};
+use yilian_federated::client::{self, Endpoint};
 use yilian_federated::coordinator::Coordinator;
 use yilian_federated::{AgentPolicy, pb};
 use yilian_identity::ca::Authority;
@@ -119,11 +119,11 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
         bc_task_toml("bc-kill", ROUNDS, AGENTS, AGENTS, BUDGET),
     )
     .unwrap();
-    let eng = NodeArgs {
+    let eng = Endpoint {
         node: control.clone(),
         identity: dir.path().join("eng"),
     };
-    cli::submit(&eng, &work.join("task.toml"), None)
+    client::submit(&eng, &work.join("task.toml"), None)
         .await
         .unwrap();
 
@@ -163,7 +163,7 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     for target in targets {
         tokio::time::timeout(Duration::from_secs(120), async {
             loop {
-                if let Ok(s) = cli::status(&eng, "bc-kill").await
+                if let Ok(s) = client::status(&eng, "bc-kill").await
                     && s.history.len() >= target
                 {
                     return;
@@ -181,7 +181,7 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
     }
     let history = tokio::time::timeout(Duration::from_secs(300), async {
         loop {
-            if let Ok(s) = cli::status(&eng, "bc-kill").await
+            if let Ok(s) = client::status(&eng, "bc-kill").await
                 && s.phase() == pb::TaskPhase::Finished
                 && s.history.len() == ROUNDS as usize
             {

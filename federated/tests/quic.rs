@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use yilian_federated::agent::{self, AgentConfig};
-use yilian_federated::cli::{self, NodeArgs};
+use yilian_federated::client::{self, Endpoint};
 use yilian_federated::coordinator::Coordinator;
 use yilian_federated::{AgentPolicy, FlError, pb};
 use yilian_identity::ca::Authority;
@@ -20,7 +20,7 @@ struct Net {
     ca: Authority,
     ledger: Ledger,
     addr: std::net::SocketAddr,
-    eng: NodeArgs,
+    eng: Endpoint,
     devices: Vec<Identity>,
     _node: Coordinator,
 }
@@ -53,11 +53,11 @@ async fn network(devices: usize, task: &str, validation: &yilian_models::Dataset
         .write_csv(&work.join("validation.csv"), "y")
         .unwrap();
     std::fs::write(work.join("task.toml"), task).unwrap();
-    let eng = NodeArgs {
+    let eng = Endpoint {
         node: control,
         identity: dir.path().join("eng"),
     };
-    cli::submit(&eng, &work.join("task.toml"), None)
+    client::submit(&eng, &work.join("task.toml"), None)
         .await
         .unwrap();
     Net {
@@ -150,7 +150,7 @@ async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
         let eng = net.eng.clone();
         tokio::spawn(async move {
             let mut events = Vec::new();
-            let end = cli::watch(&eng, "bc-quic", |e| events.push(e.event.clone().unwrap()))
+            let end = client::watch(&eng, "bc-quic", |e| events.push(e.event.clone().unwrap()))
                 .await
                 .unwrap();
             (events, end)
@@ -183,7 +183,7 @@ async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
             ("ended", 3)
         ]
     );
-    let status = cli::status(&net.eng, "bc-quic").await.unwrap();
+    let status = client::status(&net.eng, "bc-quic").await.unwrap();
     assert_eq!(
         (status.phase(), status.rounds, status.history.len()),
         (pb::TaskPhase::Finished, 3, 3)
@@ -200,7 +200,7 @@ async fn agents_train_over_mutual_tls_quic_and_rewards_land_on_the_ledger() {
     assert_eq!(closed, status.history.iter().collect::<Vec<_>>());
     rewards_on_the_ledger(&net, &earned, 3000);
 
-    let (rounds, onnx) = cli::download(&net.eng, "bc-quic", pb::ModelFormat::Onnx)
+    let (rounds, onnx) = client::download(&net.eng, "bc-quic", pb::ModelFormat::Onnx)
         .await
         .unwrap();
     assert_eq!(rounds, 3);
@@ -226,7 +226,7 @@ async fn secure_aggregation_over_quic_trains_and_pays() {
         + "\n[secagg]\nclip = 5.0\nmin_group = 3\n\n[privacy]\nnoise_multiplier = 0.3\nepsilon_budget = 1000.0\ndelta = 1e-5\n";
     let net = network(6, &task, &validation).await;
     let earned = train_all(&net, train.partition_iid(6, 9)).await;
-    let status = cli::status(&net.eng, "bc-secure").await.unwrap();
+    let status = client::status(&net.eng, "bc-secure").await.unwrap();
     assert_eq!(
         (status.phase(), status.rounds, status.history.len()),
         (pb::TaskPhase::Finished, 3, 3)
@@ -261,7 +261,7 @@ async fn secure_aggregation_over_quic_trains_and_pays() {
         status.privacy.map(|p| p.epsilon_spent),
         history.last().and_then(|r| r.epsilon)
     );
-    let (spec, weights) = cli::download_model(&net.eng, "bc-secure").await.unwrap();
+    let (spec, weights) = client::download_model(&net.eng, "bc-secure").await.unwrap();
     let acc = yilian_models::evaluate(&spec, &weights, &test)
         .unwrap()
         .accuracy;
@@ -352,42 +352,56 @@ async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
     // The CLI reads the file first, and says which file and why.
     let path = work.join("bad.toml");
     std::fs::write(&path, base.replace("rounds = 2", "rounds = \"two\"")).unwrap();
-    let err = cli::submit(&net.eng, &path, None).await.unwrap_err();
+    let err = client::submit(&net.eng, &path, None).await.unwrap_err();
     let text = format!("{err:#}");
     assert!(
         text.starts_with(&format!("{} is not a valid task file: ", path.display())),
         "{text}"
     );
     assert!(text.contains("rounds"), "{text}");
+    // A missing file is named once, with what the system said.
+    let missing = work.join("missing.toml");
+    let err = client::submit(&net.eng, &missing, None).await.unwrap_err();
+    assert!(
+        matches!(&err, yilian_federated::FlError::File { path, .. } if path == &missing),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot read {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
     // Initial weights of another model.
     let path = work.join("weights.toml");
     std::fs::write(&path, &base).unwrap();
     let other = yilian_models::ModelSpec::logistic_regression(64, 10);
     let weights = work.join("other.safetensors");
     yilian_models::save_safetensors(&weights, &other, &other.init_weights(1).unwrap()).unwrap();
-    let err = cli::submit(&net.eng, &path, Some(&weights))
+    let err = client::submit(&net.eng, &path, Some(&weights))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("model"), "{err}");
     // A device may not use the control plane at all.
-    let device = NodeArgs {
+    let device = Endpoint {
         identity: net.dir.path().join("dev-0"),
         ..net.eng.clone()
     };
-    let err = cli::submit(&device, &path, None).await.unwrap_err();
+    let err = client::submit(&device, &path, None).await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "role `device` may not submit a task; use an engineer or member identity"
     );
-    let err = cli::status(&device, "bc-ctl").await.unwrap_err();
+    let err = client::status(&device, "bc-ctl").await.unwrap_err();
     assert!(
         err.to_string().contains("may not read a task's status"),
         "{err}"
     );
     // Unknown tasks.
-    let err = cli::status(&net.eng, "bc-bad").await.unwrap_err();
+    let err = client::status(&net.eng, "bc-bad").await.unwrap_err();
     assert_eq!(err.to_string(), "task bc-bad not found");
-    let err = cli::download(&net.eng, "nope", pb::ModelFormat::Onnx)
+    let err = client::download(&net.eng, "nope", pb::ModelFormat::Onnx)
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "task nope not found");
@@ -400,7 +414,7 @@ async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
     // Nothing changed: one task, one directory, no new ledger entry.
     assert_eq!(dirs(), 1);
     assert_eq!(net.ledger.len(), entries);
-    let status = cli::status(&net.eng, "bc-ctl").await.unwrap();
+    let status = client::status(&net.eng, "bc-ctl").await.unwrap();
     assert_eq!(status.phase(), pb::TaskPhase::Waiting);
 }
 
@@ -415,7 +429,7 @@ async fn buffered_aggregation_over_quic_trains_and_pays() {
     );
     let net = network(4, &task, &validation).await;
     let earned = train_all(&net, train.partition_iid(4, 10)).await;
-    let status = cli::status(&net.eng, "bc-buffered").await.unwrap();
+    let status = client::status(&net.eng, "bc-buffered").await.unwrap();
     assert_eq!(
         (status.phase(), status.history.len()),
         (pb::TaskPhase::Finished, 6)
@@ -424,7 +438,9 @@ async fn buffered_aggregation_over_quic_trains_and_pays() {
         assert_eq!(r.participants.len(), 2, "{r:?}");
     }
     rewards_on_the_ledger(&net, &earned, 6000);
-    let (spec, weights) = cli::download_model(&net.eng, "bc-buffered").await.unwrap();
+    let (spec, weights) = client::download_model(&net.eng, "bc-buffered")
+        .await
+        .unwrap();
     let acc = yilian_models::evaluate(&spec, &weights, &test)
         .unwrap()
         .accuracy;
@@ -442,7 +458,9 @@ async fn buffered_secure_aggregation_over_quic_trains_and_pays() {
     ) + "\n[secagg]\nclip = 5.0\nmin_group = 3\n";
     let net = network(6, &task, &validation).await;
     let earned = train_all(&net, train.partition_iid(6, 11)).await;
-    let status = cli::status(&net.eng, "bc-buffered-secure").await.unwrap();
+    let status = client::status(&net.eng, "bc-buffered-secure")
+        .await
+        .unwrap();
     assert_eq!(
         (status.phase(), status.history.len()),
         (pb::TaskPhase::Finished, 4)
@@ -452,7 +470,7 @@ async fn buffered_secure_aggregation_over_quic_trains_and_pays() {
         assert!(r.failures.is_empty(), "{:?}", r.failures);
     }
     rewards_on_the_ledger(&net, &earned, 4000);
-    let (spec, weights) = cli::download_model(&net.eng, "bc-buffered-secure")
+    let (spec, weights) = client::download_model(&net.eng, "bc-buffered-secure")
         .await
         .unwrap();
     let acc = yilian_models::evaluate(&spec, &weights, &test)

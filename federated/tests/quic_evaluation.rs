@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use yilian_federated::agent::{self, AgentConfig, AgentEvent};
-use yilian_federated::cli::{self, NodeArgs};
+use yilian_federated::client::{self, Endpoint};
 use yilian_federated::coordinator::{Coordinator, next_message};
 use yilian_federated::protocol::Message;
 use yilian_federated::{AgentPolicy, DataSchema, RejectReason, pb};
@@ -72,9 +72,9 @@ fn evaluation(s: pb::TaskStatusResponse) -> pb::EvaluationStatus {
     }
 }
 
-async fn wait_for_joined(eng: &NodeArgs, joined: u32) {
+async fn wait_for_joined(eng: &Endpoint, joined: u32) {
     for _ in 0..200 {
-        let s = evaluation(cli::task_status(eng, "digits-eval").await.unwrap());
+        let s = evaluation(client::task_status(eng, "digits-eval").await.unwrap());
         if s.phase() == pb::TaskPhase::Waiting && s.joined == joined {
             return;
         }
@@ -103,16 +103,16 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
     std::fs::create_dir_all(&work).unwrap();
     std::fs::write(work.join("digits.onnx"), &onnx_bytes).unwrap();
     std::fs::write(work.join("task.toml"), TASK).unwrap();
-    let eng = NodeArgs {
+    let eng = Endpoint {
         node: control,
         identity: dir.path().join("eng"),
     };
-    let accepted = cli::submit(&eng, &work.join("task.toml"), None)
+    let accepted = client::submit(&eng, &work.join("task.toml"), None)
         .await
         .unwrap();
     assert_eq!(accepted.task_id, "digits-eval");
     // The same id again is refused.
-    let again = cli::submit(&eng, &work.join("task.toml"), None).await;
+    let again = client::submit(&eng, &work.join("task.toml"), None).await;
     assert!(again.unwrap_err().to_string().contains("already exists"));
 
     let shards = test.partition_dirichlet(5, 0.5, 11).unwrap();
@@ -242,7 +242,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         assert_eq!(reported, Some(shard.len() as u64));
     }
 
-    let status = evaluation(cli::task_status(&eng, "digits-eval").await.unwrap());
+    let status = evaluation(client::task_status(&eng, "digits-eval").await.unwrap());
     assert_eq!(status.phase(), pb::TaskPhase::Finished);
     let result = status.result.unwrap();
     let central = OnnxModel::from_bytes(onnx_bytes.clone())
@@ -266,7 +266,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
     assert_eq!(result.participants.len(), 4);
     assert_eq!(result.missing, vec![forger.principal().public_key.to_vec()]);
     // A training-only request on an evaluation is refused.
-    let err = cli::download(&eng, "digits-eval", pb::ModelFormat::Onnx)
+    let err = client::download(&eng, "digits-eval", pb::ModelFormat::Onnx)
         .await
         .unwrap_err();
     assert_eq!(
@@ -278,11 +278,11 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
     node.shutdown();
     drop(node);
     let (_node, control) = serve(dir.path()).await;
-    let eng = NodeArgs {
+    let eng = Endpoint {
         node: control,
         ..eng
     };
-    let after = evaluation(cli::task_status(&eng, "digits-eval").await.unwrap());
+    let after = evaluation(client::task_status(&eng, "digits-eval").await.unwrap());
     assert_eq!(
         (after.phase(), after.result),
         (pb::TaskPhase::Finished, Some(result))

@@ -1,9 +1,9 @@
 //! The KMS engine: the policy core ([`crate::policy`]) put behind durable
-//! storage (redb, key material sealed under the root key), crypto and the
+//! storage (a [`KeyStore`], key material sealed under the root key), crypto and the
 //! audit log. Every public operation is audited; a success that cannot be
 //! audited is turned into a failure and its changes are not committed.
 //!
-//! State changes (keys, grants, escrows, recoveries) run in one redb write
+//! State changes (keys, grants, escrows, recoveries) run in one store write
 //! transaction that stays open while the audit record is written, so a
 //! decision, its durable effect (e.g. a grant's use counter) and its audit
 //! record go together. Write transactions are serialised by an async mutex,
@@ -14,10 +14,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
-    WriteTransaction,
-};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::audit::{AuditLog, KeyAudit};
@@ -30,12 +26,8 @@ use crate::policy::{
     RecoveryRecord,
 };
 use crate::secret::{Key32, SecretBytes};
+use crate::store::{KeyStore, RedbKeyStore, StoreWrite, Table};
 
-const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
-const KEYS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("keys");
-const GRANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("grants");
-const ESCROWS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("escrows");
-const RECOVERIES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("recoveries");
 const ROOT_CHECK: &str = "root-check";
 const ROOT_CHECK_PLAINTEXT: &[u8] = b"yilian-kms root key check v1";
 
@@ -105,8 +97,8 @@ struct CachedKey {
     material: Vec<SecretBytes>,
 }
 
-struct Inner<A> {
-    db: Database,
+struct Inner<A, S> {
+    store: S,
     root: Key32,
     keys: RwLock<HashMap<String, Arc<CachedKey>>>,
     writer: tokio::sync::Mutex<()>,
@@ -115,11 +107,11 @@ struct Inner<A> {
 }
 
 /// A handle to an unsealed KMS. Cheap to clone.
-pub struct Kms<A> {
-    inner: Arc<Inner<A>>,
+pub struct Kms<A, S = RedbKeyStore> {
+    inner: Arc<Inner<A, S>>,
 }
 
-impl<A> Clone for Kms<A> {
+impl<A, S> Clone for Kms<A, S> {
     fn clone(&self) -> Self {
         Kms {
             inner: self.inner.clone(),
@@ -178,13 +170,13 @@ impl AuditBase {
 
 /// A decided operation: its result, the version it touched and the write
 /// transaction holding its effects (committed only after the audit).
-struct Decided<T> {
+struct Decided<T, W> {
     value: T,
     version: Option<u32>,
-    txn: Option<WriteTransaction>,
+    txn: Option<W>,
 }
 
-impl<T> Decided<T> {
+impl<T, W> Decided<T, W> {
     fn read(value: T, version: Option<u32>) -> Self {
         Decided {
             value,
@@ -195,48 +187,42 @@ impl<T> Decided<T> {
 }
 
 impl<A: AuditLog> Kms<A> {
-    /// Opens (or creates) the store at `path` with the unsealed root key.
-    /// A root key other than the one the store was created with is refused.
+    /// Opens (or creates) the redb store at `path` with the unsealed root
+    /// key. A root key other than the one the store was created with is
+    /// refused.
     pub fn open(path: &Path, root: Key32, audit: A, clock: Clock) -> Result<Kms<A>> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let existing = meta.get(ROOT_CHECK)?.map(|v| v.value().to_vec());
-            match existing {
-                Some(sealed) => {
-                    let pt = crypto::open_random_nonce(&root, b"root-check", &sealed)
-                        .map_err(|_| KmsError::WrongRootKey)?;
-                    if pt.expose() != ROOT_CHECK_PLAINTEXT {
-                        return Err(KmsError::WrongRootKey);
-                    }
-                }
-                None => {
-                    let sealed =
-                        crypto::seal_random_nonce(&root, b"root-check", ROOT_CHECK_PLAINTEXT)?;
-                    meta.insert(ROOT_CHECK, sealed.as_slice())?;
+        Kms::with_store(RedbKeyStore::open(path)?, root, audit, clock)
+    }
+}
+
+impl<A: AuditLog, S: KeyStore> Kms<A, S> {
+    /// The KMS on `store`, unsealed with `root`; a root key other than the
+    /// one the store was first used with is refused.
+    pub fn with_store(store: S, root: Key32, audit: A, clock: Clock) -> Result<Kms<A, S>> {
+        match store.get(Table::Meta, ROOT_CHECK)? {
+            Some(sealed) => {
+                let pt = crypto::open_random_nonce(&root, b"root-check", &sealed)
+                    .map_err(|_| KmsError::WrongRootKey)?;
+                if pt.expose() != ROOT_CHECK_PLAINTEXT {
+                    return Err(KmsError::WrongRootKey);
                 }
             }
-            txn.open_table(KEYS)?;
-            txn.open_table(GRANTS)?;
-            txn.open_table(ESCROWS)?;
-            txn.open_table(RECOVERIES)?;
+            None => {
+                let sealed = crypto::seal_random_nonce(&root, b"root-check", ROOT_CHECK_PLAINTEXT)?;
+                let mut txn = store.write()?;
+                txn.put(Table::Meta, ROOT_CHECK, &sealed)?;
+                txn.commit()?;
+            }
         }
-        txn.commit()?;
         let mut keys = HashMap::new();
-        {
-            let read = db.begin_read()?;
-            let table = read.open_table(KEYS)?;
-            for row in table.iter()? {
-                let (_, v) = row?;
-                let record: KeyRecord = decode("key record", v.value())?;
-                let cached = Self::unseal_record(&root, record)?;
-                keys.insert(cached.record.key_id.clone(), Arc::new(cached));
-            }
+        for (_, v) in store.scan(Table::Keys)? {
+            let record: KeyRecord = decode("key record", &v)?;
+            let cached = Self::unseal_record(&root, record)?;
+            keys.insert(cached.record.key_id.clone(), Arc::new(cached));
         }
         Ok(Kms {
             inner: Arc::new(Inner {
-                db,
+                store,
                 root,
                 keys: RwLock::new(keys),
                 writer: tokio::sync::Mutex::new(()),
@@ -317,7 +303,7 @@ impl<A: AuditLog> Kms<A> {
         base: AuditBase,
         key_id: &str,
         grant_id: Option<&str>,
-        decide: impl FnOnce() -> Result<Decided<T>>,
+        decide: impl FnOnce() -> Result<Decided<T, S::Write>>,
     ) -> Result<T> {
         let writer = match grant_id {
             Some(_) => Some(self.inner.writer.lock().await),
@@ -350,7 +336,7 @@ impl<A: AuditLog> Kms<A> {
     ///   the reader can still spend it once. A commit error is followed by a
     ///   "not-committed" record with the same request hash so the trail says
     ///   so (a crash cannot add one).
-    async fn finish<T>(&self, base: AuditBase, decided: Result<Decided<T>>) -> Result<T> {
+    async fn finish<T>(&self, base: AuditBase, decided: Result<Decided<T, S::Write>>) -> Result<T> {
         match decided {
             Ok(d) => {
                 let entry = base.with("ok", d.version);
@@ -362,7 +348,6 @@ impl<A: AuditLog> Kms<A> {
                 if let Some(txn) = d.txn
                     && let Err(e) = txn.commit()
                 {
-                    let e = KmsError::from(e);
                     if let Err(audit_err) = self.inner.audit.record(retraction).await {
                         tracing::warn!(error = %audit_err, "failed commit could not be audited");
                     }
@@ -416,65 +401,39 @@ impl<A: AuditLog> Kms<A> {
         })
     }
 
-    /// Every KMS write is durable when its commit returns: a grant use that
-    /// released key material must survive a restart (or the grant could be
-    /// spent again), and key versions are the only copy of the material.
-    /// Redb's `Durability::None` would defer that to a later commit, so it is
-    /// never used here; the throughput comes from not writing at all on the
-    /// owner's read-only path and from the ledger's group commit.
-    fn begin_write(&self) -> Result<WriteTransaction> {
-        let mut txn = self.inner.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| KmsError::Storage(e.to_string()))?;
-        Ok(txn)
+    /// A write transaction, durable when its commit returns (see
+    /// [`crate::store::RedbWrite`] for why never less).
+    fn begin_write(&self) -> Result<S::Write> {
+        self.inner.store.write()
     }
 
-    fn put<T: Serialize>(
-        txn: &WriteTransaction,
-        table: TableDefinition<'_, &str, &[u8]>,
-        id: &str,
-        v: &T,
-    ) -> Result<()> {
-        txn.open_table(table)?.insert(id, encode(v).as_slice())?;
-        Ok(())
+    fn put<T: Serialize>(txn: &mut S::Write, table: Table, id: &str, v: &T) -> Result<()> {
+        txn.put(table, id, &encode(v))
     }
 
     /// Removes `key_id`'s recoveries that have not completed.
-    fn void_open_recoveries(txn: &WriteTransaction, key_id: &str) -> Result<()> {
-        let mut t = txn.open_table(RECOVERIES)?;
-        let mut open = Vec::new();
-        for item in t.iter()? {
-            let (id, v) = item?;
-            let rec: RecoveryRecord = decode(RECOVERIES.name(), v.value())?;
+    fn void_open_recoveries(txn: &mut S::Write, key_id: &str) -> Result<()> {
+        for (id, v) in txn.scan(Table::Recoveries)? {
+            let rec: RecoveryRecord = decode(Table::Recoveries.name(), &v)?;
             if rec.key_id == key_id && !rec.completed {
-                open.push(id.value().to_owned());
+                txn.remove(Table::Recoveries, &id)?;
             }
-        }
-        for id in open {
-            t.remove(id.as_str())?;
         }
         Ok(())
     }
 
-    fn get<T: DeserializeOwned>(
-        txn: &WriteTransaction,
-        table: TableDefinition<'_, &str, &[u8]>,
-        id: &str,
-    ) -> Result<Option<T>> {
-        let t = txn.open_table(table)?;
-        let v = t.get(id)?;
-        v.map(|v| decode(table.name(), v.value())).transpose()
+    fn get<T: DeserializeOwned>(txn: &S::Write, table: Table, id: &str) -> Result<Option<T>> {
+        txn.get(table, id)?
+            .map(|v| decode(table.name(), &v))
+            .transpose()
     }
 
-    fn read<T: DeserializeOwned>(
-        &self,
-        table: TableDefinition<'_, &str, &[u8]>,
-        id: &str,
-    ) -> Result<Option<T>> {
-        let r = self.inner.db.begin_read()?;
-        let t = r.open_table(table)?;
-        let v = t.get(id)?;
-        v.map(|v| decode(table.name(), v.value())).transpose()
+    fn read<T: DeserializeOwned>(&self, table: Table, id: &str) -> Result<Option<T>> {
+        self.inner
+            .store
+            .get(table, id)?
+            .map(|v| decode(table.name(), &v))
+            .transpose()
     }
 
     fn install(&self, cached: CachedKey) {
@@ -520,8 +479,8 @@ impl<A: AuditLog> Kms<A> {
                 destroyed: false,
                 created_ms: self.now_ms(),
             };
-            let txn = self.begin_write()?;
-            Self::put(&txn, KEYS, key_id, &record)?;
+            let mut txn = self.begin_write()?;
+            Self::put(&mut txn, Table::Keys, key_id, &record)?;
             Ok(Decided {
                 value: CachedKey {
                     record,
@@ -568,8 +527,8 @@ impl<A: AuditLog> Kms<A> {
                 .push(self.seal_version(key_id, version, &material)?);
             let mut all = k.material.clone();
             all.push(material);
-            let txn = self.begin_write()?;
-            Self::put(&txn, KEYS, key_id, &record)?;
+            let mut txn = self.begin_write()?;
+            Self::put(&mut txn, Table::Keys, key_id, &record)?;
             Ok(Decided {
                 value: CachedKey {
                     record,
@@ -607,8 +566,8 @@ impl<A: AuditLog> Kms<A> {
             k.record.check_min_version(min_version)?;
             let mut record = k.record.clone();
             record.min_decryption_version = min_version;
-            let txn = self.begin_write()?;
-            Self::put(&txn, KEYS, key_id, &record)?;
+            let mut txn = self.begin_write()?;
+            Self::put(&mut txn, Table::Keys, key_id, &record)?;
             Ok(Decided {
                 value: CachedKey {
                     record,
@@ -634,7 +593,7 @@ impl<A: AuditLog> Kms<A> {
         op: Operation,
         context: &[u8],
         grant_id: Option<&str>,
-    ) -> Result<Option<WriteTransaction>> {
+    ) -> Result<Option<S::Write>> {
         policy::check_key_user_role(caller, "use keys")?;
         key.record.check_alive()?;
         if key.record.kind != KeyKind::Aes256Gcm {
@@ -647,11 +606,11 @@ impl<A: AuditLog> Kms<A> {
             key.record.check_owner(caller)?;
             return Ok(None);
         };
-        let txn = self.begin_write()?;
-        let grant: GrantRecord = Self::get(&txn, GRANTS, grant_id)?
+        let mut txn = self.begin_write()?;
+        let grant: GrantRecord = Self::get(&txn, Table::Grants, grant_id)?
             .ok_or_else(|| KmsError::UnknownGrant(grant_id.to_owned()))?;
         let used = grant.decide_use(caller, &key.record.key_id, op, context, self.now_ms())?;
-        Self::put(&txn, GRANTS, grant_id, &used)?;
+        Self::put(&mut txn, Table::Grants, grant_id, &used)?;
         Ok(Some(txn))
     }
 
@@ -874,8 +833,8 @@ impl<A: AuditLog> Kms<A> {
                 required_context: terms.required_context.clone(),
                 revoked: false,
             };
-            let txn = self.begin_write()?;
-            Self::put(&txn, GRANTS, &grant.grant_id, &grant)?;
+            let mut txn = self.begin_write()?;
+            Self::put(&mut txn, Table::Grants, &grant.grant_id, &grant)?;
             Ok(Decided {
                 value: grant,
                 version: None,
@@ -891,7 +850,7 @@ impl<A: AuditLog> Kms<A> {
     }
 
     pub async fn revoke_grant(&self, caller: &Caller, grant_id: &str) -> Result<GrantRecord> {
-        let existing: Option<GrantRecord> = self.read(GRANTS, grant_id)?;
+        let existing: Option<GrantRecord> = self.read(Table::Grants, grant_id)?;
         let key_id = existing
             .as_ref()
             .map(|g| g.key_id.clone())
@@ -906,8 +865,8 @@ impl<A: AuditLog> Kms<A> {
         let guard = self.inner.writer.lock().await;
         let decided = (|| {
             policy::check_owner_role(caller, "revoke grants")?;
-            let txn = self.begin_write()?;
-            let mut g: GrantRecord = Self::get(&txn, GRANTS, grant_id)?
+            let mut txn = self.begin_write()?;
+            let mut g: GrantRecord = Self::get(&txn, Table::Grants, grant_id)?
                 .ok_or_else(|| KmsError::UnknownGrant(grant_id.to_owned()))?;
             if g.owner != caller.account {
                 return Err(KmsError::NotOwner(g.key_id.clone()));
@@ -916,7 +875,7 @@ impl<A: AuditLog> Kms<A> {
                 return Err(KmsError::GrantRevoked(grant_id.to_owned()));
             }
             g.revoked = true;
-            Self::put(&txn, GRANTS, grant_id, &g)?;
+            Self::put(&mut txn, Table::Grants, grant_id, &g)?;
             Ok(Decided {
                 value: g,
                 version: None,
@@ -930,12 +889,9 @@ impl<A: AuditLog> Kms<A> {
     }
 
     pub fn grants_for_key(&self, key_id: &str) -> Result<Vec<GrantRecord>> {
-        let r = self.inner.db.begin_read()?;
-        let t = r.open_table(GRANTS)?;
         let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            let g: GrantRecord = decode("grant", v.value())?;
+        for (_, v) in self.inner.store.scan(Table::Grants)? {
+            let g: GrantRecord = decode("grant", &v)?;
             if g.key_id == key_id {
                 out.push(g);
             }
@@ -944,7 +900,7 @@ impl<A: AuditLog> Kms<A> {
     }
 
     pub fn grant_record(&self, grant_id: &str) -> Result<GrantRecord> {
-        self.read(GRANTS, grant_id)?
+        self.read(Table::Grants, grant_id)?
             .ok_or_else(|| KmsError::UnknownGrant(grant_id.to_owned()))
     }
 
@@ -978,9 +934,9 @@ impl<A: AuditLog> Kms<A> {
             for v in &mut record.versions {
                 v.sealed.clear();
             }
-            let txn = self.begin_write()?;
-            Self::put(&txn, KEYS, key_id, &record)?;
-            txn.open_table(ESCROWS)?.remove(key_id)?;
+            let mut txn = self.begin_write()?;
+            Self::put(&mut txn, Table::Keys, key_id, &record)?;
+            txn.remove(Table::Escrows, key_id)?;
             Ok(Decided {
                 value: record,
                 version: None,
@@ -1051,7 +1007,7 @@ impl<A: AuditLog> Kms<A> {
             for t in trustees {
                 policy::check_trustee(t, self.inner.audit.admission(t).as_ref(), now)?;
             }
-            let existing: Option<EscrowPackage> = self.read(ESCROWS, key_id)?;
+            let existing: Option<EscrowPackage> = self.read(Table::Escrows, key_id)?;
             if existing.is_some() && !replace {
                 return Err(KmsError::EscrowExists(key_id.to_owned()));
             }
@@ -1067,13 +1023,13 @@ impl<A: AuditLog> Kms<A> {
                 trustees,
                 threshold,
             )?;
-            let txn = self.begin_write()?;
+            let mut txn = self.begin_write()?;
             if existing.is_some() {
                 // Approvals of open recoveries were checked against the old
                 // shares and could never combine under the new package.
-                Self::void_open_recoveries(&txn, key_id)?;
+                Self::void_open_recoveries(&mut txn, key_id)?;
             }
-            Self::put(&txn, ESCROWS, key_id, &pkg)?;
+            Self::put(&mut txn, Table::Escrows, key_id, &pkg)?;
             Ok(Decided {
                 value: pkg,
                 version: Some(version),
@@ -1086,7 +1042,7 @@ impl<A: AuditLog> Kms<A> {
     /// The escrow package, for its owner and its trustees (who check their shares with it).
     pub fn escrow_package(&self, caller: &Caller, key_id: &str) -> Result<EscrowPackage> {
         let pkg: EscrowPackage = self
-            .read(ESCROWS, key_id)?
+            .read(Table::Escrows, key_id)?
             .ok_or_else(|| KmsError::UnknownEscrow(key_id.to_owned()))?;
         if pkg.owner != caller.account && pkg.trustee_index(&caller.account).is_none() {
             return Err(KmsError::NotTrustee(hex::encode(caller.account)));
@@ -1112,7 +1068,7 @@ impl<A: AuditLog> Kms<A> {
         let decided = (|| {
             policy::check_key_user_role(caller, "start recoveries")?;
             let pkg: EscrowPackage = self
-                .read(ESCROWS, key_id)?
+                .read(Table::Escrows, key_id)?
                 .ok_or_else(|| KmsError::UnknownEscrow(key_id.to_owned()))?;
             if pkg.owner != caller.account && pkg.trustee_index(&caller.account).is_none() {
                 return Err(KmsError::NotTrustee(hex::encode(caller.account)));
@@ -1130,8 +1086,8 @@ impl<A: AuditLog> Kms<A> {
                 approvals: Vec::new(),
                 completed: false,
             };
-            let txn = self.begin_write()?;
-            Self::put(&txn, RECOVERIES, &rec.recovery_id, &rec)?;
+            let mut txn = self.begin_write()?;
+            Self::put(&mut txn, Table::Recoveries, &rec.recovery_id, &rec)?;
             Ok(Decided {
                 value: rec,
                 version: Some(pkg.key_version),
@@ -1142,7 +1098,7 @@ impl<A: AuditLog> Kms<A> {
     }
 
     pub fn recovery(&self, recovery_id: &str) -> Result<RecoveryRecord> {
-        self.read(RECOVERIES, recovery_id)?
+        self.read(Table::Recoveries, recovery_id)?
             .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))
     }
 
@@ -1165,10 +1121,10 @@ impl<A: AuditLog> Kms<A> {
         let _w = self.inner.writer.lock().await;
         let decided = (|| {
             policy::check_trustee_role(caller)?;
-            let txn = self.begin_write()?;
-            let mut rec: RecoveryRecord = Self::get(&txn, RECOVERIES, recovery_id)?
+            let mut txn = self.begin_write()?;
+            let mut rec: RecoveryRecord = Self::get(&txn, Table::Recoveries, recovery_id)?
                 .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))?;
-            let pkg: EscrowPackage = Self::get(&txn, ESCROWS, &rec.key_id)?
+            let pkg: EscrowPackage = Self::get(&txn, Table::Escrows, &rec.key_id)?
                 .ok_or_else(|| KmsError::UnknownEscrow(rec.key_id.clone()))?;
             if pkg.trustee_index(&caller.account).is_none() {
                 return Err(KmsError::NotTrustee(hex::encode(caller.account)));
@@ -1188,7 +1144,7 @@ impl<A: AuditLog> Kms<A> {
                 crypto::seal_random_nonce(&self.inner.root, recovery_id.as_bytes(), share)?;
             rec.approvals.push((caller.account, sealed));
             let n = rec.approvals.len();
-            Self::put(&txn, RECOVERIES, recovery_id, &rec)?;
+            Self::put(&mut txn, Table::Recoveries, recovery_id, &rec)?;
             Ok(Decided {
                 value: n,
                 version: Some(pkg.key_version),
@@ -1214,8 +1170,8 @@ impl<A: AuditLog> Kms<A> {
         );
         let _w = self.inner.writer.lock().await;
         let decided = (|| {
-            let txn = self.begin_write()?;
-            let mut rec: RecoveryRecord = Self::get(&txn, RECOVERIES, recovery_id)?
+            let mut txn = self.begin_write()?;
+            let mut rec: RecoveryRecord = Self::get(&txn, Table::Recoveries, recovery_id)?
                 .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))?;
             if rec.recipient != caller.account {
                 return Err(KmsError::NotRecipient(recovery_id.to_owned()));
@@ -1223,7 +1179,7 @@ impl<A: AuditLog> Kms<A> {
             if rec.completed {
                 return Err(KmsError::RecoveryCompleted(recovery_id.to_owned()));
             }
-            let pkg: EscrowPackage = Self::get(&txn, ESCROWS, &rec.key_id)?
+            let pkg: EscrowPackage = Self::get(&txn, Table::Escrows, &rec.key_id)?
                 .ok_or_else(|| KmsError::UnknownEscrow(rec.key_id.clone()))?;
             if rec.approvals.len() < pkg.threshold as usize {
                 return Err(KmsError::RecoveryIncomplete {
@@ -1244,7 +1200,7 @@ impl<A: AuditLog> Kms<A> {
             rec.completed = true;
             // The shares have done their job; do not keep them.
             rec.approvals.clear();
-            Self::put(&txn, RECOVERIES, recovery_id, &rec)?;
+            Self::put(&mut txn, Table::Recoveries, recovery_id, &rec)?;
             Ok(Decided {
                 value: key,
                 version: Some(pkg.key_version),

@@ -11,12 +11,12 @@
 //!
 //! Layers: [`policy`] is the sans-IO core (records and decisions, time
 //! injected); [`crypto`], [`envelope`], [`escrow`], [`zk`] and [`seal`] are
-//! the cryptography; [`kms`] puts them behind redb storage and the
-//! [`audit::AuditLog`]; [`service`] serves it over gRPC with mutual TLS.
+//! the cryptography; [`kms`] puts them behind a [`store::KeyStore`] (redb on
+//! a node; a conformance suite for any other) and the [`audit::AuditLog`];
+//! [`service`] serves it over gRPC with mutual TLS.
 #![forbid(unsafe_code)]
 
 pub mod audit;
-pub mod cli;
 pub mod client;
 pub mod crypto;
 pub mod devnet;
@@ -28,6 +28,7 @@ pub mod policy;
 pub mod seal;
 pub mod secret;
 pub mod service;
+pub mod store;
 pub mod zk;
 
 pub use audit::{AuditLog, AuditReceipt, KeyAudit, LedgerAudit};
@@ -35,3 +36,4 @@ pub use error::{KmsError, Result};
 pub use kms::{Clock, DataKey, KeyInfo, Kms, system_clock};
 pub use policy::{Caller, GrantRecord, GrantTerms, KeyKind, Operation};
 pub use secret::{Key32, SecretBytes};
+pub use store::{KeyStore, MemKeyStore, RedbKeyStore};

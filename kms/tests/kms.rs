@@ -1031,3 +1031,51 @@ fn wire_messages_that_carry_secrets_print_only_lengths() {
         assert!(!s.contains("horse") && !s.contains("99, 111, 114"), "{s}");
     }
 }
+
+/// The engine depends only on the `KeyStore` contract: on the in-memory
+/// store, a one-use grant is spent once, stays spent when the KMS is opened
+/// again over the same rows, and a wrong root key is refused there too.
+#[tokio::test]
+async fn the_engine_runs_on_any_conforming_store() {
+    use yilian_kms::{Kms, LedgerAudit, MemKeyStore};
+    let env = Env::new().await;
+    let store = MemKeyStore::default();
+    let audit = || LedgerAudit::new(env.ledger.clone(), env.node.clone());
+    let kms = Kms::with_store(store.clone(), env.root.clone(), audit(), env.clock()).unwrap();
+    let owner = caller(&key(), Role::Member);
+    let reader_key = key();
+    env.admit(&reader_key, Role::Device).await;
+    let reader = caller(&reader_key, Role::Device);
+    kms.create_key(&owner, "secret", KeyKind::Aes256Gcm, false)
+        .await
+        .unwrap();
+    let ct = kms
+        .encrypt(&owner, "secret", b"once", b"", None)
+        .await
+        .unwrap();
+    let terms = GrantTerms {
+        reader: reader.account,
+        not_before_ms: 0,
+        not_after_ms: u64::MAX,
+        max_uses: 1,
+        operations: vec![Operation::Decrypt],
+        required_context: None,
+    };
+    let g = kms.grant(&owner, "secret", terms).await.unwrap();
+    let pt = kms.decrypt(&reader, &ct, b"", Some(&g.grant_id)).await;
+    assert_eq!(pt.unwrap().expose(), b"once");
+    drop(kms);
+    let kms = Kms::with_store(store.clone(), env.root.clone(), audit(), env.clock()).unwrap();
+    assert!(matches!(
+        kms.decrypt(&reader, &ct, b"", Some(&g.grant_id)).await,
+        Err(KmsError::GrantExhausted { max_uses: 1, .. })
+    ));
+    assert_eq!(kms.grant_record(&g.grant_id).unwrap().uses, 1);
+    let wrong = Kms::with_store(
+        store,
+        yilian_kms::crypto::random_key().unwrap(),
+        audit(),
+        env.clock(),
+    );
+    assert!(matches!(wrong, Err(KmsError::WrongRootKey)));
+}

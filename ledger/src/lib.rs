@@ -57,6 +57,15 @@ pub use yilian_identity::Role;
 pub enum LedgerError {
     #[error("malformed transaction: {0}")]
     Malformed(String),
+    /// A payload field over its limit in [`tx::limits`].
+    #[error(
+        "`{field}` is {len} bytes, more than the {max} a ledger entry allows; shorten it, or keep the document off the ledger and record its hash"
+    )]
+    FieldTooLong {
+        field: std::borrow::Cow<'static, str>,
+        len: usize,
+        max: usize,
+    },
     #[error("unsupported transaction version {0}")]
     UnsupportedVersion(u16),
     #[error("bad signature")]
@@ -147,6 +156,7 @@ impl LedgerError {
     pub fn reason(&self) -> &'static str {
         match self {
             LedgerError::Malformed(_) => "malformed",
+            LedgerError::FieldTooLong { .. } => "too-long",
             LedgerError::UnsupportedVersion(_) => "version",
             LedgerError::BadSignature | LedgerError::BadTreeHead => "signature",
             LedgerError::UntrustedLogKey => "log-key",
@@ -186,7 +196,9 @@ impl From<LedgerError> for tonic::Status {
     fn from(e: LedgerError) -> tonic::Status {
         use tonic::Code;
         let code = match &e {
-            LedgerError::Malformed(_) | LedgerError::UnsupportedVersion(_) => Code::InvalidArgument,
+            LedgerError::Malformed(_)
+            | LedgerError::FieldTooLong { .. }
+            | LedgerError::UnsupportedVersion(_) => Code::InvalidArgument,
             LedgerError::BadSignature
             | LedgerError::BadTreeHead
             | LedgerError::UntrustedLogKey

@@ -91,6 +91,7 @@ impl LedgerState {
         if let Some(&index) = self.seen.get(id) {
             return Ok(Decision::Duplicate(index));
         }
+        tx.tx.payload.check_sizes()?;
         match &tx.tx.payload {
             Payload::Genesis { authority, .. } => {
                 if self.size != 0 {
@@ -536,6 +537,66 @@ mod tests {
         assert_eq!(n.state.balance(&acct(&verifier)), 0);
         n.submit(&member, reward(&verifier)).unwrap();
         assert_eq!(n.state.balance(&acct(&verifier)), 5);
+    }
+
+    #[test]
+    fn a_field_over_its_limit_is_refused_by_name_and_changes_nothing() {
+        use crate::tx::limits::*;
+        let mut n = Net::new();
+        let member = key(1);
+        n.admit(&member, Role::Member);
+        let before = (n.state.len(), n.state.balance(&acct(&member)));
+        // The 130 KB note a new user once got accepted.
+        let big = Payload::Note {
+            topic: "kyc".into(),
+            body: "x".repeat(130_000),
+        };
+        let err = n.submit(&member, big).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                LedgerError::FieldTooLong {
+                    field,
+                    len: 130_000,
+                    max: MAX_NOTE_BYTES
+                } if field == "note.body"
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "`note.body` is 130000 bytes, more than the 4096 a ledger entry allows; shorten it, or keep the document off the ledger and record its hash"
+        );
+        let long_topic = Payload::Note {
+            topic: "t".repeat(MAX_LABEL_BYTES + 1),
+            body: String::new(),
+        };
+        assert!(matches!(
+            n.submit(&member, long_topic),
+            Err(LedgerError::FieldTooLong { field, .. }) if field == "note.topic"
+        ));
+        let long_serial = Payload::Admit {
+            org: "o".into(),
+            role: Role::Device,
+            name: "d".into(),
+            public_key: acct(&key(9)),
+            serial: vec![1; MAX_SERIAL_BYTES + 1],
+            not_after_ms: NOW * 2,
+        };
+        let a = n.authority.clone();
+        assert!(matches!(
+            n.submit(&a, long_serial),
+            Err(LedgerError::FieldTooLong { field, .. }) if field == "admit.serial"
+        ));
+        assert!(n.state.member(&acct(&key(9))).is_none());
+        assert_eq!((n.state.len(), n.state.balance(&acct(&member))), before);
+        // At the limit is fine.
+        let at_limit = Payload::Note {
+            topic: "t".repeat(MAX_LABEL_BYTES),
+            body: "x".repeat(MAX_NOTE_BYTES),
+        };
+        assert_eq!(n.submit(&member, at_limit).unwrap(), Decision::Append);
+        assert_eq!(n.state.len(), before.0 + 1);
     }
 
     #[test]

@@ -19,6 +19,24 @@ pub const TX_VERSION: u16 = 1;
 
 const SIGNING_CONTEXT: &[u8] = b"yilian/ledger/tx/v1\0";
 
+/// Byte limits on a payload's variable-length fields, which every member
+/// enforces before it appends an entry (`docs/limits.md`). Every member
+/// stores, replicates and serves every entry forever, so one writer must not
+/// be able to make that cost megabytes; a large document belongs off the
+/// ledger, anchored by its hash. With every field bounded, the largest
+/// entry (a note) stays under 5 KiB.
+pub mod limits {
+    /// Names and identifiers: network, org, name, topic, key, grant,
+    /// record, task, statement, operation, peer address.
+    pub const MAX_LABEL_BYTES: usize = 256;
+    /// Short free text: a revocation's reason, an audit or query outcome.
+    pub const MAX_TEXT_BYTES: usize = 1024;
+    /// A note's body.
+    pub const MAX_NOTE_BYTES: usize = 4096;
+    /// A certificate serial: RFC 5280 section 4.1.2.2 allows at most 20 octets.
+    pub const MAX_SERIAL_BYTES: usize = 20;
+}
+
 /// What happened. New variants are only ever appended, so old entries decode.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
@@ -244,6 +262,89 @@ impl Payload {
                 vec![(self.kind(), statement.as_bytes().to_vec())]
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// Refuses a payload with a field longer than its limit in [`limits`],
+    /// naming the field as `kind.field`.
+    pub fn check_sizes(&self) -> Result<(), LedgerError> {
+        use limits::*;
+        let label = |f, s: &str| (f, s.len(), MAX_LABEL_BYTES);
+        let text = |f, s: &str| (f, s.len(), MAX_TEXT_BYTES);
+        let opt = |f, s: &Option<String>| label(f, s.as_deref().unwrap_or(""));
+        let fields: &[(&'static str, usize, usize)] = match self {
+            Payload::Genesis { network, .. } => &[label("genesis.network", network)],
+            Payload::Admit {
+                org, name, serial, ..
+            } => &[
+                label("admit.org", org),
+                label("admit.name", name),
+                ("admit.serial", serial.len(), MAX_SERIAL_BYTES),
+            ],
+            Payload::Revoke { reason, .. } => &[text("revoke.reason", reason)],
+            Payload::Transfer { .. }
+            | Payload::MemberApproval { .. }
+            | Payload::MemberProposal {
+                change: MembershipChange::Remove { .. },
+            } => &[],
+            Payload::Note { topic, body } => &[
+                label("note.topic", topic),
+                ("note.body", body.len(), MAX_NOTE_BYTES),
+            ],
+            Payload::KeyAudit {
+                operation,
+                key_id,
+                grant_id,
+                outcome,
+                ..
+            } => &[
+                label("key-audit.operation", operation),
+                label("key-audit.key_id", key_id),
+                opt("key-audit.grant_id", grant_id),
+                text("key-audit.outcome", outcome),
+            ],
+            Payload::RecordAnchor { record_id, .. } => {
+                &[label("record-anchor.record_id", record_id)]
+            }
+            Payload::VerifyingKeyAnchor { statement, .. } => {
+                &[label("verifying-key-anchor.statement", statement)]
+            }
+            Payload::TaskSubmitted { task_id, .. } => &[label("task-submitted.task_id", task_id)],
+            Payload::Contribution { task_id, .. } => &[label("contribution.task_id", task_id)],
+            Payload::Reward { task_id, .. } => &[label("reward.task_id", task_id)],
+            Payload::MemberProposal {
+                change: MembershipChange::Add { addr, .. },
+            } => &[label("member-proposal.addr", addr)],
+            Payload::PrivacySpent { task_id, .. } => &[label("privacy-spent.task_id", task_id)],
+            Payload::QueryGrant {
+                grant_id,
+                record_id,
+                ..
+            } => &[
+                label("query-grant.grant_id", grant_id),
+                label("query-grant.record_id", record_id),
+            ],
+            Payload::ZkQuery {
+                record_id,
+                grant_id,
+                outcome,
+                ..
+            } => &[
+                label("zk-query.record_id", record_id),
+                opt("zk-query.grant_id", grant_id),
+                text("zk-query.outcome", outcome),
+            ],
+            Payload::CeremonyContribution { statement, .. } => {
+                &[label("ceremony-contribution.statement", statement)]
+            }
+        };
+        match fields.iter().find(|(_, len, max)| len > max) {
+            Some(&(field, len, max)) => Err(LedgerError::FieldTooLong {
+                field: field.into(),
+                len,
+                max,
+            }),
+            None => Ok(()),
         }
     }
 

@@ -26,7 +26,6 @@
 #![forbid(unsafe_code)]
 
 pub mod ceremony;
-pub mod cli;
 pub mod consent;
 pub mod keys;
 pub mod prover;

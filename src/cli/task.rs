@@ -1,19 +1,13 @@
 //! `yilian task ...`: the ML engineer's commands, spoken to a node's gRPC
 //! control plane (`proto/federated.proto`) with the engineer's admitted
-//! certificate.
+//! certificate, through [`yilian_federated::client`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, bail};
-use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
-use yilian_identity::Identity;
-use yilian_models::ModelSpec;
-
-use crate::TaskFile;
-use crate::pb;
-use crate::pb::federated_client::FederatedClient;
+use anyhow::Context;
+use yilian_federated::client::{Endpoint, download, submit, task_status, watch};
+use yilian_federated::pb;
 
 /// How to reach a node.
 #[derive(Clone, Debug, clap::Args)]
@@ -24,6 +18,15 @@ pub struct NodeArgs {
     /// Directory holding the engineer's cert.pem, key.pem and ca.pem.
     #[arg(long, env = "YILIAN_IDENTITY")]
     pub identity: PathBuf,
+}
+
+impl NodeArgs {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            node: self.node.clone(),
+            identity: self.identity.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -80,17 +83,20 @@ impl TaskCommand {
                 weights,
                 node,
             } => {
-                let r = submit(&node, &task, weights.as_deref()).await?;
+                let r = submit(&node.endpoint(), &task, weights.as_deref()).await?;
                 println!(
                     "task {} submitted ({} parameters, ledger entry {})",
                     r.task_id, r.params, r.ledger_index
                 );
             }
             TaskCommand::Status { task_id, node } => {
-                print_status(&task_status(&node, &task_id).await?);
+                print_status(&task_status(&node.endpoint(), &task_id).await?);
             }
             TaskCommand::Watch { task_id, node } => {
-                watch(&node, &task_id, |e| println!("{}", event_line(e))).await?;
+                watch(&node.endpoint(), &task_id, |e| {
+                    println!("{}", event_line(e))
+                })
+                .await?;
             }
             TaskCommand::Download {
                 task_id,
@@ -109,7 +115,7 @@ impl TaskCommand {
                         Format::Safetensors => ("safetensors", pb::ModelFormat::Safetensors),
                         Format::Onnx => ("onnx", pb::ModelFormat::Onnx),
                     };
-                    let (rounds, bytes) = download(&node, &task_id, pf).await?;
+                    let (rounds, bytes) = download(&node.endpoint(), &task_id, pf).await?;
                     let path = out.join(format!("{task_id}.{ext}"));
                     std::fs::write(&path, bytes)
                         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -119,175 +125,6 @@ impl TaskCommand {
         }
         Ok(())
     }
-}
-
-/// A node's refusal, as the user reads it: the node's message says what to change.
-fn refused(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", s.message())
-}
-
-async fn client(node: &NodeArgs) -> anyhow::Result<FederatedClient<Channel>> {
-    let identity = Identity::load(&node.identity)
-        .with_context(|| format!("cannot load the identity in {}", node.identity.display()))?;
-    let channel = yilian_identity::grpc::connect(&node.node, &identity).await?;
-    Ok(FederatedClient::new(channel))
-}
-
-/// Submits a task file. A training task's validation set and initial
-/// weights, and an evaluation's ONNX model, are read relative to the file.
-pub async fn submit(
-    node: &NodeArgs,
-    task_file: &Path,
-    weights: Option<&Path>,
-) -> anyhow::Result<pb::SubmitTaskResponse> {
-    let text = std::fs::read_to_string(task_file)
-        .with_context(|| format!("cannot read {}", task_file.display()))?;
-    let base = task_file.parent().unwrap_or(Path::new("."));
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let task = match TaskFile::from_toml(&text)
-        .with_context(|| format!("{} is not a valid task file", task_file.display()))?
-    {
-        TaskFile::Training(t) => t,
-        TaskFile::Evaluation(e) => {
-            if weights.is_some() {
-                bail!("--weights: an evaluation task takes no initial weights; drop the flag");
-            }
-            let model = read(&base.join(&e.model))?;
-            return submit_evaluation(node, text, model).await;
-        }
-    };
-    let validation_csv = read(&base.join(&task.validation))?;
-    let weights_path = weights
-        .map(Path::to_path_buf)
-        .or_else(|| task.initial_weights.as_ref().map(|p| base.join(p)));
-    let initial_weights = weights_path.as_deref().map(read).transpose()?;
-    client(node)
-        .await?
-        .submit_task(pb::SubmitTaskRequest {
-            task_toml: text,
-            validation_csv,
-            initial_weights: initial_weights.unwrap_or_default(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(refused)
-}
-
-async fn submit_evaluation(
-    node: &NodeArgs,
-    task_toml: String,
-    model: Vec<u8>,
-) -> anyhow::Result<pb::SubmitTaskResponse> {
-    use pb::submit_evaluation_request::Part;
-    let mut parts = vec![pb::SubmitEvaluationRequest {
-        part: Some(Part::Header(pb::EvaluationHeader {
-            task_toml,
-            model_bytes: model.len() as u64,
-        })),
-    }];
-    parts.extend(
-        model
-            .chunks(crate::protocol::CHUNK_BYTES)
-            .map(|c| pb::SubmitEvaluationRequest {
-                part: Some(Part::ModelChunk(c.to_vec())),
-            }),
-    );
-    client(node)
-        .await?
-        .submit_evaluation(tokio_stream::iter(parts))
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(refused)
-}
-
-/// The status of a task of either kind.
-pub async fn task_status(node: &NodeArgs, task_id: &str) -> anyhow::Result<pb::TaskStatusResponse> {
-    client(node)
-        .await?
-        .task_status(pb::TaskStatusRequest {
-            task_id: task_id.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(refused)
-}
-
-/// A training task's status.
-pub async fn status(node: &NodeArgs, task_id: &str) -> anyhow::Result<pb::TrainingStatus> {
-    match task_status(node, task_id).await?.kind {
-        Some(pb::task_status_response::Kind::Training(t)) => Ok(t),
-        _ => bail!("task {task_id} is an evaluation; its status has no rounds"),
-    }
-}
-
-/// Follows a training task, calling `on_event` for each event, until it
-/// ends; returns how it ended.
-pub async fn watch(
-    node: &NodeArgs,
-    task_id: &str,
-    mut on_event: impl FnMut(&pb::TaskEvent),
-) -> anyhow::Result<pb::TaskEnded> {
-    let mut events = client(node)
-        .await?
-        .watch_task(pb::WatchTaskRequest {
-            task_id: task_id.into(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
-    while let Some(e) = events.message().await.map_err(refused)? {
-        on_event(&e);
-        if let Some(pb::task_event::Event::Ended(end)) = e.event {
-            return Ok(end);
-        }
-    }
-    bail!("the node closed the stream before task {task_id} ended; watch it again")
-}
-
-/// The global model's file in `format`, checked against its announced
-/// size and SHA-256, with the rounds closed into it.
-pub async fn download(
-    node: &NodeArgs,
-    task_id: &str,
-    format: pb::ModelFormat,
-) -> anyhow::Result<(u32, Vec<u8>)> {
-    let mut chunks = client(node)
-        .await?
-        .download(pb::DownloadRequest {
-            task_id: task_id.into(),
-            format: format.into(),
-        })
-        .await
-        .map_err(refused)?
-        .into_inner();
-    let first = chunks
-        .message()
-        .await
-        .map_err(refused)?
-        .context("the node sent no model")?;
-    let mut bytes = first.data;
-    while let Some(c) = chunks.message().await.map_err(refused)? {
-        bytes.extend_from_slice(&c.data);
-        if bytes.len() as u64 > first.total_bytes {
-            bail!(
-                "the node sent more than the {} bytes it announced",
-                first.total_bytes
-            );
-        }
-    }
-    if bytes.len() as u64 != first.total_bytes || Sha256::digest(&bytes)[..] != first.sha256[..] {
-        bail!("the model arrived damaged (size or SHA-256 differs); download it again");
-    }
-    Ok((first.rounds, bytes))
-}
-
-/// The global model as weights, via its safetensors file.
-pub async fn download_model(
-    node: &NodeArgs,
-    task_id: &str,
-) -> anyhow::Result<(ModelSpec, Vec<f32>)> {
-    let (_, bytes) = download(node, task_id, pb::ModelFormat::Safetensors).await?;
-    Ok(yilian_models::from_safetensors_bytes(&bytes, None)?)
 }
 
 pub fn phase_text(p: pb::TaskPhase) -> &'static str {

@@ -11,16 +11,16 @@ use clap::Subcommand;
 
 use yilian_circuits::{kyc, set::SortedSet};
 
-use crate::Shape;
-use crate::record::{CipherKey, EncryptedRecord, Record};
-use crate::service::{ZkClient, pb};
-use crate::{consent, keys, prover, query, snarkjs, verifier};
+use yilian_zk::Shape;
+use yilian_zk::record::{CipherKey, EncryptedRecord, Record};
+use yilian_zk::service::{ZkClient, pb};
+use yilian_zk::{consent, keys, prover, query, snarkjs, verifier};
 
-use yilian_kms::cli::{Conn, account};
+use super::kms::{Conn, account};
 
 async fn zk_client(conn: &Conn) -> anyhow::Result<ZkClient<tonic::transport::Channel>> {
     let (channel, _) = conn.channel().await?;
-    Ok(ZkClient::new(channel).max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES))
+    Ok(ZkClient::new(channel).max_decoding_message_size(yilian_zk::service::MAX_MESSAGE_BYTES))
 }
 
 fn budget(s: &str) -> anyhow::Result<(String, u32)> {
@@ -130,7 +130,7 @@ pub enum Command {
         out: PathBuf,
         /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
         /// 16 or 32 fields).
-        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        #[arg(long, default_value = yilian_zk::KYC_STATEMENT, value_parser = parse_statement)]
         statement: Shape,
     },
     /// Encrypt a plaintext record (JSON) under a KMS ZK key and print its anchor.
@@ -197,7 +197,7 @@ pub enum Command {
         vk: PathBuf,
         /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
         /// 16 or 32 fields).
-        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        #[arg(long, default_value = yilian_zk::KYC_STATEMENT, value_parser = parse_statement)]
         statement: Shape,
 
         #[arg(long, default_value = "YilianKycVerifier")]
@@ -237,8 +237,9 @@ impl GrantTerms {
         let allowed: Vec<query::Predicate> = read_json(&allow)?;
         // Signed as the node will rebuild them from the wire (an OR inside
         // an OR is flattened there).
-        let allowed =
-            crate::service::predicates_from_pb(&crate::service::predicates_to_pb(&allowed))?;
+        let allowed = yilian_zk::service::predicates_from_pb(
+            &yilian_zk::service::predicates_to_pb(&allowed),
+        )?;
         Ok(consent::Consent {
             consent_id: format!("c-{}", hex::encode(rand::random::<[u8; 16]>())),
             record_id,
@@ -272,7 +273,7 @@ pub enum CeremonyCommand {
         ptau: Option<PathBuf>,
         /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
         /// 16 or 32 fields).
-        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        #[arg(long, default_value = yilian_zk::KYC_STATEMENT, value_parser = parse_statement)]
         statement: Shape,
     },
     /// Contribute to the current phase as a member, with fresh secrets that
@@ -284,7 +285,7 @@ pub enum CeremonyCommand {
         dir: PathBuf,
         /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
         /// 16 or 32 fields).
-        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        #[arg(long, default_value = yilian_zk::KYC_STATEMENT, value_parser = parse_statement)]
         statement: Shape,
     },
     /// End phase 1: derive the statement's initial phase-2 key from it.
@@ -293,7 +294,7 @@ pub enum CeremonyCommand {
         dir: PathBuf,
         /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
         /// 16 or 32 fields).
-        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        #[arg(long, default_value = yilian_zk::KYC_STATEMENT, value_parser = parse_statement)]
         statement: Shape,
     },
     /// Verify the whole transcript from its start, and, given a node, that
@@ -305,7 +306,7 @@ pub enum CeremonyCommand {
         dir: PathBuf,
         /// The statement: kyc8-v2, kyc16-v2 or kyc32-v2 (records of up to 8,
         /// 16 or 32 fields).
-        #[arg(long, default_value = crate::KYC_STATEMENT, value_parser = parse_statement)]
+        #[arg(long, default_value = yilian_zk::KYC_STATEMENT, value_parser = parse_statement)]
         statement: Shape,
 
         #[arg(long)]
@@ -322,7 +323,7 @@ fn parse_statement(name: &str) -> Result<Shape, String> {
         .ok_or_else(|| format!("give kyc8-v2, kyc16-v2 or kyc32-v2, not {name:?}"))
 }
 
-fn anchor_file(dir: &Path, step: &crate::ceremony::transcript::Step) -> PathBuf {
+fn anchor_file(dir: &Path, step: &yilian_zk::ceremony::transcript::Step) -> PathBuf {
     dir.join(format!("phase{}", step.phase))
         .join(format!("{:04}.anchor", step.index))
 }
@@ -336,10 +337,10 @@ pub async fn contribute_anchored(
     statement: Shape,
     channel: tonic::transport::Channel,
     member: &yilian_identity::Identity,
-) -> anyhow::Result<(crate::ceremony::transcript::Step, u64)> {
+) -> anyhow::Result<(yilian_zk::ceremony::transcript::Step, u64)> {
     let step = tokio::task::spawn_blocking({
         let dir = dir.to_owned();
-        move || crate::ceremony::transcript::contribute(&dir, &mut keys::os_rng())
+        move || yilian_zk::ceremony::transcript::contribute(&dir, &mut keys::os_rng())
     })
     .await??;
     let submitted = yilian_ledger::service::LedgerClient::new(channel)
@@ -358,7 +359,7 @@ pub async fn contribute_anchored(
         Err(e) => {
             // An unanchored contribution would be built on and then refused
             // by every node: it is taken back, and the member may try again.
-            crate::ceremony::transcript::withdraw(dir, &step)?;
+            yilian_zk::ceremony::transcript::withdraw(dir, &step)?;
             return Err(grpc(e));
         }
     };
@@ -368,8 +369,8 @@ pub async fn contribute_anchored(
 
 impl CeremonyCommand {
     async fn run(self) -> anyhow::Result<()> {
-        use crate::ceremony::transcript;
         use yilian_circuits::kyc::KycCircuit;
+        use yilian_zk::ceremony::transcript;
         match self {
             CeremonyCommand::Init {
                 dir,
@@ -571,7 +572,7 @@ impl Command {
                     .grant(pb::GrantRequest {
                         record_id: terms.record_id,
                         verifier: verifier.to_vec(),
-                        allowed: crate::service::predicates_to_pb(&terms.allowed),
+                        allowed: yilian_zk::service::predicates_to_pb(&terms.allowed),
                         max_uses: Some(terms.max_uses),
                         not_before_ms: terms.not_before_ms,
                         not_after_ms: terms.not_after_ms,
@@ -682,11 +683,11 @@ impl Command {
                 let predicates: Vec<query::Predicate> = read_json(&query_file)?;
                 let (channel, _) = conn.channel().await?;
                 let mut client = ZkClient::new(channel.clone())
-                    .max_decoding_message_size(crate::service::MAX_MESSAGE_BYTES);
+                    .max_decoding_message_size(yilian_zk::service::MAX_MESSAGE_BYTES);
                 let r = client
                     .query(pb::QueryRequest {
                         record_id: record_id.clone(),
-                        predicates: crate::service::predicates_to_pb(&predicates),
+                        predicates: yilian_zk::service::predicates_to_pb(&predicates),
                         grant_id: grant,
                     })
                     .await
@@ -700,7 +701,7 @@ impl Command {
                     .await
                     .map_err(grpc)?
                     .into_inner();
-                let proof = crate::service::proof_from_pb(wire)?;
+                let proof = yilian_zk::service::proof_from_pb(wire)?;
                 // Believed only against what the ledger says: the verifying
                 // key its anchor names, and the record's anchor by its holder.
                 let mut ledger = yilian_ledger::service::LedgerClient::new(channel);
@@ -725,7 +726,7 @@ impl Command {
                         ciphertext_hash,
                         key_commitment,
                     } if id == record_id && entry.signer.as_slice() == r.holder.as_slice() => {
-                        crate::record::RecordAnchor {
+                        yilian_zk::record::RecordAnchor {
                             record_id: id,
                             ciphertext_hash,
                             key_commitment,
@@ -857,7 +858,7 @@ impl Command {
                 let vk = load_vk(&vk)?;
                 let hash = hex::encode(keys::vk_hash(&vk));
                 let source =
-                    crate::solidity::verifier(&vk, &contract, statement.statement(), &hash);
+                    yilian_zk::solidity::verifier(&vk, &contract, statement.statement(), &hash);
                 std::fs::write(&out, source)
                     .with_context(|| format!("writing {}", out.display()))?;
                 println!("wrote {} (verifying key {hash})", out.display());

@@ -1,6 +1,8 @@
 //! `yilian devnet`: a whole local network on an embedded store, doing real
 //! work end to end, then a summary. Each capability adds its act here.
 
+mod learning;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -40,7 +42,7 @@ const TRAINING_DEVICES: usize = 10;
 /// Federated rounds in the learning act.
 const ROUNDS: u32 = 10;
 /// The digits data set, embedded so the devnet needs no set-up (see data/README.md).
-const DIGITS: &[u8] = include_bytes!("../data/digits.csv.gz");
+const DIGITS: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
 pub async fn run(dir: Option<PathBuf>) -> Result<()> {
     let _tmp;
@@ -552,7 +554,7 @@ async fn ceremony_act(
             let started = std::time::Instant::now();
             let channel = yilian_identity::grpc::connect(&m.addr, &id).await?;
             let (step, index) =
-                yilian_zk::cli::contribute_anchored(&dir, shape, channel, &id).await?;
+                crate::cli::zk::contribute_anchored(&dir, shape, channel, &id).await?;
             println!(
                 "ceremony: {} contributed to phase {phase} ({:.1} s), transcript hash {} anchored at entry {index}",
                 m.org,
@@ -911,7 +913,7 @@ async fn learning_act(
     for a in &accounts {
         before += auditor.balance(a).await?;
     }
-    let report = yilian_federated::devnet::act(
+    let report = learning::act(
         addr,
         fl,
         &net.identity("ml-engineer"),

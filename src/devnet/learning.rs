@@ -13,9 +13,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use yilian_identity::Identity;
 use yilian_models::{Dataset, OnnxModel};
 
-use crate::agent::{AgentConfig, EarnedReward};
-use crate::cli::NodeArgs;
-use crate::{AgentPolicy, pb};
+use yilian_federated::agent::{AgentConfig, EarnedReward};
+use yilian_federated::client::{self, Endpoint};
+use yilian_federated::{AgentPolicy, pb};
+
+use crate::cli::task::{phase_text, print_history};
 
 /// What the act did.
 #[derive(Debug)]
@@ -83,11 +85,11 @@ classes = 10
     );
     let task_path = work_dir.join("task.toml");
     std::fs::write(&task_path, task)?;
-    let eng = NodeArgs {
+    let eng = Endpoint {
         node: grpc.to_owned(),
         identity: engineer.to_owned(),
     };
-    let submitted = crate::cli::submit(&eng, &task_path, None).await?;
+    let submitted = client::submit(&eng, &task_path, None).await?;
     println!(
         "learning act: task {task_id} (ledger entry {}), {n} agents with non-IID digits \
          (Dirichlet 0.5), MLP 64-64-10, secure aggregation in groups of at least 5",
@@ -103,7 +105,7 @@ classes = 10
     let watcher = {
         let (eng, task_id, bar) = (eng.clone(), task_id.clone(), bar.clone());
         tokio::spawn(async move {
-            crate::cli::watch(&eng, &task_id, |e| {
+            client::watch(&eng, &task_id, |e| {
                 if let Some(pb::task_event::Event::Closed(r)) = &e.event {
                     bar.set_position(u64::from(r.round) + 1);
                     bar.set_message(format!("validation accuracy {:.3}", r.accuracy));
@@ -125,7 +127,7 @@ classes = 10
                 policy: AgentPolicy::default(),
                 single_task: true,
             };
-            crate::agent::run(&identity, cfg, |_| {}).await
+            yilian_federated::agent::run(&identity, cfg, |_| {}).await
         }));
     }
     let mut rewards = Vec::new();
@@ -137,10 +139,10 @@ classes = 10
     anyhow::ensure!(
         ended.phase() == pb::TaskPhase::Finished,
         "the task ended {}",
-        crate::cli::phase_text(ended.phase())
+        phase_text(ended.phase())
     );
-    let history = crate::cli::status(&eng, &task_id).await?.history;
-    crate::cli::print_history(&history);
+    let history = client::status(&eng, &task_id).await?.history;
+    print_history(&history);
     println!("rewards earned (units):");
     for (dir, r) in devices.iter().zip(&rewards) {
         let total: u64 = r.iter().map(|e| e.amount).sum();
@@ -150,7 +152,7 @@ classes = 10
                 .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
         );
     }
-    let (spec, weights) = crate::cli::download_model(&eng, &task_id).await?;
+    let (spec, weights) = client::download_model(&eng, &task_id).await?;
     let onnx_path = work_dir.join("model.onnx");
     std::fs::write(&onnx_path, yilian_models::to_onnx(&spec, &weights)?)?;
     yilian_models::save_safetensors(&work_dir.join("model.safetensors"), &spec, &weights)?;

@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use yilian_identity::Identity;
 
-use crate::client::Client;
-use crate::policy::AccountId;
-use crate::service::pb;
+use yilian_kms::client::Client;
+use yilian_kms::policy::AccountId;
+use yilian_kms::service::pb;
 
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
@@ -455,7 +455,7 @@ impl Command {
                     .recover(pb::RecoveryRef { recovery_id })
                     .await?
                     .into_inner();
-                let k = crate::secret::SecretBytes::new(std::mem::take(&mut k.key));
+                let k = yilian_kms::secret::SecretBytes::new(std::mem::take(&mut k.key));
                 println!("{}", hex::encode(k.expose()));
             }
             Command::Grant {
@@ -533,7 +533,8 @@ impl Command {
             } => {
                 let (mut c, _) = conn.client().await?;
                 let mut z = c.raw.zk_key(pb::KeyRef { key_id }).await?.into_inner();
-                let elements = crate::secret::SecretBytes::new(std::mem::take(&mut z.elements));
+                let elements =
+                    yilian_kms::secret::SecretBytes::new(std::mem::take(&mut z.elements));
                 let mut v = serde_json::json!({"commitment": hex::encode(&z.commitment)});
                 if reveal {
                     v["elements"] = hex::encode(elements.expose()).into();
@@ -557,7 +558,7 @@ impl Command {
                 }
             }
             Command::InitUnseal { threshold, shares } => {
-                let (_root, shares) = crate::seal::split_root_key(threshold, shares)?;
+                let (_root, shares) = yilian_kms::seal::split_root_key(threshold, shares)?;
                 println!(
                     "Give each operator one share; any {threshold} unseal the node. Shown once."
                 );
