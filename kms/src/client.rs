@@ -2,10 +2,10 @@
 //! and the benchmark. The trustee side of a recovery (opening and checking
 //! one's share, signing the approval) runs here, on the trustee's machine.
 
-use anyhow::{Context, Result, ensure};
 use tonic::transport::Channel;
 use yilian_identity::Identity;
 
+use crate::error::{KmsError, Result};
 use crate::escrow::{self, EscrowPackage};
 use crate::policy::AccountId;
 use crate::secret::SecretBytes;
@@ -125,7 +125,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        serde_json::from_slice(&r.package_json).context("escrow package")
+        serde_json::from_slice(&r.package_json).map_err(|_| KmsError::BadReply("escrow package"))
     }
 
     /// The trustee side of a recovery: fetch the recovery and the escrow
@@ -148,14 +148,23 @@ impl Client {
                 .into_inner()
                 .package_json,
         )
-        .context("escrow package")?;
+        .map_err(|_| KmsError::BadReply("escrow package"))?;
         let share = pkg.open_share(trustee.signing_key())?;
-        let recipient: AccountId = rec.recipient.as_slice().try_into().context("recipient")?;
-        let nonce: [u8; 32] = rec.nonce.as_slice().try_into().context("nonce")?;
-        ensure!(
-            rec.key_id == pkg.key_id,
-            "recovery and escrow name different keys"
-        );
+        let recipient: AccountId = rec
+            .recipient
+            .as_slice()
+            .try_into()
+            .map_err(|_| KmsError::BadReply("recovery recipient"))?;
+        let nonce: [u8; 32] = rec
+            .nonce
+            .as_slice()
+            .try_into()
+            .map_err(|_| KmsError::BadReply("recovery nonce"))?;
+        if rec.key_id != pkg.key_id {
+            return Err(KmsError::BadReply(
+                "the recovery and the escrow name different keys",
+            ));
+        }
         let signature = escrow::sign_approval(
             trustee.signing_key(),
             recovery_id,
@@ -195,26 +204,31 @@ impl Client {
                 })
                 .await?
                 .into_inner();
-            ensure!(
-                page.next_index.is_none_or(|n| n > from_index),
-                "the node's audit paging does not advance"
-            );
+            if page.next_index.is_some_and(|n| n <= from_index) {
+                return Err(KmsError::BadReply("the audit paging does not advance"));
+            }
             entries.extend(page.entries);
             from = page.next_index;
         }
         for e in &entries {
+            let not_proven = |reason: String| KmsError::AuditNotProven {
+                index: e.index,
+                reason,
+            };
             let bundle: yilian_ledger::bundle::InclusionBundle =
-                serde_json::from_slice(&e.inclusion_bundle_json).context("inclusion bundle")?;
+                serde_json::from_slice(&e.inclusion_bundle_json)
+                    .map_err(|err| not_proven(format!("its inclusion bundle: {err}")))?;
             let trusted = log_key.copied().unwrap_or(bundle.tree_head.log_key);
             let tx = bundle
                 .verify(&trusted)
-                .with_context(|| format!("audit entry {} does not verify", e.index))?;
-            let a = crate::audit::key_audit_of(&tx).context("entry is not a key audit")?;
-            ensure!(
-                a.operation == e.operation && a.outcome == e.outcome && a.key_id == e.key_id,
-                "audit entry {} differs from its proven ledger entry",
-                e.index
-            );
+                .map_err(|err| not_proven(err.to_string()))?;
+            let a = crate::audit::key_audit_of(&tx)
+                .ok_or_else(|| not_proven("the proven entry is not a key audit".into()))?;
+            if a.operation != e.operation || a.outcome != e.outcome || a.key_id != e.key_id {
+                return Err(not_proven(
+                    "the record differs from the proven ledger entry".into(),
+                ));
+            }
         }
         Ok(entries)
     }

@@ -127,6 +127,17 @@ pub enum KmsError {
     WrongRootKey,
     #[error("audit could not be written, operation refused: {0}")]
     AuditFailed(String),
+    /// The node refused a call; its message says what to change.
+    #[error("{}", .0.message())]
+    Rpc(Box<tonic::Status>),
+    #[error(transparent)]
+    Connect(#[from] yilian_identity::IdentityError),
+    /// The node answered with something this client cannot read.
+    #[error("the node's reply is malformed: {0}")]
+    BadReply(&'static str),
+    /// An audit record the node served does not match what the ledger proves.
+    #[error("audit entry {index} does not verify against the ledger: {reason}")]
+    AuditNotProven { index: u64, reason: String },
     #[error("storage: {0}")]
     Storage(String),
     #[error("stored record is corrupt: {0}")]
@@ -188,6 +199,7 @@ impl KmsError {
             BadUnsealShare | DuplicateUnsealShare(_) | WrongRootKey => "unseal",
             AuditFailed(_) => "audit-failed",
             Storage(_) | Corrupt(_) | Random => "internal",
+            Rpc(_) | Connect(_) | BadReply(_) | AuditNotProven { .. } => "client",
         }
     }
 }
@@ -240,8 +252,17 @@ impl From<KmsError> for tonic::Status {
             EscrowExists(_) => Code::AlreadyExists,
             Sealed | AuditFailed(_) => Code::Unavailable,
             WrongRootKey | EscrowCorrupt | Storage(_) | Corrupt(_) | Random => Code::Internal,
+            Rpc(s) => s.code(),
+            Connect(_) => Code::Unavailable,
+            BadReply(_) | AuditNotProven { .. } => Code::DataLoss,
         };
         tonic::Status::new(code, e.to_string())
+    }
+}
+
+impl From<tonic::Status> for KmsError {
+    fn from(s: tonic::Status) -> Self {
+        KmsError::Rpc(Box::new(s))
     }
 }
 

@@ -19,7 +19,6 @@
 pub mod audit;
 pub mod client;
 pub mod crypto;
-pub mod devnet;
 pub mod envelope;
 pub mod error;
 pub mod escrow;

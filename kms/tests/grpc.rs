@@ -50,17 +50,9 @@ async fn net(sealed: bool) -> (Net, Option<Vec<yilian_kms::secret::UnsealShare>>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devnet_act_runs_end_to_end_over_mutual_tls() {
+async fn roles_are_checked_on_the_wire() {
     let (n, _) = net(false).await;
-    let cast = yilian_kms::devnet::Cast {
-        owner: &n.ids[1],
-        trustees: [&n.ids[2], &n.ids[3], &n.ids[4]],
-        reader: &n.ids[5],
-        recipient: &n.ids[6],
-    };
-    yilian_kms::devnet::act(&n.addr, cast).await.unwrap();
-
-    // Role checks on the wire: a trustee cannot own keys, a device cannot approve.
+    // A trustee cannot own keys, a device cannot approve.
     let mut trustee = Client::connect(&n.addr, &n.ids[2]).await.unwrap();
     let e = trustee.create_key("t", false, false).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -75,12 +67,10 @@ async fn devnet_act_runs_end_to_end_over_mutual_tls() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    let e = guest
-        .encrypt("devnet-vault", b"x", b"", None)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let mut owner = Client::connect(&n.addr, &n.ids[1]).await.unwrap();
+    owner.create_key("vault", false, false).await.unwrap();
+    let e = guest.encrypt("vault", b"x", b"", None).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
     let e = owner.encrypt("missing", b"x", b"", None).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
 }

@@ -1,6 +1,7 @@
 //! `yilian devnet`: a whole local network on an embedded store, doing real
 //! work end to end, then a summary. Each capability adds its act here.
 
+mod keys;
 mod learning;
 
 use std::net::SocketAddr;
@@ -500,13 +501,13 @@ async fn kms_act(net: &NetworkDir, addr: &str) -> Result<()> {
         id(network::OPERATOR_IDENTITY)?,
     );
     let trustees = [id("trustee-a")?, id("trustee-b")?, id("trustee-c")?];
-    let cast = yilian_kms::devnet::Cast {
+    let cast = keys::Cast {
         owner: &owner,
         trustees: [&trustees[0], &trustees[1], &trustees[2]],
         reader: &reader,
         recipient: &recipient,
     };
-    yilian_kms::devnet::act(addr, cast).await
+    keys::act(addr, cast).await
 }
 
 /// The ZK act through the ZK gRPC API, as a bank would use it: the data

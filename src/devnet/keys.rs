@@ -5,9 +5,9 @@
 use anyhow::{Context, Result, ensure};
 use yilian_identity::Identity;
 
-use crate::client::Client;
-use crate::envelope::Envelope;
-use crate::secret::Key32;
+use yilian_kms::Key32;
+use yilian_kms::client::Client;
+use yilian_kms::envelope::Envelope;
 
 /// Who plays which part. The owner must be a key-owning role (member or
 /// data-holder), the trustees have the trustee role.
@@ -66,7 +66,7 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
         .as_millis() as u64;
     let grant = owner
         .raw
-        .grant(crate::service::pb::GrantRequest {
+        .grant(yilian_kms::service::pb::GrantRequest {
             key_id: key_id.into(),
             reader: cast.reader.principal().public_key.to_vec(),
             not_before_ms: now.saturating_sub(60_000),
@@ -102,7 +102,7 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
 
     let rec = owner
         .raw
-        .start_recovery(crate::service::pb::StartRecoveryRequest {
+        .start_recovery(yilian_kms::service::pb::StartRecoveryRequest {
             key_id: key_id.into(),
             recipient: cast.recipient.principal().public_key.to_vec(),
         })
@@ -110,7 +110,7 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
         .into_inner();
     let early = recipient
         .raw
-        .recover(crate::service::pb::RecoveryRef {
+        .recover(yilian_kms::service::pb::RecoveryRef {
             recovery_id: rec.recovery_id.clone(),
         })
         .await;
@@ -129,7 +129,7 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
     ensure!(dup.is_err(), "a duplicate approval was accepted");
     let recovered = recipient
         .raw
-        .recover(crate::service::pb::RecoveryRef {
+        .recover(yilian_kms::service::pb::RecoveryRef {
             recovery_id: rec.recovery_id.clone(),
         })
         .await?
