@@ -123,6 +123,7 @@ async fn consortium(n: usize) -> Net {
                 peers: if i == 0 { vec![] } else { vec![first.clone()] },
                 ..Default::default()
             },
+            connections: Default::default(),
         };
         nodes.push(node::start(&cfg).await.unwrap());
     }

@@ -48,6 +48,10 @@ pub struct NodeConfig {
     /// learning.
     #[serde(default)]
     pub federated: Option<SocketAddr>,
+    /// How many authenticated gRPC connections the node holds open
+    /// (`per_identity`, `total`); the defaults fit a consortium member.
+    #[serde(default)]
+    pub connections: yilian_identity::grpc::ConnectionLimits,
     /// How this node takes part in the consortium.
     #[serde(default)]
     pub cluster: ClusterConfig,
@@ -124,6 +128,8 @@ struct FileConfig {
     federated: Option<SocketAddr>,
     #[serde(default)]
     cluster: ClusterConfig,
+    #[serde(default)]
+    connections: yilian_identity::grpc::ConnectionLimits,
 }
 
 impl NodeConfig {
@@ -158,6 +164,7 @@ impl NodeConfig {
             zk_ceremony: over.zk_ceremony.clone().or(f.zk_ceremony),
             federated: over.federated.or(f.federated),
             cluster: f.cluster,
+            connections: f.connections,
             data_dir,
         })
     }
@@ -278,7 +285,12 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let incoming = yilian_identity::grpc::incoming(listener, &identity, revocations.clone())?;
+    let incoming = yilian_identity::grpc::incoming_within(
+        listener,
+        &identity,
+        revocations.clone(),
+        cfg.connections,
+    )?;
     let coordinator = match cfg.federated {
         Some(fl_addr) => Some(
             yilian_federated::coordinator::Coordinator::serve(

@@ -43,6 +43,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         zk_ceremony: None,
         federated: None,
         cluster: Default::default(),
+        connections: Default::default(),
     };
     let node = node::start(&cfg).await.unwrap();
     let addr = node.addr.to_string();
@@ -306,6 +307,25 @@ fn node_config_layers_file_then_environment_and_flags() {
     assert_eq!(cfg.listen.port(), 3000);
     assert_eq!(cfg.metrics.unwrap().port(), 2000);
     assert_eq!(cfg.data_dir, std::path::PathBuf::from("/data"));
+    assert_eq!(cfg.connections, Default::default());
+    std::fs::write(
+        &file,
+        "data_dir = \"/data\"\n[connections]\nper_identity = 8\n",
+    )
+    .unwrap();
+    let cfg = NodeConfig::load(Some(&file), &Default::default()).unwrap();
+    assert_eq!(cfg.connections.per_identity, 8);
+    assert_eq!(cfg.connections.total, 8192);
+    std::fs::write(
+        &file,
+        "data_dir = \"/data\"\n[connections]\nper_identty = 8\n",
+    )
+    .unwrap();
+    let err = NodeConfig::load(Some(&file), &Default::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("unknown field `per_identty`"),
+        "{err:#}"
+    );
     std::fs::write(&file, "data_dir = \"/data\"\nlisen = \"typo\"\n").unwrap();
     let err = NodeConfig::load(Some(&file), &Default::default()).unwrap_err();
     assert!(

@@ -6,9 +6,10 @@
 //! (needed for revocation), so the TLS layer is tokio-rustls here and tonic
 //! serves the already-authenticated streams.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
@@ -39,6 +40,120 @@ pub struct AdmittedStream {
     changes: tokio_stream::wrappers::WatchStream<u64>,
     /// Set once the peer is found revoked: every later poll fails too.
     cut: bool,
+    /// Its place in the connection counts, given back when it closes.
+    _slot: Slot,
+}
+
+/// How many authenticated connections a server holds open at once, per
+/// identity and in all (`[connections]` in `node.toml`). A connection over
+/// either limit is told so with an HTTP/2 GOAWAY (`ENHANCE_YOUR_CALM`, the
+/// reason as debug data) right after its handshake, and closed.
+/// Unauthenticated handshakes are not counted here (a stranger could
+/// otherwise fill the table); they are bounded by [`HANDSHAKE_TIMEOUT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
+    pub per_identity: usize,
+    pub total: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// Enough for a consortium member's peers and a busy client pool (the
+    /// KMS benchmark opens 64 channels as one identity).
+    fn default() -> Self {
+        ConnectionLimits {
+            per_identity: 256,
+            total: 8192,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_identity: HashMap<[u8; 32], usize>,
+}
+
+/// One counted connection of `identity`.
+struct Slot {
+    counts: Arc<Mutex<Counts>>,
+    identity: [u8; 32],
+}
+
+impl Slot {
+    /// Takes a place for a connection of `identity`, or says which limit is full.
+    fn take(
+        counts: &Arc<Mutex<Counts>>,
+        limits: ConnectionLimits,
+        identity: [u8; 32],
+    ) -> std::result::Result<Slot, String> {
+        let mut c = counts.lock().expect("connection counts lock");
+        let mine = c.per_identity.get(&identity).copied().unwrap_or(0);
+        if mine >= limits.per_identity {
+            return Err(format!(
+                "this identity already has {mine} connections open, the most one identity may; reuse a channel or close some"
+            ));
+        }
+        if c.total >= limits.total {
+            return Err(format!(
+                "the node has {} connections open, its limit; retry later",
+                c.total
+            ));
+        }
+        c.total += 1;
+        *c.per_identity.entry(identity).or_default() += 1;
+        Ok(Slot {
+            counts: counts.clone(),
+            identity,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("connection counts lock");
+        c.total -= 1;
+        if let Some(n) = c.per_identity.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_identity.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// Ends an authenticated connection the server will not serve, in a way an
+/// HTTP/2 client reports: the server's SETTINGS preface, then GOAWAY with
+/// no streams accepted, `ENHANCE_YOUR_CALM` and `reason` (RFC 9113 6.5, 6.8).
+async fn turn_away(mut tls: TlsStream<TcpStream>, reason: &str) {
+    use tokio::io::AsyncWriteExt;
+    const SETTINGS: u8 = 0x4;
+    const GOAWAY: u8 = 0x7;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let mut out = Vec::with_capacity(9 + 9 + 8 + reason.len());
+    let mut frame = |kind: u8, payload: &[u8]| {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+    };
+    frame(SETTINGS, &[]);
+    let mut goaway = Vec::with_capacity(8 + reason.len());
+    goaway.extend_from_slice(&0u32.to_be_bytes());
+    goaway.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    goaway.extend_from_slice(reason.as_bytes());
+    frame(GOAWAY, &goaway);
+    // Closing with the client's preface unread would reset the connection
+    // and could destroy the GOAWAY in flight: read until the client, having
+    // read it, closes.
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        use tokio::io::AsyncReadExt;
+        if tls.write_all(&out).await.is_ok() && tls.flush().await.is_ok() {
+            let mut sink = [0u8; 1024];
+            while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        let _ = tls.shutdown().await;
+    })
+    .await;
 }
 
 impl AdmittedStream {
@@ -126,13 +241,25 @@ const ACCEPT_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis
 const ACCEPT_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake
-/// (with an admitted, unrevoked client certificate) succeeds. Handshakes run
-/// concurrently so a slow or hostile client cannot stall the accept loop.
+/// (with an admitted, unrevoked client certificate) succeeds, within the
+/// default [`ConnectionLimits`]. Handshakes run concurrently so a slow or
+/// hostile client cannot stall the accept loop.
 pub fn incoming(
     listener: TcpListener,
     id: &Identity,
     revoked: RevocationList,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<AdmittedStream>>> {
+    incoming_within(listener, id, revoked, ConnectionLimits::default())
+}
+
+/// [`incoming`], holding at most `limits` connections open.
+pub fn incoming_within(
+    listener: TcpListener,
+    id: &Identity,
+    revoked: RevocationList,
+    limits: ConnectionLimits,
+) -> Result<tokio_stream::wrappers::ReceiverStream<std::io::Result<AdmittedStream>>> {
+    let counts = Arc::new(Mutex::new(Counts::default()));
     let mut cfg = server_config(id, revoked.clone())?;
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
@@ -160,6 +287,7 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let revoked = revoked.clone();
+            let counts = counts.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
@@ -193,6 +321,14 @@ pub fn incoming(
                 if revoked.is_revoked(&peer.principal.serial) {
                     return;
                 }
+                let slot = match Slot::take(&counts, limits, peer.principal.public_key) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        tracing::warn!(principal = %peer.principal, %remote, %reason, "connection turned away");
+                        turn_away(tls, &reason).await;
+                        return;
+                    }
+                };
                 let _ = tx
                     .send(Ok(AdmittedStream {
                         inner: tls,
@@ -200,6 +336,7 @@ pub fn incoming(
                         revoked,
                         changes,
                         cut: false,
+                        _slot: slot,
                     }))
                     .await;
             });
@@ -299,11 +436,33 @@ async fn await_verdict(
         ));
     }
     first.truncate(n);
+    if let Some(reason) = go_away_reason(&first) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("refused by the node: {reason}"),
+        ));
+    }
     Ok(Replay {
         prefix: first,
         pos: 0,
         inner: tls,
     })
+}
+
+/// The debug text of a GOAWAY among the complete HTTP/2 frames at the
+/// start of `bytes` (RFC 9113 4.1, 6.8): a server turning the connection
+/// away says why there (see `turn_away`).
+fn go_away_reason(bytes: &[u8]) -> Option<String> {
+    let mut rest = bytes;
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let body = rest.get(9..9 + len)?;
+        if rest[3] == 0x7 && len >= 8 {
+            return Some(String::from_utf8_lossy(&body[8..]).into_owned());
+        }
+        rest = &rest[9 + len..];
+    }
+    None
 }
 
 /// A stream that first yields bytes already read from it.
@@ -360,4 +519,40 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         src = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_away_reason;
+    use proptest::prelude::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn a_go_away_after_the_settings_gives_its_reason() {
+        let mut goaway = vec![0, 0, 0, 0, 0, 0, 0, 0xb];
+        goaway.extend_from_slice(b"too many");
+        let mut bytes = frame(0x4, &[0, 3, 0, 0, 0, 100]);
+        bytes.extend(frame(0x7, &goaway));
+        assert_eq!(go_away_reason(&bytes).as_deref(), Some("too many"));
+        // A server that serves: SETTINGS and WINDOW_UPDATE, no reason.
+        let mut served = frame(0x4, &[0, 3, 0, 0, 0, 100]);
+        served.extend(frame(0x8, &[0, 0, 0x10, 0]));
+        assert_eq!(go_away_reason(&served), None);
+        // A GOAWAY cut short is not read past its end.
+        let cut = frame(0x7, &goaway);
+        assert_eq!(go_away_reason(&cut[..cut.len() - 1]), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_read_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = go_away_reason(&bytes);
+        }
+    }
 }
