@@ -113,7 +113,9 @@ pub fn export_vk(vk: &VerifyingKey<Bn254>) -> VerificationKeyJson {
     VerificationKeyJson {
         protocol: "groth16".into(),
         curve: "bn128".into(),
-        n_public: vk.gamma_abc_g1.len() - 1,
+        // Every Groth16 key has an IC point for the constant 1; a key
+        // without one exports as nPublic 0 and is refused on import.
+        n_public: vk.gamma_abc_g1.len().saturating_sub(1),
         vk_alpha_1: g1_json(&vk.alpha_g1),
         vk_beta_2: g2_json(&vk.beta_g2),
         vk_gamma_2: g2_json(&vk.gamma_g2),
@@ -123,7 +125,10 @@ pub fn export_vk(vk: &VerifyingKey<Bn254>) -> VerificationKeyJson {
 }
 
 pub fn import_vk(j: &VerificationKeyJson) -> Result<VerifyingKey<Bn254>> {
-    if j.protocol != "groth16" || j.curve != "bn128" || j.ic.len() != j.n_public + 1 {
+    if j.protocol != "groth16"
+        || j.curve != "bn128"
+        || j.ic.len().checked_sub(1) != Some(j.n_public)
+    {
         return Err(malformed(
             "verification key",
             "not a groth16/bn128 key with nPublic + 1 IC points",
