@@ -1,11 +1,12 @@
 //! Fault campaign: one real `yilian node` process under mixed load (ledger
-//! writes, KMS data keys under one-use grants, a federated task with four
-//! device agents), killed with SIGKILL at random moments and restarted.
-//! After every restart:
+//! writes, KMS data keys under one-use grants, ZK queries under one-use
+//! query grants, a federated task with four device agents), killed with
+//! SIGKILL at random moments and restarted. After every restart:
 //! - every acknowledged ledger entry is present, with the id it was acked with;
 //! - every tree head seen so far is a prefix of the new one (RFC 6962
 //!   consistency proof, checked here);
-//! - no one-use grant was used twice, and a used one stays used.
+//! - no one-use grant, KMS or ZK, was used twice, and a used one stays used;
+//! - every proof the node answered with still verifies, with its answer.
 //!
 //! At the end the task finishes, and its rewards on the ledger are exactly
 //! the ones its history reports: none paid twice, none lost.
@@ -33,10 +34,14 @@ use yilian_ledger::service::LedgerClient;
 use yilian_ledger::{ConsistencyProof, Payload, SignedTreeHead, Transaction, TxId, merkle};
 use yilian_models::Dataset;
 use yilian_testkit::NodeProcess;
+use yilian_zk::query::Predicate;
+use yilian_zk::record::{EncryptedRecord, FieldValue, Record};
+use yilian_zk::service::{ZkClient, pb as zk};
 
 const DEVICES: usize = 4;
 const ROUNDS: u32 = 4;
 const KEY: &str = "fault-key";
+const RECORD: &str = "fault-customer";
 
 /// What the node acknowledged, as the clients saw it.
 #[derive(Default)]
@@ -45,6 +50,8 @@ struct Acked {
     heads: Vec<SignedTreeHead>,
     /// Grant id to the number of uses the node answered with a key.
     grant_uses: BTreeMap<String, u32>,
+    /// ZK query grant id to the proofs the node answered with under it.
+    query_uses: BTreeMap<String, Vec<zk::Proof>>,
 }
 
 async fn ledger_client(addr: &str, id: &Identity) -> LedgerClient {
@@ -149,6 +156,109 @@ async fn burn_after_reading(
     }
 }
 
+fn zk_client(ch: tonic::transport::Channel) -> ZkClient<tonic::transport::Channel> {
+    ZkClient::new(ch).max_decoding_message_size(yilian_zk::service::MAX_MESSAGE_BYTES)
+}
+
+/// The one question the verifier may ask about the record (true for it).
+fn question() -> Vec<zk::Predicate> {
+    yilian_zk::service::predicates_to_pb(&[Predicate::Gte {
+        field: "income".into(),
+        value: 100_000,
+    }])
+}
+
+/// Grants the reader one ZK question about the record, then has it ask it
+/// twice at once. `None` when the grant failed; otherwise whether both
+/// questions were refused.
+async fn ask_twice(
+    holder: &mut ZkClient<tonic::transport::Channel>,
+    verifier: &ZkClient<tonic::transport::Channel>,
+    reader: &Identity,
+    consent_id: String,
+    acked: &Mutex<Acked>,
+) -> Option<bool> {
+    let grant = holder
+        .grant(zk::GrantRequest {
+            record_id: RECORD.into(),
+            verifier: reader.principal().public_key.to_vec(),
+            allowed: question(),
+            max_uses: None,
+            not_before_ms: 0,
+            not_after_ms: u64::MAX / 2,
+            budget: Default::default(),
+            customer_signature: Vec::new(),
+            consent_id,
+        })
+        .await
+        .ok()?;
+    let grant_id = grant.into_inner().grant_id;
+    acked
+        .lock()
+        .unwrap()
+        .query_uses
+        .insert(grant_id.clone(), Vec::new());
+    let attempt = || {
+        let (mut c, g) = (verifier.clone(), grant_id.clone());
+        async move {
+            c.query(zk::QueryRequest {
+                record_id: RECORD.into(),
+                predicates: question(),
+                grant_id: g,
+            })
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(attempt(), attempt());
+    let both_refused = a.is_err() && b.is_err();
+    let proofs = [a, b]
+        .into_iter()
+        .filter_map(|r| r.ok()?.into_inner().proof);
+    acked
+        .lock()
+        .unwrap()
+        .query_uses
+        .get_mut(&grant_id)
+        .unwrap()
+        .extend(proofs);
+    Some(both_refused)
+}
+
+/// Asks ZK questions under one-use grants until stopped.
+async fn ask_questions(
+    addr: String,
+    owner: Identity,
+    reader: Identity,
+    acked: Arc<Mutex<Acked>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut consent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let (Ok(o), Ok(r)) = (
+            yilian_identity::grpc::connect(&addr, &owner).await,
+            yilian_identity::grpc::connect(&addr, &reader).await,
+        ) else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (mut holder, verifier) = (zk_client(o), zk_client(r));
+        while !stop.load(Ordering::Relaxed) {
+            consent += 1;
+            let asked = ask_twice(
+                &mut holder,
+                &verifier,
+                &reader,
+                format!("fault-{consent}"),
+                &acked,
+            )
+            .await;
+            if asked != Some(false) {
+                break;
+            }
+        }
+    }
+}
+
 /// One device: takes part until the task is finished, reconnecting after
 /// every restart of the node.
 async fn device(fl_addr: SocketAddr, id: Identity, data: Dataset, done: Arc<AtomicBool>) {
@@ -171,6 +281,7 @@ async fn check_after_restart(
     client: &mut LedgerClient,
     acked: &Acked,
     reader_kms: &mut yilian_kms::service::KmsClient<tonic::transport::Channel>,
+    reader_zk: &mut ZkClient<tonic::transport::Channel>,
     cycle: usize,
 ) {
     let head = client.tree_head().await.unwrap();
@@ -236,6 +347,100 @@ async fn check_after_restart(
             );
         }
     }
+    for (grant, proofs) in &acked.query_uses {
+        assert!(
+            proofs.len() <= 1,
+            "cycle {cycle}: one-use query grant {grant} answered {} times",
+            proofs.len()
+        );
+        let Some(p) = proofs.first() else { continue };
+        let v = reader_zk
+            .verify(zk::VerifyRequest {
+                statement: p.statement.clone(),
+                proof: p.proof.clone(),
+                public_inputs: p.public_inputs.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            v.valid && v.answer && v.record_id == RECORD,
+            "cycle {cycle}: the proof under {grant} no longer verifies: {}",
+            v.reason
+        );
+        let again = reader_zk
+            .query(zk::QueryRequest {
+                record_id: RECORD.into(),
+                predicates: question(),
+                grant_id: grant.clone(),
+            })
+            .await;
+        assert!(
+            again.is_err(),
+            "cycle {cycle}: used query grant {grant} answered again after a restart"
+        );
+    }
+}
+
+/// The owner's customer record: anchored on the ledger, registered with
+/// the ZK service, its key sealed under a KMS key of the owner's.
+async fn register_record(
+    addr: &str,
+    owner: &Identity,
+    kms: &mut yilian_kms::service::KmsClient<tonic::transport::Channel>,
+) {
+    let (zk_key_id, wrap_key) = ("fault-zk", "fault-records");
+    for (key_id, kind) in [
+        (zk_key_id, kms::KeyKind::Bn254Poseidon),
+        (wrap_key, kms::KeyKind::Aes256Gcm),
+    ] {
+        kms.create_key(kms::CreateKeyRequest {
+            key_id: key_id.into(),
+            kind: kind as i32,
+            grant_only: false,
+        })
+        .await
+        .unwrap();
+    }
+    let issued = kms
+        .zk_key(kms::KeyRef {
+            key_id: zk_key_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let key =
+        yilian_zk::record::CipherKey::new(yilian_kms::zk::elements(&issued.elements).unwrap());
+    let customer = Record {
+        fields: vec![
+            ("id_number".into(), FieldValue::Identifier("F-0001".into())),
+            ("income".into(), FieldValue::Integer(120_000)),
+        ],
+    };
+    let record = EncryptedRecord::encrypt(RECORD, &customer, &key, 7).unwrap();
+    let anchor = record.anchor().unwrap();
+    ledger_client(addr, owner)
+        .await
+        .submit(
+            &Transaction::new(Payload::RecordAnchor {
+                record_id: anchor.record_id,
+                ciphertext_hash: anchor.ciphertext_hash,
+                key_commitment: anchor.key_commitment,
+            })
+            .sign(owner.signing_key()),
+        )
+        .await
+        .unwrap();
+    zk_client(yilian_identity::grpc::connect(addr, owner).await.unwrap())
+        .register_record(zk::RegisterRecordRequest {
+            record: Some((&record).into()),
+            key: key.to_kms_bytes().to_vec(),
+            wrap_key_id: wrap_key.into(),
+            customer: Vec::new(),
+        })
+        .await
+        .unwrap();
 }
 
 fn task_toml(dir: &Path, task_id: &str, validation: &Path) -> PathBuf {
@@ -312,7 +517,10 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         ),
     )
     .unwrap();
+    // The ZK keys come from a single-party setup here: the campaign is
+    // about crashes, not about who ran the ceremony.
     let mut node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        .arg("--insecure-dev-setup")
         .env("RUST_LOG", "warn")
         .log(&tmp.path().join("node.log"))
         .started();
@@ -330,6 +538,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         })
         .await
         .unwrap();
+    register_record(&addr, &owner, &mut owner_kms).await;
     let digits = Dataset::digits(Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/data/digits.csv.gz"
@@ -351,8 +560,22 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     .await
     .unwrap();
 
-    // Load.
+    // Load. One question first, so the ZK keys exist before the first kill.
     let acked = Arc::new(Mutex::new(Acked::default()));
+    let reader = id("reader");
+    let warm = ask_twice(
+        &mut zk_client(yilian_identity::grpc::connect(&addr, &owner).await.unwrap()),
+        &zk_client(
+            yilian_identity::grpc::connect(&addr, &reader)
+                .await
+                .unwrap(),
+        ),
+        &reader,
+        "fault-0".into(),
+        &acked,
+    )
+    .await;
+    assert_eq!(warm, Some(false), "the first ZK question was not answered");
     let stop = Arc::new(AtomicBool::new(false));
     let task_done = Arc::new(AtomicBool::new(false));
     let mut load = vec![
@@ -363,6 +586,13 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
             stop.clone(),
         )),
         tokio::spawn(burn_after_reading(
+            addr.clone(),
+            owner.clone(),
+            id("reader"),
+            acked.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(ask_questions(
             addr.clone(),
             owner.clone(),
             id("reader"),
@@ -380,17 +610,15 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     }
 
     let mut rng = rand::rng();
-    let reader = id("reader");
     for cycle in 0..cycles {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..3000))).await;
         node.kill9();
         node.start();
         auditor = ledger_client(&addr, &operator).await;
-        let mut reader_kms = kms_client(
-            yilian_identity::grpc::connect(&addr, &reader)
-                .await
-                .unwrap(),
-        );
+        let reader_ch = yilian_identity::grpc::connect(&addr, &reader)
+            .await
+            .unwrap();
+        let (mut reader_kms, mut reader_zk) = (kms_client(reader_ch.clone()), zk_client(reader_ch));
         // What was acknowledged up to now; the load goes on meanwhile.
         let snapshot = {
             let a = acked.lock().unwrap();
@@ -398,14 +626,24 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
                 entries: a.entries.clone(),
                 heads: a.heads.clone(),
                 grant_uses: a.grant_uses.clone(),
+                query_uses: a.query_uses.clone(),
             }
         };
-        check_after_restart(&mut auditor, &snapshot, &mut reader_kms, cycle).await;
+        check_after_restart(
+            &mut auditor,
+            &snapshot,
+            &mut reader_kms,
+            &mut reader_zk,
+            cycle,
+        )
+        .await;
         println!(
-            "cycle {cycle}: killed and restarted; {} entries, {} heads and {} grants checked",
+            "cycle {cycle}: killed and restarted; {} entries, {} heads, {} key grants and {} query grants ({} proofs) checked",
             snapshot.entries.len(),
             snapshot.heads.len(),
-            snapshot.grant_uses.len()
+            snapshot.grant_uses.len(),
+            snapshot.query_uses.len(),
+            snapshot.query_uses.values().map(Vec::len).sum::<usize>()
         );
     }
     stop.store(true, Ordering::Relaxed);
@@ -470,11 +708,14 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         "rewards on the ledger differ from the task's history"
     );
     let acked = acked.lock().unwrap();
+    let proofs = acked.query_uses.values().map(Vec::len).sum::<usize>();
+    assert!(proofs > 0, "no ZK query was answered in the campaign");
     println!(
-        "campaign: {cycles} kills; {} acknowledged entries, {} one-use grants ({} used), {} rewards, all intact",
+        "campaign: {cycles} kills; {} acknowledged entries, {} one-use grants ({} used), {} one-use query grants ({proofs} answered with a proof), {} rewards, all intact",
         acked.entries.len(),
         acked.grant_uses.len(),
         acked.grant_uses.values().filter(|u| **u == 1).count(),
+        acked.query_uses.len(),
         paid.len()
     );
     for h in load {

@@ -709,16 +709,20 @@ fn load_or_setup(dir: &Path, shape: Shape) -> Result<(ProvingKey<Bn254>, Verifyi
     );
     std::fs::create_dir_all(dir)?;
     let (pk, vk) = keys::setup(shape, &mut keys::os_rng())?;
-    // Written beside and renamed, so a crash never leaves half a key; the
-    // verifying key last, since its presence means "the pair is complete".
+    // Written beside, synced and renamed, so neither a crash nor a power
+    // cut leaves half a key; the verifying key last, since its presence
+    // means "the pair is complete".
     for (path, bytes) in [
         (&pk_path, keys::to_bytes(&pk)),
         (&vk_path, keys::to_bytes(&vk)),
     ] {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &bytes)?;
+        f.sync_all()?;
         std::fs::rename(&tmp, path)?;
     }
+    std::fs::File::open(dir)?.sync_all()?;
     Ok((pk, vk))
 }
 
