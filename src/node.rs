@@ -206,10 +206,28 @@ impl RunningNode {
         Ok(())
     }
 
-    /// Waits until the server ends (on its own or at ctrl-c).
+    /// Waits until the server ends (on its own or at ctrl-c), or until the
+    /// ledger's storage fails: a member that can no longer write must not
+    /// go on serving reads that silently fall behind, so the node exits
+    /// with the cause, for its operator (or supervisor) to mend and restart.
     pub async fn wait(mut self) -> Result<()> {
+        let halted = async {
+            loop {
+                if let Some(cause) = self.ledger.halted() {
+                    return cause;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        };
         tokio::select! {
             r = &mut self.task => { r??; }
+            cause = halted => {
+                anyhow::bail!(
+                    "the ledger in {} stopped taking writes: {cause}. Free space on that disk or \
+                     repair it, then start the node again; it replays everything it acknowledged",
+                    self.data_dir.display()
+                );
+            }
             _ = tokio::signal::ctrl_c() => {
                 tracing::info!("shutting down");
                 if let Some(s) = self.shutdown.take() { let _ = s.send(()); }

@@ -11,6 +11,12 @@
 //! At the end the task finishes, and its rewards on the ledger are exactly
 //! the ones its history reports: none paid twice, none lost.
 //!
+//! A second test fills the node's disk (a size-limited tmpfs) under
+//! writes: the write that cannot be made durable is refused, the node exits
+//! saying why, and after the disk has room again it restarts with every
+//! acknowledged entry. (No slow-disk fault: tmpfs cannot be slowed, and
+//! dm-delay needs device-mapper, which this machine lacks.)
+//!
 //! CI runs 3 cycles. A long campaign:
 //! `YILIAN_FAULT_CYCLES=50 cargo test --release --test faults -- --nocapture`.
 
@@ -276,6 +282,33 @@ async fn device(fl_addr: SocketAddr, id: Identity, data: Dataset, done: Arc<Atom
     }
 }
 
+/// Whether the node proves `new` extends `old` (RFC 6962 consistency).
+async fn consistent(
+    client: &mut LedgerClient,
+    old: &SignedTreeHead,
+    new: &SignedTreeHead,
+) -> Result<(), yilian_ledger::ProofError> {
+    let p = client
+        .raw()
+        .get_consistency_proof(yilian_ledger::service::pb::GetConsistencyProofRequest {
+            old_size: old.tree_size,
+            new_size: new.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let proof = ConsistencyProof {
+        old_size: p.old_size,
+        new_size: p.new_size,
+        path: p
+            .path
+            .iter()
+            .map(|h| h.as_slice().try_into().unwrap())
+            .collect(),
+    };
+    merkle::verify_consistency(&proof, &old.root_hash, &new.root_hash)
+}
+
 /// The checks after a restart.
 async fn check_after_restart(
     client: &mut LedgerClient,
@@ -307,25 +340,8 @@ async fn check_after_restart(
             old.tree_size <= head.tree_size,
             "cycle {cycle}: the log shrank"
         );
-        let p = client
-            .raw()
-            .get_consistency_proof(yilian_ledger::service::pb::GetConsistencyProofRequest {
-                old_size: old.tree_size,
-                new_size: head.tree_size,
-            })
+        consistent(client, old, &head)
             .await
-            .unwrap()
-            .into_inner();
-        let proof = ConsistencyProof {
-            old_size: p.old_size,
-            new_size: p.new_size,
-            path: p
-                .path
-                .iter()
-                .map(|h| h.as_slice().try_into().unwrap())
-                .collect(),
-        };
-        merkle::verify_consistency(&proof, &old.root_hash, &head.root_hash)
             .unwrap_or_else(|e| panic!("cycle {cycle}: head {} forked: {e}", old.tree_size));
     }
     for (grant, &uses) in &acked.grant_uses {
@@ -721,4 +737,99 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     for h in load {
         h.abort();
     }
+}
+
+/// A member whose disk fills refuses the write it cannot make durable
+/// (Unavailable: another member may take it), exits saying why and what to
+/// do, and once the disk has room again restarts with everything it
+/// acknowledged and takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_refuses_writes_and_loses_nothing_acknowledged() {
+    let disk = match yilian_testkit::SmallDisk::mount(256 << 20) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: no size-limited tmpfs on this machine ({why})");
+            return;
+        }
+    };
+    let dir = NetworkDir::new(disk.path());
+    let addr = yilian_testkit::free_addr();
+    network::init_network(&dir, "full", &addr).await.unwrap();
+    let config = disk.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = {addr:?}\nidentity = {:?}\n",
+            disk.path().display().to_string(),
+            dir.identity(network::NODE_IDENTITY).display().to_string(),
+        ),
+    )
+    .unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        .env("RUST_LOG", "warn")
+        .log(log.path())
+        .started();
+    let operator = dir.load_identity(network::OPERATOR_IDENTITY).unwrap();
+    let mut client = ledger_client(&addr, &operator).await;
+    let note = |n: u64| {
+        Transaction::new(Payload::Note {
+            topic: "full".into(),
+            body: format!("{n:04000}"),
+        })
+        .sign(operator.signing_key())
+    };
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        acked.push(client.submit(&note(n)).await.unwrap());
+    }
+    // Two MiB of room left: a few hundred notes.
+    disk.resize(disk.used() + (2 << 20));
+    let mut refusal = None;
+    for n in 20..20_000 {
+        match client.submit(&note(n)).await {
+            Ok(r) => acked.push(r),
+            Err(e) => {
+                refusal = Some(e);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the disk never filled");
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(
+        refusal.message().contains("stopped taking writes")
+            && refusal.message().contains("No space left on device"),
+        "{refusal:?}"
+    );
+    let status = node.exited(Duration::from_secs(60));
+    assert!(!status.success());
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    let data_dir = disk.path().display().to_string();
+    assert!(
+        said.contains(&format!("the ledger in {data_dir} stopped taking writes"))
+            && said.contains("Free space on that disk"),
+        "{said}"
+    );
+
+    disk.resize(256 << 20);
+    node.start();
+    let mut client = ledger_client(&addr, &operator).await;
+    for r in &acked {
+        let tx = client.entry(r.index).await.unwrap();
+        assert_eq!(tx.id(), r.tx_id, "acknowledged entry {} changed", r.index);
+    }
+    let last = acked.last().unwrap();
+    let head = client.tree_head().await.unwrap();
+    assert!(head.tree_size > last.index);
+    consistent(&mut client, &last.tree_head, &head)
+        .await
+        .unwrap();
+    let after = client.submit(&note(99_999)).await.unwrap();
+    assert!(after.index > last.index);
+    println!(
+        "disk full after {} acknowledged notes; refused with {:?}; all present after the restart",
+        acked.len(),
+        refusal.code()
+    );
 }

@@ -45,6 +45,8 @@ pub struct Status {
     pub last_contact_ms: Option<u64>,
     /// The voting members by id, with their peer addresses.
     pub voters: BTreeMap<u64, String>,
+    /// Why the engine stopped for good (its storage failed), once it has.
+    pub halted: Option<String>,
 }
 
 impl Status {

@@ -119,6 +119,13 @@ pub enum LedgerError {
     NoQuorum { millis: u64 },
     #[error("consensus: {0}")]
     Consensus(String),
+    /// This member's storage failed (a full or failing disk): it takes no
+    /// more writes until its operator mends the disk and restarts it.
+    /// Nothing it acknowledged is lost; another member may take the write.
+    #[error(
+        "this member stopped taking writes ({cause}); its operator must free or repair its disk and restart it"
+    )]
+    Halted { cause: String },
     #[error("cosignature by `{cosigner}` does not verify")]
     BadCosignature { cosigner: String },
     #[error("the head has {got} valid member cosignatures, {need} are required")]
@@ -177,6 +184,7 @@ impl LedgerError {
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Closed => "storage",
             LedgerError::NotLeader { .. } | LedgerError::NoQuorum { .. } => "unavailable",
             LedgerError::Consensus(_) => "consensus",
+            LedgerError::Halted { .. } => "halted",
             LedgerError::BadCosignature { .. } | LedgerError::TooFewCosignatures { .. } => {
                 "cosignature"
             }
@@ -226,9 +234,10 @@ impl From<LedgerError> for tonic::Status {
             LedgerError::Storage(_) | LedgerError::Corrupt(_) | LedgerError::Consensus(_) => {
                 Code::Internal
             }
-            LedgerError::Closed | LedgerError::NotLeader { .. } | LedgerError::NoQuorum { .. } => {
-                Code::Unavailable
-            }
+            LedgerError::Closed
+            | LedgerError::NotLeader { .. }
+            | LedgerError::NoQuorum { .. }
+            | LedgerError::Halted { .. } => Code::Unavailable,
             LedgerError::BadCosignature { .. } | LedgerError::PeerMessage(_) => {
                 Code::InvalidArgument
             }

@@ -604,7 +604,9 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Led
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             LedgerError::Consensus(c.to_string())
         }
-        RaftError::Fatal(f) => LedgerError::Consensus(f.to_string()),
+        RaftError::Fatal(f) => LedgerError::Halted {
+            cause: f.to_string(),
+        },
     }
 }
 
@@ -659,6 +661,7 @@ impl Consensus for RaftConsensus {
             term: m.current_term,
             last_contact_ms,
             voters,
+            halted: m.running_state.as_ref().err().map(|f| f.to_string()),
         }
     }
 

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -141,7 +141,9 @@ pub(crate) struct Shared {
     /// Transactions the leader checked itself before proposing them.
     preverified: Mutex<HashSet<TxId>>,
     size: watch::Sender<u64>,
-    failed: AtomicBool,
+    /// Why applying committed entries failed, once it has: the member
+    /// takes no more writes until restarted (replaying from disk).
+    failed: std::sync::OnceLock<String>,
     commits: AtomicU64,
     /// Test-only: apply a committed entry that fails validation anyway.
     accept_invalid: bool,
@@ -298,7 +300,7 @@ impl Shared {
         };
         if let Err(e) = write() {
             tracing::error!(error = %e, "ledger apply failed; the member must restart");
-            self.failed.store(true, Ordering::SeqCst);
+            let _ = self.failed.set(format!("applying committed entries: {e}"));
             return Err(e.to_string());
         }
         let head = inner.head.clone();
@@ -620,7 +622,7 @@ impl Ledger {
             me: opts.me.clone(),
             preverified: Mutex::new(HashSet::new()),
             size: watch::channel(size).0,
-            failed: AtomicBool::new(false),
+            failed: std::sync::OnceLock::new(),
             commits: AtomicU64::new(0),
             accept_invalid: opts.accept_invalid,
         });
@@ -937,9 +939,16 @@ impl Ledger {
         self.shared.entries.subscribe()
     }
 
-    /// True once a commit failed: the node must restart (replaying from disk).
-    pub fn has_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::SeqCst)
+    /// Why this member stopped taking writes, once it has: its storage
+    /// failed (a full or failing disk) under the log or the state machine.
+    /// Everything acknowledged is durable; the node must be restarted once
+    /// the disk is mended, and replays from it.
+    pub fn halted(&self) -> Option<String> {
+        self.shared
+            .failed
+            .get()
+            .cloned()
+            .or_else(|| crate::consensus::Consensus::status(&**self.consensus()).halted)
     }
 
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -1107,9 +1116,17 @@ impl Proposer {
                     Err(_) => break,
                 }
             }
-            if self.shared.failed.load(Ordering::SeqCst) {
+            let halted = self
+                .shared
+                .failed
+                .get()
+                .cloned()
+                .or_else(|| crate::consensus::Consensus::status(&*self.consensus).halted);
+            if let Some(cause) = halted {
                 for p in batch.drain(..) {
-                    let _ = p.reply.send(Err(LedgerError::Closed));
+                    let _ = p.reply.send(Err(LedgerError::Halted {
+                        cause: cause.clone(),
+                    }));
                 }
                 continue;
             }

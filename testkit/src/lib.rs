@@ -271,6 +271,21 @@ impl NodeProcess {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// Waits for the node to exit on its own; panics after `within` (a
+    /// hang guard).
+    pub fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("the node was started");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the node did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for NodeProcess {
@@ -361,5 +376,79 @@ pub mod machine {
             load_average(),
             synced_write_ms(dir)
         )
+    }
+}
+
+/// A size-limited tmpfs mounted on a fresh temporary directory, for
+/// disk-full faults; unmounted when dropped. Needs root (`mount`).
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts `bytes` of tmpfs, or says why not: tests that need it skip
+    /// where the machine cannot make one, saying so.
+    pub fn mount(bytes: u64) -> Result<SmallDisk, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        mount(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={bytes}"),
+            "tmpfs",
+            &dir.path().display().to_string(),
+        ])?;
+        Ok(SmallDisk { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Grows or shrinks the filesystem (not below what it holds).
+    pub fn resize(&self, bytes: u64) {
+        mount(&[
+            "-o",
+            &format!("remount,size={bytes}"),
+            &self.path().display().to_string(),
+        ])
+        .unwrap();
+    }
+
+    /// Bytes in use, as statfs reports them.
+    pub fn used(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--block-size=1", "--output=used"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .expect("df reports the bytes used")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: a node killed a moment ago may still hold a file open.
+        let _ = Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+fn mount(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("mount")
+        .args(args)
+        .output()
+        .map_err(|e| format!("mount: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mount {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
