@@ -119,16 +119,36 @@ async fn submit_evaluation(
         .map_err(refused)
 }
 
-/// The status of a task of either kind.
+/// The status of a task of either kind, with a training task's whole
+/// history (read page by page; the rest of the status is the last page's).
 pub async fn task_status(node: &Endpoint, task_id: &str) -> Result<pb::TaskStatusResponse> {
-    client(node)
-        .await?
-        .task_status(pb::TaskStatusRequest {
-            task_id: task_id.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-        .map_err(refused)
+    use pb::task_status_response::Kind;
+    let mut c = client(node).await?;
+    let mut history = Vec::new();
+    let mut from_round = 0;
+    loop {
+        let mut page = c
+            .task_status(pb::TaskStatusRequest {
+                task_id: task_id.into(),
+                from_round,
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(refused)?;
+        let Some(Kind::Training(t)) = &mut page.kind else {
+            return Ok(page);
+        };
+        history.append(&mut t.history);
+        match t.next_round.take() {
+            // A server that does not move on would loop forever.
+            Some(next) if next > from_round => from_round = next,
+            Some(_) => return Err(FlError::Unexpected("status page that does not advance")),
+            None => {
+                t.history = history;
+                return Ok(page);
+            }
+        }
+    }
 }
 
 /// A training task's status.

@@ -211,6 +211,13 @@ pub enum Aggregation {
     },
 }
 
+/// Rounds one task may ask for: its history is kept, and served in pages.
+pub const MAX_ROUNDS: u32 = 100_000;
+/// Agents one round (or evaluation) may recruit: each holds an outbox and
+/// a seat in the round's state, and one round's record must fit a page of
+/// the status (`HISTORY_PAGE_BYTES`).
+pub const MAX_AGENTS: usize = 10_000;
+
 impl TaskSpec {
     pub fn from_toml(text: &str) -> Result<Self, FlError> {
         let spec: Self = toml::from_str(text)?;
@@ -244,6 +251,14 @@ impl TaskSpec {
         }
         if self.min_agents == 0 || self.min_agents > self.agents_per_round {
             return Err(bad("need 1 <= min_agents <= agents_per_round"));
+        }
+        if self.rounds > MAX_ROUNDS {
+            return Err(bad(
+                "`rounds` may be at most 100000; split the work into tasks",
+            ));
+        }
+        if self.agents_per_round > MAX_AGENTS {
+            return Err(bad("`agents_per_round` may be at most 10000; lower it"));
         }
         if let Robust::TrimmedMean { beta } = self.robust
             && !(0.0..0.5).contains(&beta)
@@ -387,6 +402,9 @@ impl EvaluationSpec {
         }
         if self.min_agents == 0 || self.min_agents > self.agents {
             return Err(bad("need 1 <= min_agents <= agents"));
+        }
+        if self.agents > MAX_AGENTS {
+            return Err(bad("`agents` may be at most 10000; lower it"));
         }
         Ok(())
     }
@@ -562,6 +580,16 @@ classes = 10
         let mut t = TaskSpec::from_toml(sample_toml()).unwrap();
         t.min_agents = 11;
         assert!(matches!(t.check(), Err(FlError::InvalidTask(_))));
+        let mut t = TaskSpec::from_toml(sample_toml()).unwrap();
+        t.rounds = MAX_ROUNDS + 1;
+        assert!(matches!(t.check(), Err(FlError::InvalidTask(m)) if m.starts_with("`rounds`")));
+        t.rounds = MAX_ROUNDS;
+        t.agents_per_round = MAX_AGENTS + 1;
+        assert!(
+            matches!(t.check(), Err(FlError::InvalidTask(m)) if m.starts_with("`agents_per_round`"))
+        );
+        t.agents_per_round = MAX_AGENTS;
+        t.check().unwrap();
         let task = DataSchema {
             features: 64,
             label_column: "y".into(),

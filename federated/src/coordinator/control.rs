@@ -295,14 +295,18 @@ impl From<&EvaluationResult> for pb::EvaluationResult {
     }
 }
 
-fn training_status(m: &RoundMachine) -> pb::TrainingStatus {
-    status_from(m, 0)
-}
+/// Closed rounds in one page of a training status, at most.
+pub const HISTORY_PAGE_ROUNDS: usize = 256;
+/// Encoded bytes of closed rounds in one page, about: a page ends after
+/// the round that reaches it (one round is at most `agents_per_round`
+/// contributions, a few hundred KiB under the task caps).
+pub const HISTORY_PAGE_BYTES: usize = 1 << 20;
 
-/// The status with the closed rounds from index `from` on (a watcher has
-/// the ones before).
+/// The status with one page of closed rounds from position `from` on (a
+/// watcher has the ones before), and where the next page starts.
 fn status_from(m: &RoundMachine, from: usize) -> pb::TrainingStatus {
     let s = m.state();
+    let (history, next_round) = history_page(&s.history, from);
     let (phase, current_round, selected, received) = match &s.phase {
         Phase::Waiting => (pb::TaskPhase::Waiting, 0, 0, 0),
         Phase::Training {
@@ -334,7 +338,8 @@ fn status_from(m: &RoundMachine, from: usize) -> pb::TrainingStatus {
         current_round,
         selected,
         received,
-        history: s.history.iter().skip(from).map(pb::Round::from).collect(),
+        history,
+        next_round,
         secure_aggregation: s.task.secure_aggregation,
         privacy: s.task.privacy.as_ref().map(|p| pb::Privacy {
             epsilon_spent: s
@@ -376,10 +381,14 @@ fn evaluation_status(e: &EvaluationTask) -> pb::EvaluationStatus {
     }
 }
 
-fn task_status(engine: &Engine, task_id: &str) -> Result<pb::TaskStatusResponse, FlError> {
+fn task_status(
+    engine: &Engine,
+    task_id: &str,
+    from: usize,
+) -> Result<pb::TaskStatusResponse, FlError> {
     use pb::task_status_response::Kind;
     let kind = if let Some(m) = engine.task(task_id) {
-        Kind::Training(training_status(m))
+        Kind::Training(status_from(m, from))
     } else if let Some(e) = engine.evaluation(task_id) {
         Kind::Evaluation(evaluation_status(e))
     } else {
@@ -389,6 +398,27 @@ fn task_status(engine: &Engine, task_id: &str) -> Result<pb::TaskStatusResponse,
         task_id: task_id.to_owned(),
         kind: Some(kind),
     })
+}
+
+/// The closed rounds from `from` on that fit a page, and the position
+/// after them if more remain.
+fn history_page(
+    history: &[crate::round::RoundRecord],
+    from: usize,
+) -> (Vec<pb::Round>, Option<u32>) {
+    use prost::Message as _;
+    let mut page = Vec::new();
+    let mut bytes = 0;
+    for r in history.iter().skip(from) {
+        if page.len() == HISTORY_PAGE_ROUNDS || bytes >= HISTORY_PAGE_BYTES {
+            let next = (from + page.len()) as u32;
+            return (page, Some(next));
+        }
+        let r = pb::Round::from(r);
+        bytes += r.encoded_len();
+        page.push(r);
+    }
+    (page, None)
 }
 
 /// What a watcher has been told so far; [`Watch::events`] says what is new.
@@ -422,6 +452,10 @@ impl Watch {
             });
         }
         self.closed += s.history.len();
+        if s.next_round.is_some() {
+            // More closed rounds to tell first.
+            return (out, false);
+        }
         let phase = s.phase();
         if phase == pb::TaskPhase::Running {
             start(s.current_round, s.selected, &mut out);
@@ -484,12 +518,18 @@ async fn watch(shared: &Arc<Shared>, task_id: String) -> Result<EventStream, FlE
                     return; // the watcher went away
                 }
             }
-            if ended || changed.changed().await.is_err() {
+            if ended {
                 return;
             }
-            // Marks this version seen before reading, so a change after the
-            // read wakes the next wait.
-            changed.borrow_and_update();
+            // A partial page: the next one is read at once.
+            if status.next_round.is_none() {
+                if changed.changed().await.is_err() {
+                    return;
+                }
+                // Marks this version seen before reading, so a change after
+                // the read wakes the next wait.
+                changed.borrow_and_update();
+            }
             let Some(shared) = shared.upgrade() else {
                 let _ = tx.send(Err(FlError::Stopped.into())).await;
                 return;
@@ -576,8 +616,9 @@ impl pb::federated_server::Federated for ControlPlane {
     ) -> Result<Response<pb::TaskStatusResponse>, Status> {
         engineer(&req, "read a task's status")?;
         let shared = self.shared()?;
-        let id = req.into_inner().task_id;
-        let status = shared.query(move |e| task_status(e, &id)).await??;
+        let req = req.into_inner();
+        let (id, from) = (req.task_id, req.from_round as usize);
+        let status = shared.query(move |e| task_status(e, &id, from)).await??;
         Ok(Response::new(status))
     }
 
@@ -603,5 +644,90 @@ impl pb::federated_server::Federated for ControlPlane {
         engineer(&req, "download a model")?;
         let shared = self.shared()?;
         Ok(Response::new(download(&shared, req.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round::RoundRecord;
+    use prost::Message as _;
+
+    fn record(round: u32, agents: usize) -> RoundRecord {
+        let ids: Vec<[u8; 32]> = (0..agents)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                id
+            })
+            .collect();
+        RoundRecord {
+            round,
+            contributions: vec![0.5; agents],
+            rewards: vec![1; agents],
+            participants: ids,
+            missing: Vec::new(),
+            rejected: Vec::new(),
+            accuracy: 0.9,
+            loss: 0.1,
+            evaluations: 0,
+            closed_at_ms: 0,
+            epsilon: None,
+            failures: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn history_comes_in_pages_of_rounds_and_of_bytes() {
+        let history: Vec<RoundRecord> = (0..300).map(|r| record(r, 2)).collect();
+        let (page, next) = history_page(&history, 0);
+        assert_eq!((page.len(), next), (HISTORY_PAGE_ROUNDS, Some(256)));
+        let (page, next) = history_page(&history, 256);
+        assert_eq!((page.len(), next), (44, None));
+        assert_eq!(page[0].round, 256);
+        assert_eq!(history_page(&history, 300), (Vec::new(), None));
+        assert_eq!(history_page(&history, 10_000), (Vec::new(), None));
+
+        // Big rounds: the page ends after the one that reaches the bytes.
+        let big: Vec<RoundRecord> = (0..10).map(|r| record(r, 10_000)).collect();
+        let one = pb::Round::from(&big[0]).encoded_len();
+        let (page, next) = history_page(&big, 0);
+        let fit = HISTORY_PAGE_BYTES.div_ceil(one);
+        assert_eq!((page.len(), next), (fit, Some(fit as u32)));
+        let mut from = 0;
+        let mut rounds = Vec::new();
+        loop {
+            let (page, next) = history_page(&big, from);
+            rounds.extend(page.iter().map(|r| r.round));
+            match next {
+                Some(n) => from = n as usize,
+                None => break,
+            }
+        }
+        assert_eq!(rounds, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_watcher_is_told_the_end_only_after_the_last_page() {
+        let status = |history: Vec<pb::Round>, next_round| pb::TrainingStatus {
+            phase: pb::TaskPhase::Finished.into(),
+            history,
+            next_round,
+            ..Default::default()
+        };
+        let rounds: Vec<pb::Round> = (0..3).map(|r| pb::Round::from(&record(r, 1))).collect();
+        let mut w = Watch::default();
+        let (events, ended) = w.events(&status(rounds[..2].to_vec(), Some(2)));
+        assert!(!ended);
+        assert_eq!(events.len(), 4, "started and closed for each of two rounds");
+        let (events, ended) = w.events(&status(rounds[2..].to_vec(), None));
+        assert!(ended);
+        assert!(matches!(
+            events.last().unwrap().event,
+            Some(pb::task_event::Event::Ended(pb::TaskEnded {
+                rounds_closed: 3,
+                ..
+            }))
+        ));
     }
 }
