@@ -49,7 +49,8 @@ pub struct NodeConfig {
     #[serde(default)]
     pub federated: Option<SocketAddr>,
     /// How many authenticated gRPC connections the node holds open
-    /// (`per_identity`, `total`); the defaults fit a consortium member.
+    /// (`per_identity`, `total`) and TLS handshakes under way at once
+    /// (`handshakes`); the defaults fit a consortium member.
     #[serde(default)]
     pub connections: yilian_identity::grpc::ConnectionLimits,
     /// How this node takes part in the consortium.

@@ -48,13 +48,17 @@ pub struct AdmittedStream {
 /// identity and in all (`[connections]` in `node.toml`). A connection over
 /// either limit is told so with an HTTP/2 GOAWAY (`ENHANCE_YOUR_CALM`, the
 /// reason as debug data) right after its handshake, and closed.
-/// Unauthenticated handshakes are not counted here (a stranger could
-/// otherwise fill the table); they are bounded by [`HANDSHAKE_TIMEOUT`].
+/// Handshakes not yet finished are counted apart (a stranger must not take
+/// the places of the admitted): at most `handshakes` at once, each for at
+/// most [`HANDSHAKE_TIMEOUT`]; while that many are under way the server
+/// accepts no more TCP connections, so further clients wait in the
+/// listen backlog rather than cost memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
     pub per_identity: usize,
     pub total: usize,
+    pub handshakes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -64,6 +68,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             per_identity: 256,
             total: 8192,
+            handshakes: 1024,
         }
     }
 }
@@ -264,9 +269,17 @@ pub fn incoming_within(
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(cfg));
     let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(limits.handshakes.max(1)));
     tokio::spawn(async move {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         loop {
+            // A place for the handshake before the accept: backpressure
+            // into the listen backlog, not a queue of sockets in memory.
+            let handshake = handshakes
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
             let (tcp, remote) = match listener.accept().await {
                 Ok(c) => {
                     backoff = ACCEPT_BACKOFF_MIN;
@@ -290,8 +303,9 @@ pub fn incoming_within(
             let counts = counts.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(handshake);
+                let tls = match tls {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "TLS handshake refused");

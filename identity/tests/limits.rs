@@ -1,7 +1,9 @@
 //! A server holds at most `ConnectionLimits` authenticated connections, per
 //! identity and in all: one more is told why (an HTTP/2 GOAWAY, which the
 //! project's client reports as the node's refusal) and closed, the others keep working, and a closed connection
-//! gives its place back.
+//! gives its place back. Strangers that open TCP connections and never
+//! shake hands hold at most `handshakes` places, and admitted clients get
+//! in as soon as one of those goes.
 
 use tonic::codegen::Service;
 use tonic::codegen::http;
@@ -49,6 +51,7 @@ async fn connections_over_a_limit_are_turned_away_with_the_reason() {
     let limits = ConnectionLimits {
         per_identity: 2,
         total: 3,
+        ..Default::default()
     };
     let incoming = incoming_within(listener, &node, Default::default(), limits).unwrap();
     tokio::spawn(
@@ -87,4 +90,45 @@ async fn connections_over_a_limit_are_turned_away_with_the_reason() {
             Err(e) => panic!("a freed place was not given back: {e}"),
         }
     };
+}
+
+#[tokio::test]
+async fn stalled_handshakes_hold_at_most_their_places() {
+    let ca = Authority::create("limits").unwrap();
+    let admit = |name: &str| {
+        ca.admit(&AdmissionRequest::new("org", Role::Member, name))
+            .unwrap()
+    };
+    let (node, a) = (admit("node"), admit("a"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let limits = ConnectionLimits {
+        handshakes: 2,
+        ..Default::default()
+    };
+    let incoming = incoming_within(listener, &node, Default::default(), limits).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::default())
+            .serve_with_incoming(incoming),
+    );
+    // Two strangers connect and say nothing: both places are taken.
+    let stalled: Vec<tokio::net::TcpStream> = vec![
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    let client = tokio::spawn({
+        let (addr, a) = (addr.clone(), a.clone());
+        async move { open(&addr, &a).await }
+    });
+    // The admitted client waits (in the listen backlog) meanwhile. This
+    // can only fail if the cap is not kept: a slow machine makes it pass.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !client.is_finished(),
+        "a third handshake ran beside two stalled ones"
+    );
+    // One stranger leaves: its place goes to the admitted client.
+    drop(stalled);
+    let _ch = client.await.unwrap().unwrap();
 }
