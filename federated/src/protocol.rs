@@ -27,6 +27,10 @@ pub const PROTOCOL_VERSION: u16 = 3;
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted (a chunk of weights plus headroom).
 pub const MAX_FRAME: usize = 1 << 20;
+/// Parameters of the largest model secure aggregation can carry: a masked
+/// update travels in one frame, four bytes a parameter, beside its task id
+/// (at most 128 bytes), round and sender.
+pub const MAX_SECURE_PARAMS: usize = (MAX_FRAME - 512) / 4;
 /// Weights per chunk: 128 KiB of `f32`.
 pub const CHUNK_VALUES: usize = 32 * 1024;
 /// ONNX bytes per chunk.
@@ -594,5 +598,23 @@ mod tests {
             let frame = encode(&m).unwrap();
             proptest::prop_assert_eq!(decode_body(&frame[4..]).unwrap(), m);
         }
+    }
+
+    #[test]
+    fn the_largest_secure_update_fits_one_frame() {
+        let input = |n: usize| Message::SecAggFromAgent {
+            task_id: "t".repeat(128),
+            message: crate::secagg::FromAgent::Input(crate::secagg::MaskedInput {
+                round: u32::MAX,
+                from: [0xff; 32],
+                values: vec![u32::MAX; n],
+            }),
+        };
+        let frame = encode(&input(MAX_SECURE_PARAMS)).unwrap();
+        assert!(frame.len() <= MAX_FRAME + 4);
+        assert!(matches!(
+            encode(&input(MAX_FRAME / 4)),
+            Err(FlError::FrameTooLarge { .. })
+        ));
     }
 }

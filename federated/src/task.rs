@@ -276,6 +276,12 @@ impl TaskSpec {
             ));
         }
         let sa = &self.secagg;
+        if self.secure_aggregation && self.model.param_count()? > crate::protocol::MAX_SECURE_PARAMS
+        {
+            return Err(bad(
+                "secure aggregation carries each masked update in one 1 MiB frame, at most 262016 parameters; use a smaller model, or set secure_aggregation = false",
+            ));
+        }
         if !(sa.clip.is_finite() && sa.clip > 0.0) {
             return Err(bad("secagg.clip must be a positive number"));
         }
@@ -590,6 +596,22 @@ classes = 10
         );
         t.agents_per_round = MAX_AGENTS;
         t.check().unwrap();
+        // A model too big for one masked-update frame, under secure aggregation only.
+        t.model = yilian_models::ModelSpec::mlp(512, 512, 10);
+        t.schema.features = 512;
+        t.robust = Robust::None;
+        t.check().unwrap();
+        t.secure_aggregation = true;
+        assert!(
+            matches!(t.check(), Err(FlError::InvalidTask(m)) if m.contains("262016 parameters")),
+            "{:?}",
+            t.check()
+        );
+        assert_eq!(
+            crate::protocol::MAX_SECURE_PARAMS,
+            262016,
+            "the message above names it"
+        );
         let task = DataSchema {
             features: 64,
             label_column: "y".into(),
