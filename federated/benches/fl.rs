@@ -155,7 +155,7 @@ classes = 10
         })
         .collect();
     let shards = shards(agents, digits);
-    node.submit(yilian_federated::pb::SubmitTaskRequest {
+    node.submit(yilian_federated::coordinator::TrainingSubmission {
         task_toml: std::fs::read_to_string(dir.path().join("task.toml")).unwrap(),
         validation_csv: std::fs::read(dir.path().join("validation.csv")).unwrap(),
         initial_weights: Vec::new(),

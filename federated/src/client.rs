@@ -80,13 +80,45 @@ pub async fn submit(
         .map(Path::to_path_buf)
         .or_else(|| task.initial_weights.as_ref().map(|p| base.join(p)));
     let initial_weights = weights_path.as_deref().map(read).transpose()?;
+    submit_training(
+        node,
+        text,
+        validation_csv,
+        initial_weights.unwrap_or_default(),
+    )
+    .await
+}
+
+/// Sends a training task, its validation set and initial weights (empty:
+/// the seeded initialisation) in chunks.
+pub async fn submit_training(
+    node: &Endpoint,
+    task_toml: String,
+    validation_csv: Vec<u8>,
+    initial_weights: Vec<u8>,
+) -> Result<pb::SubmitTaskResponse> {
+    use pb::submit_task_request::Part;
+    let header = pb::SubmitTaskRequest {
+        part: Some(Part::Header(pb::TaskHeader {
+            task_toml,
+            validation_bytes: validation_csv.len() as u64,
+            weights_bytes: initial_weights.len() as u64,
+        })),
+    };
+    let chunks = |bytes: Vec<u8>, part: fn(Vec<u8>) -> Part| {
+        bytes
+            .chunks(crate::protocol::CHUNK_BYTES)
+            .map(|c| pb::SubmitTaskRequest {
+                part: Some(part(c.to_vec())),
+            })
+            .collect::<Vec<_>>()
+    };
+    let parts = std::iter::once(header)
+        .chain(chunks(validation_csv, Part::ValidationChunk))
+        .chain(chunks(initial_weights, Part::WeightsChunk));
     client(node)
         .await?
-        .submit_task(pb::SubmitTaskRequest {
-            task_toml: text,
-            validation_csv,
-            initial_weights: initial_weights.unwrap_or_default(),
-        })
+        .submit_task(tokio_stream::iter(parts))
         .await
         .map(tonic::Response::into_inner)
         .map_err(refused)

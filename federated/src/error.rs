@@ -44,15 +44,23 @@ pub enum FlError {
     #[error("validation_csv: {0}; send a CSV with a header that has the schema's label column")]
     Validation(yilian_models::ModelError),
     #[error(
-        "an evaluation submission starts with its header (the task file and model size), then only model chunks"
+        "a submission starts with its header (the task file and the sizes of what follows), then only chunks"
     )]
-    EvaluationHeaderFirst,
-    #[error("model_bytes: {size} is over the limit of {limit} bytes")]
-    ModelTooLarge { size: usize, limit: usize },
+    HeaderFirst,
+    #[error("{field}: {size} is over the limit of {limit} bytes")]
+    UploadTooLarge {
+        field: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error(
-        "model_bytes announced {announced} bytes, {received} arrived; send exactly the announced size"
+        "{field} announced {announced} bytes, {received} arrived; send exactly the announced size"
     )]
-    ModelSizeMismatch { announced: usize, received: usize },
+    UploadSizeMismatch {
+        field: &'static str,
+        announced: usize,
+        received: usize,
+    },
     #[error("the task was not anchored on the ledger, nothing was stored; submit it again: {0}")]
     Ledger(#[from] yilian_ledger::LedgerError),
     #[error("the coordinator has stopped")]
@@ -226,9 +234,9 @@ impl From<FlError> for tonic::Status {
             | FlError::Model(_)
             | FlError::TaskFile(_)
             | FlError::Validation(_)
-            | FlError::EvaluationHeaderFirst
-            | FlError::ModelTooLarge { .. }
-            | FlError::ModelSizeMismatch { .. }
+            | FlError::HeaderFirst
+            | FlError::UploadTooLarge { .. }
+            | FlError::UploadSizeMismatch { .. }
             | FlError::TruncatedFrame
             | FlError::Unexpected(_) => Code::InvalidArgument,
             FlError::UnknownAgent { .. }

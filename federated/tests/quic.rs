@@ -287,63 +287,111 @@ async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
     let mut raw = pb::federated_client::FederatedClient::new(channel);
     let csv = std::fs::read(work.join("validation.csv")).unwrap();
     let base = bc_task_toml("bc-bad", 2, 1, 1, 100);
+    use pb::submit_task_request::Part;
+    let header =
+        |task_toml: String, validation_bytes: u64, weights_bytes: u64| pb::SubmitTaskRequest {
+            part: Some(Part::Header(pb::TaskHeader {
+                task_toml,
+                validation_bytes,
+                weights_bytes,
+            })),
+        };
+    let chunk = |c: &[u8]| pb::SubmitTaskRequest {
+        part: Some(Part::ValidationChunk(c.to_vec())),
+    };
+    // A header and the validation set in one chunk.
+    let whole =
+        |task_toml: String, csv: &[u8]| vec![header(task_toml, csv.len() as u64, 0), chunk(csv)];
     let cases = [
         (
             "same id",
-            bc_task_toml("bc-ctl", 2, 1, 1, 100),
-            csv.clone(),
+            whole(bc_task_toml("bc-ctl", 2, 1, 1, 100), &csv),
             tonic::Code::AlreadyExists,
             "a task with id `bc-ctl` already exists; give the task file another `id`",
         ),
         (
             "median",
-            base.replace(
-                "local_epochs",
-                "secure_aggregation = true\nrobust = \"coordinate_median\"\nlocal_epochs",
+            whole(
+                base.replace(
+                    "local_epochs",
+                    "secure_aggregation = true\nrobust = \"coordinate_median\"\nlocal_epochs",
+                ),
+                &csv,
             ),
-            csv.clone(),
             tonic::Code::InvalidArgument,
             "secure_aggregation = false",
         ),
         (
             "bad field",
-            base.replace("rounds = 2", "rounds = \"two\""),
-            csv.clone(),
+            whole(base.replace("rounds = 2", "rounds = \"two\""), &csv),
             tonic::Code::InvalidArgument,
             "rounds",
         ),
         (
             "no label column",
-            base.replace("label_column = \"y\"", "label_column = \"outcome\""),
-            csv.clone(),
+            whole(
+                base.replace("label_column = \"y\"", "label_column = \"outcome\""),
+                &csv,
+            ),
             tonic::Code::InvalidArgument,
             "validation_csv",
         ),
         (
             "oversized model",
-            base.replace(
-                "layers = [{ linear = { out = 2 } }",
-                "layers = [{ linear = { out = 100000000 } }, { linear = { out = 2 } }",
+            whole(
+                base.replace(
+                    "layers = [{ linear = { out = 2 } }",
+                    "layers = [{ linear = { out = 100000000 } }, { linear = { out = 2 } }",
+                ),
+                &csv,
             ),
-            csv.clone(),
             tonic::Code::InvalidArgument,
             "the model is too large",
         ),
         (
             "not a csv",
-            base.clone(),
-            b"\xff\x00 not a table".to_vec(),
+            whole(base.clone(), b"\xff\x00 not a table"),
             tonic::Code::InvalidArgument,
             "validation_csv",
         ),
+        (
+            "chunk first",
+            vec![chunk(&csv), header(base.clone(), csv.len() as u64, 0)],
+            tonic::Code::InvalidArgument,
+            "a submission starts with its header",
+        ),
+        (
+            "fewer bytes than announced",
+            vec![header(base.clone(), csv.len() as u64 + 1, 0), chunk(&csv)],
+            tonic::Code::InvalidArgument,
+            &format!(
+                "validation_bytes announced {} bytes, {} arrived",
+                csv.len() + 1,
+                csv.len()
+            ),
+        ),
+        (
+            "more bytes than announced",
+            vec![header(base.clone(), 10, 0), chunk(&csv)],
+            tonic::Code::InvalidArgument,
+            "validation_bytes announced 10 bytes",
+        ),
+        (
+            "too large",
+            vec![header(base.clone(), 1 << 40, 0)],
+            tonic::Code::InvalidArgument,
+            "validation_bytes: 1099511627776 is over the limit of 268435456 bytes",
+        ),
+        (
+            "weights announced, none sent",
+            vec![header(base.clone(), csv.len() as u64, 64), chunk(&csv)],
+            tonic::Code::InvalidArgument,
+            "weights_bytes announced 64 bytes, 0 arrived",
+        ),
     ];
-    for (what, task_toml, validation_csv, code, expected) in cases {
+    for (what, parts, code, expected) in cases {
         let status = raw
-            .submit_task(pb::SubmitTaskRequest {
-                task_toml,
-                validation_csv,
-                initial_weights: Vec::new(),
-            })
+            .submit_task(tokio_stream::iter(parts))
             .await
             .unwrap_err();
         assert_eq!(status.code(), code, "{what}: {status:?}");
@@ -416,6 +464,24 @@ async fn the_control_plane_refuses_bad_submissions_and_changes_nothing() {
     assert_eq!(net.ledger.len(), entries);
     let status = client::status(&net.eng, "bc-ctl").await.unwrap();
     assert_eq!(status.phase(), pb::TaskPhase::Waiting);
+
+    // A validation set beyond one gRPC message (4 MiB) arrives in chunks.
+    let text = String::from_utf8(csv.clone()).unwrap();
+    let (head, rows) = text.split_once('\n').unwrap();
+    let mut big = format!("{head}\n");
+    while big.len() <= 5 << 20 {
+        big.push_str(rows);
+    }
+    let accepted = client::submit_training(
+        &net.eng,
+        bc_task_toml("bc-big", 2, 1, 1, 100),
+        big.into_bytes(),
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(accepted.task_id, "bc-big");
+    assert_eq!(dirs(), 2);
 }
 
 /// FedBuff over QUIC: four agents train asynchronously, every two updates

@@ -114,14 +114,117 @@ async fn exists(shared: &Shared, id: &str) -> Result<bool, FlError> {
     shared.query(move |e| e.task_exists(&id)).await
 }
 
+/// Largest validation set or initial weights file a training task may
+/// bring: the coordinator holds both in memory.
+pub const MAX_TASK_UPLOAD_BYTES: usize = 256 << 20;
+
+/// A training task as it arrived, whole.
+pub struct TrainingSubmission {
+    /// The task file.
+    pub task_toml: String,
+    /// CSV with a header, the schema's label column among its columns.
+    pub validation_csv: Vec<u8>,
+    /// safetensors; empty means the task's seeded initialisation.
+    pub initial_weights: Vec<u8>,
+}
+
+/// Bytes of an announced size arriving in chunks: more than announced is
+/// refused as it arrives, before it is buffered.
+struct Upload {
+    field: &'static str,
+    announced: usize,
+    bytes: Vec<u8>,
+}
+
+impl Upload {
+    fn new(field: &'static str, announced: u64, limit: usize) -> Result<Upload, FlError> {
+        let announced = usize::try_from(announced).unwrap_or(usize::MAX);
+        if announced > limit {
+            return Err(FlError::UploadTooLarge {
+                field,
+                size: announced,
+                limit,
+            });
+        }
+        Ok(Upload {
+            field,
+            announced,
+            // Grown as bytes arrive: a header alone reserves little.
+            bytes: Vec::with_capacity(announced.min(4 << 20)),
+        })
+    }
+
+    fn push(&mut self, chunk: &[u8]) -> Result<(), FlError> {
+        if self.bytes.len() + chunk.len() > self.announced {
+            return Err(self.mismatch(self.bytes.len() + chunk.len()));
+        }
+        self.bytes.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<u8>, FlError> {
+        if self.bytes.len() != self.announced {
+            return Err(self.mismatch(self.bytes.len()));
+        }
+        Ok(self.bytes)
+    }
+
+    fn mismatch(&self, received: usize) -> FlError {
+        FlError::UploadSizeMismatch {
+            field: self.field,
+            announced: self.announced,
+            received,
+        }
+    }
+}
+
+const NOT_EVALUATION: &str = "an evaluation task goes to SubmitEvaluation (`yilian task submit` does this), with its ONNX model";
+
+/// A training task's parts, the header first, gathered whole.
+async fn receive_task(
+    shared: &Shared,
+    mut parts: Streaming<pb::SubmitTaskRequest>,
+) -> Result<TrainingSubmission, Status> {
+    use pb::submit_task_request::Part;
+    let Some(pb::SubmitTaskRequest {
+        part: Some(Part::Header(header)),
+    }) = parts.message().await?
+    else {
+        return Err(FlError::HeaderFirst.into());
+    };
+    let TaskFile::Training(task) = TaskFile::from_toml(&header.task_toml)? else {
+        return Err(FlError::InvalidTask(NOT_EVALUATION).into());
+    };
+    // Before anything is buffered; the reservation in `accept` decides.
+    if exists(shared, &task.id).await? {
+        return Err(FlError::TaskExists(task.id).into());
+    }
+    let mut validation = Upload::new(
+        "validation_bytes",
+        header.validation_bytes,
+        MAX_TASK_UPLOAD_BYTES,
+    )?;
+    let mut weights = Upload::new("weights_bytes", header.weights_bytes, MAX_TASK_UPLOAD_BYTES)?;
+    while let Some(part) = parts.message().await? {
+        match part.part {
+            Some(Part::ValidationChunk(c)) => validation.push(&c)?,
+            Some(Part::WeightsChunk(c)) => weights.push(&c)?,
+            _ => return Err(FlError::HeaderFirst.into()),
+        }
+    }
+    Ok(TrainingSubmission {
+        task_toml: header.task_toml,
+        validation_csv: validation.finish()?,
+        initial_weights: weights.finish()?,
+    })
+}
+
 pub(super) async fn submit_task(
     shared: &Shared,
-    req: pb::SubmitTaskRequest,
+    req: TrainingSubmission,
 ) -> Result<pb::SubmitTaskResponse, FlError> {
     let TaskFile::Training(task) = TaskFile::from_toml(&req.task_toml)? else {
-        return Err(FlError::InvalidTask(
-            "an evaluation task goes to SubmitEvaluation (`yilian task submit` does this), with its ONNX model",
-        ));
+        return Err(FlError::InvalidTask(NOT_EVALUATION));
     };
     let task = *task;
     let validation = Dataset::from_csv_reader(
@@ -166,7 +269,7 @@ async fn submit_evaluation(
         Some(pb::SubmitEvaluationRequest {
             part: Some(Part::Header(h)),
         }) => h,
-        _ => return Err(FlError::EvaluationHeaderFirst.into()),
+        _ => return Err(FlError::HeaderFirst.into()),
     };
     let TaskFile::Evaluation(task) = TaskFile::from_toml(&header.task_toml)? else {
         return Err(FlError::InvalidTask(
@@ -178,36 +281,18 @@ async fn submit_evaluation(
     if exists(shared, &task.id).await? {
         return Err(FlError::TaskExists(task.id).into());
     }
-    let announced = header.model_bytes as usize;
-    if announced > MAX_EVALUATION_MODEL_BYTES {
-        return Err(FlError::ModelTooLarge {
-            size: announced,
-            limit: MAX_EVALUATION_MODEL_BYTES,
-        }
-        .into());
-    }
-    // Refuses an oversized model as it arrives, before buffering more than announced.
-    let mut model = Vec::with_capacity(announced);
+    let mut model = Upload::new(
+        "model_bytes",
+        header.model_bytes,
+        MAX_EVALUATION_MODEL_BYTES,
+    )?;
     while let Some(part) = parts.message().await? {
         let Some(Part::ModelChunk(chunk)) = part.part else {
-            return Err(FlError::EvaluationHeaderFirst.into());
+            return Err(FlError::HeaderFirst.into());
         };
-        if model.len() + chunk.len() > announced {
-            return Err(FlError::ModelSizeMismatch {
-                announced,
-                received: model.len() + chunk.len(),
-            }
-            .into());
-        }
-        model.extend_from_slice(&chunk);
+        model.push(&chunk)?;
     }
-    if model.len() != announced {
-        return Err(FlError::ModelSizeMismatch {
-            announced,
-            received: model.len(),
-        }
-        .into());
-    }
+    let model = model.finish()?;
     // tract parses and test-runs the graph: CPU work, off the async threads.
     let onnx = tokio::task::spawn_blocking(move || OnnxModel::from_bytes(model))
         .await
@@ -592,11 +677,12 @@ async fn download(shared: &Shared, req: pb::DownloadRequest) -> Result<ChunkStre
 impl pb::federated_server::Federated for ControlPlane {
     async fn submit_task(
         &self,
-        req: Request<pb::SubmitTaskRequest>,
+        req: Request<Streaming<pb::SubmitTaskRequest>>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         engineer(&req, "submit a task")?;
         let shared = self.shared()?;
-        Ok(Response::new(submit_task(&shared, req.into_inner()).await?))
+        let task = receive_task(&shared, req.into_inner()).await?;
+        Ok(Response::new(submit_task(&shared, task).await?))
     }
 
     async fn submit_evaluation(

@@ -49,7 +49,7 @@ use crate::{
 
 mod control;
 pub mod engine;
-pub use control::ControlPlane;
+pub use control::{ControlPlane, MAX_TASK_UPLOAD_BYTES, TrainingSubmission};
 pub use engine::{Command, ConnId, Durable, Engine, EvaluationTask, Input, Outgoing};
 
 /// How often deadlines are checked.
@@ -292,7 +292,7 @@ impl Coordinator {
     /// `SubmitTask` does.
     pub async fn submit(
         &self,
-        req: crate::pb::SubmitTaskRequest,
+        req: TrainingSubmission,
     ) -> Result<crate::pb::SubmitTaskResponse, FlError> {
         control::submit_task(&self.shared, req).await
     }
