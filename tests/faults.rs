@@ -105,6 +105,24 @@ fn kms_client(
     yilian_kms::service::KmsClient::new(ch)
 }
 
+/// Channels as `owner` and as `reader`, once the node takes both (it may
+/// be restarting).
+async fn channels(
+    addr: &str,
+    owner: &Identity,
+    reader: &Identity,
+) -> (tonic::transport::Channel, tonic::transport::Channel) {
+    loop {
+        if let (Ok(o), Ok(r)) = (
+            yilian_identity::grpc::connect(addr, owner).await,
+            yilian_identity::grpc::connect(addr, reader).await,
+        ) {
+            return (o, r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Grants the reader one use of the key, then has it try twice at once.
 async fn burn_after_reading(
     addr: String,
@@ -114,13 +132,7 @@ async fn burn_after_reading(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
-        let (Ok(o), Ok(r)) = (
-            yilian_identity::grpc::connect(&addr, &owner).await,
-            yilian_identity::grpc::connect(&addr, &reader).await,
-        ) else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let (o, r) = channels(&addr, &owner, &reader).await;
         let (mut owner_kms, reader_kms) = (kms_client(o), kms_client(r));
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -240,13 +252,7 @@ async fn ask_questions(
 ) {
     let mut consent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let (Ok(o), Ok(r)) = (
-            yilian_identity::grpc::connect(&addr, &owner).await,
-            yilian_identity::grpc::connect(&addr, &reader).await,
-        ) else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
+        let (o, r) = channels(&addr, &owner, &reader).await;
         let (mut holder, verifier) = (zk_client(o), zk_client(r));
         while !stop.load(Ordering::Relaxed) {
             consent += 1;

@@ -31,6 +31,19 @@ async fn call(ch: &mut Channel) -> Result<(), String> {
     Ok(())
 }
 
+/// A server with no services as `node`, within `limits`; its address.
+async fn serve(node: &Identity, limits: ConnectionLimits) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let incoming = incoming_within(listener, node, Default::default(), limits).unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::default())
+            .serve_with_incoming(incoming),
+    );
+    addr
+}
+
 /// A channel and its first call, or the error either gave.
 async fn open(addr: &str, id: &Identity) -> Result<Channel, String> {
     let mut ch = connect(addr, id).await.map_err(|e| e.to_string())?;
@@ -46,19 +59,12 @@ async fn connections_over_a_limit_are_turned_away_with_the_reason() {
             .unwrap()
     };
     let (node, a, b, c) = (admit("node"), admit("a"), admit("b"), admit("c"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let limits = ConnectionLimits {
         per_identity: 2,
         total: 3,
         ..Default::default()
     };
-    let incoming = incoming_within(listener, &node, Default::default(), limits).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::default())
-            .serve_with_incoming(incoming),
-    );
+    let addr = serve(&node, limits).await;
 
     let a1 = open(&addr, &a).await.unwrap();
     let mut a2 = open(&addr, &a).await.unwrap();
@@ -100,18 +106,11 @@ async fn stalled_handshakes_hold_at_most_their_places() {
             .unwrap()
     };
     let (node, a) = (admit("node"), admit("a"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let limits = ConnectionLimits {
         handshakes: 2,
         ..Default::default()
     };
-    let incoming = incoming_within(listener, &node, Default::default(), limits).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::default())
-            .serve_with_incoming(incoming),
-    );
+    let addr = serve(&node, limits).await;
     // Two strangers connect and say nothing: both places are taken.
     let stalled: Vec<tokio::net::TcpStream> = vec![
         tokio::net::TcpStream::connect(&addr).await.unwrap(),
