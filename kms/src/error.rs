@@ -74,9 +74,15 @@ pub enum KmsError {
     #[error("unknown escrow for key `{0}`")]
     UnknownEscrow(String),
     #[error(
-        "bad escrow parameters: threshold {threshold} of {trustees} trustees (need 2 <= t <= n <= 255, distinct trustees)"
+        "bad escrow parameters: threshold {threshold} of {trustees} trustees (need {least} <= t <= n <= 255, distinct trustees)"
     )]
-    BadEscrowParameters { threshold: usize, trustees: usize },
+    BadEscrowParameters {
+        threshold: usize,
+        trustees: usize,
+        /// The smallest threshold allowed: 2 for an escrow (one trustee
+        /// alone must not recover), 1 for the unseal shares.
+        least: usize,
+    },
     #[error("unknown recovery `{0}`")]
     UnknownRecovery(String),
     #[error("identity {0} is not a trustee of this escrow")]

@@ -119,6 +119,7 @@ impl EscrowPackage {
             return Err(KmsError::BadEscrowParameters {
                 threshold,
                 trustees: n,
+                least: 2,
             });
         }
         for t in trustees {

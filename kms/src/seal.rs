@@ -30,6 +30,7 @@ pub fn split_root_key(threshold: usize, n: usize) -> Result<(Key32, Vec<UnsealSh
         return Err(KmsError::BadEscrowParameters {
             threshold,
             trustees: n,
+            least: 1,
         });
     }
     let wide = Zeroizing::new(crypto::random::<64>()?);
@@ -186,6 +187,17 @@ pub fn create_key_file(path: &Path) -> Result<Key32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_unseal_parameters_say_what_is_allowed() {
+        let e = split_root_key(0, 3).map(|_| ()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad escrow parameters: threshold 0 of 3 trustees (need 1 <= t <= n <= 255, distinct trustees)"
+        );
+        assert!(split_root_key(4, 3).is_err());
+        assert!(split_root_key(1, 1).is_ok());
+    }
 
     #[test]
     fn three_of_five_unseal() {
