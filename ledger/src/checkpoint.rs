@@ -287,6 +287,44 @@ mod tests {
     }
 
     #[test]
+    fn a_head_of_another_log_or_a_forked_root_is_refused() {
+        let trusted = body();
+        // Larger, smaller or equal, with the trusted root: no conflict seen.
+        for size in [trusted.size - 1, trusted.size + 1] {
+            let other_size = CheckpointBody { size, ..body() };
+            other_size.check_agrees_with(&trusted).unwrap();
+        }
+        trusted.check_agrees_with(&trusted).unwrap();
+        let fork = CheckpointBody {
+            root: [7; 32],
+            ..body()
+        };
+        let e = fork.check_agrees_with(&trusted).unwrap_err();
+        assert!(matches!(e, LedgerError::ForkedHeads { size: 20852163 }));
+        assert_eq!(
+            e.to_string(),
+            "two cosigned heads of size 20852163 have different roots"
+        );
+        // A different root at another size is for a consistency proof to judge.
+        CheckpointBody {
+            size: trusted.size + 1,
+            ..fork.clone()
+        }
+        .check_agrees_with(&trusted)
+        .unwrap();
+        let other = CheckpointBody {
+            origin: "example.com/other-log".into(),
+            ..body()
+        };
+        let e = other.check_agrees_with(&trusted).unwrap_err();
+        assert!(matches!(e, LedgerError::OtherLog { .. }));
+        assert_eq!(
+            e.to_string(),
+            "the proof is for the log `example.com/other-log`, not the trusted log `example.com/behind-the-sofa`"
+        );
+    }
+
+    #[test]
     fn the_body_is_the_c2sp_example_text() {
         // The example checkpoint of c2sp.org/tlog-checkpoint.
         assert_eq!(
