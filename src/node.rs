@@ -272,6 +272,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         connector: Some(Arc::new(IdentityConnector::new(
             identity.clone(),
             cfg.cluster.routes.clone(),
+            revocations.clone(),
         ))),
         timing: yilian_ledger::raft::Timing {
             heartbeat_ms: cfg.cluster.heartbeat_ms.unwrap_or(defaults.heartbeat_ms),

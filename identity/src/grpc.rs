@@ -36,12 +36,60 @@ pub struct Peer {
 pub struct AdmittedStream {
     inner: TlsStream<TcpStream>,
     peer: Peer,
+    watch: RevocationWatch,
+    /// Its place in the connection counts, given back when it closes.
+    _slot: Slot,
+}
+
+/// One connection's look-out for its peer's revocation, on either side.
+struct RevocationWatch {
+    principal: Principal,
     revoked: RevocationList,
     changes: tokio_stream::wrappers::WatchStream<u64>,
     /// Set once the peer is found revoked: every later poll fails too.
     cut: bool,
-    /// Its place in the connection counts, given back when it closes.
-    _slot: Slot,
+}
+
+impl RevocationWatch {
+    /// Watching from now on: check `is_revoked` after this, so a revocation
+    /// in between is not missed.
+    fn new(principal: Principal, revoked: RevocationList) -> Self {
+        RevocationWatch {
+            changes: tokio_stream::wrappers::WatchStream::from_changes(revoked.changes()),
+            principal,
+            revoked,
+            cut: false,
+        }
+    }
+
+    fn is_revoked(&self) -> bool {
+        self.revoked.is_revoked(&self.principal.serial)
+    }
+
+    /// The error to end the connection with, if the peer has been revoked
+    /// since the last look; registers `cx` to be woken at the next change.
+    fn cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        use tokio_stream::Stream as _;
+        let revoked = || {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the peer's certificate has been revoked",
+            )
+        };
+        if self.cut {
+            return Some(revoked());
+        }
+        let mut changed = false;
+        while let Poll::Ready(Some(_)) = Pin::new(&mut self.changes).poll_next(cx) {
+            changed = true;
+        }
+        if changed && self.is_revoked() {
+            tracing::warn!(principal = %self.principal, "closing the connection of a revoked certificate");
+            self.cut = true;
+            return Some(revoked());
+        }
+        None
+    }
 }
 
 /// How many authenticated connections a server holds open at once, per
@@ -162,29 +210,8 @@ async fn turn_away(mut tls: TlsStream<TcpStream>, reason: &str) {
 }
 
 impl AdmittedStream {
-    /// The error to end the connection with, if the peer has been revoked
-    /// since the last look.
     fn cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
-        use tokio_stream::Stream as _;
-        let revoked = || {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "the peer's certificate has been revoked",
-            )
-        };
-        if self.cut {
-            return Some(revoked());
-        }
-        let mut changed = false;
-        while let Poll::Ready(Some(_)) = Pin::new(&mut self.changes).poll_next(cx) {
-            changed = true;
-        }
-        if changed && self.revoked.is_revoked(&self.peer.principal.serial) {
-            tracing::warn!(principal = %self.peer.principal, "closing the connection of a revoked certificate");
-            self.cut = true;
-            return Some(revoked());
-        }
-        None
+        self.watch.cut(cx)
     }
 }
 
@@ -330,9 +357,9 @@ pub fn incoming_within(
                     principal,
                     remote: Some(remote),
                 };
-                let changes = tokio_stream::wrappers::WatchStream::from_changes(revoked.changes());
+                let watch = RevocationWatch::new(peer.principal.clone(), revoked);
                 // A revocation between the handshake and the watch above.
-                if revoked.is_revoked(&peer.principal.serial) {
+                if watch.is_revoked() {
                     return;
                 }
                 let slot = match Slot::take(&counts, limits, peer.principal.public_key) {
@@ -347,9 +374,7 @@ pub fn incoming_within(
                     .send(Ok(AdmittedStream {
                         inner: tls,
                         peer,
-                        revoked,
-                        changes,
-                        cut: false,
+                        watch,
                         _slot: slot,
                     }))
                     .await;
@@ -370,7 +395,7 @@ pub fn caller<T>(req: &tonic::Request<T>) -> std::result::Result<Principal, toni
 /// Connects to a node at `addr` (`host:port`), presenting `id`.
 pub async fn connect(addr: &str, id: &Identity) -> Result<Channel> {
     endpoint(addr)?
-        .connect_with_connector(dialer(addr, id)?)
+        .connect_with_connector(dialer(addr, id, None)?)
         .await
         .map_err(|e| IdentityError::Connect {
             addr: addr.to_owned(),
@@ -381,9 +406,25 @@ pub async fn connect(addr: &str, id: &Identity) -> Result<Channel> {
 /// As [`connect`], but connects on first use (and again after a failure),
 /// so a peer that is down now is reached once it is back.
 pub fn connect_lazy(addr: &str, id: &Identity) -> Result<Channel> {
+    lazy(addr, id, None)
+}
+
+/// As [`connect_lazy`], for a dialer that keeps the revocation list (a
+/// member dialing its peers): a node whose certificate is in `revoked` is
+/// refused after the handshake, and a live connection to one that becomes
+/// revoked is cut, as the server side cuts its clients.
+pub fn connect_lazy_watched(
+    addr: &str,
+    id: &Identity,
+    revoked: &RevocationList,
+) -> Result<Channel> {
+    lazy(addr, id, Some(revoked.clone()))
+}
+
+fn lazy(addr: &str, id: &Identity, revoked: Option<RevocationList>) -> Result<Channel> {
     Ok(endpoint(addr)?
         .connect_timeout(std::time::Duration::from_secs(3))
-        .connect_with_connector_lazy(dialer(addr, id)?))
+        .connect_with_connector_lazy(dialer(addr, id, revoked)?))
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint> {
@@ -398,6 +439,7 @@ type TlsIo = TokioIo<Replay<tokio_rustls::client::TlsStream<TcpStream>>>;
 fn dialer(
     addr: &str,
     id: &Identity,
+    revoked: Option<RevocationList>,
 ) -> Result<
     impl tower::Service<Uri, Response = TlsIo, Error = std::io::Error, Future = impl Send>
     + Clone
@@ -419,13 +461,54 @@ fn dialer(
         let connector = connector.clone();
         let server_name = server_name.clone();
         let target = target.clone();
+        let revoked = revoked.clone();
         async move {
             let tcp = TcpStream::connect(&target).await?;
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(TokioIo::new(await_verdict(tls).await?))
+            let watch = match revoked {
+                Some(list) => Some(watch_server(&tls, list, &target)?),
+                None => None,
+            };
+            let mut io = await_verdict(tls).await?;
+            io.watch = watch;
+            Ok::<_, std::io::Error>(TokioIo::new(io))
         }
     }))
+}
+
+/// The look-out for the revocation of the node `tls` reached at `addr`,
+/// or the refusal of a node already revoked.
+fn watch_server(
+    tls: &tokio_rustls::client::TlsStream<TcpStream>,
+    revoked: RevocationList,
+    addr: &str,
+) -> std::io::Result<RevocationWatch> {
+    let principal = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(principal_from_cert)
+        .transpose()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the node at {addr} presented no certificate"),
+            )
+        })?;
+    let watch = RevocationWatch::new(principal, revoked);
+    if watch.is_revoked() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the certificate of the node at {addr} ({}) has been revoked",
+                watch.principal
+            ),
+        ));
+    }
+    Ok(watch)
 }
 
 /// In TLS 1.3 the client finishes its handshake before the server has judged
@@ -460,6 +543,7 @@ async fn await_verdict(
         prefix: first,
         pos: 0,
         inner: tls,
+        watch: None,
     })
 }
 
@@ -479,11 +563,19 @@ fn go_away_reason(bytes: &[u8]) -> Option<String> {
     None
 }
 
-/// A stream that first yields bytes already read from it.
+/// A client stream that first yields bytes already read from it, and
+/// fails once its server's certificate is revoked, where it is watched.
 pub struct Replay<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
+    watch: Option<RevocationWatch>,
+}
+
+impl<S> Replay<S> {
+    fn cut(&mut self, cx: &mut Context<'_>) -> Option<std::io::Error> {
+        self.watch.as_mut().and_then(|w| w.cut(cx))
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
@@ -492,6 +584,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
         if self.pos < self.prefix.len() {
             let n = (self.prefix.len() - self.pos).min(buf.remaining());
             let start = self.pos;
@@ -509,6 +604,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.cut(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

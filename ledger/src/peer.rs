@@ -354,14 +354,22 @@ pub(crate) async fn reconcile_loop(ledger: Ledger) {
 pub struct IdentityConnector {
     identity: yilian_identity::Identity,
     routes: BTreeMap<String, String>,
+    revoked: yilian_identity::tls::RevocationList,
     channels: std::sync::Mutex<BTreeMap<String, tonic::transport::Channel>>,
 }
 
 impl IdentityConnector {
-    pub fn new(identity: yilian_identity::Identity, routes: BTreeMap<String, String>) -> Self {
+    /// Dials as `identity`, through `routes`, refusing peers in `revoked`
+    /// and cutting a live connection to one once it is revoked.
+    pub fn new(
+        identity: yilian_identity::Identity,
+        routes: BTreeMap<String, String>,
+        revoked: yilian_identity::tls::RevocationList,
+    ) -> Self {
         IdentityConnector {
             identity,
             routes,
+            revoked,
             channels: Default::default(),
         }
     }
@@ -373,7 +381,7 @@ impl PeerConnector for IdentityConnector {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let c = yilian_identity::grpc::connect_lazy(addr, &self.identity)
+        let c = yilian_identity::grpc::connect_lazy_watched(addr, &self.identity, &self.revoked)
             .map_err(|e| LedgerError::Consensus(format!("peer {addr}: {e}")))?;
         channels.insert(addr.to_owned(), c.clone());
         Ok(c)
