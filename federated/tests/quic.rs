@@ -593,3 +593,51 @@ async fn revoking_a_device_closes_its_live_quic_connection() {
         assert!(e.to_string().to_lowercase().contains("revoked"), "{e}");
     }
 }
+
+/// One QUIC connection over the coordinator's cap is refused at once; the
+/// ones it holds are untouched, and a closed one gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_cap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Authority::create("fl-test").unwrap();
+    certify(&ca, Role::Member, "node-1", dir.path());
+    let devices: Vec<Identity> = (0..3)
+        .map(|i| certify(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
+        .collect();
+    let node = Coordinator::serve_within(
+        "127.0.0.1:0".parse().unwrap(),
+        Identity::load(&dir.path().join("node-1")).unwrap(),
+        RevocationList::default(),
+        None,
+        &dir.path().join("coordinator"),
+        2,
+    )
+    .await
+    .unwrap();
+    let addr = node.local_addr().unwrap();
+    let dial = |id: &Identity| {
+        let endpoint = agent::client_endpoint(id).unwrap();
+        async move { agent::connect(&endpoint, addr, "localhost").await }
+    };
+    let (first, _tx0, _rx0) = dial(&devices[0]).await.unwrap();
+    let (second, _tx1, _rx1) = dial(&devices[1]).await.unwrap();
+    let refused = match dial(&devices[2]).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a third connection was let in beside two"),
+    };
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+    assert!(first.close_reason().is_none() && second.close_reason().is_none());
+    first.close(0u32.into(), b"done");
+    // The place comes back once the coordinator has seen the close.
+    let mut tries = 0;
+    loop {
+        match dial(&devices[2]).await {
+            Ok(_) => break,
+            Err(_) if tries < 100 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("a closed connection's place was not given back: {e}"),
+        }
+    }
+}

@@ -61,6 +61,15 @@ pub const MAX_EVALUATION_MODEL_BYTES: usize = 256 << 20;
 /// Items queued to one connection before it counts as too slow. A model is
 /// one item, however large.
 const CONNECTION_QUEUE: usize = 64;
+
+/// How many QUIC connections the coordinator holds, handshakes included:
+/// one over is refused at once (QUIC `CONNECTION_REFUSED`), before any
+/// cryptography. Each agent holds one session, so this is the devices
+/// one node can serve at a time.
+pub const MAX_CONNECTIONS: usize = 16384;
+/// A connection whose handshake has not finished by then is dropped, well
+/// before the 60 s idle timeout would.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events queued to the engine; connection readers wait when it is full.
 const ENGINE_QUEUE: usize = 4096;
 
@@ -207,6 +216,19 @@ impl Coordinator {
         ledger: Option<Ledger>,
         data_dir: &Path,
     ) -> Result<Coordinator, FlError> {
+        Self::serve_within(addr, identity, revoked, ledger, data_dir, MAX_CONNECTIONS).await
+    }
+
+    /// [`Coordinator::serve`], holding at most `max_connections` QUIC
+    /// connections.
+    pub async fn serve_within(
+        addr: SocketAddr,
+        identity: Identity,
+        revoked: RevocationList,
+        ledger: Option<Ledger>,
+        data_dir: &Path,
+        max_connections: usize,
+    ) -> Result<Coordinator, FlError> {
         std::fs::create_dir_all(data_dir)?;
         let store = Store::open(&data_dir.join("coordinator.redb"))?;
         let mut tasks = BTreeMap::new();
@@ -253,6 +275,15 @@ impl Coordinator {
         tokio::spawn(async move {
             let ids = AtomicU64::new(1);
             while let Some(incoming) = accept.accept().await {
+                if accept.open_connections() >= max_connections {
+                    tracing::warn!(
+                        remote = %incoming.remote_address(),
+                        max_connections,
+                        "QUIC connection refused: the coordinator holds its most"
+                    );
+                    incoming.refuse();
+                    continue;
+                }
                 let Some(s) = weak.upgrade() else { break };
                 let conn = ids.fetch_add(1, Ordering::Relaxed);
                 let events = s.events.clone();
@@ -770,7 +801,9 @@ async fn connection(
     incoming: quinn::Incoming,
     revoked: RevocationList,
 ) -> Result<(), FlError> {
-    let conn = incoming.await?;
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming)
+        .await
+        .map_err(|_| quinn::ConnectionError::TimedOut)??;
     let principal = peer_principal(&conn).ok_or(FlError::NoClientCertificate)?;
     tokio::spawn(close_when_revoked(conn.clone(), principal.clone(), revoked));
     let (send, mut recv) = conn.accept_bi().await?;
