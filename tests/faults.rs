@@ -50,7 +50,7 @@ const KEY: &str = "fault-key";
 const RECORD: &str = "fault-customer";
 
 /// What the node acknowledged, as the clients saw it.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Acked {
     entries: Vec<(u64, TxId)>,
     heads: Vec<SignedTreeHead>,
@@ -465,6 +465,27 @@ async fn register_record(
         .unwrap();
 }
 
+/// A node.toml in `data_dir` for the network's node, listening on `addr`
+/// and, given an address, coordinating learning there.
+fn node_config(
+    net: &NetworkDir,
+    data_dir: &Path,
+    addr: &str,
+    federated: Option<SocketAddr>,
+) -> PathBuf {
+    let path = data_dir.join("node.toml");
+    let mut text = format!(
+        "data_dir = {:?}\nlisten = {addr:?}\nidentity = {:?}\n",
+        data_dir.display().to_string(),
+        net.identity(network::NODE_IDENTITY).display().to_string(),
+    );
+    if let Some(fl) = federated {
+        text.push_str(&format!("federated = {:?}\n", fl.to_string()));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 fn task_toml(dir: &Path, task_id: &str, validation: &Path) -> PathBuf {
     let path = dir.join("task.toml");
     std::fs::write(
@@ -528,17 +549,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
         }
     }
     let id = |n: &str| dir.load_identity(n).unwrap();
-    let config = tmp.path().join("faults.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = {addr:?}\nidentity = {:?}\nfederated = {:?}\n",
-            tmp.path().display().to_string(),
-            dir.identity(network::NODE_IDENTITY).display().to_string(),
-            fl_addr.to_string()
-        ),
-    )
-    .unwrap();
+    let config = node_config(&dir, tmp.path(), &addr, Some(fl_addr));
     // The ZK keys come from a single-party setup here: the campaign is
     // about crashes, not about who ran the ceremony.
     let mut node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
@@ -585,13 +596,10 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
     // Load. One question first, so the ZK keys exist before the first kill.
     let acked = Arc::new(Mutex::new(Acked::default()));
     let reader = id("reader");
+    let (o, r) = channels(&addr, &owner, &reader).await;
     let warm = ask_twice(
-        &mut zk_client(yilian_identity::grpc::connect(&addr, &owner).await.unwrap()),
-        &zk_client(
-            yilian_identity::grpc::connect(&addr, &reader)
-                .await
-                .unwrap(),
-        ),
+        &mut zk_client(o),
+        &zk_client(r),
         &reader,
         "fault-0".into(),
         &acked,
@@ -642,15 +650,7 @@ async fn a_node_killed_at_random_under_mixed_load_loses_nothing_acknowledged() {
             .unwrap();
         let (mut reader_kms, mut reader_zk) = (kms_client(reader_ch.clone()), zk_client(reader_ch));
         // What was acknowledged up to now; the load goes on meanwhile.
-        let snapshot = {
-            let a = acked.lock().unwrap();
-            Acked {
-                entries: a.entries.clone(),
-                heads: a.heads.clone(),
-                grant_uses: a.grant_uses.clone(),
-                query_uses: a.query_uses.clone(),
-            }
-        };
+        let snapshot = acked.lock().unwrap().clone();
         check_after_restart(
             &mut auditor,
             &snapshot,
@@ -761,16 +761,7 @@ async fn a_node_whose_disk_fills_refuses_writes_and_loses_nothing_acknowledged()
     let dir = NetworkDir::new(disk.path());
     let addr = yilian_testkit::free_addr();
     network::init_network(&dir, "full", &addr).await.unwrap();
-    let config = disk.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = {addr:?}\nidentity = {:?}\n",
-            disk.path().display().to_string(),
-            dir.identity(network::NODE_IDENTITY).display().to_string(),
-        ),
-    )
-    .unwrap();
+    let config = node_config(&dir, disk.path(), &addr, None);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
         .env("RUST_LOG", "warn")

@@ -105,17 +105,11 @@ pub async fn submit_training(
             weights_bytes: initial_weights.len() as u64,
         })),
     };
-    let chunks = |bytes: Vec<u8>, part: fn(Vec<u8>) -> Part| {
-        bytes
-            .chunks(crate::protocol::CHUNK_BYTES)
-            .map(|c| pb::SubmitTaskRequest {
-                part: Some(part(c.to_vec())),
-            })
-            .collect::<Vec<_>>()
-    };
+    let part = |p| pb::SubmitTaskRequest { part: Some(p) };
     let parts = std::iter::once(header)
-        .chain(chunks(validation_csv, Part::ValidationChunk))
-        .chain(chunks(initial_weights, Part::WeightsChunk));
+        .chain(chunked(&validation_csv, Part::ValidationChunk).map(part))
+        .chain(chunked(&initial_weights, Part::WeightsChunk).map(part))
+        .collect::<Vec<_>>();
     client(node)
         .await?
         .submit_task(tokio_stream::iter(parts))
@@ -137,11 +131,7 @@ async fn submit_evaluation(
         })),
     }];
     parts.extend(
-        model
-            .chunks(crate::protocol::CHUNK_BYTES)
-            .map(|c| pb::SubmitEvaluationRequest {
-                part: Some(Part::ModelChunk(c.to_vec())),
-            }),
+        chunked(&model, Part::ModelChunk).map(|p| pb::SubmitEvaluationRequest { part: Some(p) }),
     );
     client(node)
         .await?
@@ -149,6 +139,16 @@ async fn submit_evaluation(
         .await
         .map(tonic::Response::into_inner)
         .map_err(refused)
+}
+
+/// `bytes` as the messages of an upload, `CHUNK_BYTES` each.
+fn chunked<'a, T>(bytes: &'a [u8], part: fn(Vec<u8>) -> T) -> impl Iterator<Item = T> + 'a
+where
+    T: 'a,
+{
+    bytes
+        .chunks(crate::protocol::CHUNK_BYTES)
+        .map(move |c| part(c.to_vec()))
 }
 
 /// The status of a task of either kind, with a training task's whole

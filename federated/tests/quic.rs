@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use yilian_federated::agent::{self, AgentConfig};
 use yilian_federated::client::{self, Endpoint};
-use yilian_federated::coordinator::Coordinator;
+use yilian_federated::coordinator::{Coordinator, MAX_CONNECTIONS};
 use yilian_federated::{AgentPolicy, FlError, pb};
 use yilian_identity::ca::Authority;
 use yilian_identity::tls::RevocationList;
@@ -545,6 +545,25 @@ async fn buffered_secure_aggregation_over_quic_trains_and_pays() {
     assert!(acc > 0.85, "accuracy {acc}");
 }
 
+/// The coordinator of the identity `node-1` in `dir`, on loopback, with
+/// no ledger, holding at most `max_connections`.
+async fn coordinator_alone(
+    dir: &std::path::Path,
+    revoked: RevocationList,
+    max_connections: usize,
+) -> Coordinator {
+    Coordinator::serve_within(
+        "127.0.0.1:0".parse().unwrap(),
+        Identity::load(&dir.join("node-1")).unwrap(),
+        revoked,
+        None,
+        &dir.join("coordinator"),
+        max_connections,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_device_closes_its_live_quic_connection() {
     let dir = tempfile::tempdir().unwrap();
@@ -553,15 +572,7 @@ async fn revoking_a_device_closes_its_live_quic_connection() {
     let device = certify(&ca, Role::Device, "dev-0", dir.path());
     let other = certify(&ca, Role::Device, "dev-1", dir.path());
     let revoked = RevocationList::default();
-    let node = Coordinator::serve(
-        "127.0.0.1:0".parse().unwrap(),
-        Identity::load(&dir.path().join("node-1")).unwrap(),
-        revoked.clone(),
-        None,
-        &dir.path().join("coordinator"),
-    )
-    .await
-    .unwrap();
+    let node = coordinator_alone(dir.path(), revoked.clone(), MAX_CONNECTIONS).await;
     let addr = node.local_addr().unwrap();
     let dial = |id: &Identity| {
         let endpoint = agent::client_endpoint(id).unwrap();
@@ -604,16 +615,7 @@ async fn a_connection_over_the_cap_is_refused() {
     let devices: Vec<Identity> = (0..3)
         .map(|i| certify(&ca, Role::Device, &format!("dev-{i}"), dir.path()))
         .collect();
-    let node = Coordinator::serve_within(
-        "127.0.0.1:0".parse().unwrap(),
-        Identity::load(&dir.path().join("node-1")).unwrap(),
-        RevocationList::default(),
-        None,
-        &dir.path().join("coordinator"),
-        2,
-    )
-    .await
-    .unwrap();
+    let node = coordinator_alone(dir.path(), RevocationList::default(), 2).await;
     let addr = node.local_addr().unwrap();
     let dial = |id: &Identity| {
         let endpoint = agent::client_endpoint(id).unwrap();

@@ -5,44 +5,12 @@
 //! shake hands hold at most `handshakes` places, and admitted clients get
 //! in as soon as one of those goes.
 
-use tonic::codegen::Service;
-use tonic::codegen::http;
+mod common;
+
+use common::{call, members, serve};
 use tonic::transport::Channel;
-use yilian_identity::ca::{AdmissionRequest, Authority};
-use yilian_identity::grpc::{ConnectionLimits, connect, incoming_within};
-use yilian_identity::{Identity, Role};
-
-/// One gRPC call on `ch` to a method no server has: served means the
-/// node answers `UNIMPLEMENTED` (grpc-status 12).
-async fn call(ch: &mut Channel) -> Result<(), String> {
-    std::future::poll_fn(|cx| ch.poll_ready(cx))
-        .await
-        .map_err(|e| format!("{e:?}"))?;
-    let req = http::Request::post("/yilian.Test/Nothing")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::empty())
-        .unwrap();
-    let resp = ch.call(req).await.map_err(|e| format!("{e:?}"))?;
-    assert_eq!(
-        resp.headers().get("grpc-status").map(|v| v.as_bytes()),
-        Some(&b"12"[..])
-    );
-    Ok(())
-}
-
-/// A server with no services as `node`, within `limits`; its address.
-async fn serve(node: &Identity, limits: ConnectionLimits) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let incoming = incoming_within(listener, node, Default::default(), limits).unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::default())
-            .serve_with_incoming(incoming),
-    );
-    addr
-}
+use yilian_identity::Identity;
+use yilian_identity::grpc::{ConnectionLimits, connect};
 
 /// A channel and its first call, or the error either gave.
 async fn open(addr: &str, id: &Identity) -> Result<Channel, String> {
@@ -53,12 +21,7 @@ async fn open(addr: &str, id: &Identity) -> Result<Channel, String> {
 
 #[tokio::test]
 async fn connections_over_a_limit_are_turned_away_with_the_reason() {
-    let ca = Authority::create("limits").unwrap();
-    let admit = |name: &str| {
-        ca.admit(&AdmissionRequest::new("org", Role::Member, name))
-            .unwrap()
-    };
-    let (node, a, b, c) = (admit("node"), admit("a"), admit("b"), admit("c"));
+    let [node, a, b, c] = members("limits", ["node", "a", "b", "c"]);
     let limits = ConnectionLimits {
         per_identity: 2,
         total: 3,
@@ -100,12 +63,7 @@ async fn connections_over_a_limit_are_turned_away_with_the_reason() {
 
 #[tokio::test]
 async fn stalled_handshakes_hold_at_most_their_places() {
-    let ca = Authority::create("limits").unwrap();
-    let admit = |name: &str| {
-        ca.admit(&AdmissionRequest::new("org", Role::Member, name))
-            .unwrap()
-    };
-    let (node, a) = (admit("node"), admit("a"));
+    let [node, a] = members("limits", ["node", "a"]);
     let limits = ConnectionLimits {
         handshakes: 2,
         ..Default::default()

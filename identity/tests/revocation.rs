@@ -3,45 +3,16 @@
 //! on the existing channel fails) and a new one is refused after the
 //! handshake, naming the node.
 
-use tonic::codegen::Service;
-use tonic::codegen::http;
-use tonic::transport::Channel;
-use yilian_identity::Role;
-use yilian_identity::ca::{AdmissionRequest, Authority};
-use yilian_identity::grpc::{connect_lazy_watched, incoming};
-use yilian_identity::tls::RevocationList;
+mod common;
 
-/// One gRPC call to a method no server has (served: `UNIMPLEMENTED`).
-async fn call(ch: &mut Channel) -> Result<(), String> {
-    std::future::poll_fn(|cx| ch.poll_ready(cx))
-        .await
-        .map_err(|e| yilian_identity::grpc::error_chain(&e))?;
-    let req = http::Request::post("/yilian.Test/Nothing")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(tonic::body::Body::empty())
-        .unwrap();
-    ch.call(req)
-        .await
-        .map(|_| ())
-        .map_err(|e| yilian_identity::grpc::error_chain(&e))
-}
+use common::{call, members, serve};
+use yilian_identity::grpc::connect_lazy_watched;
+use yilian_identity::tls::RevocationList;
 
 #[tokio::test]
 async fn a_peer_revoked_mid_session_is_cut_and_not_dialed_again() {
-    let ca = Authority::create("revocation").unwrap();
-    let admit = |name: &str| {
-        ca.admit(&AdmissionRequest::new("org", Role::Member, name))
-            .unwrap()
-    };
-    let (server, dialer) = (admit("server"), admit("dialer"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::default())
-            .serve_with_incoming(incoming(listener, &server, Default::default()).unwrap()),
-    );
+    let [server, dialer] = members("revocation", ["server", "dialer"]);
+    let addr = serve(&server, Default::default()).await;
     // The dialer's own list: the server knows nothing of it.
     let revoked = RevocationList::default();
     let mut ch = connect_lazy_watched(&addr, &dialer, &revoked).unwrap();

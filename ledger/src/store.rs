@@ -944,11 +944,7 @@ impl Ledger {
     /// Everything acknowledged is durable; the node must be restarted once
     /// the disk is mended, and replays from it.
     pub fn halted(&self) -> Option<String> {
-        self.shared
-            .failed
-            .get()
-            .cloned()
-            .or_else(|| crate::consensus::Consensus::status(&**self.consensus()).halted)
+        halted(&self.shared, self.consensus())
     }
 
     pub(crate) fn read(&self) -> std::sync::RwLockReadGuard<'_, Replica> {
@@ -959,6 +955,16 @@ impl Ledger {
 /// Reads and checks the stored ledger: every entry replayed, the Merkle
 /// root compared with the stored signed head and with every head this
 /// member cosigned.
+/// Why this member takes no more writes: its state machine or its
+/// consensus engine hit a storage failure.
+fn halted(shared: &Shared, consensus: &RaftConsensus) -> Option<String> {
+    shared
+        .failed
+        .get()
+        .cloned()
+        .or_else(|| crate::consensus::Consensus::status(consensus).halted)
+}
+
 fn load(db: &Database, log_key: &SigningKey, revocations: RevocationList) -> Result<Replica> {
     let mut state = LedgerState::new(revocations);
     let mut tree = MerkleTree::new();
@@ -1116,13 +1122,7 @@ impl Proposer {
                     Err(_) => break,
                 }
             }
-            let halted = self
-                .shared
-                .failed
-                .get()
-                .cloned()
-                .or_else(|| crate::consensus::Consensus::status(&*self.consensus).halted);
-            if let Some(cause) = halted {
+            if let Some(cause) = halted(&self.shared, &self.consensus) {
                 for p in batch.drain(..) {
                     let _ = p.reply.send(Err(LedgerError::Halted {
                         cause: cause.clone(),

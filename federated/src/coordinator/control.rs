@@ -23,7 +23,7 @@ use super::{Engine, EvaluationTask, Event, MAX_EVALUATION_MODEL_BYTES, Shared};
 use crate::pb;
 use crate::{
     AgentId, EvaluationMachine, EvaluationPhase, EvaluationResult, FlError, Phase, RoundMachine,
-    RoundRecord, TaskFile,
+    RoundRecord, TaskFile, TaskSpec,
 };
 
 /// Bytes per [`pb::DownloadChunk`].
@@ -180,11 +180,20 @@ impl Upload {
 
 const NOT_EVALUATION: &str = "an evaluation task goes to SubmitEvaluation (`yilian task submit` does this), with its ONNX model";
 
-/// A training task's parts, the header first, gathered whole.
+/// The training task in a task file.
+fn training_task(toml: &str) -> Result<TaskSpec, FlError> {
+    match TaskFile::from_toml(toml)? {
+        TaskFile::Training(task) => Ok(*task),
+        TaskFile::Evaluation(_) => Err(FlError::InvalidTask(NOT_EVALUATION)),
+    }
+}
+
+/// A training task's parts, the header first, gathered whole: the task,
+/// its validation set and its initial weights.
 async fn receive_task(
     shared: &Shared,
     mut parts: Streaming<pb::SubmitTaskRequest>,
-) -> Result<TrainingSubmission, Status> {
+) -> Result<(TaskSpec, Vec<u8>, Vec<u8>), Status> {
     use pb::submit_task_request::Part;
     let Some(pb::SubmitTaskRequest {
         part: Some(Part::Header(header)),
@@ -192,9 +201,7 @@ async fn receive_task(
     else {
         return Err(FlError::HeaderFirst.into());
     };
-    let TaskFile::Training(task) = TaskFile::from_toml(&header.task_toml)? else {
-        return Err(FlError::InvalidTask(NOT_EVALUATION).into());
-    };
+    let task = training_task(&header.task_toml)?;
     // Before anything is buffered; the reservation in `accept` decides.
     if exists(shared, &task.id).await? {
         return Err(FlError::TaskExists(task.id).into());
@@ -212,32 +219,35 @@ async fn receive_task(
             _ => return Err(FlError::HeaderFirst.into()),
         }
     }
-    Ok(TrainingSubmission {
-        task_toml: header.task_toml,
-        validation_csv: validation.finish()?,
-        initial_weights: weights.finish()?,
-    })
+    Ok((task, validation.finish()?, weights.finish()?))
 }
 
 pub(super) async fn submit_task(
     shared: &Shared,
     req: TrainingSubmission,
 ) -> Result<pb::SubmitTaskResponse, FlError> {
-    let TaskFile::Training(task) = TaskFile::from_toml(&req.task_toml)? else {
-        return Err(FlError::InvalidTask(NOT_EVALUATION));
-    };
-    let task = *task;
+    let task = training_task(&req.task_toml)?;
+    add_training(shared, task, req.validation_csv, req.initial_weights).await
+}
+
+/// Checks a training task with its files, anchors it and hands it to the engine.
+async fn add_training(
+    shared: &Shared,
+    task: TaskSpec,
+    validation_csv: Vec<u8>,
+    initial_weights: Vec<u8>,
+) -> Result<pb::SubmitTaskResponse, FlError> {
     let validation = Dataset::from_csv_reader(
-        req.validation_csv.as_slice(),
+        validation_csv.as_slice(),
         true,
         &LabelColumn::Name(task.schema.label_column.clone()),
         Some(task.schema.classes),
     )
     .map_err(FlError::Validation)?;
-    let initial = if req.initial_weights.is_empty() {
+    let initial = if initial_weights.is_empty() {
         task.model.init_weights(task.init_seed)?
     } else {
-        yilian_models::from_safetensors_bytes(&req.initial_weights, Some(&task.model))?.1
+        yilian_models::from_safetensors_bytes(&initial_weights, Some(&task.model))?.1
     };
     let machine = RoundMachine::new(task.clone(), initial, validation)?;
     let params = machine.param_count() as u64;
@@ -246,7 +256,7 @@ pub(super) async fn submit_task(
         spec_hash: task.hash(),
         reward_budget: task.reward_budget,
     };
-    let file = ("validation.csv", Arc::new(req.validation_csv));
+    let file = ("validation.csv", Arc::new(validation_csv));
     let ledger_index = accept(shared, &task.id, file, payload, |reply| Event::AddTask {
         machine: Box::new(machine),
         reply,
@@ -681,8 +691,11 @@ impl pb::federated_server::Federated for ControlPlane {
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         engineer(&req, "submit a task")?;
         let shared = self.shared()?;
-        let task = receive_task(&shared, req.into_inner()).await?;
-        Ok(Response::new(submit_task(&shared, task).await?))
+        let (task, validation_csv, initial_weights) =
+            receive_task(&shared, req.into_inner()).await?;
+        Ok(Response::new(
+            add_training(&shared, task, validation_csv, initial_weights).await?,
+        ))
     }
 
     async fn submit_evaluation(
