@@ -10,7 +10,8 @@
 //!   member, with commit latency p50/p99;
 //! - leader failover: from stopping the leader to the first new commit.
 //!
-//! `cargo bench --bench consortium` (`-- quick` for fewer entries).
+//! `cargo bench --bench consortium` (`-- quick` for fewer entries). Results
+//! also go to `target/bench/consortium.jsonl`.
 
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,6 @@ use yilian::node::{self, ClusterConfig, NodeConfig, RunningNode};
 use yilian_identity::Role;
 use yilian_identity::ca::AdmissionRequest;
 use yilian_ledger::{Ledger, Payload, SignedTransaction, Transaction};
-use yilian_testkit::machine;
 
 fn notes(member: &SigningKey, n: usize, tag: &str) -> Vec<SignedTransaction> {
     (0..n)
@@ -178,14 +178,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let probe = tempfile::tempdir().unwrap();
-    println!(
-        "consortium benchmark: {} cores, load average {}, synced 4 KiB write {:.3} ms (median of 100)",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        machine::load_average(),
-        machine::synced_write_ms(probe.path())
-    );
-
+    let mut report = yilian_testkit::Report::start("consortium");
     rt.block_on(async {
         let single = consortium(1).await;
         // The ceiling: batch verification of the same kind of entries.
@@ -199,9 +192,12 @@ fn main() {
 
         let l = single.nodes[0].ledger.clone();
         let one = throughput(&l, notes(&single.member, n, "single"), 32_768).await;
-        println!(
-            "single member durable append: {one:>10.0} entries/s ({:.2} of the ceiling)",
-            one / ceiling
+        report.figure(
+            "single member durable append",
+            one,
+            "entries/s",
+            "ed25519 batch verification",
+            ceiling,
         );
         let (p50_1, p99_1) = latency(&l, notes(&single.member, 5_000, "lat1"), 64).await;
         println!("  commit latency, 64 writers: p50 {p50_1:.2} ms, p99 {p99_1:.2} ms");
@@ -214,15 +210,27 @@ fn main() {
         let lead = leader(&three);
         let l = three.nodes[lead].ledger.clone();
         let rep = throughput(&l, notes(&three.member, n, "three"), 32_768).await;
-        println!(
-            "three members, replicated durable append: {rep:>10.0} entries/s ({:.2} of the single member)",
-            rep / one
+        report.figure(
+            "three members, replicated durable append",
+            rep,
+            "entries/s",
+            "single member",
+            one,
         );
         let (p50_3, p99_3) = latency(&l, notes(&three.member, 5_000, "lat3"), 64).await;
-        println!(
-            "  commit latency, 64 writers: p50 {p50_3:.2} ms ({:.1}x single), p99 {p99_3:.2} ms ({:.1}x single)",
-            p50_3 / p50_1,
-            p99_3 / p99_1
+        report.figure(
+            "three members, p50 commit latency",
+            p50_3,
+            "ms",
+            "single member",
+            p50_1,
+        );
+        report.figure(
+            "three members, p99 commit latency",
+            p99_3,
+            "ms",
+            "single member",
+            p99_1,
         );
         drop(l);
 
@@ -240,14 +248,18 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        println!(
-            "leader failover (stop to first new commit, election timeout 600-1200 ms): {:.0} ms, {attempt} attempts",
-            t.elapsed().as_secs_f64() * 1e3
+        println!("leader failover: stop to first new commit, {attempt} attempts");
+        report.figure(
+            "leader failover",
+            t.elapsed().as_secs_f64() * 1e3,
+            "ms",
+            "the election timeout's upper bound",
+            1200.0,
         );
         drop(survivor);
         for node in three.nodes {
             node.stop().await.unwrap();
         }
     });
-    println!("load average after the run: {}", machine::load_average());
+    report.finish();
 }

@@ -40,6 +40,8 @@ fn devnet_runs_every_act_and_exits_zero() {
         "binary search, income >= 125000: refused",
         "closed 10 rounds",
         "with the exported ONNX model (tract)",
+        "time: ceremony",
+        "time: all acts",
         "== devnet finished",
     ] {
         assert!(

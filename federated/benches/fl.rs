@@ -25,7 +25,6 @@ use yilian_identity::ca::{AdmissionRequest, Authority};
 use yilian_identity::tls::RevocationList;
 use yilian_identity::{Identity, Role};
 use yilian_models::{Dataset, ModelSpec, Optimizer, TrainConfig};
-use yilian_testkit::machine;
 
 fn data_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
@@ -328,13 +327,7 @@ fn throughput(spec: &ModelSpec, data: &Dataset) -> f64 {
 async fn main() {
     let digits = Dataset::digits(&data_dir().join("digits.csv.gz")).unwrap();
     let (train, validation) = digits.split(0.1, 1);
-    let probe = tempfile::tempdir().unwrap();
-    println!(
-        "machine: {} cores, load average {}, synced 4 KiB write {:.3} ms (median of 100)",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        machine::load_average(),
-        machine::synced_write_ms(probe.path())
-    );
+    let mut report = yilian_testkit::Report::start("fl");
 
     println!(
         "== round wall time over loopback QUIC (mutual TLS), logistic regression 64->10 (650 params), 3 rounds, plain and secure"
@@ -351,6 +344,20 @@ async fn main() {
         let secure = round_time(n, 3, true, &train, &validation).await;
         let (t, s) = (plain.wall, secure.wall);
         let (first, per_first) = *base.get_or_insert((n, t / n as f64));
+        report.record(
+            &format!("plain round, {n} agents"),
+            t,
+            "s",
+            "local training",
+            local,
+        );
+        report.record(
+            &format!("secure round, {n} agents"),
+            s,
+            "s",
+            "plain round",
+            t,
+        );
         println!(
             "{n:>4} agents: plain {t:>8.3} s/round ({:>6.1}x local training {local:.3} s; {:>6.2} ms/agent, {:>4.2}x per agent at {first}); engine CPU {:.3} s/round ({:.2} of wall); secure {s:>8.3} s/round ({:>4.2}x plain), engine CPU {:.3} s/round; {} retried connections",
             t / local,
@@ -420,9 +427,15 @@ async fn main() {
             // Secure: the global model still goes down; the update goes up only masked.
             let secure =
                 frame_bytes(&weight_messages(WeightsPurpose::Global, 1, &w)) as f64 + extra;
+            let ratio = report.record(
+                &format!("secure bytes per agent, {params} params, {n} agents"),
+                secure,
+                "B",
+                "plain",
+                plain as f64,
+            );
             println!(
-                "{params:>6} params, {n:>4} agents: plain {plain:>8} B, secure {secure:>9.0} B ({:.2}x)",
-                secure / plain as f64
+                "{params:>6} params, {n:>4} agents: plain {plain:>8} B, secure {secure:>9.0} B ({ratio:.2}x)"
             );
         }
     }
@@ -452,8 +465,12 @@ async fn main() {
     let mlp = throughput(&ModelSpec::mlp(64, 64, 10), &train);
     let cnn = throughput(&ModelSpec::small_cnn(8, 10), &train);
     println!("digits MLP 64-64-10: {mlp:>10.0} samples/s");
-    println!(
-        "small CNN (conv 8x3x3, pool 2, 32, 10): {cnn:>10.0} samples/s ({:.2}x the MLP)",
-        cnn / mlp
+    report.figure(
+        "small CNN (conv 8x3x3, pool 2, 32, 10) training",
+        cnn,
+        "samples/s",
+        "the MLP",
+        mlp,
     );
+    report.finish();
 }

@@ -172,11 +172,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let probe = tempfile::tempdir().unwrap();
-    println!(
-        "kms_grpc benchmark: {}",
-        yilian_testkit::machine::report(probe.path())
-    );
+    let mut report = yilian_testkit::Report::start("kms_grpc");
     rt.block_on(async {
         let s = setup().await;
         let audited = serve(&s, "kms-audit.redb", LedgerAudit::new(s.net.ledger.clone(), s.net.node.signing_key().clone())).await;
@@ -202,12 +198,16 @@ fn main() {
                 let per_fsync = (s.net.ledger.len() - n0) as f64 / (s.net.ledger.commits() - c0).max(1) as f64;
                 let b = run(&bare, &s.owner, op, clients, secs).await;
                 let v = run(&reverify, &s.owner, op, clients, secs).await;
+                let ratio = report.record(&format!("{name} audited, {clients} clients"), a.rps, "req/s", "unaudited", b.rps);
+                report.record(&format!("{name} audited p99, {clients} clients"), a.p99_us as f64, "us", "unaudited", b.p99_us as f64);
+                report.record(&format!("{name} re-verifying audit, {clients} clients"), v.rps, "req/s", "unaudited", b.rps);
                 println!(
                     "{:<16} {:>7} | {:>10.0} {:>8} {:>8} {:>9.1} | {:>10.0} {:>8} {:>8} | {:>10.0} {:>8} | {:>6.2}",
-                    name, clients, a.rps, a.p50_us, a.p99_us, per_fsync, b.rps, b.p50_us, b.p99_us, v.rps, v.p99_us, a.rps / b.rps
+                    name, clients, a.rps, a.p50_us, a.p99_us, per_fsync, b.rps, b.p50_us, b.p99_us, v.rps, v.p99_us, ratio
                 );
             }
         }
         println!("ledger entries written by the audited runs: {}", s.net.ledger.len());
     });
+    report.finish();
 }

@@ -369,7 +369,7 @@ pub async fn contribute_anchored(
 
 impl CeremonyCommand {
     async fn run(self) -> anyhow::Result<()> {
-        use yilian_circuits::kyc::KycCircuit;
+        use yilian_zk::ceremony::derive::Qap;
         use yilian_zk::ceremony::transcript;
         match self {
             CeremonyCommand::Init {
@@ -384,7 +384,7 @@ impl CeremonyCommand {
                     transcript::import_ptau(
                         &d,
                         &bytes,
-                        KycCircuit::blank(statement),
+                        &Qap::statement(statement)?,
                         &mut keys::os_rng(),
                     )
                 })
@@ -402,7 +402,7 @@ impl CeremonyCommand {
                 ptau: None,
                 statement,
             } => {
-                let n = transcript::init(&dir, KycCircuit::blank(statement))?;
+                let n = transcript::init(&dir, &Qap::statement(statement)?)?;
                 println!(
                     "ceremony for {} started in {}: {n}-point domain",
                     statement.statement(),
@@ -426,7 +426,7 @@ impl CeremonyCommand {
             CeremonyCommand::FinishPhase1 { dir, statement } => {
                 let d = dir.clone();
                 tokio::task::spawn_blocking(move || {
-                    transcript::finish_phase1(&d, KycCircuit::blank(statement))
+                    transcript::finish_phase1(&d, &Qap::statement(statement)?)
                 })
                 .await??;
                 println!(
@@ -443,7 +443,7 @@ impl CeremonyCommand {
             } => {
                 let d = dir.clone();
                 let (pk, steps) = tokio::task::spawn_blocking(move || {
-                    transcript::verify(&d, KycCircuit::blank(statement), &mut keys::os_rng())
+                    transcript::verify(&d, &Qap::statement(statement)?, &mut keys::os_rng())
                 })
                 .await??;
                 if let (Some(node), Some(identity)) = (node, identity) {

@@ -1,6 +1,7 @@
 //! `yilian devnet`: a whole local network on an embedded store, doing real
 //! work end to end, then a summary. Each capability adds its act here.
 
+mod clock;
 mod keys;
 mod learning;
 
@@ -56,6 +57,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
     };
     let net = NetworkDir::new(&root);
     println!("== Yilian devnet in {}", root.display());
+    let mut clock = clock::Clock::start(&[]);
 
     // Admission: an authority, the first member's node, and organisations' identities.
     let first_addr = free_addr()?;
@@ -113,7 +115,9 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
             &peers,
         )?);
     }
+    clock.lap("admission", &[]);
     let result = async {
+        let pids = |m: &[MemberNode]| m.iter().map(MemberNode::pid).filter(|p| *p != 0).collect::<Vec<_>>();
         let addr = members[0].addr.clone();
         members[0].spawn()?;
         wait_reachable(&net, &addr).await?;
@@ -123,17 +127,24 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
             members[0].pid()
         );
         consortium_act(&net, &mut members).await?;
+        clock.lap("consortium", &pids(&members));
         let (b, c) = (members[1].addr.clone(), members[2].addr.clone());
         // The acts run through different members: writes reach the leader from any of them.
         println!("ledger act through {} ({b})", MEMBER_ORGS[1]);
         ledger_act(&net, &b).await?;
+        clock.lap("ledger", &pids(&members));
         println!("keys act through {} ({addr}): its KMS store stays on that node", MEMBER_ORGS[0]);
         kms_act(&net, &addr).await?;
+        clock.lap("keys", &pids(&members));
         let vk_hash = ceremony_act(&root, &members[..3], &members[2]).await?;
+        clock.lap("ceremony", &pids(&members));
         println!("zk act through {} ({c}): its ZK records stay on that node", MEMBER_ORGS[2]);
         zk_act(&net, &c, vk_hash).await?;
+        clock.lap("zk", &pids(&members));
         learning_act(&net, &root, &addr, fl).await?;
+        clock.lap("learning", &pids(&members));
         let survivor = failover_act(&net, &mut members).await?;
+        clock.lap("failover", &pids(&members));
         let mut auditor = client(&net, "auditor", &survivor).await?.0;
         let end = auditor.cosigned_head().await?;
         let cp = end.checkpoint.context("no cosigned head")?;
@@ -157,6 +168,7 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
         }
     }
     result?;
+    print!("{}", clock.report());
     println!("== devnet finished: every step above was checked");
     Ok(())
 }
@@ -526,12 +538,12 @@ async fn ceremony_act(
     members: &[MemberNode],
     zk_node: &MemberNode,
 ) -> Result<[u8; 32]> {
-    use yilian_circuits::kyc::{KycCircuit, Shape};
-    use yilian_zk::ceremony::transcript;
+    use yilian_circuits::kyc::Shape;
+    use yilian_zk::ceremony::{derive::Qap, transcript};
     // The customer records here have up to 8 fields: one statement.
     let shape = Shape::F8;
     let dir = root.join("ceremony").join(shape.statement());
-    let n = transcript::init(&dir, KycCircuit::blank(shape))?;
+    let n = transcript::init(&dir, &Qap::statement(shape)?)?;
     println!(
         "ceremony: {} setup among {} members, phase 1 sized to the statement ({n}-point domain)",
         shape.statement(),
@@ -542,7 +554,7 @@ async fn ceremony_act(
             let started = std::time::Instant::now();
             let d = dir.clone();
             tokio::task::spawn_blocking(move || {
-                transcript::finish_phase1(&d, KycCircuit::blank(shape))
+                transcript::finish_phase1(&d, &Qap::statement(shape)?)
             })
             .await??;
             println!(

@@ -452,3 +452,145 @@ fn mount(args: &[&str]) -> Result<(), String> {
         ))
     }
 }
+
+/// A benchmark's record of what it measured, so that its figures travel
+/// between machines: the machine first (cores, load, synced-write
+/// latency), then each figure beside its same-run baseline as a ratio, and
+/// the load again at the end. Printed, and written as JSON lines to
+/// `target/bench/<bench>.jsonl` (one object a line, `"event"` saying
+/// which kind).
+pub struct Report {
+    bench: &'static str,
+    path: PathBuf,
+    out: std::fs::File,
+}
+
+impl Report {
+    /// Probes the machine and prints what it found; call it before any
+    /// work, on a quiet machine.
+    pub fn start(bench: &'static str) -> Report {
+        let probe = tempfile::tempdir().expect("a temporary directory");
+        let fsync = machine::synced_write_ms(probe.path());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let load = machine::load_average();
+        println!(
+            "{bench}: {cores} cores; load average {load}; synced 4 KiB write {fsync:.3} ms (median of 100)"
+        );
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+            .join("bench");
+        std::fs::create_dir_all(&dir).expect("the bench results directory");
+        let path = dir.join(format!("{bench}.jsonl"));
+        let out = std::fs::File::create(&path).expect("the bench results file");
+        let mut r = Report { bench, path, out };
+        r.write(serde_json::json!({
+            "event": "start",
+            "cores": cores,
+            "load_average": load,
+            "synced_write_ms": fsync,
+        }));
+        r
+    }
+
+    fn write(&mut self, mut line: serde_json::Value) {
+        use std::io::Write as _;
+        line["bench"] = self.bench.into();
+        writeln!(self.out, "{line}").expect("writing the bench results");
+    }
+
+    /// Records a figure and the same run's baseline it is read against,
+    /// without printing (for benches that print a table of their own).
+    /// Returns value / baseline.
+    pub fn record(
+        &mut self,
+        figure: &str,
+        value: f64,
+        unit: &str,
+        baseline: &str,
+        baseline_value: f64,
+    ) -> f64 {
+        let ratio = value / baseline_value;
+        self.write(serde_json::json!({
+            "event": "figure",
+            "figure": figure,
+            "value": value,
+            "unit": unit,
+            "baseline": baseline,
+            "baseline_value": baseline_value,
+            "ratio": ratio,
+        }));
+        ratio
+    }
+
+    /// Records a figure and prints it beside its baseline and the ratio.
+    pub fn figure(
+        &mut self,
+        figure: &str,
+        value: f64,
+        unit: &str,
+        baseline: &str,
+        baseline_value: f64,
+    ) -> f64 {
+        let ratio = self.record(figure, value, unit, baseline, baseline_value);
+        println!(
+            "{figure}: {} {unit}; {baseline}: {} {unit}; ratio {ratio:.3}",
+            significant(value),
+            significant(baseline_value)
+        );
+        ratio
+    }
+
+    /// Prints the load at the end and where the results are.
+    pub fn finish(mut self) {
+        let load = machine::load_average();
+        self.write(serde_json::json!({ "event": "end", "load_average": load }));
+        println!(
+            "{}: load average at the end {load}; results in {}",
+            self.bench,
+            self.path.display()
+        );
+    }
+}
+
+/// Three significant figures, without an exponent for everyday sizes.
+fn significant(x: f64) -> String {
+    let digits = if x == 0.0 {
+        0
+    } else {
+        (2 - x.abs().log10().floor() as i32).max(0) as usize
+    };
+    format!("{x:.digits$}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_print_with_three_significant_digits() {
+        assert_eq!(significant(205.4), "205");
+        assert_eq!(significant(1.0734), "1.07");
+        assert_eq!(significant(0.2371), "0.237");
+        assert_eq!(significant(27_400.0), "27400");
+        assert_eq!(significant(0.0), "0");
+    }
+
+    #[test]
+    fn a_report_is_one_json_object_a_line() {
+        let mut r = Report::start("testkit-selftest");
+        assert_eq!(r.figure("fast", 3.0, "ms", "slow", 6.0), 0.5);
+        let path = r.path.clone();
+        r.finish();
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["start", "figure", "end"]);
+        assert_eq!(lines[1]["ratio"], 0.5);
+        assert_eq!(lines[1]["baseline"], "slow");
+        assert!(lines[0]["synced_write_ms"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -7,8 +7,12 @@
 //! statement; the consent check a query pays before proving, as a ratio to
 //! proving; and the members' ceremony for the 8-field statement (each
 //! contribution, the derivation, each verification), as ratios to the
-//! single-party setup. Prints the machine's load and synced-write latency
-//! first. Prints figures; asserts nothing on time.
+//! single-party setup. Proving is read against stock arkworks: a chain of
+//! Poseidon permutations through ark-crypto-primitives' sponge gadget with
+//! as many constraints, proved in the same run; batch verification against
+//! its floor, one Miller loop per proof. Prints the machine's load and
+//! synced-write latency first and the load last, and writes every figure
+//! to `target/bench/kyc.jsonl`. Prints figures; asserts nothing on time.
 //!
 //! Run: `cargo bench -p yilian-zk --bench kyc` (about four minutes on 2 cores).
 
@@ -20,7 +24,7 @@ use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystem};
 use ark_serialize::CanonicalSerialize;
 
 use yilian_circuits::{kyc, poseidon, set::SortedSet};
-use yilian_testkit::machine;
+use yilian_testkit::Report;
 use yilian_zk::query::{self, Predicate};
 use yilian_zk::record::{CipherKey, EncryptedRecord, FieldValue, Record};
 use yilian_zk::{keys, prover, verifier};
@@ -35,13 +39,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
+    let mut report = Report::start("kyc");
     let tmp = tempfile::tempdir().unwrap();
-    println!(
-        "machine: load average {}, synced 4 KiB write {:.3} ms (median of 100), {} cores",
-        machine::load_average(),
-        machine::synced_write_ms(tmp.path()),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
     for width in 2..=6 {
         let cs = ConstraintSystem::<Fr>::new_ref();
         let mut state: Vec<FpVar<Fr>> = (0..width)
@@ -136,9 +135,13 @@ fn main() {
         proofs.push(p);
     }
     let median_prove = median(prove_times);
-    println!(
-        "prove: median {:.1} ms over 5 (incl. native decrypt and witness)",
-        ms(median_prove)
+    let stock = stock_arkworks_prove_ms(cs.num_constraints(), &mut rng);
+    report.figure(
+        "kyc8 prove, median of 5 (with native decryption and witness)",
+        ms(median_prove),
+        "ms",
+        &format!("stock arkworks Poseidon chain of {} constraints", stock.0),
+        stock.1,
     );
     println!(
         "proof size: {} bytes compressed",
@@ -163,23 +166,115 @@ fn main() {
         batch_times.push(t.elapsed());
     }
     let batched = median(batch_times);
-    println!(
-        "verify single: {:.2} ms per proof (64 one by one: {:.1} ms)",
+    let miller = miller_loop_ms();
+    report.figure(
+        "verify one proof",
         ms(one_by_one) / 64.0,
-        ms(one_by_one)
+        "ms",
+        "one Miller loop",
+        miller,
     );
-    println!(
-        "verify batch of 64: {:.1} ms, {:.3} ms per proof: {:.1}x the one-by-one throughput",
-        ms(batched),
+    report.figure(
+        "verify per proof in a batch of 64",
         ms(batched) / 64.0,
-        one_by_one.as_secs_f64() / batched.as_secs_f64()
+        "ms",
+        "one Miller loop (the batch's floor)",
+        miller,
     );
 
-    statements(&set, &mut rng);
-    consent_check(ms(median_prove));
-    grant_use(ms(median_prove));
-    ceremony(tmp.path());
-    println!("machine after: load average {}", machine::load_average());
+    statements(&set, &mut rng, &mut report);
+    consent_check(ms(median_prove), &mut report);
+    grant_use(ms(median_prove), &mut report);
+    ceremony(tmp.path(), &mut report);
+    report.finish();
+}
+
+/// One Miller loop of BN254, the G2 point's preparation included (a
+/// proof's B is a fresh G2 point), median of 50 (ms): what each proof of a
+/// batch costs at least.
+fn miller_loop_ms() -> f64 {
+    use ark_bn254::{Bn254, G1Affine, G2Affine};
+    use ark_ec::{AffineRepr, pairing::Pairing};
+    let (p, q) = (G1Affine::generator(), G2Affine::generator());
+    let times: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = std::hint::black_box(Bn254::multi_miller_loop([p], [q]));
+            t.elapsed()
+        })
+        .collect();
+    ms(median(times))
+}
+
+/// Stock arkworks' proving at about `constraints` constraints: a chain of
+/// Poseidon permutations (BN254, t = 3, 8 full and 57 partial rounds)
+/// through ark-crypto-primitives' sponge gadget, median of 5 proofs (ms).
+/// Returns the chain's constraint count too.
+fn stock_arkworks_prove_ms(
+    constraints: usize,
+    rng: &mut ark_std::rand::rngs::StdRng,
+) -> (usize, f64) {
+    use ark_bn254::Bn254;
+    use ark_crypto_primitives::sponge::constraints::CryptographicSpongeVar;
+    use ark_crypto_primitives::sponge::poseidon::constraints::PoseidonSpongeVar;
+    use ark_crypto_primitives::sponge::poseidon::{PoseidonConfig, find_poseidon_ark_and_mds};
+    use ark_groth16::Groth16;
+    use ark_r1cs_std::{GR1CSVar, eq::EqGadget};
+    use ark_relations::gr1cs::{ConstraintSystemRef, SynthesisError};
+    use ark_snark::SNARK;
+
+    #[derive(Clone)]
+    struct Chain {
+        config: PoseidonConfig<Fr>,
+        links: usize,
+        seed: Option<Fr>,
+    }
+    impl ConstraintSynthesizer<Fr> for Chain {
+        fn generate_constraints(self, cs: ConstraintSystemRef<Fr>) -> Result<(), SynthesisError> {
+            let mut x = FpVar::new_witness(cs.clone(), || {
+                self.seed.ok_or(SynthesisError::AssignmentMissing)
+            })?;
+            for _ in 0..self.links {
+                let mut sponge = PoseidonSpongeVar::new(cs.clone(), &self.config);
+                sponge.absorb(&x)?;
+                x = sponge.squeeze_field_elements(1)?.remove(0);
+            }
+            FpVar::new_input(cs, || x.value())?.enforce_equal(&x)
+        }
+    }
+    let (ark, mds) = find_poseidon_ark_and_mds::<Fr>(254, 2, 8, 57, 0);
+    let config = PoseidonConfig::new(8, 57, 5, mds, ark, 2, 1);
+    let count = |links| {
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let c = Chain {
+            config: config.clone(),
+            links,
+            seed: Some(Fr::from(7u64)),
+        };
+        c.generate_constraints(cs.clone()).unwrap();
+        assert!(cs.is_satisfied().unwrap());
+        cs.num_constraints()
+    };
+    let per_link = count(2) - count(1);
+    let links = (constraints.saturating_sub(count(0)) / per_link).max(1);
+    let chain = Chain {
+        config: config.clone(),
+        links,
+        seed: None,
+    };
+    let (pk, _) = Groth16::<Bn254>::circuit_specific_setup(chain.clone(), rng).unwrap();
+    let times: Vec<Duration> = (0..5)
+        .map(|_| {
+            let c = Chain {
+                seed: Some(Fr::from(7u64)),
+                ..chain.clone()
+            };
+            let t = Instant::now();
+            Groth16::<Bn254>::prove(&pk, c, rng).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    (count(links), ms(median(times)))
 }
 
 fn wide_record(n: usize) -> Record {
@@ -205,7 +300,7 @@ fn wide_record(n: usize) -> Record {
 
 /// Per statement: (income >= 150000 or the last account >= 1) and
 /// balance >= loan and not sanctioned.
-fn statements(set: &SortedSet, rng: &mut ark_std::rand::rngs::StdRng) {
+fn statements(set: &SortedSet, rng: &mut ark_std::rand::rngs::StdRng, report: &mut Report) {
     use yilian_zk::Shape;
     println!(
         "statement | fields | constraints | setup ms | prove ms | verify ms | prove / kyc8 | verify / kyc8"
@@ -264,6 +359,20 @@ fn statements(set: &SortedSet, rng: &mut ark_std::rand::rngs::StdRng) {
         }
         let (p, v) = (ms(median(proves)), ms(median(verifies)));
         let (bp, bv) = *base.get_or_insert((p, v));
+        report.record(
+            &format!("{} prove", shape.statement()),
+            p,
+            "ms",
+            "kyc8 prove",
+            bp,
+        );
+        report.record(
+            &format!("{} verify", shape.statement()),
+            v,
+            "ms",
+            "kyc8 verify",
+            bv,
+        );
         println!(
             "{} | {n} | {} | {setup:.0} | {p:.1} | {v:.2} | {:.2} | {:.2}",
             shape.statement(),
@@ -278,7 +387,7 @@ fn statements(set: &SortedSet, rng: &mut ark_std::rand::rngs::StdRng) {
 /// predicates allowed, the disclosure budget), sans-IO. The KMS's counting
 /// of the use is one audited KMS operation on top, which the KMS bench
 /// measures (an audited Decrypt under a grant).
-fn consent_check(prove_ms: f64) {
+fn consent_check(prove_ms: f64, report: &mut Report) {
     use std::collections::BTreeMap;
     use yilian_zk::consent::{self, QueryGrant};
     let allowed: Vec<Predicate> = (0..16)
@@ -307,9 +416,12 @@ fn consent_check(prove_ms: f64) {
         std::hint::black_box(consent::admit(&grant, "r", &[2; 32], &asked, &disclosed).unwrap());
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / rounds as f64;
-    println!(
-        "consent check (grant of 16 predicates, an OR of 3 asked): {us:.2} us, {:.6} of one kyc8 proof",
-        us / 1e3 / prove_ms
+    report.figure(
+        "consent check (grant of 16 predicates, an OR of 3 asked)",
+        us / 1e3,
+        "ms",
+        "one kyc8 proof",
+        prove_ms,
     );
 }
 
@@ -317,7 +429,7 @@ fn consent_check(prove_ms: f64) {
 /// under the verifier's grant, which counts the use durably and audits it
 /// on the (local, single-member) ledger before the key is released. The
 /// disclosure record the node keeps besides is one more synced write.
-fn grant_use(prove_ms: f64) {
+fn grant_use(prove_ms: f64, report: &mut Report) {
     use yilian_identity::Role;
     use yilian_kms::{Caller, GrantTerms, KeyKind, Operation};
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -374,35 +486,37 @@ fn grant_use(prove_ms: f64) {
                 .unwrap();
             times.push(t.elapsed());
         }
-        let m = ms(median(times));
-        println!(
-            "grant use (KMS: check, durable count, ledger audit; median of {uses}): {m:.2} ms, {:.4} of one kyc8 proof",
-            m / prove_ms
+        report.figure(
+            &format!("grant use (KMS: check, durable count, ledger audit; median of {uses})"),
+            ms(median(times)),
+            "ms",
+            "one kyc8 proof",
+            prove_ms,
         );
     });
 }
 
 /// The members' ceremony for the 8-field statement, one contribution per
 /// phase, through the transcript on disk as members run it.
-fn ceremony(dir: &std::path::Path) {
-    use yilian_circuits::kyc::KycCircuit;
+fn ceremony(dir: &std::path::Path, report: &mut Report) {
     use yilian_zk::Shape;
-    use yilian_zk::ceremony::transcript;
+    use yilian_zk::ceremony::{derive::Qap, transcript};
     let mut rng = keys::os_rng();
     let t = Instant::now();
     keys::setup(Shape::F8, &mut rng).unwrap();
     let single = t.elapsed();
     let d = dir.join("ceremony");
-    let n = transcript::init(&d, KycCircuit::blank(Shape::F8)).unwrap();
-    let time = |what: &str, f: &mut dyn FnMut()| {
+    let n = transcript::init(&d, &Qap::statement(Shape::F8).unwrap()).unwrap();
+    let mut time = |what: &str, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
         let e = t.elapsed();
-        println!(
-            "ceremony {what}: {:.1} s, {:.2}x the single-party setup ({:.1} s)",
+        report.figure(
+            &format!("ceremony {what}"),
             e.as_secs_f64(),
-            e.as_secs_f64() / single.as_secs_f64(),
-            single.as_secs_f64()
+            "s",
+            "the single-party setup",
+            single.as_secs_f64(),
         );
         e
     };
@@ -411,13 +525,13 @@ fn ceremony(dir: &std::path::Path) {
         transcript::contribute(&d, &mut rng).unwrap();
     });
     time("finish phase 1 (derive the initial key)", &mut || {
-        transcript::finish_phase1(&d, KycCircuit::blank(Shape::F8)).unwrap();
+        transcript::finish_phase1(&d, &Qap::statement(Shape::F8).unwrap()).unwrap();
     });
     let c2 = time("phase-2 contribution", &mut || {
         transcript::contribute(&d, &mut rng).unwrap();
     });
     let v = time("transcript verification (1 + 1 contributions)", &mut || {
-        transcript::verify(&d, KycCircuit::blank(Shape::F8), &mut rng).unwrap();
+        transcript::verify(&d, &Qap::statement(Shape::F8).unwrap(), &mut rng).unwrap();
     });
     println!(
         "ceremony: contributions {:.1} s + {:.1} s; verifying the transcript costs {:.2}x contributing to it",

@@ -7,7 +7,7 @@ use ark_bn254::Bn254;
 use ark_groth16::{Groth16, PreparedVerifyingKey, ProvingKey, VerifyingKey};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 use ark_snark::SNARK;
-use ark_std::rand::{CryptoRng, RngCore, SeedableRng, rngs::StdRng};
+use ark_std::rand::{SeedableRng, rngs::StdRng};
 use sha2::{Digest, Sha256};
 
 use yilian_circuits::kyc::{KycCircuit, Shape};
@@ -22,11 +22,11 @@ pub fn os_rng() -> StdRng {
 /// Single-party Groth16 setup for the KYC statement of one shape. For
 /// development only: see the crate documentation for what a production
 /// ceremony needs.
-pub fn setup<R: RngCore + CryptoRng>(
+pub fn setup(
     shape: Shape,
-    rng: &mut R,
+    mut rng: &mut dyn crate::RandomSource,
 ) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
-    Groth16::<Bn254>::circuit_specific_setup(KycCircuit::blank(shape), rng)
+    Groth16::<Bn254>::circuit_specific_setup(KycCircuit::blank(shape), &mut rng)
         .map_err(|e| ZkError::Groth16(e.to_string()))
 }
 

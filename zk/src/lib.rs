@@ -39,6 +39,15 @@ pub mod verifier;
 
 pub use yilian_circuits::kyc::{KycPublic, PUBLIC_INPUTS, Shape};
 
+/// A cryptographic random source, object-safe. The crate's proving, setup
+/// and ceremony functions take `&mut dyn RandomSource` instead of a type
+/// parameter, so that they are compiled here, optimised, rather than
+/// instantiated anew in each caller: a caller's unoptimised debug build
+/// (the CLI, the devnet, other crates' tests) ran them many times slower.
+pub trait RandomSource: ark_std::rand::RngCore + ark_std::rand::CryptoRng {}
+
+impl<R: ark_std::rand::RngCore + ark_std::rand::CryptoRng + ?Sized> RandomSource for R {}
+
 /// The statement of records of up to 8 fields, the default where a
 /// statement is not named; [`Shape::statement`] names the others.
 pub const KYC_STATEMENT: &str = "kyc8-v2";

@@ -4,7 +4,6 @@
 use ark_bn254::{Bn254, Fr};
 use ark_groth16::{Groth16, Proof, ProvingKey};
 use ark_snark::SNARK;
-use ark_std::rand::{CryptoRng, RngCore};
 
 use yilian_circuits::kyc::{KycCircuit, KycPublic, KycWitness, Query, SetOp};
 use yilian_circuits::set::{LowLeafPath, SortedSet};
@@ -62,38 +61,38 @@ pub fn instance(
 }
 
 /// Proves the query's answer on the record, whichever it is.
-pub fn prove<R: RngCore + CryptoRng>(
+pub fn prove(
     pk: &ProvingKey<Bn254>,
     record: &EncryptedRecord,
     key: &CipherKey,
     query: &Query,
     set: Option<&SortedSet>,
-    rng: &mut R,
+    mut rng: &mut dyn crate::RandomSource,
 ) -> Result<KycProof> {
     let circuit = instance(record, key, query, set)?;
     let public = circuit.public;
-    let proof =
-        Groth16::<Bn254>::prove(pk, circuit, rng).map_err(|e| ZkError::Groth16(e.to_string()))?;
+    let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)
+        .map_err(|e| ZkError::Groth16(e.to_string()))?;
     Ok(KycProof { proof, public })
 }
 
 /// Proves a claimed answer, refusing when the claim is false.
-pub fn prove_claim<R: RngCore + CryptoRng>(
+pub fn prove_claim(
     pk: &ProvingKey<Bn254>,
     record: &EncryptedRecord,
     key: &CipherKey,
     query: &Query,
     set: Option<&SortedSet>,
     claimed: bool,
-    rng: &mut R,
+    mut rng: &mut dyn crate::RandomSource,
 ) -> Result<KycProof> {
     let circuit = instance(record, key, query, set)?;
     if circuit.public.result != claimed {
         return Err(ZkError::FalseClaim);
     }
     let public = circuit.public;
-    let proof =
-        Groth16::<Bn254>::prove(pk, circuit, rng).map_err(|e| ZkError::Groth16(e.to_string()))?;
+    let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)
+        .map_err(|e| ZkError::Groth16(e.to_string()))?;
     Ok(KycProof { proof, public })
 }
 

@@ -865,7 +865,7 @@ impl ZkService {
         let (pk, verified) = blocking(move || {
             transcript::verify(
                 &d,
-                yilian_circuits::kyc::KycCircuit::blank(shape),
+                &crate::ceremony::derive::Qap::statement(shape)?,
                 &mut keys::os_rng(),
             )
         })

@@ -76,10 +76,10 @@ pub fn verify_against_anchor(
 /// commitments `sum r_i X_i` collapse into a single MSM over the key's
 /// `gamma_abc` points. A batch with any invalid proof fails except with
 /// probability about 2^-128.
-pub fn batch_verify<R: RngCore>(
+pub fn batch_verify(
     pvk: &PreparedVerifyingKey<Bn254>,
     batch: &[(Proof<Bn254>, Vec<Fr>)],
-    rng: &mut R,
+    rng: &mut dyn RngCore,
 ) -> Result<()> {
     let vk = &pvk.vk;
     if batch.is_empty() {

@@ -17,6 +17,7 @@ use ark_snark::SNARK;
 use ark_std::rand::SeedableRng;
 use ark_std::rand::rngs::StdRng;
 
+use yilian_zk::ceremony::derive::Qap;
 use yilian_zk::ceremony::phase1::Accumulator;
 use yilian_zk::ceremony::{CeremonyError, derive, phase2, transcript_hash};
 
@@ -46,14 +47,14 @@ fn public(x: Fr) -> Vec<Fr> {
 
 #[test]
 fn the_derived_key_is_arkworks_own_for_the_same_secrets() {
-    let n = derive::domain_size(Demo { x: None }).unwrap();
+    let n = Qap::of(Demo { x: None }).unwrap().domain_size();
     let (alpha, beta) = (Fr::from(11u64), Fr::from(13u64));
     // arkworks draws τ from its rng first: draw it the same way.
     let domain = Radix2EvaluationDomain::<Fr>::new(n).unwrap();
     let tau = domain.sample_element_outside_domain(&mut StdRng::seed_from_u64(9));
     let ours = derive::initial_key(
         &Accumulator::from_secrets(n, tau, alpha, beta),
-        Demo { x: None },
+        &Qap::of(Demo { x: None }).unwrap(),
     )
     .unwrap();
     let g1 = ark_bn254::G1Projective::generator();
@@ -75,7 +76,7 @@ fn the_derived_key_is_arkworks_own_for_the_same_secrets() {
 #[test]
 fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
     let mut rng = StdRng::seed_from_u64(3);
-    let n = derive::domain_size(Demo { x: None }).unwrap();
+    let n = Qap::of(Demo { x: None }).unwrap().domain_size();
 
     // Phase 1 among three members, each checked by everyone after.
     let mut accs = vec![Accumulator::new(n)];
@@ -120,8 +121,9 @@ fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
     );
 
     // Phase 2 on the derived key, which a verifier checks without deriving it.
-    let mut pks = vec![derive::initial_key(&accs[3], Demo { x: None }).unwrap()];
-    derive::check_initial_key(&accs[3], Demo { x: None }, &pks[0], &mut rng).unwrap();
+    let demo = Qap::of(Demo { x: None }).unwrap();
+    let mut pks = vec![derive::initial_key(&accs[3], &demo).unwrap()];
+    derive::check_initial_key(&accs[3], &demo, &pks[0], &mut rng).unwrap();
     type Tamper = fn(&mut ark_groth16::ProvingKey<Bn254>);
     let tamper: [(&str, Tamper); 6] = [
         ("A query", |k| k.a_query.swap(1, 2)),
@@ -134,7 +136,7 @@ fn a_three_party_ceremony_gives_a_key_that_proves_and_tampering_is_refused() {
     for (what, f) in tamper {
         let mut k = pks[0].clone();
         f(&mut k);
-        let e = derive::check_initial_key(&accs[3], Demo { x: None }, &k, &mut rng).unwrap_err();
+        let e = derive::check_initial_key(&accs[3], &demo, &k, &mut rng).unwrap_err();
         assert!(e.to_string().contains(what), "{what}: {e}");
     }
     assert!(phase2::is_fresh(&pks[0]));
@@ -187,21 +189,22 @@ fn a_transcript_on_disk_verifies_from_its_start_and_a_replaced_file_is_refused()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut rng = StdRng::seed_from_u64(5);
-    transcript::init(d, Demo { x: None }).unwrap();
-    assert!(transcript::init(d, Demo { x: None }).is_err(), "only once");
+    let demo = Qap::of(Demo { x: None }).unwrap();
+    transcript::init(d, &demo).unwrap();
+    assert!(transcript::init(d, &demo).is_err(), "only once");
     assert!(
-        transcript::finish_phase1(d, Demo { x: None }).is_err(),
+        transcript::finish_phase1(d, &demo).is_err(),
         "phase 1 needs a contribution"
     );
     let mut steps = Vec::new();
     for _ in 0..2 {
         steps.push(transcript::contribute(d, &mut rng).unwrap());
     }
-    transcript::finish_phase1(d, Demo { x: None }).unwrap();
+    transcript::finish_phase1(d, &demo).unwrap();
     for _ in 0..2 {
         steps.push(transcript::contribute(d, &mut rng).unwrap());
     }
-    let (pk, verified) = transcript::verify(d, Demo { x: None }, &mut rng).unwrap();
+    let (pk, verified) = transcript::verify(d, &demo, &mut rng).unwrap();
     assert_eq!(verified, steps, "the hashes each contributor anchored");
     assert_eq!(
         steps.iter().map(|s| (s.phase, s.index)).collect::<Vec<_>>(),
@@ -215,7 +218,7 @@ fn a_transcript_on_disk_verifies_from_its_start_and_a_replaced_file_is_refused()
     // verifies alone but breaks the chain after it.
     let p1 = d.join("phase1");
     std::fs::copy(p1.join("0001.bin"), p1.join("0002.bin")).unwrap();
-    let e = transcript::verify(d, Demo { x: None }, &mut rng).unwrap_err();
+    let e = transcript::verify(d, &demo, &mut rng).unwrap_err();
     assert!(e.to_string().contains("contribution 2"), "{e}");
 }
 
@@ -223,9 +226,11 @@ fn a_transcript_on_disk_verifies_from_its_start_and_a_replaced_file_is_refused()
 #[ignore = "timing probe on the KYC statement: cargo test -p yilian-zk --test ceremony -- --ignored --nocapture"]
 fn kyc_ceremony_timing() {
     use std::time::Instant;
-    use yilian_circuits::kyc::KycCircuit;
     let mut rng = StdRng::seed_from_u64(3);
-    let n = derive::domain_size(KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
+    let t = Instant::now();
+    let kyc = Qap::statement(yilian_zk::Shape::F8).unwrap();
+    eprintln!("synthesis {:?}", t.elapsed());
+    let n = kyc.domain_size();
     let acc = Accumulator::new(n);
     let h = transcript_hash(&[0; 32], &acc);
     let t = Instant::now();
@@ -235,15 +240,9 @@ fn kyc_ceremony_timing() {
     acc.verify(&next, &proof, &h, 1, &mut rng).unwrap();
     eprintln!("phase-1 verification {:?}", t.elapsed());
     let t = Instant::now();
-    let pk = derive::initial_key(&next, KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
+    let pk = derive::initial_key(&next, &kyc).unwrap();
     eprintln!("derivation {:?}", t.elapsed());
     let t = Instant::now();
-    derive::check_initial_key(
-        &next,
-        KycCircuit::blank(yilian_zk::Shape::F8),
-        &pk,
-        &mut rng,
-    )
-    .unwrap();
+    derive::check_initial_key(&next, &kyc, &pk, &mut rng).unwrap();
     eprintln!("derivation checked {:?}", t.elapsed());
 }

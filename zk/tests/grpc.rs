@@ -1378,13 +1378,13 @@ async fn a_set_of_65536_members_proves_membership_and_non_membership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_takes_keys_only_from_a_ceremony_whose_contributions_are_all_anchored_and_verify() {
-    use yilian_circuits::kyc::KycCircuit;
     use yilian_zk::ZkError;
+    use yilian_zk::ceremony::derive::Qap;
     use yilian_zk::ceremony::transcript::{self, Step};
     let net = net(true).await;
     let ceremonies = net.dir().join("ceremony");
     let dir = ceremonies.join(KYC_STATEMENT);
-    transcript::init(&dir, KycCircuit::blank(yilian_zk::Shape::F8)).unwrap();
+    transcript::init(&dir, &Qap::statement(yilian_zk::Shape::F8).unwrap()).unwrap();
     let p1 = transcript::contribute(&dir, &mut keys::os_rng()).unwrap();
     // Phase 2 starts from a key not derived from phase 1 (the single-party
     // one, whose maker can forge): only verifying the transcript shows it.

@@ -175,7 +175,7 @@ impl ark_relations::gr1cs::ConstraintSynthesizer<Fr> for Cube {
 #[test]
 fn phase_1_can_come_from_a_snarkjs_powers_of_tau_file() {
     use ark_snark::SNARK;
-    use yilian_zk::ceremony::transcript;
+    use yilian_zk::ceremony::{derive::Qap, transcript};
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let cli = tools().join("node_modules/snarkjs/build/cli.cjs");
@@ -204,21 +204,22 @@ fn phase_1_can_come_from_a_snarkjs_powers_of_tau_file() {
     }
     let ptau = std::fs::read(&p1).unwrap();
     let mut rng = keys::os_rng();
+    let cube = Qap::of(Cube(None)).unwrap();
 
     // A damaged file is refused, and starts nothing.
     let bad_dir = d.join("bad");
     let mut damaged = ptau.clone();
     let mid = damaged.len() / 3;
     damaged[mid] ^= 0x40;
-    assert!(transcript::import_ptau(&bad_dir, &damaged, Cube(None), &mut rng).is_err());
+    assert!(transcript::import_ptau(&bad_dir, &damaged, &cube, &mut rng).is_err());
     assert!(!bad_dir.join("phase2").exists());
-    assert!(transcript::import_ptau(&bad_dir, b"not a ptau", Cube(None), &mut rng).is_err());
+    assert!(transcript::import_ptau(&bad_dir, b"not a ptau", &cube, &mut rng).is_err());
 
     let cer = d.join("cer");
-    transcript::import_ptau(&cer, &ptau, Cube(None), &mut rng).unwrap();
+    transcript::import_ptau(&cer, &ptau, &cube, &mut rng).unwrap();
     let step = transcript::contribute(&cer, &mut rng).unwrap();
     assert_eq!((step.phase, step.index), (2, 1));
-    let (pk, steps) = transcript::verify(&cer, Cube(None), &mut rng).unwrap();
+    let (pk, steps) = transcript::verify(&cer, &cube, &mut rng).unwrap();
     assert_eq!(steps, [step]);
     let x = Fr::from(3u64);
     let proof =

@@ -15,43 +15,14 @@ use ark_ff::{Field, One, Zero};
 use ark_groth16::{ProvingKey, VerifyingKey};
 use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
 use ark_relations::gr1cs::{
-    ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, R1CS_PREDICATE_LABEL, SynthesisMode,
+    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, OptimizationGoal,
+    R1CS_PREDICATE_LABEL, SynthesisMode,
 };
 use rayon::prelude::*;
 
 use super::phase1::Accumulator;
 use super::{CeremonyError, Scale};
-
-/// The QAP domain size a circuit needs: what phase 1 must cover.
-pub fn domain_size<C: ConstraintSynthesizer<Fr>>(circuit: C) -> Result<usize, CeremonyError> {
-    let (cs, _) = synthesize(circuit)?;
-    Radix2EvaluationDomain::<Fr>::new(cs.num_constraints() + cs.num_instance_variables())
-        .map(|d| d.size())
-        .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))
-}
-
-type Matrices = Vec<Vec<Vec<(Fr, usize)>>>;
-
-fn synthesize<C: ConstraintSynthesizer<Fr>>(
-    circuit: C,
-) -> Result<(ConstraintSystem<Fr>, Matrices), CeremonyError> {
-    let cs = ark_relations::gr1cs::ConstraintSystem::new_ref();
-    cs.set_optimization_goal(OptimizationGoal::Constraints);
-    cs.set_mode(SynthesisMode::Setup);
-    circuit
-        .generate_constraints(cs.clone())
-        .map_err(|e| CeremonyError::Circuit(e.to_string()))?;
-    cs.finalize();
-    let matrices = cs
-        .to_matrices()
-        .map_err(|e| CeremonyError::Circuit(e.to_string()))?
-        .remove(R1CS_PREDICATE_LABEL)
-        .ok_or_else(|| CeremonyError::Circuit("no R1CS constraints".into()))?;
-    let inner = cs
-        .into_inner()
-        .ok_or_else(|| CeremonyError::Circuit("constraint system still shared".into()))?;
-    Ok((inner, matrices))
-}
+use crate::RandomSource;
 
 /// In-place radix-2 DFT over a group with root `omega` (Cooley–Tukey,
 /// decimation in time, bit-reversed input order).
@@ -124,72 +95,105 @@ where
     sum
 }
 
-/// The initial phase-2 key for `circuit` from the accumulator (δ = 1).
-pub fn initial_key<C: ConstraintSynthesizer<Fr> + Send>(
-    acc: &Accumulator,
-    circuit: C,
-) -> Result<ProvingKey<Bn254>, CeremonyError> {
-    super::pool().install(|| initial_key_here(acc, circuit))
+/// The initial phase-2 key for a circuit from the accumulator (δ = 1).
+pub fn initial_key(acc: &Accumulator, qap: &Qap) -> Result<ProvingKey<Bn254>, CeremonyError> {
+    super::pool().install(|| initial_key_here(acc, qap))
 }
 
-/// A circuit's QAP shape: per variable, its terms in A (with the
-/// reduction's extra public-input points), B and C, as (coefficient, point).
-struct Qap {
+/// A circuit's QAP shape, synthesised once: per variable, its terms in A
+/// (with the reduction's extra public-input points), B and C, as
+/// (coefficient, point).
+pub struct Qap {
     num_instance: usize,
     num_vars: usize,
     domain: Radix2EvaluationDomain<Fr>,
     terms: [Vec<Vec<(Fr, usize)>>; 3],
 }
 
-fn qap<C: ConstraintSynthesizer<Fr>>(circuit: C, acc: &Accumulator) -> Result<Qap, CeremonyError> {
-    let (cs, matrices) = synthesize(circuit)?;
-    let m = cs.num_constraints();
-    let num_instance = cs.num_instance_variables();
-    let num_vars = num_instance + cs.num_witness_variables();
-    let domain = Radix2EvaluationDomain::<Fr>::new(m + num_instance)
-        .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))?;
-    if acc.size() < domain.size() {
-        return Err(CeremonyError::TooSmall {
-            have: acc.size(),
-            need: domain.size(),
-        });
+impl Qap {
+    /// The only generic step: the circuit's own synthesis. Everything after
+    /// it is compiled here, optimised, whatever the caller's build.
+    pub fn of<C: ConstraintSynthesizer<Fr>>(circuit: C) -> Result<Qap, CeremonyError> {
+        let cs = ConstraintSystem::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        cs.set_mode(SynthesisMode::Setup);
+        circuit
+            .generate_constraints(cs.clone())
+            .map_err(|e| CeremonyError::Circuit(e.to_string()))?;
+        Qap::from_system(cs)
     }
-    let mut terms: [Vec<Vec<(Fr, usize)>>; 3] = std::array::from_fn(|_| vec![Vec::new(); num_vars]);
-    for (k, matrix) in matrices.iter().take(3).enumerate() {
-        for (i, row) in matrix.iter().enumerate() {
-            for &(coeff, var) in row {
-                terms[k][var].push((coeff, i));
+
+    /// The KYC statement of records of `shape`.
+    pub fn statement(shape: crate::Shape) -> Result<Qap, CeremonyError> {
+        Qap::of(yilian_circuits::kyc::KycCircuit::blank(shape))
+    }
+
+    /// The QAP domain's size: how many points phase 1 must cover.
+    pub fn domain_size(&self) -> usize {
+        self.domain.size()
+    }
+
+    fn covered_by(&self, acc: &Accumulator) -> Result<(), CeremonyError> {
+        if acc.size() < self.domain.size() {
+            return Err(CeremonyError::TooSmall {
+                have: acc.size(),
+                need: self.domain.size(),
+            });
+        }
+        Ok(())
+    }
+
+    fn from_system(cs: ConstraintSystemRef<Fr>) -> Result<Qap, CeremonyError> {
+        cs.finalize();
+        let matrices = cs
+            .to_matrices()
+            .map_err(|e| CeremonyError::Circuit(e.to_string()))?
+            .remove(R1CS_PREDICATE_LABEL)
+            .ok_or_else(|| CeremonyError::Circuit("no R1CS constraints".into()))?;
+        let cs = cs
+            .into_inner()
+            .ok_or_else(|| CeremonyError::Circuit("constraint system still shared".into()))?;
+        let m = cs.num_constraints();
+        let num_instance = cs.num_instance_variables();
+        let num_vars = num_instance + cs.num_witness_variables();
+        let domain = Radix2EvaluationDomain::<Fr>::new(m + num_instance)
+            .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))?;
+        let mut terms: [Vec<Vec<(Fr, usize)>>; 3] =
+            std::array::from_fn(|_| vec![Vec::new(); num_vars]);
+        for (k, matrix) in matrices.iter().take(3).enumerate() {
+            for (i, row) in matrix.iter().enumerate() {
+                for &(coeff, var) in row {
+                    terms[k][var].push((coeff, i));
+                }
             }
         }
+        // The reduction's extra constraints put public input j at point m + j of A.
+        for (j, t) in terms[0].iter_mut().enumerate().take(num_instance) {
+            t.push((Fr::ONE, m + j));
+        }
+        Ok(Qap {
+            num_instance,
+            num_vars,
+            domain,
+            terms,
+        })
     }
-    // The reduction's extra constraints put public input j at point m + j of A.
-    for (j, t) in terms[0].iter_mut().enumerate().take(num_instance) {
-        t.push((Fr::ONE, m + j));
-    }
-    Ok(Qap {
-        num_instance,
-        num_vars,
-        domain,
-        terms,
-    })
 }
 
-fn initial_key_here<C: ConstraintSynthesizer<Fr>>(
-    acc: &Accumulator,
-    circuit: C,
-) -> Result<ProvingKey<Bn254>, CeremonyError> {
+fn initial_key_here(acc: &Accumulator, q: &Qap) -> Result<ProvingKey<Bn254>, CeremonyError> {
+    q.covered_by(acc)?;
     let Qap {
         num_instance,
         num_vars,
         domain,
         terms: by_var,
-    } = qap(circuit, acc)?;
-    let n = domain.size();
-    let l1 = lagrange::<G1Projective>(&acc.tau_g1[..n], &domain);
-    let l2 = lagrange::<G2Projective>(&acc.tau_g2[..n], &domain);
-    let la = lagrange::<G1Projective>(&acc.alpha_tau_g1[..n], &domain);
-    let lb = lagrange::<G1Projective>(&acc.beta_tau_g1[..n], &domain);
-    let [a_terms, b_terms, c_terms] = &by_var;
+    } = q;
+    let (num_instance, num_vars, n) = (*num_instance, *num_vars, domain.size());
+    let l1 = lagrange::<G1Projective>(&acc.tau_g1[..n], domain);
+    let l2 = lagrange::<G2Projective>(&acc.tau_g2[..n], domain);
+    let la = lagrange::<G1Projective>(&acc.alpha_tau_g1[..n], domain);
+    let lb = lagrange::<G1Projective>(&acc.beta_tau_g1[..n], domain);
+    let [a_terms, b_terms, c_terms] = by_var;
     let a_query: Vec<G1Projective> = a_terms
         .par_iter()
         .map(|t| combination::<G1Projective>(t, &l1))
@@ -249,30 +253,30 @@ fn h_query(acc: &Accumulator, n: usize) -> Vec<ark_bn254::G1Affine> {
 /// the coefficients of `Σ_i (Σ_j ρ_j M_ij) L_i(X)` (a field inverse FFT). A
 /// wrong key passes with probability about 1/|Fr| (Schwartz–Zippel). MSMs
 /// instead of group FFTs: seconds instead of minutes.
-pub fn check_initial_key<C: ConstraintSynthesizer<Fr> + Send>(
+pub fn check_initial_key(
     acc: &Accumulator,
-    circuit: C,
+    qap: &Qap,
     pk: &ProvingKey<Bn254>,
-    rng: &mut (impl ark_std::rand::RngCore + ark_std::rand::CryptoRng),
+    rng: &mut dyn RandomSource,
 ) -> Result<(), CeremonyError> {
     let rho_seed: [u8; 32] = {
         let mut s = [0u8; 32];
         rng.fill_bytes(&mut s);
         s
     };
-    super::pool().install(|| check_here(acc, circuit, pk, rho_seed))
+    super::pool().install(|| check_here(acc, qap, pk, rho_seed))
 }
 
-fn check_here<C: ConstraintSynthesizer<Fr>>(
+fn check_here(
     acc: &Accumulator,
-    circuit: C,
+    q: &Qap,
     pk: &ProvingKey<Bn254>,
     rho_seed: [u8; 32],
 ) -> Result<(), CeremonyError> {
     use ark_ff::UniformRand;
     use ark_std::rand::SeedableRng;
     let bad = |what| CeremonyError::BadUpdate { index: 0, what };
-    let q = qap(circuit, acc)?;
+    q.covered_by(acc)?;
     let n = q.domain.size();
     let (g1, g2) = (super::g1(), super::g2());
     if pk.a_query.len() != q.num_vars

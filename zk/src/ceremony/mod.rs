@@ -27,12 +27,12 @@ pub mod phase2;
 pub mod ptau;
 pub mod transcript;
 
+use crate::RandomSource;
 use ark_bn254::{Bn254, Fr, G1Affine, G1Projective, G2Affine};
 use ark_ec::pairing::Pairing;
 use ark_ec::{AffineRepr, CurveGroup, PrimeGroup, VariableBaseMSM};
 use ark_ff::{PrimeField, UniformRand, Zero};
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
-use ark_std::rand::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 
 /// Why a contribution or a transcript is refused.
@@ -102,12 +102,12 @@ fn challenge(context: &[u8; 32], before: &G1Affine, after: &G1Affine, r: &G1Affi
 }
 
 impl Knowledge {
-    pub fn prove<R: RngCore + CryptoRng>(
+    pub fn prove(
         x: &Fr,
         before: &G1Affine,
         after: &G1Affine,
         context: &[u8; 32],
-        rng: &mut R,
+        rng: &mut dyn RandomSource,
     ) -> Knowledge {
         let k = Fr::rand(rng);
         let commitment = (*before * k).into_affine();
@@ -134,14 +134,14 @@ pub(crate) fn same_ratio(a1: G1Affine, b1: G1Affine, a2: G2Affine, b2: G2Affine)
 pub(crate) fn combine<G: VariableBaseMSM<ScalarField = Fr>>(
     xs: &[G::MulBase],
     ys: &[G::MulBase],
-    rng: &mut (impl RngCore + CryptoRng),
+    rng: &mut dyn RandomSource,
 ) -> (G, G) {
     let rho: Vec<Fr> = (0..xs.len()).map(|_| Fr::rand(rng)).collect();
     (G::msm_unchecked(xs, &rho), G::msm_unchecked(ys, &rho))
 }
 
 /// A fresh secret: never zero, so a contribution cannot erase the others.
-pub(crate) fn secret<R: RngCore + CryptoRng>(rng: &mut R) -> Fr {
+pub(crate) fn secret(rng: &mut dyn RandomSource) -> Fr {
     loop {
         let x = Fr::rand(rng);
         if !x.is_zero() {

@@ -7,10 +7,10 @@ use ark_bn254::{Fr, G1Affine, G1Projective, G2Affine, G2Projective};
 use ark_ec::{AffineRepr, CurveGroup};
 use ark_ff::One;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
-use ark_std::rand::{CryptoRng, RngCore};
 use zeroize::Zeroize;
 
 use super::{CeremonyError, Knowledge, Scale, combine, g1, g2, same_ratio, scale_each_g1, secret};
+use crate::RandomSource;
 
 #[derive(Clone, Debug, PartialEq, Eq, CanonicalSerialize, CanonicalDeserialize)]
 pub struct Accumulator {
@@ -85,10 +85,10 @@ impl Accumulator {
 
     /// Multiplies τ, α and β by fresh secrets, dropped (zeroized) on return.
     /// `transcript` is the transcript hash of `self`.
-    pub fn contribute<R: RngCore + CryptoRng>(
+    pub fn contribute(
         &self,
         transcript: &[u8; 32],
-        rng: &mut R,
+        rng: &mut dyn RandomSource,
     ) -> (Accumulator, Contribution) {
         let (mut t, mut a, mut b) = (secret(rng), secret(rng), secret(rng));
         let next = super::pool().install(|| self.scaled(t, a, b));
@@ -120,7 +120,7 @@ impl Accumulator {
     pub fn check_shape(
         &self,
         index: usize,
-        rng: &mut (impl RngCore + CryptoRng),
+        rng: &mut dyn RandomSource,
     ) -> Result<(), CeremonyError> {
         let n = self.size();
         let bad = |what| CeremonyError::BadUpdate { index, what };
@@ -171,13 +171,13 @@ impl Accumulator {
 
     /// Checks that `after` is `self` with τ, α and β multiplied by secrets
     /// its contributor knows, and that it is well formed.
-    pub fn verify<R: RngCore + CryptoRng>(
+    pub fn verify(
         &self,
         after: &Accumulator,
         proof: &Contribution,
         transcript: &[u8; 32],
         index: usize,
-        rng: &mut R,
+        rng: &mut dyn RandomSource,
     ) -> Result<(), CeremonyError> {
         if after.size() != self.size() {
             return Err(CeremonyError::Shape {

@@ -7,9 +7,9 @@ use ark_ec::{AffineRepr, CurveGroup};
 use ark_ff::Field;
 use ark_groth16::ProvingKey;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
-use ark_std::rand::{CryptoRng, RngCore};
 
 use super::{CeremonyError, Knowledge, combine, same_ratio, scale_each_g1, secret};
+use crate::RandomSource;
 
 /// What a contributor publishes beside the new key.
 #[derive(Clone, Debug, PartialEq, Eq, CanonicalSerialize, CanonicalDeserialize)]
@@ -19,10 +19,10 @@ pub struct Contribution {
 
 /// Multiplies δ by a fresh secret, which is dropped (zeroized) on return.
 /// `transcript` is the transcript hash of `pk`.
-pub fn contribute<R: RngCore + CryptoRng>(
+pub fn contribute(
     pk: &ProvingKey<Bn254>,
     transcript: &[u8; 32],
-    rng: &mut R,
+    rng: &mut dyn RandomSource,
 ) -> (ProvingKey<Bn254>, Contribution) {
     let mut d = secret(rng);
     let mut d_inv = d.inverse().expect("secrets are never zero");
@@ -39,13 +39,13 @@ pub fn contribute<R: RngCore + CryptoRng>(
 
 /// Checks that `after` is `before` with δ multiplied by a secret its
 /// contributor knows. `index` names the contribution in errors.
-pub fn verify<R: RngCore + CryptoRng>(
+pub fn verify(
     before: &ProvingKey<Bn254>,
     after: &ProvingKey<Bn254>,
     contribution: &Contribution,
     transcript: &[u8; 32],
     index: usize,
-    rng: &mut R,
+    rng: &mut dyn RandomSource,
 ) -> Result<(), CeremonyError> {
     let changed = |what| CeremonyError::Changed { index, what };
     let bad = |what| CeremonyError::BadUpdate { index, what };

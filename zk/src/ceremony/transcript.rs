@@ -17,14 +17,14 @@
 
 use std::path::{Path, PathBuf};
 
-use ark_bn254::{Bn254, Fr};
+use ark_bn254::Bn254;
 use ark_groth16::ProvingKey;
-use ark_relations::gr1cs::ConstraintSynthesizer;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
-use ark_std::rand::{CryptoRng, RngCore};
 
+use super::derive::{self, Qap};
 use super::phase1::{self, Accumulator};
-use super::{CeremonyError, derive, phase2, transcript_hash, transcript_hash_encoded};
+use super::{CeremonyError, phase2, transcript_hash, transcript_hash_encoded};
+use crate::RandomSource;
 use crate::{Result, ZkError};
 
 /// One contribution as the ledger anchors it.
@@ -70,15 +70,15 @@ fn ceremony(e: CeremonyError) -> ZkError {
     ZkError::Ceremony(e)
 }
 
-/// Starts a ceremony for `circuit` in `dir`: phase 1 sized to its domain.
-pub fn init<C: ConstraintSynthesizer<Fr>>(dir: &Path, circuit: C) -> Result<usize> {
+/// Starts a ceremony for a circuit in `dir`: phase 1 sized to its domain.
+pub fn init(dir: &Path, qap: &Qap) -> Result<usize> {
     if file(dir, 1, 0, "bin").exists() || imported(dir).exists() {
         return Err(ZkError::BadRequest(format!(
             "{}: a ceremony is already there; contribute to it or choose another directory",
             dir.display()
         )));
     }
-    let n = derive::domain_size(circuit).map_err(ceremony)?;
+    let n = qap.domain_size();
     write(&file(dir, 1, 0, "bin"), &Accumulator::new(n))?;
     Ok(n)
 }
@@ -88,10 +88,7 @@ fn imported(dir: &Path) -> PathBuf {
 }
 
 /// The accumulator of an imported `.ptau`, checked, and the file's SHA-256.
-fn read_imported<R: RngCore + CryptoRng>(
-    dir: &Path,
-    rng: &mut R,
-) -> Result<(Accumulator, [u8; 32])> {
+fn read_imported(dir: &Path, rng: &mut dyn RandomSource) -> Result<(Accumulator, [u8; 32])> {
     use sha2::Digest;
     let bytes = std::fs::read(imported(dir))?;
     let acc = super::ptau::read(&bytes)?;
@@ -113,11 +110,11 @@ pub fn imported_digest(dir: &Path) -> Result<Option<[u8; 32]>> {
 /// Starts a ceremony from a public phase 1 (a snarkjs/Hermez `.ptau`
 /// file): its accumulator must be well formed and cover the circuit; phase
 /// 2 then starts from the key derived from it. Returns the file's SHA-256.
-pub fn import_ptau<C: ConstraintSynthesizer<Fr> + Send, R: RngCore + CryptoRng>(
+pub fn import_ptau(
     dir: &Path,
     ptau: &[u8],
-    circuit: C,
-    rng: &mut R,
+    qap: &Qap,
+    rng: &mut dyn RandomSource,
 ) -> Result<[u8; 32]> {
     use sha2::Digest;
     if file(dir, 1, 0, "bin").exists() || imported(dir).exists() {
@@ -128,7 +125,7 @@ pub fn import_ptau<C: ConstraintSynthesizer<Fr> + Send, R: RngCore + CryptoRng>(
     }
     let acc = super::ptau::read(ptau)?;
     acc.check_shape(0, rng).map_err(ceremony)?;
-    let pk = derive::initial_key(&acc, circuit).map_err(ceremony)?;
+    let pk = derive::initial_key(&acc, qap).map_err(ceremony)?;
     let digest: [u8; 32] = sha2::Sha256::digest(ptau).into();
     std::fs::create_dir_all(dir.join("phase1"))?;
     std::fs::write(imported(dir), ptau)?;
@@ -137,11 +134,11 @@ pub fn import_ptau<C: ConstraintSynthesizer<Fr> + Send, R: RngCore + CryptoRng>(
 }
 
 /// The accumulator phase 2 starts from, and the transcript hash after it.
-fn phase1_result<R: RngCore + CryptoRng>(
+fn phase1_result(
     dir: &Path,
     n: Option<usize>,
     steps: &mut Vec<Step>,
-    rng: &mut R,
+    rng: &mut dyn RandomSource,
 ) -> Result<(Accumulator, [u8; 32])> {
     if imported(dir).exists() {
         let (acc, digest) = read_imported(dir, rng)?;
@@ -183,7 +180,7 @@ fn phase1_result<R: RngCore + CryptoRng>(
 
 /// Adds a contribution to the current phase, after checking the state it
 /// builds on. Returns the step to anchor.
-pub fn contribute<R: RngCore + CryptoRng>(dir: &Path, rng: &mut R) -> Result<Step> {
+pub fn contribute(dir: &Path, rng: &mut dyn RandomSource) -> Result<Step> {
     let (phase, last) = match count_phase2(dir) {
         Some(k) => (2u8, k),
         None => (1u8, count(dir, 1)),
@@ -303,8 +300,8 @@ pub fn last_key(dir: &Path) -> Result<ProvingKey<Bn254>> {
     read(&file(dir, 2, n2, "bin"))
 }
 
-/// Ends phase 1: derives the initial phase-2 key for `circuit`.
-pub fn finish_phase1<C: ConstraintSynthesizer<Fr> + Send>(dir: &Path, circuit: C) -> Result<()> {
+/// Ends phase 1: derives the initial phase-2 key for the circuit.
+pub fn finish_phase1(dir: &Path, qap: &Qap) -> Result<()> {
     if count_phase2(dir).is_some() {
         return Err(ZkError::BadRequest(format!(
             "{}: phase 1 is already finished",
@@ -319,18 +316,18 @@ pub fn finish_phase1<C: ConstraintSynthesizer<Fr> + Send>(dir: &Path, circuit: C
         )));
     }
     let acc: Accumulator = read(&file(dir, 1, last, "bin"))?;
-    let pk = derive::initial_key(&acc, circuit).map_err(ceremony)?;
+    let pk = derive::initial_key(&acc, qap).map_err(ceremony)?;
     write(&file(dir, 2, 0, "bin"), &pk)
 }
 
-/// Verifies the whole transcript for `circuit` from its start, recomputing
+/// Verifies the whole transcript for the circuit from its start, recomputing
 /// the starting accumulator and checking the derived key
 /// ([`derive::check_initial_key`]). Returns the final key and
 /// every contribution's step, for the caller to find anchored.
-pub fn verify<C: ConstraintSynthesizer<Fr> + Send + Clone, R: RngCore + CryptoRng>(
+pub fn verify(
     dir: &Path,
-    circuit: C,
-    rng: &mut R,
+    qap: &Qap,
+    rng: &mut dyn RandomSource,
 ) -> Result<(ProvingKey<Bn254>, Vec<Step>)> {
     let n2 = count_phase2(dir).ok_or_else(|| {
         ZkError::BadRequest(format!("{}: phase 1 is not finished", dir.display()))
@@ -342,10 +339,10 @@ pub fn verify<C: ConstraintSynthesizer<Fr> + Send + Clone, R: RngCore + CryptoRn
         )));
     }
     let mut steps = Vec::new();
-    let n = derive::domain_size(circuit.clone()).map_err(ceremony)?;
+    let n = qap.domain_size();
     let (acc, mut h) = phase1_result(dir, Some(n), &mut steps, rng)?;
     let mut pk: ProvingKey<Bn254> = read(&file(dir, 2, 0, "bin"))?;
-    derive::check_initial_key(&acc, circuit, &pk, rng).map_err(ceremony)?;
+    derive::check_initial_key(&acc, qap, &pk, rng).map_err(ceremony)?;
     h = transcript_hash(&h, &pk);
     for i in 1..=n2 {
         let next: ProvingKey<Bn254> = read(&file(dir, 2, i, "bin"))?;
