@@ -5,7 +5,10 @@
 //! audits as before this node skipped re-verifying its own audit records
 //! (signed, then submitted for signature verification like any client's
 //! transaction), to show that change within the same run. "per fsync" is
-//! audit entries per durable ledger commit (group commit at work).
+//! audit entries per durable ledger commit (group commit at work). The
+//! transport's ceiling, also in the same run: a service at the KMS's paths
+//! over the same mutual TLS that answers with canned replies of the same
+//! size ("echo"); "none/echo" is the unaudited KMS as a ratio of it.
 //!
 //! Run: `cargo bench -p yilian-kms --bench kms_grpc` (env BENCH_SECS, default 3).
 
@@ -13,12 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
+use tonic::codegen::http;
 use tonic::service::Routes;
 use yilian_identity::{Identity, Role};
 use yilian_kms::audit::{AuditLog, AuditReceipt, KeyAudit, Page, TrailPage};
 use yilian_kms::client::Client;
 use yilian_kms::policy::AccountId;
-use yilian_kms::service::{KmsNode, KmsService};
+use yilian_kms::service::{KmsNode, KmsService, pb};
 use yilian_kms::{LedgerAudit, system_clock};
 use yilian_ledger::{Ledger, Payload, Transaction};
 use yilian_testkit::Network;
@@ -79,6 +83,88 @@ impl AuditLog for NoAudit {
     fn admission(&self, _: &AccountId) -> Option<yilian_kms::policy::Admission> {
         None
     }
+}
+
+/// The transport's ceiling: a service at the KMS's own paths, over the
+/// same mutual TLS, that answers GenerateDataKey and Decrypt with canned
+/// replies of the real ones' size, doing no work at all.
+#[derive(Clone)]
+struct Echo {
+    data_key: pb::GenerateDataKeyResponse,
+    plaintext: pb::DecryptResponse,
+}
+
+impl tonic::server::NamedService for Echo {
+    const NAME: &'static str = pb::kms_server::SERVICE_NAME;
+}
+
+struct Canned<T>(T);
+
+impl<Req: Send + 'static, T: Clone + Send + 'static> tonic::server::UnaryService<Req>
+    for Canned<T>
+{
+    type Response = T;
+    type Future = std::future::Ready<Result<tonic::Response<T>, tonic::Status>>;
+    fn call(&mut self, _: tonic::Request<Req>) -> Self::Future {
+        std::future::ready(Ok(tonic::Response::new(self.0.clone())))
+    }
+}
+
+async fn canned<Req, T>(
+    reply: T,
+    req: http::Request<tonic::body::Body>,
+) -> http::Response<tonic::body::Body>
+where
+    Req: prost::Message + Default + Send + 'static,
+    T: prost::Message + Clone + Send + 'static,
+{
+    tonic::server::Grpc::new(tonic_prost::ProstCodec::<T, Req>::default())
+        .unary(Canned(reply), req)
+        .await
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Echo {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let echo = self.clone();
+        Box::pin(async move {
+            Ok(match req.uri().path().rsplit('/').next() {
+                Some("GenerateDataKey") => {
+                    canned::<pb::GenerateDataKeyRequest, _>(echo.data_key, req).await
+                }
+                Some("Decrypt") => canned::<pb::DecryptRequest, _>(echo.plaintext, req).await,
+                _ => tonic::Status::unimplemented("the echo answers two calls").into_http(),
+            })
+        })
+    }
+}
+
+async fn serve_echo(s: &Setup, like: &str) -> String {
+    let real = Client::connect(like, &s.owner)
+        .await
+        .unwrap()
+        .generate_data_key("bench", b"ctx", None)
+        .await
+        .unwrap();
+    let echo = Echo {
+        data_key: pb::GenerateDataKeyResponse {
+            plaintext: vec![7; 32],
+            wrapped: real.wrapped.clone(),
+            key_version: 1,
+        },
+        plaintext: pb::DecryptResponse {
+            plaintext: vec![7; 32],
+        },
+    };
+    yilian_testkit::serve(&s.net.node, Default::default(), Routes::new(echo)).await
 }
 
 struct Setup {
@@ -186,11 +272,12 @@ fn main() {
         for addr in [&audited, &bare, &reverify] {
             Client::connect(addr, &s.owner).await.unwrap().create_key("bench", false, false).await.unwrap();
         }
+        let echo = serve_echo(&s, &bare).await;
         println!(
             "KMS over gRPC, loopback, mutual TLS (ed25519 certs), {} CPU(s), {secs:.1}s per cell; server and clients share the machine",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         );
-        println!("{:<16} {:>7} | {:>10} {:>8} {:>8} {:>9} | {:>10} {:>8} {:>8} | {:>10} {:>8} | {:>6}", "operation", "clients", "audit rq/s", "p50 us", "p99 us", "per fsync", "none rq/s", "p50 us", "p99 us", "reverify", "p99 us", "ratio");
+        println!("{:<16} {:>7} | {:>10} {:>8} {:>8} {:>9} | {:>10} {:>8} {:>8} | {:>10} {:>8} | {:>6} | {:>10} {:>6}", "operation", "clients", "audit rq/s", "p50 us", "p99 us", "per fsync", "none rq/s", "p50 us", "p99 us", "reverify", "p99 us", "ratio", "echo rq/s", "none/echo");
         for (name, op) in [("GenerateDataKey", Op::GenerateDataKey), ("Decrypt", Op::Decrypt)] {
             for clients in [1usize, 16, 64] {
                 let (n0, c0) = (s.net.ledger.len(), s.net.ledger.commits());
@@ -198,12 +285,14 @@ fn main() {
                 let per_fsync = (s.net.ledger.len() - n0) as f64 / (s.net.ledger.commits() - c0).max(1) as f64;
                 let b = run(&bare, &s.owner, op, clients, secs).await;
                 let v = run(&reverify, &s.owner, op, clients, secs).await;
+                let e = run(&echo, &s.owner, op, clients, secs).await;
+                report.record(&format!("{name} unaudited, {clients} clients"), b.rps, "req/s", "mutual-TLS gRPC echo", e.rps);
                 let ratio = report.record(&format!("{name} audited, {clients} clients"), a.rps, "req/s", "unaudited", b.rps);
                 report.record(&format!("{name} audited p99, {clients} clients"), a.p99_us as f64, "us", "unaudited", b.p99_us as f64);
                 report.record(&format!("{name} re-verifying audit, {clients} clients"), v.rps, "req/s", "unaudited", b.rps);
                 println!(
-                    "{:<16} {:>7} | {:>10.0} {:>8} {:>8} {:>9.1} | {:>10.0} {:>8} {:>8} | {:>10.0} {:>8} | {:>6.2}",
-                    name, clients, a.rps, a.p50_us, a.p99_us, per_fsync, b.rps, b.p50_us, b.p99_us, v.rps, v.p99_us, ratio
+                    "{:<16} {:>7} | {:>10.0} {:>8} {:>8} {:>9.1} | {:>10.0} {:>8} {:>8} | {:>10.0} {:>8} | {:>6.2} | {:>10.0} {:>6.2}",
+                    name, clients, a.rps, a.p50_us, a.p99_us, per_fsync, b.rps, b.p50_us, b.p99_us, v.rps, v.p99_us, ratio, e.rps, b.rps / e.rps
                 );
             }
         }

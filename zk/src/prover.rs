@@ -2,10 +2,15 @@
 //! and proves the answer, true or false.
 
 use ark_bn254::{Bn254, Fr};
+use ark_ff::UniformRand;
 use ark_groth16::{Groth16, Proof, ProvingKey};
+use ark_relations::gr1cs::{
+    ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, R1CS_PREDICATE_LABEL, SynthesisMode,
+};
+use ark_relations::utils::matrix::Matrix;
 use ark_snark::SNARK;
 
-use yilian_circuits::kyc::{KycCircuit, KycPublic, KycWitness, Query, SetOp};
+use yilian_circuits::kyc::{KycCircuit, KycPublic, KycWitness, Query, SetOp, Shape};
 use yilian_circuits::set::{LowLeafPath, SortedSet};
 
 use crate::record::{CipherKey, EncryptedRecord};
@@ -94,6 +99,108 @@ pub fn prove_claim(
     let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)
         .map_err(|e| ZkError::Groth16(e.to_string()))?;
     Ok(KycProof { proof, public })
+}
+
+/// A statement ready to prove: its proving key, and its constraint
+/// matrices synthesised once, so that each proof only computes its
+/// witness. Stock arkworks builds the matrices again for every proof
+/// ([`prove`] does so); the proof is the same kind either way, checked by
+/// the same verifying key.
+pub struct Prover {
+    pk: ProvingKey<Bn254>,
+    shape: Shape,
+    matrices: Vec<Matrix<Fr>>,
+    num_instance: usize,
+    num_constraints: usize,
+}
+
+impl Prover {
+    pub fn new(pk: ProvingKey<Bn254>, shape: Shape) -> Result<Prover> {
+        let cs = ConstraintSystem::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        cs.set_mode(SynthesisMode::Setup);
+        KycCircuit::blank(shape)
+            .generate_constraints(cs.clone())
+            .map_err(groth16)?;
+        cs.finalize();
+        let matrices = cs
+            .to_matrices()
+            .map_err(groth16)?
+            .remove(R1CS_PREDICATE_LABEL)
+            .ok_or_else(|| ZkError::Groth16("the statement has no R1CS constraints".into()))?;
+        if pk.a_query.len() != cs.num_instance_variables() + cs.num_witness_variables() {
+            return Err(ZkError::Groth16(format!(
+                "the proving key is not {}'s",
+                shape.statement()
+            )));
+        }
+        Ok(Prover {
+            num_instance: cs.num_instance_variables(),
+            num_constraints: cs.num_constraints(),
+            pk,
+            shape,
+            matrices,
+        })
+    }
+
+    pub fn key(&self) -> &ProvingKey<Bn254> {
+        &self.pk
+    }
+
+    /// Proves the query's answer on the record, whichever it is.
+    pub fn prove(
+        &self,
+        record: &EncryptedRecord,
+        key: &CipherKey,
+        query: &Query,
+        set: Option<&SortedSet>,
+        rng: &mut dyn crate::RandomSource,
+    ) -> Result<KycProof> {
+        let circuit = instance(record, key, query, set)?;
+        if circuit.shape != self.shape {
+            return Err(ZkError::Groth16(format!(
+                "the record fits {}, this prover is {}'s",
+                circuit.shape.statement(),
+                self.shape.statement()
+            )));
+        }
+        let public = circuit.public;
+        // The witness alone: no constraint is kept, only the assignment.
+        let cs = ConstraintSystem::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        cs.set_mode(SynthesisMode::Prove {
+            construct_matrices: false,
+            generate_lc_assignments: false,
+        });
+        circuit.generate_constraints(cs.clone()).map_err(groth16)?;
+        cs.finalize();
+        if cs.num_instance_variables() != self.num_instance {
+            return Err(ZkError::Groth16(
+                "the witness does not fit the statement".into(),
+            ));
+        }
+        let full: Vec<Fr> = [
+            cs.instance_assignment().map_err(groth16)?,
+            cs.witness_assignment().map_err(groth16)?,
+        ]
+        .concat();
+        let (r, s) = (Fr::rand(rng), Fr::rand(rng));
+        let proof = Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
+            &self.pk,
+            r,
+            s,
+            &self.matrices,
+            self.num_instance,
+            self.num_constraints,
+            &full,
+        )
+        .map_err(groth16)?;
+        Ok(KycProof { proof, public })
+    }
+}
+
+fn groth16(e: ark_relations::gr1cs::SynthesisError) -> ZkError {
+    ZkError::Groth16(e.to_string())
 }
 
 /// The public inputs as field elements (snarkjs' `public.json` order).

@@ -552,7 +552,7 @@ impl LedgerIndex {
 
 /// The keys of the statement in force on this node.
 struct StatementKeys {
-    pk: ProvingKey<Bn254>,
+    prover: prover::Prover,
     vk: VerifyingKey<Bn254>,
     pvk: PreparedVerifyingKey<Bn254>,
     vk_hash: [u8; 32],
@@ -789,9 +789,10 @@ impl ZkService {
                 };
                 let vk_hash = keys::vk_hash(&vk);
                 let anchor_index = self.anchor_verifying_key(shape, vk_hash).await?;
+                let prover = blocking(move || prover::Prover::new(pk, shape)).await?;
                 Ok::<_, ZkError>(Arc::new(StatementKeys {
                     pvk: keys::prepare(&vk),
-                    pk,
+                    prover,
                     vk,
                     vk_hash,
                     anchor_index,
@@ -1489,14 +1490,8 @@ impl ZkService {
         let k = sk.clone();
         let started = std::time::Instant::now();
         let proved = blocking(move || {
-            prover::prove(
-                &k.pk,
-                &record,
-                &key,
-                &q,
-                set.as_deref(),
-                &mut keys::os_rng(),
-            )
+            k.prover
+                .prove(&record, &key, &q, set.as_deref(), &mut keys::os_rng())
         })
         .await;
         let proof = match proved {

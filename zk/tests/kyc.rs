@@ -205,6 +205,34 @@ fn answers_true_and_false_verify_against_the_anchor_and_tampering_is_refused() {
 }
 
 #[test]
+fn the_prepared_prover_proves_what_stock_arkworks_proves_under_the_same_key() {
+    let set = sanctions();
+    let h = holder("customer-p", 9);
+    let prepared = prover::Prover::new(keys().pk.clone(), yilian_zk::Shape::F8).unwrap();
+    for (income, answer) in [(100_000, true), (150_000, false)] {
+        let predicates = kyc_predicates(income, &set);
+        let q = query::compile(&h.record, &predicates).unwrap();
+        let p = prepared
+            .prove(&h.record, &h.key, &q, Some(&set), &mut keys::os_rng())
+            .unwrap();
+        assert_eq!(
+            verifier::verify(&keys().pvk, &p.proof, &p.public).unwrap(),
+            answer
+        );
+        assert_eq!(p.public, prove(&h, &predicates, &set).public);
+        // Its proof is bound to its inputs like any other.
+        let mut other = p.public;
+        other.nonce += 1;
+        assert!(verifier::verify(&keys().pvk, &p.proof, &other).is_err());
+    }
+    // A key of another statement is refused before any proof.
+    assert!(matches!(
+        prover::Prover::new(keys().pk.clone(), yilian_zk::Shape::F16),
+        Err(ZkError::Groth16(_))
+    ));
+}
+
+#[test]
 fn prover_refuses_false_claims_wrong_keys_and_wrong_sets() {
     let set = sanctions();
     let h = holder("customer-3", 9);
