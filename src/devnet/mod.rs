@@ -543,7 +543,8 @@ async fn ceremony_act(
     // The customer records here have up to 8 fields: one statement.
     let shape = Shape::F8;
     let dir = root.join("ceremony").join(shape.statement());
-    let n = transcript::init(&dir, &Qap::statement(shape)?)?;
+    let qap = std::sync::Arc::new(Qap::statement(shape)?);
+    let n = transcript::init(&dir, &qap)?;
     println!(
         "ceremony: {} setup among {} members, phase 1 sized to the statement ({n}-point domain)",
         shape.statement(),
@@ -552,11 +553,8 @@ async fn ceremony_act(
     for phase in [1, 2] {
         if phase == 2 {
             let started = std::time::Instant::now();
-            let d = dir.clone();
-            tokio::task::spawn_blocking(move || {
-                transcript::finish_phase1(&d, &Qap::statement(shape)?)
-            })
-            .await??;
+            let (d, qap) = (dir.clone(), qap.clone());
+            tokio::task::spawn_blocking(move || transcript::finish_phase1(&d, &qap)).await??;
             println!(
                 "ceremony: phase 1 finished, the statement's initial key derived from it ({:.1} s)",
                 started.elapsed().as_secs_f64()

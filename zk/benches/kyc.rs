@@ -533,7 +533,8 @@ fn ceremony(dir: &std::path::Path, report: &mut Report) {
     keys::setup(Shape::F8, &mut rng).unwrap();
     let single = t.elapsed();
     let d = dir.join("ceremony");
-    let n = transcript::init(&d, &Qap::statement(Shape::F8).unwrap()).unwrap();
+    let qap = Qap::statement(Shape::F8).unwrap();
+    let n = transcript::init(&d, &qap).unwrap();
     let mut time = |what: &str, f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
@@ -552,13 +553,13 @@ fn ceremony(dir: &std::path::Path, report: &mut Report) {
         transcript::contribute(&d, &mut rng).unwrap();
     });
     time("finish phase 1 (derive the initial key)", &mut || {
-        transcript::finish_phase1(&d, &Qap::statement(Shape::F8).unwrap()).unwrap();
+        transcript::finish_phase1(&d, &qap).unwrap();
     });
     let c2 = time("phase-2 contribution", &mut || {
         transcript::contribute(&d, &mut rng).unwrap();
     });
     let v = time("transcript verification (1 + 1 contributions)", &mut || {
-        transcript::verify(&d, &Qap::statement(Shape::F8).unwrap(), &mut rng).unwrap();
+        transcript::verify(&d, &qap, &mut rng).unwrap();
     });
     println!(
         "ceremony: contributions {:.1} s + {:.1} s; verifying the transcript costs {:.2}x contributing to it",

@@ -26,8 +26,10 @@ pub fn setup(
     shape: Shape,
     mut rng: &mut dyn crate::RandomSource,
 ) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
-    Groth16::<Bn254>::circuit_specific_setup(KycCircuit::blank(shape), &mut rng)
-        .map_err(|e| ZkError::Groth16(e.to_string()))
+    Ok(Groth16::<Bn254>::circuit_specific_setup(
+        KycCircuit::blank(shape),
+        &mut rng,
+    )?)
 }
 
 pub fn prepare(vk: &VerifyingKey<Bn254>) -> PreparedVerifyingKey<Bn254> {

@@ -48,6 +48,12 @@ pub trait RandomSource: ark_std::rand::RngCore + ark_std::rand::CryptoRng {}
 
 impl<R: ark_std::rand::RngCore + ark_std::rand::CryptoRng + ?Sized> RandomSource for R {}
 
+impl From<ark_relations::gr1cs::SynthesisError> for ZkError {
+    fn from(e: ark_relations::gr1cs::SynthesisError) -> ZkError {
+        ZkError::Groth16(e.to_string())
+    }
+}
+
 /// The statement of records of up to 8 fields, the default where a
 /// statement is not named; [`Shape::statement`] names the others.
 pub const KYC_STATEMENT: &str = "kyc8-v2";

@@ -5,7 +5,8 @@ use ark_bn254::{Bn254, Fr};
 use ark_ff::UniformRand;
 use ark_groth16::{Groth16, Proof, ProvingKey};
 use ark_relations::gr1cs::{
-    ConstraintSynthesizer, ConstraintSystem, OptimizationGoal, R1CS_PREDICATE_LABEL, SynthesisMode,
+    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, OptimizationGoal,
+    R1CS_PREDICATE_LABEL, SynthesisError, SynthesisMode,
 };
 use ark_relations::utils::matrix::Matrix;
 use ark_snark::SNARK;
@@ -76,8 +77,7 @@ pub fn prove(
 ) -> Result<KycProof> {
     let circuit = instance(record, key, query, set)?;
     let public = circuit.public;
-    let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)
-        .map_err(|e| ZkError::Groth16(e.to_string()))?;
+    let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)?;
     Ok(KycProof { proof, public })
 }
 
@@ -96,55 +96,85 @@ pub fn prove_claim(
         return Err(ZkError::FalseClaim);
     }
     let public = circuit.public;
-    let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)
-        .map_err(|e| ZkError::Groth16(e.to_string()))?;
+    let proof = Groth16::<Bn254>::prove(pk, circuit, &mut rng)?;
     Ok(KycProof { proof, public })
 }
 
-/// A statement ready to prove: its proving key, and its constraint
-/// matrices synthesised once, so that each proof only computes its
-/// witness. Stock arkworks builds the matrices again for every proof
-/// ([`prove`] does so); the proof is the same kind either way, checked by
-/// the same verifying key.
+/// A statement's R1CS, synthesised once in setup mode: the constraint
+/// matrices and sizes that [`Prover`] proves from and the ceremony's
+/// [`crate::ceremony::derive::Qap`] derives its key from.
+pub struct Statement {
+    pub(crate) matrices: Vec<Matrix<Fr>>,
+    pub(crate) num_instance: usize,
+    pub(crate) num_witness: usize,
+    pub(crate) num_constraints: usize,
+}
+
+impl Statement {
+    /// The only generic step: the circuit's own synthesis. Everything after
+    /// it is compiled here, optimised, whatever the caller's build.
+    pub fn of<C: ConstraintSynthesizer<Fr>>(circuit: C) -> Result<Statement, SynthesisError> {
+        let cs = ConstraintSystem::new_ref();
+        cs.set_optimization_goal(OptimizationGoal::Constraints);
+        cs.set_mode(SynthesisMode::Setup);
+        circuit.generate_constraints(cs.clone())?;
+        Statement::from_setup(cs)
+    }
+
+    /// The KYC statement of records of `shape`.
+    pub fn kyc(shape: Shape) -> Result<Statement, SynthesisError> {
+        Statement::of(KycCircuit::blank(shape))
+    }
+
+    fn from_setup(cs: ConstraintSystemRef<Fr>) -> Result<Statement, SynthesisError> {
+        cs.finalize();
+        let matrices = cs
+            .to_matrices()?
+            .remove(R1CS_PREDICATE_LABEL)
+            .ok_or(SynthesisError::PredicateNotFound)?;
+        Ok(Statement {
+            matrices,
+            num_instance: cs.num_instance_variables(),
+            num_witness: cs.num_witness_variables(),
+            num_constraints: cs.num_constraints(),
+        })
+    }
+}
+
+/// A statement ready to prove: its proving key and its [`Statement`], so
+/// that each proof only computes its witness. Stock arkworks builds the
+/// matrices again for every proof ([`prove`] does so); the proof is the
+/// same kind either way, checked by the same verifying key.
 pub struct Prover {
     pk: ProvingKey<Bn254>,
     shape: Shape,
-    matrices: Vec<Matrix<Fr>>,
-    num_instance: usize,
-    num_constraints: usize,
+    statement: std::sync::Arc<Statement>,
 }
 
 impl Prover {
     pub fn new(pk: ProvingKey<Bn254>, shape: Shape) -> Result<Prover> {
-        let cs = ConstraintSystem::new_ref();
-        cs.set_optimization_goal(OptimizationGoal::Constraints);
-        cs.set_mode(SynthesisMode::Setup);
-        KycCircuit::blank(shape)
-            .generate_constraints(cs.clone())
-            .map_err(groth16)?;
-        cs.finalize();
-        let matrices = cs
-            .to_matrices()
-            .map_err(groth16)?
-            .remove(R1CS_PREDICATE_LABEL)
-            .ok_or_else(|| ZkError::Groth16("the statement has no R1CS constraints".into()))?;
-        if pk.a_query.len() != cs.num_instance_variables() + cs.num_witness_variables() {
+        let statement = Statement::kyc(shape)?;
+        Prover::with_statement(pk, shape, statement.into())
+    }
+
+    /// A prover of `shape` from its statement synthesised already
+    /// ([`Statement::kyc`]).
+    pub fn with_statement(
+        pk: ProvingKey<Bn254>,
+        shape: Shape,
+        statement: std::sync::Arc<Statement>,
+    ) -> Result<Prover> {
+        if pk.a_query.len() != statement.num_instance + statement.num_witness {
             return Err(ZkError::Groth16(format!(
                 "the proving key is not {}'s",
                 shape.statement()
             )));
         }
         Ok(Prover {
-            num_instance: cs.num_instance_variables(),
-            num_constraints: cs.num_constraints(),
             pk,
             shape,
-            matrices,
+            statement,
         })
-    }
-
-    pub fn key(&self) -> &ProvingKey<Bn254> {
-        &self.pk
     }
 
     /// Proves the query's answer on the record, whichever it is.
@@ -172,35 +202,22 @@ impl Prover {
             construct_matrices: false,
             generate_lc_assignments: false,
         });
-        circuit.generate_constraints(cs.clone()).map_err(groth16)?;
+        circuit.generate_constraints(cs.clone())?;
         cs.finalize();
-        if cs.num_instance_variables() != self.num_instance {
-            return Err(ZkError::Groth16(
-                "the witness does not fit the statement".into(),
-            ));
-        }
-        let full: Vec<Fr> = [
-            cs.instance_assignment().map_err(groth16)?,
-            cs.witness_assignment().map_err(groth16)?,
-        ]
-        .concat();
+        let full: Vec<Fr> = [cs.instance_assignment()?, cs.witness_assignment()?].concat();
         let (r, s) = (Fr::rand(rng), Fr::rand(rng));
+        let st = &self.statement;
         let proof = Groth16::<Bn254>::create_proof_with_reduction_and_matrices(
             &self.pk,
             r,
             s,
-            &self.matrices,
-            self.num_instance,
-            self.num_constraints,
+            &st.matrices,
+            st.num_instance,
+            st.num_constraints,
             &full,
-        )
-        .map_err(groth16)?;
+        )?;
         Ok(KycProof { proof, public })
     }
-}
-
-fn groth16(e: ark_relations::gr1cs::SynthesisError) -> ZkError {
-    ZkError::Groth16(e.to_string())
 }
 
 /// The public inputs as field elements (snarkjs' `public.json` order).

@@ -777,19 +777,24 @@ impl ZkService {
             .expect("every shape has a slot");
         self.inner.keys[slot]
             .get_or_try_init(|| async {
+                // Synthesised once: the ceremony's check and the prover share it.
+                let statement: Arc<prover::Statement> =
+                    blocking(move || Ok(prover::Statement::kyc(shape)?))
+                        .await?
+                        .into();
                 let (pk, vk) = match &self.inner.keys_from {
                     KeySource::InsecureDevSetup => {
                         let dir = self.inner.key_dir.clone();
                         blocking(move || load_or_setup(&dir, shape)).await?
                     }
                     KeySource::Ceremony(dir) => {
-                        self.ceremony_key(&dir.join(shape.statement()), shape)
+                        self.ceremony_key(&dir.join(shape.statement()), shape, statement.clone())
                             .await?
                     }
                 };
                 let vk_hash = keys::vk_hash(&vk);
                 let anchor_index = self.anchor_verifying_key(shape, vk_hash).await?;
-                let prover = blocking(move || prover::Prover::new(pk, shape)).await?;
+                let prover = prover::Prover::with_statement(pk, shape, statement)?;
                 Ok::<_, ZkError>(Arc::new(StatementKeys {
                     pvk: keys::prepare(&vk),
                     prover,
@@ -809,6 +814,7 @@ impl ZkService {
         &self,
         dir: &Path,
         shape: Shape,
+        statement: Arc<prover::Statement>,
     ) -> Result<(ProvingKey<Bn254>, VerifyingKey<Bn254>)> {
         use crate::ceremony::transcript;
         if !transcript::phase2_started(dir) {
@@ -866,7 +872,7 @@ impl ZkService {
         let (pk, verified) = blocking(move || {
             transcript::verify(
                 &d,
-                &crate::ceremony::derive::Qap::statement(shape)?,
+                &crate::ceremony::derive::Qap::from_statement(&statement)?,
                 &mut keys::os_rng(),
             )
         })

@@ -14,15 +14,13 @@ use ark_ec::{AffineRepr, CurveGroup, VariableBaseMSM};
 use ark_ff::{Field, One, Zero};
 use ark_groth16::{ProvingKey, VerifyingKey};
 use ark_poly::{EvaluationDomain, Radix2EvaluationDomain};
-use ark_relations::gr1cs::{
-    ConstraintSynthesizer, ConstraintSystem, ConstraintSystemRef, OptimizationGoal,
-    R1CS_PREDICATE_LABEL, SynthesisMode,
-};
+use ark_relations::gr1cs::ConstraintSynthesizer;
 use rayon::prelude::*;
 
 use super::phase1::Accumulator;
 use super::{CeremonyError, Scale};
 use crate::RandomSource;
+use crate::prover::Statement;
 
 /// In-place radix-2 DFT over a group with root `omega` (Cooley–Tukey,
 /// decimation in time, bit-reversed input order).
@@ -111,21 +109,14 @@ pub struct Qap {
 }
 
 impl Qap {
-    /// The only generic step: the circuit's own synthesis. Everything after
-    /// it is compiled here, optimised, whatever the caller's build.
+    /// The QAP of any circuit ([`Statement::of`]).
     pub fn of<C: ConstraintSynthesizer<Fr>>(circuit: C) -> Result<Qap, CeremonyError> {
-        let cs = ConstraintSystem::new_ref();
-        cs.set_optimization_goal(OptimizationGoal::Constraints);
-        cs.set_mode(SynthesisMode::Setup);
-        circuit
-            .generate_constraints(cs.clone())
-            .map_err(|e| CeremonyError::Circuit(e.to_string()))?;
-        Qap::from_system(cs)
+        Qap::from_statement(&Statement::of(circuit).map_err(circuit_error)?)
     }
 
     /// The KYC statement of records of `shape`.
     pub fn statement(shape: crate::Shape) -> Result<Qap, CeremonyError> {
-        Qap::of(yilian_circuits::kyc::KycCircuit::blank(shape))
+        Qap::from_statement(&Statement::kyc(shape).map_err(circuit_error)?)
     }
 
     /// The QAP domain's size: how many points phase 1 must cover.
@@ -143,24 +134,15 @@ impl Qap {
         Ok(())
     }
 
-    fn from_system(cs: ConstraintSystemRef<Fr>) -> Result<Qap, CeremonyError> {
-        cs.finalize();
-        let matrices = cs
-            .to_matrices()
-            .map_err(|e| CeremonyError::Circuit(e.to_string()))?
-            .remove(R1CS_PREDICATE_LABEL)
-            .ok_or_else(|| CeremonyError::Circuit("no R1CS constraints".into()))?;
-        let cs = cs
-            .into_inner()
-            .ok_or_else(|| CeremonyError::Circuit("constraint system still shared".into()))?;
-        let m = cs.num_constraints();
-        let num_instance = cs.num_instance_variables();
-        let num_vars = num_instance + cs.num_witness_variables();
+    /// The QAP of a statement synthesised already.
+    pub fn from_statement(st: &Statement) -> Result<Qap, CeremonyError> {
+        let (m, num_instance) = (st.num_constraints, st.num_instance);
+        let num_vars = num_instance + st.num_witness;
         let domain = Radix2EvaluationDomain::<Fr>::new(m + num_instance)
             .ok_or_else(|| CeremonyError::Circuit("too many constraints for BN254".into()))?;
         let mut terms: [Vec<Vec<(Fr, usize)>>; 3] =
             std::array::from_fn(|_| vec![Vec::new(); num_vars]);
-        for (k, matrix) in matrices.iter().take(3).enumerate() {
+        for (k, matrix) in st.matrices.iter().take(3).enumerate() {
             for (i, row) in matrix.iter().enumerate() {
                 for &(coeff, var) in row {
                     terms[k][var].push((coeff, i));
@@ -178,6 +160,10 @@ impl Qap {
             terms,
         })
     }
+}
+
+fn circuit_error(e: ark_relations::gr1cs::SynthesisError) -> CeremonyError {
+    CeremonyError::Circuit(e.to_string())
 }
 
 fn initial_key_here(acc: &Accumulator, q: &Qap) -> Result<ProvingKey<Bn254>, CeremonyError> {
