@@ -19,11 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|m| format!(".yilian.kms.v1.{m}")),
     );
-    tonic_prost_build::configure().compile_with_config(
-        config,
-        &["../proto/kms.proto"],
-        &["../proto"],
-    )?;
+    // Served by gRPC reflection, so grpcurl needs no .proto files.
+    let descriptors =
+        std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("kms_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_with_config(config, &["../proto/kms.proto"], &["../proto"])?;
     println!("cargo:rerun-if-changed=../proto/kms.proto");
     Ok(())
 }

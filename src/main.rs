@@ -192,7 +192,7 @@ struct Conn {
     /// Node address (host:port).
     #[arg(long, env = "YILIAN_NODE", default_value = "127.0.0.1:7400")]
     node: String,
-    /// Identity directory to connect with (cert.pem, key.pem, ca.pem).
+    /// Identity directory to connect with (cert.pem, key.pem, ledger-key.pem, ca.pem).
     #[arg(long, env = "YILIAN_IDENTITY")]
     identity: PathBuf,
 }

@@ -355,13 +355,56 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         },
     )
     .context("cannot open the ZK API")?;
+    let ledger_server = LedgerService::new(ledger.clone()).into_server();
+    let consortium_server = ConsortiumService::new(ledger.clone()).into_server();
+    let zk_server = zk.into_server();
+    let control_server = coordinator.as_ref().map(|c| c.control().into_server());
+    let mut serving = vec![
+        name_of(&ledger_server),
+        name_of(&consortium_server),
+        name_of(&kms_server),
+        name_of(&zk_server),
+    ];
+    serving.extend(control_server.as_ref().map(name_of));
+    let (health, health_server) = tonic_health::server::health_reporter();
+    for &name in &serving {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    // Both reflection versions: grpcurl asks for v1, grpcio-reflection's
+    // client for v1alpha. Each lists only what this node serves.
+    serving.push(name_of(&health_server));
+    let reflection = |own: &str| {
+        serving.iter().chain([&own]).fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(
+                    yilian_ledger::service::pb::FILE_DESCRIPTOR_SET,
+                )
+                .register_encoded_file_descriptor_set(yilian_kms::service::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(yilian_zk::service::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(yilian_federated::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    let reflection_v1 = reflection("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .context("cannot build the gRPC reflection service")?;
+    let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()
+        .context("cannot build the gRPC reflection service")?;
     let router = tonic::transport::Server::builder()
-        .add_service(LedgerService::new(ledger.clone()).into_server())
-        .add_service(ConsortiumService::new(ledger.clone()).into_server())
+        // grpcurl and grpc_health_probe work against the node without .proto files.
+        .add_service(health_server)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ledger_server)
+        .add_service(consortium_server)
         .add_service(kms_server)
-        .add_service(zk.into_server())
+        .add_service(zk_server)
         // The engineer's control plane, when this node coordinates learning.
-        .add_optional_service(coordinator.as_ref().map(|c| c.control().into_server()));
+        .add_optional_service(control_server);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
@@ -380,4 +423,9 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         shutdown: Some(tx),
         task,
     })
+}
+
+/// The gRPC name a service answers to, as the health service reports it.
+fn name_of<S: tonic::server::NamedService>(_: &S) -> &'static str {
+    S::NAME
 }

@@ -333,3 +333,162 @@ fn node_config_layers_file_then_environment_and_flags() {
         "{err:#}"
     );
 }
+
+/// What an integration team's own stack sees: the identity files as written
+/// load into OpenSSL and into gRPC's C core (grpcio) unchanged, the node's
+/// services are listed through reflection, and the health check says serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_stacks_connect_with_the_identity_files_as_written() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+    };
+
+    let net = network(&[("bank", Role::Verifier, "alice")]).await;
+    let dir = net.dir.identity("alice");
+    let alice = net.dir.load_identity("alice").unwrap();
+    let ch = yilian_identity::grpc::connect(&net.addr, &alice)
+        .await
+        .unwrap();
+
+    // The standard health service, overall and per service.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch.clone());
+    for service in ["", "yilian.ledger.v1.Ledger", "yilian.kms.v1.Kms"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "`{service}`");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+
+    // Reflection lists every service, as `grpcurl list` would ask.
+    let mut reflection = ServerReflectionClient::new(ch);
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies = reflection
+        .server_reflection_info(futures::stream::iter([ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reply = replies.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a service list: {reply:?}");
+    };
+    let mut listed: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    listed.sort();
+    let expected = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "yilian.consortium.v1.Consortium",
+        "yilian.kms.v1.Kms",
+        "yilian.ledger.v1.Ledger",
+        "yilian.zk.v1.Zk",
+    ];
+    for name in expected {
+        assert!(listed.iter().any(|l| l == name), "{name} not in {listed:?}");
+    }
+    // This node coordinates no learning, so it does not offer the control plane.
+    assert!(
+        !listed.iter().any(|l| l == "yilian.federated.v1.Federated"),
+        "{listed:?}"
+    );
+
+    // OpenSSL 3.0 reads both keys as plain PKCS#8 and completes the mutual
+    // TLS 1.3 handshake with the identity's files.
+    for key in ["key.pem", "ledger-key.pem"] {
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-noout", "-in"])
+            .arg(dir.join(key))
+            .output()
+            .expect("openssl is on the machine");
+        assert!(
+            out.status.success(),
+            "openssl pkey {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let addr = net.addr.clone();
+    let dir2 = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("openssl")
+            .args(["s_client", "-tls1_3", "-alpn", "h2", "-verify_return_error"])
+            .args(["-connect", &addr, "-servername", "localhost"])
+            .arg("-cert")
+            .arg(dir2.join("cert.pem"))
+            .arg("-key")
+            .arg(dir2.join("key.pem"))
+            .arg("-CAfile")
+            .arg(dir2.join("ca.pem"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl is on the machine")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for seen in ["Verify return code: 0 (ok)", "TLSv1.3", "ALPN protocol: h2"] {
+        assert!(text.contains(seen), "`{seen}` not in:\n{text}");
+    }
+
+    // gRPC's C core, through grpcio from PyPI: mutual TLS, health,
+    // reflection (v1alpha, the version grpcio-reflection asks for) and a
+    // Yilian call.
+    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let python = tokio::task::spawn_blocking({
+        let client = client.clone();
+        move || yilian_testkit::python_venv(&client)
+    })
+    .await
+    .unwrap();
+    let addr = net.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(client.join("interop/connect.py"))
+            .arg(&addr)
+            .arg(&dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio could not connect: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["health"], "SERVING", "{seen}");
+    assert_eq!(seen["ledger_health"], "SERVING", "{seen}");
+    for name in expected.iter().filter(|n| !n.contains("reflection.v1.")) {
+        assert!(
+            seen["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == name),
+            "{name} not in {seen}"
+        );
+    }
+    assert!(seen["tree_head_bytes"].as_u64().unwrap() > 0, "{seen}");
+    net.node.stop().await.unwrap();
+}

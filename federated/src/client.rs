@@ -20,7 +20,7 @@ type Result<T, E = FlError> = std::result::Result<T, E>;
 pub struct Endpoint {
     /// The node's gRPC address (`host:port`).
     pub node: String,
-    /// Directory holding the identity's cert.pem, key.pem and ca.pem.
+    /// Directory holding the identity's cert.pem, key.pem, ledger-key.pem and ca.pem.
     pub identity: PathBuf,
 }
 

@@ -55,6 +55,10 @@ pub mod secure_round;
 #[cfg(feature = "coordinator")]
 pub mod pb {
     tonic::include_proto!("yilian.federated.v1");
+
+    /// `federated.proto` as a `FileDescriptorSet`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("federated_descriptor");
 }
 #[cfg(feature = "coordinator")]
 pub mod sim;

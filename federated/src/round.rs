@@ -23,7 +23,7 @@ use crate::secagg::{Encoding, FromAgent, ToAgent};
 use crate::secure_round::{GroupOutcome, Outbox, SecureRound};
 use crate::{DataSchema, FlError, RejectReason, TaskSpec};
 
-/// An agent is known by its certificate's ed25519 public key, which is also
+/// An agent is known by the ed25519 ledger key its certificate carries, which is also
 /// its ledger account.
 pub type AgentId = [u8; 32];
 

@@ -4,16 +4,19 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 
-use crate::{CA_FILE, Identity, IdentityError, Result, Role, pem, read, read_cert};
+use crate::{
+    CA_FILE, Identity, IdentityError, Result, Role, TLS_KEY, ledger_key, pem, pem_secret, read,
+    read_cert,
+};
 
 const CA_KEY_FILE: &str = "ca-key.pem";
+const CA_LEDGER_KEY_FILE: &str = "ca-ledger-key.pem";
 
 /// What an organisation asks the authority for.
 #[derive(Clone, Debug)]
@@ -43,9 +46,11 @@ impl AdmissionRequest {
     }
 }
 
-/// The network's admission authority: a self-signed ed25519 CA.
+/// The network's admission authority: a self-signed ECDSA P-256 CA whose
+/// certificate also carries its ed25519 ledger key ([`crate::ledger_key`]).
 pub struct Authority {
     key: KeyPair,
+    ledger_key: SigningKey,
     cert: CertificateDer<'static>,
     network: String,
 }
@@ -61,8 +66,12 @@ impl std::fmt::Debug for Authority {
 impl Authority {
     /// Creates a new authority for `network`, valid for ten years.
     pub fn create(network: &str) -> Result<Authority> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let key = KeyPair::generate_for(TLS_KEY)?;
+        let ledger_key = ledger_key::generate();
         let mut params = CertificateParams::default();
+        params
+            .custom_extensions
+            .push(ledger_key::extension(&ledger_key.verifying_key()));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("{network} admission authority"));
         dn.push(DnType::OrganizationName, network);
@@ -76,12 +85,13 @@ impl Authority {
         let cert = params.self_signed(&key)?;
         Ok(Authority {
             key,
+            ledger_key,
             cert: cert.der().clone(),
             network: network.to_owned(),
         })
     }
 
-    /// Saves `ca.pem` and the private `ca-key.pem` into `dir`.
+    /// Saves `ca.pem` and the private `ca-key.pem` and `ca-ledger-key.pem` into `dir`.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| IdentityError::Write {
             path: dir.to_owned(),
@@ -92,7 +102,9 @@ impl Authority {
             pem("CERTIFICATE", &self.cert).as_bytes(),
         )?;
         let key_pem = zeroize::Zeroizing::new(self.key.serialize_pem());
-        crate::write_private(&dir.join(CA_KEY_FILE), key_pem.as_bytes())
+        crate::write_private(&dir.join(CA_KEY_FILE), key_pem.as_bytes())?;
+        let ledger_pem = pem_secret("PRIVATE KEY", &ledger_key::to_pkcs8(&self.ledger_key));
+        crate::write_private(&dir.join(CA_LEDGER_KEY_FILE), ledger_pem.as_bytes())
     }
 
     /// Loads an authority saved by [`Authority::save`].
@@ -113,6 +125,11 @@ impl Authority {
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
             return Err(IdentityError::KeyMismatch(key_path));
         }
+        let ledger_path = dir.join(CA_LEDGER_KEY_FILE);
+        let ledger_key = ledger_key::from_pem(&read(&ledger_path)?, &ledger_path)?;
+        if ledger_key::from_certificate(&parsed)? != ledger_key.verifying_key().to_bytes() {
+            return Err(IdentityError::KeyMismatch(ledger_path));
+        }
         let network = parsed
             .subject()
             .iter_organization()
@@ -120,7 +137,12 @@ impl Authority {
             .and_then(|o| o.as_str().ok())
             .unwrap_or_default()
             .to_owned();
-        Ok(Authority { key, cert, network })
+        Ok(Authority {
+            key,
+            ledger_key,
+            cert,
+            network,
+        })
     }
 
     pub fn network(&self) -> &str {
@@ -131,10 +153,9 @@ impl Authority {
         &self.cert
     }
 
-    /// The authority's ed25519 key, which also signs admissions and revocations on the ledger.
+    /// The authority's ed25519 ledger key, which signs admissions and revocations.
     pub fn signing_key(&self) -> SigningKey {
-        SigningKey::from_pkcs8_der(self.key.serialized_der())
-            .expect("rcgen generated a valid ed25519 PKCS#8 key")
+        self.ledger_key.clone()
     }
 
     /// Issues a certificate and key for `req`.
@@ -144,8 +165,12 @@ impl Authority {
                 "organisation and name must not be empty",
             ));
         }
-        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+        let key = KeyPair::generate_for(TLS_KEY)?;
+        let ledger_key = ledger_key::generate();
         let mut params = CertificateParams::default();
+        params
+            .custom_extensions
+            .push(ledger_key::extension(&ledger_key.verifying_key()));
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, req.org.as_str());
         dn.push(DnType::OrganizationalUnitName, req.role.as_str());
@@ -174,7 +199,11 @@ impl Authority {
             cert.der().clone(),
             self.cert.clone(),
             key.serialize_der(),
-            Path::new("<issued>"),
+            ledger_key,
+            [
+                Path::new("<issued TLS key>"),
+                Path::new("<issued ledger key>"),
+            ],
         )
     }
 }
@@ -244,5 +273,92 @@ mod tests {
         .unwrap();
         let err = Identity::load(&dir.path().join("a")).unwrap_err();
         assert!(matches!(err, IdentityError::KeyMismatch(_)), "{err}");
+    }
+
+    #[test]
+    fn a_ledger_key_that_its_certificate_does_not_carry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::create("testnet").unwrap();
+        for name in ["a", "b"] {
+            ca.admit(&AdmissionRequest::new("o", Role::Device, name))
+                .unwrap()
+                .save(&dir.path().join(name))
+                .unwrap();
+        }
+        let a_ledger = dir.path().join("a").join(crate::LEDGER_KEY_FILE);
+        std::fs::copy(dir.path().join("b").join(crate::LEDGER_KEY_FILE), &a_ledger).unwrap();
+        let err = Identity::load(&dir.path().join("a")).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::KeyMismatch(p) if *p == a_ledger),
+            "{err}"
+        );
+
+        // The authority's own ledger key is checked the same way.
+        let other = Authority::create("testnet").unwrap();
+        ca.save(&dir.path().join("ca")).unwrap();
+        other.save(&dir.path().join("other")).unwrap();
+        let ca_ledger = dir.path().join("ca").join(CA_LEDGER_KEY_FILE);
+        std::fs::copy(
+            dir.path().join("other").join(CA_LEDGER_KEY_FILE),
+            &ca_ledger,
+        )
+        .unwrap();
+        let err = Authority::load(&dir.path().join("ca")).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::KeyMismatch(p) if *p == ca_ledger),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keys_are_written_as_plain_pkcs8_and_tls_uses_p256() {
+        use rustls_pki_types::PrivatePkcs8KeyDer;
+        use rustls_pki_types::pem::PemObject;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Authority::create("testnet").unwrap();
+        let id = ca
+            .admit(&AdmissionRequest::new("o", Role::Device, "a"))
+            .unwrap();
+        id.save(dir.path()).unwrap();
+        for file in [crate::KEY_FILE, crate::LEDGER_KEY_FILE] {
+            let pem = std::fs::read(dir.path().join(file)).unwrap();
+            let der = PrivatePkcs8KeyDer::from_pem_slice(&pem).unwrap();
+            // SEQUENCE, then INTEGER 0: version 1, the one OpenSSL 3.0 and
+            // Python's `cryptography` accept (RFC 5958 §2).
+            let der = der.secret_pkcs8_der();
+            let version_at = if der[1] & 0x80 != 0 {
+                2 + (der[1] & 0x7f) as usize
+            } else {
+                2
+            };
+            assert_eq!(
+                der[version_at..version_at + 3],
+                [0x02, 0x01, 0x00],
+                "{file}"
+            );
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(id.certificate()).unwrap();
+        assert_eq!(
+            cert.public_key().algorithm.algorithm,
+            x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+        );
+        assert_eq!(
+            cert.signature_algorithm.algorithm,
+            x509_parser::oid_registry::OID_SIG_ECDSA_WITH_SHA256
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_a_ledger_key_is_not_an_identity() {
+        let key = KeyPair::generate_for(crate::TLS_KEY).unwrap();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "o");
+        dn.push(DnType::OrganizationalUnitName, "device");
+        dn.push(DnType::CommonName, "old");
+        params.distinguished_name = dn;
+        let cert = params.self_signed(&key).unwrap();
+        let err = crate::tls::principal_from_cert(cert.der()).unwrap_err();
+        assert!(err.to_string().contains("no ledger key extension"), "{err}");
     }
 }

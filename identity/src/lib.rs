@@ -3,8 +3,10 @@
 //! An admission authority ([`ca::Authority`]) issues X.509 certificates to the
 //! nodes, devices and clients of admitted organisations. The certificate is the
 //! identity: its subject carries the organisation (`O`), the role (`OU`) and the
-//! name (`CN`), and its ed25519 key is the same key that signs the holder's
-//! ledger transactions, so "who connected" and "who signed" cannot drift apart.
+//! name (`CN`). Its TLS key is ECDSA P-256 in plain PKCS#8, which every
+//! common TLS stack offers; the ed25519 key that signs the holder's ledger
+//! transactions is bound into the same certificate by the authority
+//! ([`ledger_key`]), so "who connected" and "who signed" cannot drift apart.
 //!
 //! [`tls`] builds rustls configurations that require and check these
 //! certificates on every connection (gRPC and QUIC alike) and refuse revoked
@@ -14,6 +16,7 @@
 pub mod ca;
 #[cfg(feature = "grpc")]
 pub mod grpc;
+pub mod ledger_key;
 pub mod tls;
 
 use std::fmt;
@@ -21,7 +24,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::DecodePrivateKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
@@ -138,7 +140,7 @@ pub struct Principal {
     pub org: String,
     pub role: Role,
     pub name: String,
-    /// The certificate's ed25519 public key, which also signs ledger transactions.
+    /// The ed25519 ledger key the certificate carries, which signs ledger transactions.
     #[serde(with = "hex::serde")]
     pub public_key: [u8; 32],
     /// The certificate's serial number, the handle for revocation.
@@ -154,15 +156,21 @@ impl fmt::Display for Principal {
 
 /// File names inside an identity directory.
 pub const CERT_FILE: &str = "cert.pem";
+/// The TLS key (ECDSA P-256, PKCS#8 version 1), which OpenSSL, gRPC and Go load as is.
 pub const KEY_FILE: &str = "key.pem";
+/// The ed25519 ledger key (PKCS#8 version 1).
+pub const LEDGER_KEY_FILE: &str = "ledger-key.pem";
 pub const CA_FILE: &str = "ca.pem";
 
-/// A local identity: certificate, its ed25519 key and the network's CA certificate.
+/// The TLS key algorithm of every certificate the authority issues.
+pub(crate) const TLS_KEY: &rcgen::SignatureAlgorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
+
+/// A local identity: certificate, its TLS and ledger keys, and the network's CA certificate.
 pub struct Identity {
     principal: Principal,
     cert: CertificateDer<'static>,
     ca: CertificateDer<'static>,
-    key_pkcs8: zeroize::Zeroizing<Vec<u8>>,
+    tls_key: zeroize::Zeroizing<Vec<u8>>,
     signing_key: SigningKey,
 }
 
@@ -181,49 +189,66 @@ impl Clone for Identity {
             principal: self.principal.clone(),
             cert: self.cert.clone(),
             ca: self.ca.clone(),
-            key_pkcs8: self.key_pkcs8.clone(),
+            tls_key: self.tls_key.clone(),
             signing_key: self.signing_key.clone(),
         }
     }
 }
 
 impl Identity {
-    /// Loads `cert.pem`, `key.pem` and `ca.pem` from `dir`.
+    /// Loads `cert.pem`, `key.pem`, `ledger-key.pem` and `ca.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<Identity> {
         let cert = read_cert(&dir.join(CERT_FILE))?;
         let ca = read_cert(&dir.join(CA_FILE))?;
         let key_path = dir.join(KEY_FILE);
-        let key_pem = read(&key_path)?;
+        let key_pem = zeroize::Zeroizing::new(read(&key_path)?);
         let key = PrivatePkcs8KeyDer::from_pem_slice(&key_pem).map_err(|e| {
             IdentityError::MalformedKey {
                 path: key_path.clone(),
                 reason: e.to_string(),
             }
         })?;
-        Identity::from_parts(cert, ca, key.secret_pkcs8_der().to_vec(), &key_path)
+        let ledger_path = dir.join(LEDGER_KEY_FILE);
+        let ledger_pem = zeroize::Zeroizing::new(read(&ledger_path)?);
+        let signing_key = ledger_key::from_pem(&ledger_pem, &ledger_path)?;
+        Identity::from_parts(
+            cert,
+            ca,
+            key.secret_pkcs8_der().to_vec(),
+            signing_key,
+            [&key_path, &ledger_path],
+        )
     }
 
+    /// Checks that the TLS key is the certificate's and the ledger key the one it carries.
     pub(crate) fn from_parts(
         cert: CertificateDer<'static>,
         ca: CertificateDer<'static>,
-        key_pkcs8: Vec<u8>,
-        origin: &Path,
+        tls_key: Vec<u8>,
+        signing_key: SigningKey,
+        [tls_key_origin, ledger_key_origin]: [&Path; 2],
     ) -> Result<Identity> {
-        let key_pkcs8 = zeroize::Zeroizing::new(key_pkcs8);
-        let signing_key =
-            SigningKey::from_pkcs8_der(&key_pkcs8).map_err(|e| IdentityError::MalformedKey {
-                path: origin.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let tls_key = zeroize::Zeroizing::new(tls_key);
+        let malformed = |reason: String| IdentityError::MalformedKey {
+            path: tls_key_origin.to_owned(),
+            reason,
+        };
+        let pair =
+            rcgen::KeyPair::try_from(tls_key.as_slice()).map_err(|e| malformed(e.to_string()))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| IdentityError::MalformedCertificate(e.to_string()))?;
+        if parsed.public_key().subject_public_key.data.as_ref() != pair.public_key_raw() {
+            return Err(IdentityError::KeyMismatch(tls_key_origin.to_owned()));
+        }
         let principal = tls::principal_from_cert(&cert)?;
         if signing_key.verifying_key().to_bytes() != principal.public_key {
-            return Err(IdentityError::KeyMismatch(origin.to_owned()));
+            return Err(IdentityError::KeyMismatch(ledger_key_origin.to_owned()));
         }
         Ok(Identity {
             principal,
             cert,
             ca,
-            key_pkcs8,
+            tls_key,
             signing_key,
         })
     }
@@ -239,8 +264,10 @@ impl Identity {
             pem("CERTIFICATE", &self.cert).as_bytes(),
         )?;
         write(&dir.join(CA_FILE), pem("CERTIFICATE", &self.ca).as_bytes())?;
-        let key_pem = zeroize::Zeroizing::new(pem("PRIVATE KEY", &self.key_pkcs8));
-        write_private(&dir.join(KEY_FILE), key_pem.as_bytes())
+        let key_pem = pem_secret("PRIVATE KEY", &self.tls_key);
+        write_private(&dir.join(KEY_FILE), key_pem.as_bytes())?;
+        let ledger_pem = pem_secret("PRIVATE KEY", &ledger_key::to_pkcs8(&self.signing_key));
+        write_private(&dir.join(LEDGER_KEY_FILE), ledger_pem.as_bytes())
     }
 
     pub fn principal(&self) -> &Principal {
@@ -255,14 +282,16 @@ impl Identity {
     pub fn ca_certificate(&self) -> &CertificateDer<'static> {
         &self.ca
     }
+    /// The TLS key, for rustls (which zeroizes its copy when done with it).
     pub(crate) fn private_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.to_vec()))
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.tls_key.to_vec()))
     }
 }
 
 pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    // Wiped when dropped, since `der` may be a private key.
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
     let mut out = format!("-----BEGIN {label}-----\n");
     for chunk in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
@@ -270,6 +299,11 @@ pub(crate) fn pem(label: &str, der: &[u8]) -> String {
     }
     out.push_str(&format!("-----END {label}-----\n"));
     out
+}
+
+/// [`pem`] for a secret: the base64 text is wiped when dropped.
+pub(crate) fn pem_secret(label: &str, der: &[u8]) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(pem(label, der))
 }
 
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {

@@ -121,16 +121,7 @@ pub fn principal_from_cert(der: &CertificateDer<'_>) -> Result<Principal> {
     let org = one(subject.iter_organization().next(), "no organisation (O)")?;
     let role: Role = one(subject.iter_organizational_unit().next(), "no role (OU)")?.parse()?;
     let name = one(subject.iter_common_name().next(), "no name (CN)")?;
-    let spki = cert.public_key();
-    if spki.algorithm.algorithm != x509_parser::oid_registry::OID_SIG_ED25519 {
-        return Err(IdentityError::NotAnIdentity("key is not ed25519"));
-    }
-    let public_key: [u8; 32] = spki
-        .subject_public_key
-        .data
-        .as_ref()
-        .try_into()
-        .map_err(|_| IdentityError::NotAnIdentity("ed25519 key of the wrong length"))?;
+    let public_key = crate::ledger_key::from_certificate(&cert)?;
     Ok(Principal {
         org,
         role,

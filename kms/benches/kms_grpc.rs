@@ -274,7 +274,7 @@ fn main() {
         }
         let echo = serve_echo(&s, &bare).await;
         println!(
-            "KMS over gRPC, loopback, mutual TLS (ed25519 certs), {} CPU(s), {secs:.1}s per cell; server and clients share the machine",
+            "KMS over gRPC, loopback, mutual TLS (ECDSA P-256 certs), {} CPU(s), {secs:.1}s per cell; server and clients share the machine",
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         );
         println!("{:<16} {:>7} | {:>10} {:>8} {:>8} {:>9} | {:>10} {:>8} {:>8} | {:>10} {:>8} | {:>6} | {:>10} {:>6}", "operation", "clients", "audit rq/s", "p50 us", "p99 us", "per fsync", "none rq/s", "p50 us", "p99 us", "reverify", "p99 us", "ratio", "echo rq/s", "none/echo");

@@ -23,6 +23,9 @@ use crate::secret::Key32;
 pub mod pb {
     tonic::include_proto!("yilian.kms.v1");
 
+    /// `kms.proto` as a `FileDescriptorSet`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kms_descriptor");
+
     /// The messages that carry key material, plaintext or shares (listed
     /// in build.rs, which leaves their Debug out): their secret fields
     /// print as lengths only and are zeroized when the message is dropped.

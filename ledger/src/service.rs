@@ -15,6 +15,9 @@ use crate::tx::{AccountId, SignedTransaction};
 /// Generated protobuf types and service stubs.
 pub mod pb {
     tonic::include_proto!("yilian.ledger.v1");
+
+    /// `ledger.proto` and `consortium.proto` as a `FileDescriptorSet`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("ledger_descriptor");
 }
 
 pub use pb::ledger_client::LedgerClient as RawLedgerClient;

@@ -17,7 +17,7 @@ pub struct Conn {
     /// Node address (host:port).
     #[arg(long, env = "YILIAN_NODE", default_value = "127.0.0.1:7400")]
     pub node: String,
-    /// Identity directory to connect with (cert.pem, key.pem, ca.pem).
+    /// Identity directory to connect with (cert.pem, key.pem, ledger-key.pem, ca.pem).
     #[arg(long, env = "YILIAN_IDENTITY")]
     pub identity: PathBuf,
 }

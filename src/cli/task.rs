@@ -15,7 +15,7 @@ pub struct NodeArgs {
     /// The node's gRPC address (`host:port`).
     #[arg(long, env = "YILIAN_NODE")]
     pub node: String,
-    /// Directory holding the engineer's cert.pem, key.pem and ca.pem.
+    /// Directory holding the engineer's cert.pem, key.pem, ledger-key.pem and ca.pem.
     #[arg(long, env = "YILIAN_IDENTITY")]
     pub identity: PathBuf,
 }

@@ -563,6 +563,50 @@ fn significant(x: f64) -> String {
     format!("{x:.digits$}")
 }
 
+/// A Python interpreter in `<dir>/.venv` with the packages `dir/requirements.txt`
+/// pins, installed from PyPI when the file changed since the last install.
+/// `python3` with its `venv` module must be on the machine.
+pub fn python_venv(dir: &Path) -> PathBuf {
+    let requirements = std::fs::read_to_string(dir.join("requirements.txt"))
+        .unwrap_or_else(|e| panic!("{}/requirements.txt: {e}", dir.display()));
+    let venv = dir.join(".venv");
+    let python = venv.join("bin/python");
+    let stamp = venv.join(".yilian-requirements");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
+        return python;
+    }
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: cannot start it: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed; run it by hand in {} to see why:\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&venv),
+        "python3 -m venv .venv",
+    );
+    run(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(dir.join("requirements.txt")),
+        ".venv/bin/python -m pip install -r requirements.txt",
+    );
+    std::fs::write(&stamp, &requirements).unwrap();
+    python
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,6 +60,9 @@ use crate::{Result, Shape, ZkError, consent, fr_from_bytes, fr_to_bytes, keys, s
 
 pub mod pb {
     tonic::include_proto!("yilian.zk.v1");
+
+    /// `zk.proto` as a `FileDescriptorSet`, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("zk_descriptor");
 }
 
 pub use pb::zk_client::ZkClient;
