@@ -492,3 +492,46 @@ async fn other_stacks_connect_with_the_identity_files_as_written() {
     assert!(seen["tree_head_bytes"].as_u64().unwrap() > 0, "{seen}");
     net.node.stop().await.unwrap();
 }
+
+/// The Python SDK (`clients/python`, stubs generated from `proto/` by
+/// grpcio-tools) against a real node: its pytest suite, including the
+/// tests that need the node, which must run rather than skip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_works_against_a_real_node() {
+    let net = network(&[
+        ("bank", Role::DataHolder, "holder"),
+        ("regulator", Role::Auditor, "auditor"),
+    ])
+    .await;
+    let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let identities = net.dir.identity("holder").parent().unwrap().to_owned();
+    let addr = net.addr.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let python = yilian_testkit::python_venv(&client);
+        std::process::Command::new(python)
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-rs",
+                "-p",
+                "no:cacheprovider",
+                "tests",
+            ])
+            .current_dir(&client)
+            .env("YILIAN_NODE", &addr)
+            .env("YILIAN_IDENTITIES", &identities)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pytest failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("skipped"), "a Python test skipped:\n{text}");
+    net.node.stop().await.unwrap();
+}

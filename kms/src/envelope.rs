@@ -206,6 +206,30 @@ mod tests {
         assert_eq!(pt, b"hi");
     }
 
+    /// The test vector of docs/envelope.md, which the Python client's test
+    /// (`clients/python/tests/test_envelope.py`) opens with `cryptography`.
+    #[test]
+    fn the_documented_test_vector() {
+        let key = Key32::from_bytes(std::array::from_fn(|i| i as u8));
+        let mut env = Envelope {
+            key_id: "door-301".into(),
+            key_version: 3,
+            nonce: std::array::from_fn(|i| 100 + i as u8),
+            ciphertext: Vec::new(),
+        };
+        let aad = env.aad(&[7; 32], b"stay-42");
+        env.ciphertext = crypto::seal(&key, &env.nonce, &aad, b"room 101");
+        assert_eq!(
+            hex::encode(env.encode()),
+            "01010000000308646f6f722d3330316465666768696a6b6c6d6e6f\
+             3a74b10b59d866afa7f066d3785682c02a6864fa5cd0a377"
+        );
+        assert_eq!(
+            env.open(&key, &[7; 32], b"stay-42").unwrap().expose(),
+            b"room 101"
+        );
+    }
+
     #[test]
     fn precise_errors_for_malformed_headers() {
         assert!(matches!(

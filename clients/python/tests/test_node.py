@@ -1,0 +1,119 @@
+"""The SDK against a real node, started by tests/node.rs
+(`the_python_client_works_against_a_real_node`), which sets
+YILIAN_NODE (its address) and YILIAN_IDENTITIES (the identity directories)."""
+
+import os
+import pathlib
+
+import grpc
+import pytest
+
+import yilian
+from yilian import merkle
+
+NODE = os.environ.get("YILIAN_NODE")
+pytestmark = pytest.mark.skipif(NODE is None, reason="needs a node: run tests/node.rs")
+
+
+def identity(name):
+    return yilian.Identity(pathlib.Path(os.environ["YILIAN_IDENTITIES"]) / name)
+
+
+def test_an_identity_directory_loads_with_its_principal():
+    holder = identity("holder")
+    assert (holder.principal.org, holder.principal.role, holder.principal.name) == (
+        "bank", "data-holder", "holder",
+    )
+    assert len(holder.principal.account) == 32
+
+
+def test_a_directory_without_a_ledger_key_is_refused_by_file(tmp_path):
+    src = pathlib.Path(os.environ["YILIAN_IDENTITIES"]) / "holder"
+    for f in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / f).write_bytes((src / f).read_bytes())
+    with pytest.raises(yilian.IdentityError, match="ledger-key.pem"):
+        yilian.Identity(tmp_path)
+
+
+def test_the_key_owner_seals_locally_and_the_kms_unwraps():
+    holder = identity("holder")
+    with holder.channel(NODE) as ch:
+        owner = yilian.KeyOwner(ch, holder.principal.account)
+        assert owner.create_key("py-vault") == 1
+        dk = owner.generate_data_key("py-vault", b"order-42")
+        assert (dk.wrapped.key_id, dk.wrapped.key_version) == ("py-vault", 1)
+        assert len(dk.plaintext) == 32
+        sealed = owner.seal(dk, b"the customer's file", b"order-42")
+        unwrapped = owner.unwrap(dk.wrapped, b"order-42")
+        assert unwrapped == dk.plaintext
+        assert owner.open(unwrapped, sealed, b"order-42") == b"the customer's file"
+        with pytest.raises(yilian.EnvelopeError):
+            owner.open(unwrapped, sealed, b"order-43")
+        # The wrapped key is bound to its context too, by the KMS.
+        with pytest.raises(grpc.RpcError) as refused:
+            owner.unwrap(dk.wrapped, b"order-43")
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value
+        with pytest.raises(grpc.RpcError) as missing:
+            owner.generate_data_key("no-such-key")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND, missing.value
+        dk.wipe()
+        assert dk.plaintext == bytearray(32)
+
+
+def test_the_auditor_checks_heads_entries_and_consistency():
+    auditor_id, holder = identity("auditor"), identity("holder")
+    with auditor_id.channel(NODE) as ch, holder.channel(NODE) as hch:
+        auditor = yilian.Auditor(ch)
+        old = auditor.head()
+        assert old.size >= 1
+        genesis = auditor.entry(0, old)
+        assert merkle.leaf_hash(genesis)
+        # A KMS operation is audited on the ledger, so the log grows.
+        yilian.KeyOwner(hch, holder.principal.account).create_key("py-audited")
+        new = auditor.head()
+        assert new.size > old.size
+        auditor.consistent(old, new)
+        for i in range(new.size):
+            auditor.entry(i, new)
+
+        # A head signed by a key the auditor does not trust is refused.
+        with pytest.raises(yilian.HeadError, match="not a trusted member key"):
+            yilian.Auditor(ch, trusted={bytes(32)}).head()
+        # Proofs that do not lead to the signed root are refused.
+        from yilian._pb import ledger_pb2, ledger_pb2_grpc
+
+        stub = ledger_pb2_grpc.LedgerStub(ch)
+        p = stub.GetInclusionProof(ledger_pb2.GetInclusionProofRequest(index=0, tree_size=new.size))
+        path = list(p.path)
+        path[0] = bytes([path[0][0] ^ 1]) + path[0][1:]
+        with pytest.raises(merkle.ProofError):
+            merkle.verify_inclusion(0, new.size, merkle.leaf_hash(p.entry), path, new.root)
+        with pytest.raises(merkle.ProofError):
+            merkle.verify_inclusion(0, new.size, merkle.leaf_hash(p.entry + b"x"), list(p.path), new.root)
+        c = stub.GetConsistencyProof(ledger_pb2.GetConsistencyProofRequest(old_size=old.size, new_size=new.size))
+        with pytest.raises(merkle.ProofError):
+            merkle.verify_consistency(old.size, new.size, new.root, new.root, list(c.path))
+
+
+def test_the_examples_run_as_documented(tmp_path):
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).resolve().parent.parent
+    ids = pathlib.Path(os.environ["YILIAN_IDENTITIES"])
+    env = {**os.environ, "PYTHONPATH": str(here)}
+
+    def run(*args):
+        out = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    head = tmp_path / "head.json"
+    first = run(here / "examples/auditor.py", NODE, ids / "auditor", head)
+    assert "each included in the head" in first and "consistent" not in first
+    notes = tmp_path / "notes.txt"
+    notes.write_text("checked customer 42")
+    assert "unwrapped and opened again" in run(here / "examples/key_owner.py", NODE, ids / "holder", "vault", notes)
+    assert (tmp_path / "notes.txt.env").exists()
+    second = run(here / "examples/auditor.py", NODE, ids / "auditor", head)
+    assert "consistent with the earlier head" in second
