@@ -124,6 +124,7 @@ async fn consortium(n: usize) -> Net {
                 ..Default::default()
             },
             connections: Default::default(),
+            explorer: None,
         };
         nodes.push(node::start(&cfg).await.unwrap());
     }

@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod devnet;
+pub mod explorer;
 pub mod network;
 pub mod node;

@@ -40,6 +40,9 @@ enum Command {
         /// Keep the network's files in this directory (default: a temporary one).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// After the acts, keep the member nodes and their explorer pages up until ctrl-c.
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Admission authority: create a network, admit and revoke identities.
     #[command(subcommand)]
@@ -298,7 +301,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cmd: Command) -> Result<()> {
     match cmd {
-        Command::Devnet { dir } => yilian::devnet::run(dir).await,
+        Command::Devnet { dir, keep_running } => yilian::devnet::run(dir, keep_running).await,
         Command::Admin(a) => admin(a).await,
         Command::Node { config, overrides } => {
             let cfg = NodeConfig::load(config.as_deref(), &overrides)?;

@@ -114,7 +114,10 @@ pub async fn init_network(dir: &NetworkDir, network: &str, listen: &str) -> Resu
          data_dir = {:?}\nlisten = {:?}\nfederated = {:?}\nmetrics = \"127.0.0.1:9464\"\nidentity = {:?}\n\n\
          # This member among the consortium's nodes: the address the others dial for it,\n\
          # and theirs (members are added with `yilian admin add-member`).\n\
-         [cluster]\nadvertise = {:?}\npeers = []\n",
+         [cluster]\nadvertise = {:?}\npeers = []\n\n\
+         # The read-only explorer web page; it has no login, so keep it on this machine\n\
+         # or behind a proxy that authenticates.\n\
+         [explorer]\nlisten = \"127.0.0.1:7480\"\n",
         root.display().to_string(),
         listen,
         federated_addr(listen),

@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// How this node takes part in the consortium.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// The read-only explorer web page (`[explorer]`), if served.
+    #[serde(default)]
+    pub explorer: Option<crate::explorer::ExplorerConfig>,
 }
 
 /// The `[cluster]` section: this member among its peers.
@@ -112,6 +115,9 @@ pub struct NodeOverrides {
     /// Federated-learning (QUIC) listen address, e.g. 127.0.0.1:7401.
     #[arg(long, env = "YILIAN_FEDERATED")]
     pub federated: Option<SocketAddr>,
+    /// Explorer web page address, e.g. 127.0.0.1:7480 (overrides `[explorer] listen`).
+    #[arg(long, env = "YILIAN_EXPLORER")]
+    pub explorer: Option<SocketAddr>,
 }
 
 #[derive(Deserialize, Default)]
@@ -131,6 +137,7 @@ struct FileConfig {
     cluster: ClusterConfig,
     #[serde(default)]
     connections: yilian_identity::grpc::ConnectionLimits,
+    explorer: Option<crate::explorer::ExplorerConfig>,
 }
 
 impl NodeConfig {
@@ -166,6 +173,10 @@ impl NodeConfig {
             federated: over.federated.or(f.federated),
             cluster: f.cluster,
             connections: f.connections,
+            explorer: over
+                .explorer
+                .map(|listen| crate::explorer::ExplorerConfig { listen })
+                .or(f.explorer),
             data_dir,
         })
     }
@@ -177,6 +188,8 @@ pub struct RunningNode {
     /// Where the federated-learning coordinator listens (QUIC), if it runs.
     pub federated: Option<SocketAddr>,
     pub ledger: Ledger,
+    /// The explorer page, if this node serves it.
+    pub explorer: Option<crate::explorer::Explorer>,
     data_dir: PathBuf,
     coordinator: Option<yilian_federated::coordinator::Coordinator>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -414,10 +427,21 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     if let Some(fl) = federated {
         tracing::info!(%fl, "federated coordinator serving over QUIC");
     }
+    let explorer = match &cfg.explorer {
+        Some(e) => {
+            let explorer = crate::explorer::serve(e.listen, ledger.clone())
+                .await
+                .with_context(|| format!("cannot serve the explorer on {}", e.listen))?;
+            tracing::info!(url = %explorer.url(), "explorer serving");
+            Some(explorer)
+        }
+        None => None,
+    };
     Ok(RunningNode {
         addr,
         federated,
         coordinator,
+        explorer,
         ledger,
         data_dir: cfg.data_dir.clone(),
         shutdown: Some(tx),

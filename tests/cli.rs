@@ -74,6 +74,9 @@ fn a_newcomer_runs_a_network_and_verifies_proofs_offline() {
 
     let config = data.join("node.toml");
     let _node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        // Its own explorer port: node.toml's 7480 may be another test's.
+        .arg("--explorer")
+        .arg("127.0.0.1:0")
         .arg("--metrics")
         .arg(format!("127.0.0.1:{metrics}"))
         .started();
@@ -296,6 +299,9 @@ fn an_engineer_submits_and_follows_a_task_through_the_node() {
     ]);
     let config = data.join("node.toml");
     let _node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        // Its own explorer port: node.toml's 7480 may be another test's.
+        .arg("--explorer")
+        .arg("127.0.0.1:0")
         .arg("--federated")
         .arg(&fl)
         // Its own metrics port: the default one is another test's.
@@ -415,6 +421,9 @@ fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
     ]);
     let config = data.join("node.toml");
     let _node = NodeProcess::new(env!("CARGO_BIN_EXE_yilian"), &config)
+        // Its own explorer port: node.toml's 7480 may be another test's.
+        .arg("--explorer")
+        .arg("127.0.0.1:0")
         .arg("--insecure-dev-setup")
         .arg("--metrics")
         .arg(format!("127.0.0.1:{}", free_port()))

@@ -41,6 +41,7 @@ fn devnet_runs_every_act_and_exits_zero() {
         "closed 10 rounds",
         "with the exported ONNX model (tract)",
         "time: ceremony",
+        "explorer: http://127.0.0.1:",
         "time: all acts",
         "== devnet finished",
     ] {

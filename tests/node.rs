@@ -44,6 +44,9 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
         federated: None,
         cluster: Default::default(),
         connections: Default::default(),
+        explorer: Some(yilian::explorer::ExplorerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        }),
     };
     let node = node::start(&cfg).await.unwrap();
     let addr = node.addr.to_string();
@@ -533,5 +536,175 @@ async fn the_python_client_works_against_a_real_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("skipped"), "a Python test skipped:\n{text}");
+    net.node.stop().await.unwrap();
+}
+
+/// One HTTP/1.1 GET on loopback: the status code and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {raw}"));
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|b| b.1)
+        .unwrap_or("")
+        .to_owned();
+    (status, body)
+}
+
+/// The explorer in a real headless chromium (Debian's, driven by
+/// playwright-core): the entries page lists the entries, an entry's
+/// inclusion proof verifies in the page and an altered one shows as failed,
+/// and a key owner's account lists its KMS audit entries. Screenshots are
+/// left in `target/explorer-screenshots/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_works_in_a_real_browser() {
+    let net = network(&[("bank", Role::DataHolder, "holder")]).await;
+    let holder = net.dir.load_identity("holder").unwrap();
+    let mut kms = yilian_kms::client::Client::connect(&net.addr, &holder)
+        .await
+        .unwrap();
+    kms.create_key("vault", false, false).await.unwrap();
+    kms.generate_data_key("vault", b"order-42", None)
+        .await
+        .unwrap();
+    let (mut ledger, _) = client(&net, "holder").await;
+    for i in 0..30 {
+        let note = Transaction::new(Payload::Note {
+            topic: "kyc".into(),
+            body: format!("checked customer {i}"),
+        })
+        .sign(holder.signing_key());
+        ledger.submit(&note).await.unwrap();
+    }
+    let size = ledger.tree_head().await.unwrap().tree_size;
+    let explorer = net.node.explorer.as_ref().unwrap();
+
+    let tools = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/interop");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "the explorer test needs Debian's chromium: apt-get install chromium (.ci/run does)"
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("explorer-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let url = explorer.url();
+    let account = hex::encode(holder.principal().public_key);
+    // An entry in the middle, so its proof has hashes on both sides.
+    let index = (size / 2).to_string();
+    let out = tokio::task::spawn_blocking({
+        let shots = shots.clone();
+        move || {
+            std::process::Command::new("node")
+                .arg(tools.join("explorer.mjs"))
+                .args([&url, shots.to_str().unwrap(), &index, &account])
+                .current_dir(&tools)
+                .output()
+                .expect("node runs")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the browser run failed (is tools/interop installed? npm ci --prefix tools/interop):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<u64> = serde_json::from_value(seen["listed"].clone()).unwrap();
+    let newest: Vec<u64> = (size.saturating_sub(25)..size).rev().collect();
+    assert_eq!(listed, newest, "{seen}");
+    assert!(
+        seen["head"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{size} entries")),
+        "{seen}"
+    );
+    assert_eq!(seen["head_signature"], "ok", "{seen}");
+    assert_eq!(seen["proof"], "ok", "{seen}");
+    assert!(seen["decoded"].as_str().unwrap().contains("Note"), "{seen}");
+    assert_eq!(seen["tampered"], "failed", "{seen}");
+    assert!(
+        seen["tampered_text"]
+            .as_str()
+            .unwrap()
+            .contains("does not lead to the signed root"),
+        "{seen}"
+    );
+    let kinds: Vec<String> = serde_json::from_value(seen["account_kinds"].clone()).unwrap();
+    assert!(
+        kinds.len() >= 2 && kinds.iter().all(|k| k == "key-audit"),
+        "{seen}"
+    );
+    assert!(
+        seen["bad_search"].as_str().unwrap().contains("below 2^64"),
+        "{seen}"
+    );
+    assert_eq!(seen["page_errors"], serde_json::json!([]), "{seen}");
+    for shot in ["entries.png", "entry.png", "tampered.png", "account.png"] {
+        assert!(shots.join(shot).exists(), "{shot}");
+    }
+    net.node.stop().await.unwrap();
+}
+
+/// Malformed explorer parameters answer 400 or 404 with a reason, never a
+/// 500, and reading changes nothing on the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explorer_parameters_that_are_wrong_get_400_or_404() {
+    let net = network(&[("bank", Role::Verifier, "alice")]).await;
+    let addr = net.node.explorer.as_ref().unwrap().addr;
+    let before = net.node.ledger.tree_head();
+    let cases: &[(&str, u16, &str)] = &[
+        (
+            "/api/entries/18446744073709551616",
+            400,
+            "parameter `index`",
+        ),
+        ("/api/entries/-1", 400, "parameter `index`"),
+        ("/api/entries/abc", 400, "parameter `index`"),
+        ("/api/entries/999999999", 404, "no entry 999999999"),
+        ("/api/entries?limit=0", 400, "parameter `limit`"),
+        ("/api/entries?limit=101", 400, "parameter `limit`"),
+        ("/api/entries?before=x", 400, "parameter `before`"),
+        ("/api/accounts/zz", 400, "parameter `account`"),
+        ("/api/accounts/00", 400, "parameter `account`"),
+        (
+            &format!("/api/accounts/{}", "00".repeat(32)),
+            404,
+            "no account",
+        ),
+        ("/api/search?q=", 400, "parameter `q`"),
+        (
+            &format!("/api/search?q={}", "a".repeat(300)),
+            400,
+            "parameter `q`",
+        ),
+        ("/api/search?q=99999999999999999999999", 400, "below 2^64"),
+        ("/api/search?q=no-such-record", 404, "nothing on the ledger"),
+        ("/no/such/page", 404, "no such page"),
+    ];
+    for (path, status, reason) in cases {
+        let (got, body) = http_get(addr, path).await;
+        assert_eq!(got, *status, "{path}: {body}");
+        assert!(body.contains(reason), "{path}: {body}");
+    }
+    // What works still works, and nothing was written.
+    let (ok, body) = http_get(addr, "/api/entries?limit=1").await;
+    assert_eq!(ok, 200, "{body}");
+    let (ok, body) = http_get(addr, "/").await;
+    assert!(ok == 200 && body.contains("Yilian explorer"), "{body}");
+    assert_eq!(net.node.ledger.tree_head(), before);
     net.node.stop().await.unwrap();
 }

@@ -46,7 +46,7 @@ const ROUNDS: u32 = 10;
 /// The digits data set, embedded so the devnet needs no set-up (see data/README.md).
 const DIGITS: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
-pub async fn run(dir: Option<PathBuf>) -> Result<()> {
+pub async fn run(dir: Option<PathBuf>, keep_running: bool) -> Result<()> {
     let _tmp;
     let root = match dir {
         Some(d) => d,
@@ -156,6 +156,16 @@ pub async fn run(dir: Option<PathBuf>) -> Result<()> {
             end.cosigners.len(),
             hex::encode(cp.body.root)
         );
+        let shown = members.iter().find(|m| m.addr == survivor).unwrap_or(&members[0]);
+        let served = explorer_head_size(&shown.explorer).await?;
+        println!(
+            "explorer: http://{}/ ({}'s node; every member serves its own) shows the head of {served} entries",
+            shown.explorer, shown.org
+        );
+        if keep_running {
+            println!("keeping the network up: ctrl-c to stop");
+            tokio::signal::ctrl_c().await?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -188,6 +198,8 @@ fn free_udp_addr() -> Result<String> {
 
 /// A member organisation's node: a `yilian node` process of this binary.
 struct MemberNode {
+    /// Where this member serves its explorer page.
+    explorer: String,
     org: &'static str,
     addr: String,
     identity: PathBuf,
@@ -213,11 +225,13 @@ impl MemberNode {
             .map(|a| format!("federated = {:?}\n", a.to_string()))
             .unwrap_or_default();
         let config = data.join("node.toml");
+        let explorer = free_addr()?;
         std::fs::write(
             &config,
             format!(
                 "# {org}'s member node in the devnet\ndata_dir = {:?}\nlisten = {addr:?}\n\
-                 identity = {:?}\n{fl}\n[cluster]\nadvertise = {addr:?}\npeers = [{}]\n",
+                 identity = {:?}\n{fl}\n[cluster]\nadvertise = {addr:?}\npeers = [{}]\n\n\
+                 [explorer]\nlisten = {explorer:?}\n",
                 data.display().to_string(),
                 identity.display().to_string(),
                 peers.join(", "),
@@ -226,6 +240,7 @@ impl MemberNode {
         Ok(MemberNode {
             org,
             addr,
+            explorer,
             identity,
             log: data.join("node.log"),
             data,
@@ -1131,4 +1146,26 @@ async fn try_read(addr: &str, id: &Identity) -> Result<(), String> {
             None => s.message().to_owned(),
         }),
     }
+}
+
+/// The tree size the explorer at `addr` reports, read over plain HTTP as a
+/// browser would.
+async fn explorer_head_size(addr: &str) -> Result<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("the explorer at {addr} is not reachable"))?;
+    s.write_all(b"GET /api/head HTTP/1.1\r\nHost: devnet\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|b| b.1)
+        .context("the explorer sent no body")?;
+    let head: serde_json::Value =
+        serde_json::from_str(body).context("the explorer's head is not JSON")?;
+    head["size"]
+        .as_u64()
+        .context("the explorer's head has no size")
 }

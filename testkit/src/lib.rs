@@ -572,6 +572,9 @@ pub fn python_venv(dir: &Path) -> PathBuf {
     let venv = dir.join(".venv");
     let python = venv.join("bin/python");
     let stamp = venv.join(".yilian-requirements");
+    // Tests in one binary, or test binaries run side by side, install once.
+    let lock = std::fs::File::create(dir.join(".venv.lock")).unwrap();
+    lock.lock().unwrap();
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(requirements.as_str()) {
         return python;
     }

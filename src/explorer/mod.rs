@@ -1,0 +1,194 @@
+//! The explorer: a read-only web page a node serves on its own port, for
+//! auditors and operators in a browser. It shows ledger entries decoded by
+//! type, the signed and cosigned heads, and accounts; the page itself checks
+//! each entry's inclusion proof and the head's signature with WebCrypto.
+//!
+//! It shows only what the ledger shows every member, and never a secret.
+//! It has no login: whoever reaches its port reads the ledger, so it binds to
+//! localhost unless `[explorer] listen` says otherwise. The page's files are
+//! compiled into the binary (`assets/`), so serving it needs no JavaScript
+//! toolchain.
+
+pub mod view;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use yilian_ledger::Ledger;
+
+use view::Refusal;
+
+/// The `[explorer]` section of `node.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplorerConfig {
+    /// Where the page is served (default `127.0.0.1:7480`, this machine only).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7480))
+}
+
+impl Default for ExplorerConfig {
+    fn default() -> Self {
+        ExplorerConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// A running explorer; dropping it stops the server.
+pub struct Explorer {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Explorer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Explorer {
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// Binds `listen` and serves the explorer over `ledger`.
+pub async fn serve(listen: SocketAddr, ledger: Ledger) -> std::io::Result<Explorer> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(ledger);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the explorer stopped");
+        }
+    });
+    Ok(Explorer { addr, task })
+}
+
+fn router(ledger: Ledger) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route("/api/head", get(head))
+        .route("/api/entries", get(entries))
+        .route("/api/entries/{index}", get(entry))
+        .route("/api/accounts/{account}", get(account))
+        .route("/api/search", get(search))
+        .fallback(|| async { refuse(Refusal::NotFound("no such page".into())) })
+        .with_state(ledger)
+}
+
+const INDEX: &str = include_str!("assets/index.html");
+const APP: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/style.css");
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The page runs only its own script and talks only to this server.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn answer(result: Result<serde_json::Value, Refusal>) -> Response {
+    match result {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => refuse(e),
+    }
+}
+
+fn refuse(e: Refusal) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "explorer request failed");
+    }
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+/// Query parameters arrive as text, so a bad one gets this endpoint's own
+/// message rather than the framework's.
+fn number(q: &HashMap<String, String>, name: &'static str) -> Result<Option<u64>, Refusal> {
+    q.get(name)
+        .map(|v| {
+            v.parse().map_err(|_| Refusal::BadParameter {
+                name,
+                expected: "a whole number below 2^64",
+            })
+        })
+        .transpose()
+}
+
+async fn head(State(ledger): State<Ledger>) -> Response {
+    answer(Ok(view::head(&ledger)))
+}
+
+async fn entries(
+    State(ledger): State<Ledger>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    answer((|| {
+        view::entries(&ledger, number(&q, "before")?, number(&q, "limit")?)
+    })())
+}
+
+async fn entry(State(ledger): State<Ledger>, Path(index): Path<String>) -> Response {
+    answer((|| {
+        let index = index.parse().map_err(|_| Refusal::BadParameter {
+            name: "index",
+            expected: "a whole number below 2^64",
+        })?;
+        view::entry(&ledger, index)
+    })())
+}
+
+async fn account(State(ledger): State<Ledger>, Path(account): Path<String>) -> Response {
+    answer((|| {
+        let account = view::parse_account(&account).ok_or(Refusal::BadParameter {
+            name: "account",
+            expected: "an account: 64 hex digits",
+        })?;
+        view::account(&ledger, &account)
+    })())
+}
+
+async fn search(
+    State(ledger): State<Ledger>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    answer(view::search(
+        &ledger,
+        q.get("q").map(String::as_str).unwrap_or(""),
+    ))
+}

@@ -1,0 +1,350 @@
+//! What the explorer's JSON endpoints answer, computed from the ledger alone,
+//! with no HTTP: the server in `mod.rs` only parses parameters into these
+//! calls and maps a [`Refusal`] to a status.
+
+use serde_json::{Value, json};
+use yilian_ledger::{AccountId, Ledger, LedgerError, SignedTransaction};
+
+/// The most entries one page lists.
+pub const MAX_PAGE: u64 = 100;
+/// The page size when the caller gives none.
+pub const DEFAULT_PAGE: u64 = 25;
+/// The longest search term: longer than any id the ledger indexes.
+pub const MAX_QUERY_BYTES: usize = 256;
+
+/// Why a request gets no answer. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// 400: a parameter that is not what the endpoint takes.
+    #[error("parameter `{name}`: {expected}")]
+    BadParameter {
+        name: &'static str,
+        expected: &'static str,
+    },
+    /// 404: nothing at that index, account or id.
+    #[error("{0}")]
+    NotFound(String),
+    /// 500: the ledger could not be read.
+    #[error("the ledger could not be read: {0}")]
+    Ledger(#[from] LedgerError),
+}
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::BadParameter { .. } => 400,
+            Refusal::NotFound(_) => 404,
+            Refusal::Ledger(LedgerError::EntryNotFound { .. }) => 404,
+            Refusal::Ledger(_) => 500,
+        }
+    }
+}
+
+/// The member's current signed head, and the newest cosigned checkpoint.
+pub fn head(ledger: &Ledger) -> Value {
+    let h = ledger.tree_head();
+    json!({
+        "size": h.tree_size,
+        "root": hex::encode(h.root_hash),
+        "timestamp_ms": h.timestamp_ms,
+        "log_key": hex::encode(h.log_key),
+        "signature": hex::encode(h.signature),
+        "cosigned": ledger.cosigned_head().map(|c| c.to_note()),
+        "cosigners": ledger.cosigners(),
+        "stale": ledger.is_stale(),
+    })
+}
+
+/// A page of entries, newest first: those below `before` (default: the
+/// log's size), at most `limit` of them.
+pub fn entries(ledger: &Ledger, before: Option<u64>, limit: Option<u64>) -> Result<Value, Refusal> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Refusal::BadParameter {
+            name: "limit",
+            expected: "a number from 1 to 100",
+        });
+    }
+    let size = ledger.len();
+    let to = before.unwrap_or(size).min(size);
+    let from = to.saturating_sub(limit);
+    let mut rows: Vec<Value> = ledger
+        .entries(from, to)?
+        .iter()
+        .map(|(i, tx)| summary(*i, tx))
+        .collect();
+    rows.reverse();
+    Ok(json!({ "size": size, "from": from, "to": to, "entries": rows }))
+}
+
+/// One entry decoded, with its inclusion proof in the current head, for
+/// the page to check.
+pub fn entry(ledger: &Ledger, index: u64) -> Result<Value, Refusal> {
+    let head = ledger.tree_head();
+    if index >= head.tree_size {
+        return Err(Refusal::NotFound(format!(
+            "no entry {index}: the log has {} entries",
+            head.tree_size
+        )));
+    }
+    let bytes = ledger.entry_bytes(index)?;
+    let tx = SignedTransaction::decode(&bytes)?;
+    let proof = ledger.inclusion_proof(index, head.tree_size)?;
+    Ok(json!({
+        "index": index,
+        "kind": tx.tx.payload.kind(),
+        "transaction": js_safe(serde_json::to_value(&tx).map_err(|e| LedgerError::Malformed(e.to_string()))?),
+        "leaf": hex::encode(&bytes),
+        "proof": {
+            "tree_size": proof.tree_size,
+            "path": proof.path.iter().map(hex::encode).collect::<Vec<_>>(),
+        },
+        "head": {
+            "size": head.tree_size,
+            "root": hex::encode(head.root_hash),
+            "timestamp_ms": head.timestamp_ms,
+            "log_key": hex::encode(head.log_key),
+            "signature": hex::encode(head.signature),
+        },
+    }))
+}
+
+/// An account's balance, admission and the entries that name it.
+pub fn account(ledger: &Ledger, account: &AccountId) -> Result<Value, Refusal> {
+    let member = ledger.member(account);
+    let indexes = account_entries(ledger, account)?;
+    if member.is_none() && indexes.is_empty() {
+        return Err(Refusal::NotFound(format!(
+            "no account {} on the ledger",
+            hex::encode(account)
+        )));
+    }
+    Ok(json!({
+        "account": hex::encode(account),
+        "member": member,
+        "balance": ledger.balance(account),
+        "entries": summaries(ledger, &indexes)?,
+    }))
+}
+
+/// Entries found by an index number, an account (64 hex digits) or an id
+/// (record, task, statement).
+pub fn search(ledger: &Ledger, q: &str) -> Result<Value, Refusal> {
+    let q = q.trim();
+    if q.is_empty() || q.len() > MAX_QUERY_BYTES {
+        return Err(Refusal::BadParameter {
+            name: "q",
+            expected: "an entry index, an account (64 hex digits) or an id of at most 256 bytes",
+        });
+    }
+    if q.bytes().all(|b| b.is_ascii_digit()) {
+        let index: u64 = q.parse().map_err(|_| Refusal::BadParameter {
+            name: "q",
+            expected: "an entry index below 2^64",
+        })?;
+        if index >= ledger.len() {
+            return Err(Refusal::NotFound(format!(
+                "no entry {index}: the log has {} entries",
+                ledger.len()
+            )));
+        }
+        return Ok(json!({ "found": "index", "entries": summaries(ledger, &[index])? }));
+    }
+    if let Some(account) = parse_account(q) {
+        let indexes = account_entries(ledger, &account)?;
+        if !indexes.is_empty() || ledger.member(&account).is_some() {
+            return Ok(
+                json!({ "found": "account", "account": q, "entries": summaries(ledger, &indexes)? }),
+            );
+        }
+    }
+    let mut indexes = Vec::new();
+    for kind in ID_KINDS {
+        indexes.extend(ledger.indexed(kind, q.as_bytes(), 0, MAX_PAGE as usize)?);
+    }
+    if indexes.is_empty() {
+        return Err(Refusal::NotFound(format!(
+            "nothing on the ledger is indexed by `{q}`"
+        )));
+    }
+    indexes.sort_unstable();
+    indexes.truncate(MAX_PAGE as usize);
+    Ok(json!({ "found": "id", "entries": summaries(ledger, &indexes)? }))
+}
+
+/// Payload kinds indexed by a record, task or statement id.
+const ID_KINDS: [&str; 8] = [
+    "record-anchor",
+    "query-grant",
+    "zk-query",
+    "task-submitted",
+    "contribution",
+    "privacy-spent",
+    "verifying-key-anchor",
+    "ceremony-contribution",
+];
+/// Payload kinds indexed by an account.
+const ACCOUNT_KINDS: [&str; 3] = ["reward", "transfer", "key-audit"];
+
+pub fn parse_account(s: &str) -> Option<AccountId> {
+    let bytes = hex::decode(s).ok()?;
+    bytes.try_into().ok()
+}
+
+fn account_entries(ledger: &Ledger, account: &AccountId) -> Result<Vec<u64>, Refusal> {
+    let mut indexes = Vec::new();
+    for kind in ACCOUNT_KINDS {
+        indexes.extend(ledger.indexed(kind, account, 0, MAX_PAGE as usize)?);
+    }
+    indexes.sort_unstable();
+    indexes.dedup();
+    indexes.truncate(MAX_PAGE as usize);
+    Ok(indexes)
+}
+
+fn summaries(ledger: &Ledger, indexes: &[u64]) -> Result<Vec<Value>, Refusal> {
+    indexes
+        .iter()
+        .map(|&i| Ok(summary(i, &ledger.entry(i)?)))
+        .collect()
+}
+
+fn summary(index: u64, tx: &SignedTransaction) -> Value {
+    json!({
+        "index": index,
+        "kind": tx.tx.payload.kind(),
+        "signer": hex::encode(tx.signer),
+        "timestamp_ms": tx.tx.timestamp_ms,
+    })
+}
+
+/// JavaScript reads JSON numbers as doubles, so integers past 2^53 (nonces,
+/// amounts) would show rounded: they go out as decimal strings instead.
+fn js_safe(v: Value) -> Value {
+    const MAX_SAFE: u64 = (1 << 53) - 1;
+    match v {
+        Value::Number(n) if n.as_u64().is_some_and(|u| u > MAX_SAFE) => {
+            Value::String(n.to_string())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(js_safe).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, js_safe(v))).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yilian_identity::Role;
+    use yilian_ledger::{Payload, Transaction};
+
+    async fn ledger_with_notes(n: u64) -> (yilian_testkit::Network, yilian_identity::Identity) {
+        let net = yilian_testkit::Network::new("explorer").await;
+        let alice = net.admit(Role::DataHolder, "alice").await;
+        for i in 0..n {
+            let note = Transaction::new(Payload::Note {
+                topic: "t".into(),
+                body: format!("note {i}"),
+            })
+            .sign(alice.signing_key());
+            net.ledger.submit(note).await.unwrap();
+        }
+        (net, alice)
+    }
+
+    #[tokio::test]
+    async fn pages_go_newest_first_and_never_past_the_log() {
+        let (net, _) = ledger_with_notes(40).await;
+        let size = net.ledger.len();
+        let page = entries(&net.ledger, None, Some(10)).unwrap();
+        let idx: Vec<u64> = page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(idx, (size - 10..size).rev().collect::<Vec<_>>());
+        let first = entries(&net.ledger, Some(3), Some(10)).unwrap();
+        assert_eq!(first["entries"].as_array().unwrap().len(), 3);
+        // Past the end is clamped, not refused: the newest page.
+        let past = entries(&net.ledger, Some(u64::MAX), None).unwrap();
+        assert_eq!(past["to"], size);
+        for bad in [0, 101] {
+            let err = entries(&net.ledger, None, Some(bad)).unwrap_err();
+            assert_eq!(err.status(), 400, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_entry_comes_with_a_proof_that_verifies_against_its_head() {
+        let (net, _) = ledger_with_notes(20).await;
+        let e = entry(&net.ledger, 7).unwrap();
+        let leaf = hex::decode(e["leaf"].as_str().unwrap()).unwrap();
+        let path: Vec<yilian_ledger::Hash> = e["proof"]["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                hex::decode(h.as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap()
+            })
+            .collect();
+        let root: yilian_ledger::Hash = hex::decode(e["head"]["root"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let proof = yilian_ledger::InclusionProof {
+            index: 7,
+            tree_size: e["head"]["size"].as_u64().unwrap(),
+            path,
+        };
+        yilian_ledger::merkle::verify_inclusion(
+            &yilian_ledger::merkle::leaf_hash(&leaf),
+            &proof,
+            &root,
+        )
+        .unwrap();
+        // The nonce is past 2^53 almost always; it travels as a string.
+        let nonce = &e["transaction"]["tx"]["nonce"];
+        assert!(
+            nonce.is_string() || nonce.as_u64().unwrap() < 1 << 53,
+            "{nonce}"
+        );
+        assert_eq!(entry(&net.ledger, 10_000).unwrap_err().status(), 404);
+    }
+
+    #[tokio::test]
+    async fn search_finds_by_index_account_and_id() {
+        let (net, alice) = ledger_with_notes(3).await;
+        let by_index = search(&net.ledger, "1").unwrap();
+        assert_eq!(by_index["found"], "index");
+        let account = hex::encode(alice.principal().public_key);
+        assert_eq!(search(&net.ledger, &account).unwrap()["found"], "account");
+        assert_eq!(search(&net.ledger, "no-such-id").unwrap_err().status(), 404);
+        assert_eq!(search(&net.ledger, " ").unwrap_err().status(), 400);
+        assert_eq!(
+            search(&net.ledger, "99999999999999999999")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let a = super::account(&net.ledger, &alice.principal().public_key).unwrap();
+        assert_eq!(a["member"]["name"], "alice");
+        assert_eq!(
+            super::account(&net.ledger, &[9; 32]).unwrap_err().status(),
+            404
+        );
+    }
+
+    #[test]
+    fn integers_javascript_would_round_travel_as_strings() {
+        let v = js_safe(json!({"a": [1u64 << 53, 3], "b": {"c": u64::MAX}, "d": -5}));
+        assert_eq!(
+            v,
+            json!({"a": ["9007199254740992", 3], "b": {"c": "18446744073709551615"}, "d": -5})
+        );
+    }
+}
