@@ -429,7 +429,8 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     }
     let explorer = match &cfg.explorer {
         Some(e) => {
-            let explorer = crate::explorer::serve(e.listen, ledger.clone())
+            let rounds = coordinator.as_ref().map(|c| c.histories());
+            let explorer = crate::explorer::serve(e.listen, ledger.clone(), rounds)
                 .await
                 .with_context(|| format!("cannot serve the explorer on {}", e.listen))?;
             tracing::info!(url = %explorer.url(), "explorer serving");

@@ -568,7 +568,12 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 /// left in `target/explorer-screenshots/`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_explorer_works_in_a_real_browser() {
-    let net = network(&[("bank", Role::DataHolder, "holder")]).await;
+    let net = network(&[
+        ("bank", Role::DataHolder, "holder"),
+        ("people", Role::Device, "phone-a"),
+        ("people", Role::Device, "phone-b"),
+    ])
+    .await;
     let holder = net.dir.load_identity("holder").unwrap();
     let mut kms = yilian_kms::client::Client::connect(&net.addr, &holder)
         .await
@@ -585,6 +590,43 @@ async fn the_explorer_works_in_a_real_browser() {
         })
         .sign(holder.signing_key());
         ledger.submit(&note).await.unwrap();
+    }
+    // A federated task's ledger trail, as a coordinating member writes it.
+    let member = net.dir.load_identity(network::NODE_IDENTITY).unwrap();
+    let phones =
+        ["phone-a", "phone-b"].map(|p| net.dir.load_identity(p).unwrap().principal().public_key);
+    let mut trail = vec![Payload::TaskSubmitted {
+        task_id: "digits".into(),
+        spec_hash: [3; 32],
+        reward_budget: 600,
+    }];
+    for round in 1..=3u32 {
+        trail.push(Payload::PrivacySpent {
+            task_id: "digits".into(),
+            round,
+            epsilon: 0.4 * f64::from(round),
+            delta: 1e-5,
+        });
+        for (k, agent) in phones.iter().enumerate() {
+            trail.push(Payload::Contribution {
+                task_id: "digits".into(),
+                round,
+                agent: *agent,
+                score: 0.1 * (k as f64 + 1.0),
+            });
+            trail.push(Payload::Reward {
+                task_id: "digits".into(),
+                round,
+                account: *agent,
+                amount: 100 * (k as u64 + 1),
+            });
+        }
+    }
+    for payload in trail {
+        ledger
+            .submit(&Transaction::new(payload).sign(member.signing_key()))
+            .await
+            .unwrap();
     }
     let size = ledger.tree_head().await.unwrap().tree_size;
     let explorer = net.node.explorer.as_ref().unwrap();
@@ -608,7 +650,14 @@ async fn the_explorer_works_in_a_real_browser() {
         move || {
             std::process::Command::new("node")
                 .arg(tools.join("explorer.mjs"))
-                .args([&url, shots.to_str().unwrap(), &index, &account])
+                .args([
+                    &url,
+                    shots.to_str().unwrap(),
+                    &index,
+                    &account,
+                    "vault",
+                    "digits",
+                ])
                 .current_dir(&tools)
                 .output()
                 .expect("node runs")
@@ -652,8 +701,31 @@ async fn the_explorer_works_in_a_real_browser() {
         seen["bad_search"].as_str().unwrap().contains("below 2^64"),
         "{seen}"
     );
+    let ops: Vec<String> = serde_json::from_value(seen["key_operations"].clone()).unwrap();
+    assert_eq!(ops.len(), kinds.len(), "{seen}");
+    assert!(ops.iter().any(|o| o.contains("create")), "{seen}");
+    assert!(
+        seen["curve_pixels"].as_u64().unwrap() > 50,
+        "no epsilon curve drawn: {seen}"
+    );
+    let agents: Vec<Vec<String>> = serde_json::from_value(seen["task_agents"].clone()).unwrap();
+    assert_eq!(agents.len(), 2, "{seen}");
+    // phone-b: 3 rounds, contributions 0.2 each, rewards 200 each.
+    assert!(
+        agents
+            .iter()
+            .any(|a| a[1] == "3" && a[2] == "0.6000" && a[3] == "600"),
+        "{seen}"
+    );
     assert_eq!(seen["page_errors"], serde_json::json!([]), "{seen}");
-    for shot in ["entries.png", "entry.png", "tampered.png", "account.png"] {
+    for shot in [
+        "entries.png",
+        "entry.png",
+        "tampered.png",
+        "account.png",
+        "key.png",
+        "task.png",
+    ] {
         assert!(shots.join(shot).exists(), "{shot}");
     }
     net.node.stop().await.unwrap();
@@ -694,6 +766,20 @@ async fn explorer_parameters_that_are_wrong_get_400_or_404() {
         ("/api/search?q=99999999999999999999999", 400, "below 2^64"),
         ("/api/search?q=no-such-record", 404, "nothing on the ledger"),
         ("/no/such/page", 404, "no such page"),
+        ("/api/tasks/no-such-task", 404, "no task `no-such-task`"),
+        (
+            &format!("/api/tasks/{}", "t".repeat(300)),
+            400,
+            "parameter `task`",
+        ),
+        ("/api/keys/zz/vault", 400, "parameter `owner`"),
+        (
+            &format!("/api/keys/{}/vault", "00".repeat(32)),
+            404,
+            "no audited operation",
+        ),
+        ("/api/zk?limit=1000", 400, "parameter `limit`"),
+        ("/api/zk?from=-3", 400, "parameter `from`"),
     ];
     for (path, status, reason) in cases {
         let (got, body) = http_get(addr, path).await;

@@ -20,6 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use yilian_federated::coordinator::Histories;
 use yilian_ledger::Ledger;
 
 use view::Refusal;
@@ -63,11 +64,24 @@ impl Explorer {
     }
 }
 
-/// Binds `listen` and serves the explorer over `ledger`.
-pub async fn serve(listen: SocketAddr, ledger: Ledger) -> std::io::Result<Explorer> {
+/// What the page reads: the ledger, and the round histories of the tasks
+/// this node coordinates, if it does.
+#[derive(Clone)]
+struct Sources {
+    ledger: Ledger,
+    rounds: Option<Histories>,
+}
+
+/// Binds `listen` and serves the explorer over `ledger` (and the rounds of
+/// the tasks `rounds` runs, when this node coordinates learning).
+pub async fn serve(
+    listen: SocketAddr,
+    ledger: Ledger,
+    rounds: Option<Histories>,
+) -> std::io::Result<Explorer> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(ledger);
+    let app = router(Sources { ledger, rounds });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "the explorer stopped");
@@ -76,7 +90,7 @@ pub async fn serve(listen: SocketAddr, ledger: Ledger) -> std::io::Result<Explor
     Ok(Explorer { addr, task })
 }
 
-fn router(ledger: Ledger) -> Router {
+fn router(sources: Sources) -> Router {
     Router::new()
         .route(
             "/",
@@ -95,13 +109,27 @@ fn router(ledger: Ledger) -> Router {
         .route("/api/entries/{index}", get(entry))
         .route("/api/accounts/{account}", get(account))
         .route("/api/search", get(search))
+        .route("/api/tasks/{task}", get(task))
+        .route("/api/keys/{owner}/{key}", get(key_audit))
+        .route("/api/zk", get(zk_queries))
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async { asset("text/javascript; charset=utf-8", UPLOT) }),
+        )
+        .route(
+            "/vendor/uPlot.min.css",
+            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
+        )
         .fallback(|| async { refuse(Refusal::NotFound("no such page".into())) })
-        .with_state(ledger)
+        .with_state(sources)
 }
 
 const INDEX: &str = include_str!("assets/index.html");
 const APP: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
+// uPlot 1.6.32 from npm, MIT (assets/vendor/README.md).
+const UPLOT: &str = include_str!("assets/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("assets/vendor/uPlot.min.css");
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -150,12 +178,12 @@ fn number(q: &HashMap<String, String>, name: &'static str) -> Result<Option<u64>
         .transpose()
 }
 
-async fn head(State(ledger): State<Ledger>) -> Response {
+async fn head(State(Sources { ledger, .. }): State<Sources>) -> Response {
     answer(Ok(view::head(&ledger)))
 }
 
 async fn entries(
-    State(ledger): State<Ledger>,
+    State(Sources { ledger, .. }): State<Sources>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     answer((|| {
@@ -163,7 +191,10 @@ async fn entries(
     })())
 }
 
-async fn entry(State(ledger): State<Ledger>, Path(index): Path<String>) -> Response {
+async fn entry(
+    State(Sources { ledger, .. }): State<Sources>,
+    Path(index): Path<String>,
+) -> Response {
     answer((|| {
         let index = index.parse().map_err(|_| Refusal::BadParameter {
             name: "index",
@@ -173,7 +204,10 @@ async fn entry(State(ledger): State<Ledger>, Path(index): Path<String>) -> Respo
     })())
 }
 
-async fn account(State(ledger): State<Ledger>, Path(account): Path<String>) -> Response {
+async fn account(
+    State(Sources { ledger, .. }): State<Sources>,
+    Path(account): Path<String>,
+) -> Response {
     answer((|| {
         let account = view::parse_account(&account).ok_or(Refusal::BadParameter {
             name: "account",
@@ -184,11 +218,41 @@ async fn account(State(ledger): State<Ledger>, Path(account): Path<String>) -> R
 }
 
 async fn search(
-    State(ledger): State<Ledger>,
+    State(Sources { ledger, .. }): State<Sources>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     answer(view::search(
         &ledger,
         q.get("q").map(String::as_str).unwrap_or(""),
     ))
+}
+
+async fn task(State(sources): State<Sources>, Path(task): Path<String>) -> Response {
+    let rounds = match &sources.rounds {
+        Some(h) => h.of(&task).await,
+        None => None,
+    };
+    answer(view::task(&sources.ledger, &task, rounds.as_deref()))
+}
+
+async fn key_audit(
+    State(Sources { ledger, .. }): State<Sources>,
+    Path((owner, key)): Path<(String, String)>,
+) -> Response {
+    answer((|| {
+        let owner = view::parse_account(&owner).ok_or(Refusal::BadParameter {
+            name: "owner",
+            expected: "an account: 64 hex digits",
+        })?;
+        view::key_audit(&ledger, &owner, &key)
+    })())
+}
+
+async fn zk_queries(
+    State(Sources { ledger, .. }): State<Sources>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    answer((|| {
+        view::zk_queries(&ledger, number(&q, "from")?, number(&q, "limit")?)
+    })())
 }

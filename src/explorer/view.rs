@@ -3,7 +3,7 @@
 //! calls and maps a [`Refusal`] to a status.
 
 use serde_json::{Value, json};
-use yilian_ledger::{AccountId, Ledger, LedgerError, SignedTransaction};
+use yilian_ledger::{AccountId, Ledger, LedgerError, Payload, SignedTransaction};
 
 /// The most entries one page lists.
 pub const MAX_PAGE: u64 = 100;
@@ -173,6 +173,188 @@ pub fn search(ledger: &Ledger, q: &str) -> Result<Value, Refusal> {
     Ok(json!({ "found": "id", "entries": summaries(ledger, &indexes)? }))
 }
 
+/// The most entries a task's or a key's page reads from the ledger.
+pub const MAX_HISTORY: usize = 10_000;
+
+/// A federated task: what the ledger says of it (submission, epsilon spent
+/// per round, each agent's contribution and reward) and, when this node
+/// coordinates it, the rounds' accuracy and loss from `rounds`.
+pub fn task(
+    ledger: &Ledger,
+    task_id: &str,
+    rounds: Option<&[yilian_federated::round::RoundRecord]>,
+) -> Result<Value, Refusal> {
+    if task_id.is_empty() || task_id.len() > MAX_QUERY_BYTES {
+        return Err(Refusal::BadParameter {
+            name: "task",
+            expected: "a task id of 1 to 256 bytes",
+        });
+    }
+    let id = task_id.as_bytes();
+    let mut submitted = None;
+    let mut epsilon = std::collections::BTreeMap::new();
+    let mut contributions = Vec::new();
+    let mut agents = std::collections::BTreeSet::new();
+    for kind in ["task-submitted", "privacy-spent", "contribution"] {
+        for i in ledger.indexed(kind, id, 0, MAX_HISTORY)? {
+            match ledger.entry(i)?.tx.payload {
+                Payload::TaskSubmitted {
+                    reward_budget,
+                    spec_hash,
+                    ..
+                } => {
+                    submitted = Some(
+                        json!({ "index": i, "reward_budget": reward_budget, "spec_hash": hex::encode(spec_hash) }),
+                    );
+                }
+                Payload::PrivacySpent {
+                    round,
+                    epsilon: e,
+                    delta,
+                    ..
+                } => {
+                    epsilon.insert(round, json!({ "epsilon": e, "delta": delta, "index": i }));
+                }
+                Payload::Contribution {
+                    round,
+                    agent,
+                    score,
+                    ..
+                } => {
+                    agents.insert(agent);
+                    contributions.push(json!({ "index": i, "round": round, "agent": hex::encode(agent), "score": score }));
+                }
+                _ => {}
+            }
+        }
+    }
+    // Rewards are indexed by account: read each contributor's, keep this task's.
+    let mut rewards = Vec::new();
+    for agent in &agents {
+        for i in ledger.indexed("reward", agent, 0, MAX_HISTORY)? {
+            if let Payload::Reward {
+                task_id: t,
+                round,
+                account,
+                amount,
+            } = ledger.entry(i)?.tx.payload
+            {
+                if t == task_id {
+                    rewards.push(json!({ "index": i, "round": round, "account": hex::encode(account), "amount": amount }));
+                }
+            }
+        }
+    }
+    if submitted.is_none() && contributions.is_empty() && epsilon.is_empty() && rounds.is_none() {
+        return Err(Refusal::NotFound(format!(
+            "no task `{task_id}` on the ledger"
+        )));
+    }
+    let coordinated = rounds.map(|r| {
+        r.iter()
+            .map(|r| {
+                json!({
+                    "round": r.round,
+                    "accuracy": r.accuracy,
+                    "loss": r.loss,
+                    "epsilon": r.epsilon,
+                    "participants": r.participants.len(),
+                    "missing": r.missing.len(),
+                    "closed_at_ms": r.closed_at_ms,
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    Ok(json!({
+        "task_id": task_id,
+        "submitted": submitted,
+        "epsilon": epsilon.into_iter().map(|(round, mut v)| { v["round"] = round.into(); v }).collect::<Vec<_>>(),
+        "contributions": contributions,
+        "rewards": rewards,
+        "rounds": coordinated,
+    }))
+}
+
+/// Every audited operation on one key, in log order.
+pub fn key_audit(ledger: &Ledger, owner: &AccountId, key_id: &str) -> Result<Value, Refusal> {
+    if key_id.is_empty() || key_id.len() > MAX_QUERY_BYTES {
+        return Err(Refusal::BadParameter {
+            name: "key",
+            expected: "a key id of 1 to 256 bytes",
+        });
+    }
+    let mut index_key = owner.to_vec();
+    index_key.extend_from_slice(key_id.as_bytes());
+    let mut operations = Vec::new();
+    for i in ledger.indexed("key-audit", &index_key, 0, MAX_HISTORY)? {
+        let tx = ledger.entry(i)?;
+        if let Payload::KeyAudit {
+            actor,
+            operation,
+            key_version,
+            grant_id,
+            outcome,
+            ..
+        } = tx.tx.payload
+        {
+            operations.push(json!({
+                "index": i,
+                "operation": operation,
+                "actor": hex::encode(actor),
+                "key_version": key_version,
+                "grant_id": grant_id,
+                "outcome": outcome,
+                "timestamp_ms": tx.tx.timestamp_ms,
+            }));
+        }
+    }
+    if operations.is_empty() {
+        return Err(Refusal::NotFound(format!(
+            "no audited operation on key `{key_id}` of {}",
+            hex::encode(owner)
+        )));
+    }
+    Ok(json!({ "owner": hex::encode(owner), "key_id": key_id, "operations": operations }))
+}
+
+/// The ZK verifications the ledger recorded, `limit` of them from `from`.
+pub fn zk_queries(
+    ledger: &Ledger,
+    from: Option<u64>,
+    limit: Option<u64>,
+) -> Result<Value, Refusal> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Refusal::BadParameter {
+            name: "limit",
+            expected: "a number from 1 to 100",
+        });
+    }
+    let mut queries = Vec::new();
+    for i in ledger.indexed("zk-query", &[], from.unwrap_or(0), limit as usize)? {
+        let tx = ledger.entry(i)?;
+        if let Payload::ZkQuery {
+            record_id,
+            grant_id,
+            verifier,
+            predicates_hash,
+            outcome,
+        } = tx.tx.payload
+        {
+            queries.push(json!({
+                "index": i,
+                "record_id": record_id,
+                "grant_id": grant_id,
+                "verifier": hex::encode(verifier),
+                "predicates_hash": hex::encode(predicates_hash),
+                "outcome": outcome,
+                "timestamp_ms": tx.tx.timestamp_ms,
+            }));
+        }
+    }
+    Ok(json!({ "queries": queries }))
+}
+
 /// Payload kinds indexed by a record, task or statement id.
 const ID_KINDS: [&str; 8] = [
     "record-anchor",
@@ -336,6 +518,84 @@ mod tests {
         assert_eq!(
             super::account(&net.ledger, &[9; 32]).unwrap_err().status(),
             404
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_and_a_key_are_read_from_their_indexes() {
+        let (net, alice) = ledger_with_notes(2).await;
+        let member = net.load("node");
+        let agent = alice.principal().public_key;
+        for payload in [
+            Payload::PrivacySpent {
+                task_id: "t1".into(),
+                round: 1,
+                epsilon: 0.5,
+                delta: 1e-5,
+            },
+            Payload::Contribution {
+                task_id: "t1".into(),
+                round: 1,
+                agent,
+                score: 0.25,
+            },
+            Payload::Reward {
+                task_id: "t1".into(),
+                round: 1,
+                account: agent,
+                amount: 7,
+            },
+            // Another task's reward to the same agent stays off t1's page.
+            Payload::Reward {
+                task_id: "t2".into(),
+                round: 1,
+                account: agent,
+                amount: 9,
+            },
+        ] {
+            net.ledger
+                .submit(Transaction::new(payload).sign(member.signing_key()))
+                .await
+                .unwrap();
+        }
+        let t = task(&net.ledger, "t1", None).unwrap();
+        assert_eq!(t["epsilon"][0]["epsilon"], 0.5);
+        assert_eq!(t["contributions"][0]["score"], 0.25);
+        assert_eq!(t["rewards"].as_array().unwrap().len(), 1);
+        assert_eq!(t["rewards"][0]["amount"], 7);
+        assert!(t["rounds"].is_null());
+        assert_eq!(task(&net.ledger, "t3", None).unwrap_err().status(), 404);
+        assert_eq!(task(&net.ledger, "", None).unwrap_err().status(), 400);
+
+        let audit = Transaction::new(Payload::KeyAudit {
+            owner: agent,
+            actor: agent,
+            operation: "create-key".into(),
+            key_id: "k".into(),
+            key_version: Some(1),
+            grant_id: None,
+            outcome: "ok".into(),
+            request_hash: [0; 32],
+        });
+        net.ledger
+            .submit(audit.sign(member.signing_key()))
+            .await
+            .unwrap();
+        let k = key_audit(&net.ledger, &agent, "k").unwrap();
+        assert_eq!(k["operations"][0]["operation"], "create-key");
+        assert_eq!(
+            key_audit(&net.ledger, &agent, "other")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(
+            zk_queries(&net.ledger, None, Some(0)).unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            zk_queries(&net.ledger, None, None).unwrap()["queries"],
+            json!([])
         );
     }
 

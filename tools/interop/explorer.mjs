@@ -2,13 +2,13 @@
 // an auditor would, and prints what it saw as one JSON object. Screenshots
 // go to OUT_DIR. Used by tests/explorer.rs.
 //
-//   node explorer.mjs http://127.0.0.1:7480/ OUT_DIR ENTRY_INDEX AUDIT_ACCOUNT
+//   node explorer.mjs http://127.0.0.1:7480/ OUT_DIR ENTRY_INDEX AUDIT_ACCOUNT KEY_ID TASK_ID
 
 import { chromium } from 'playwright-core'
 
-const [url, out, index, account] = process.argv.slice(2)
-if (!account) {
-  console.error('usage: node explorer.mjs URL OUT_DIR ENTRY_INDEX AUDIT_ACCOUNT')
+const [url, out, index, account, key, task] = process.argv.slice(2)
+if (!task) {
+  console.error('usage: node explorer.mjs URL OUT_DIR ENTRY_INDEX AUDIT_ACCOUNT KEY_ID TASK_ID')
   process.exit(2)
 }
 
@@ -64,6 +64,28 @@ try {
   await page.waitForSelector('#entries tbody tr')
   seen.account_kinds = await page.$$eval('#entries tbody tr .kind', (k) => k.map((e) => e.textContent))
   await page.screenshot({ path: `${out}/account.png`, fullPage: true })
+
+  // The key's audit trail: every operation on it.
+  await page.goto(`${url}#/key/${account}/${encodeURIComponent(key)}`)
+  await page.waitForSelector('#audit tbody tr')
+  seen.key_operations = await page.$$eval('#audit tbody tr .kind', (k) => k.map((e) => e.textContent))
+  await page.screenshot({ path: `${out}/key.png`, fullPage: true })
+
+  // The task: its epsilon curve is drawn (pixels of the series' colour on
+  // the canvas), and its agents are listed with contributions and rewards.
+  await page.goto(`${url}#/task/${encodeURIComponent(task)}`)
+  await page.waitForSelector('#epsilon-chart canvas')
+  seen.curve_pixels = await page.$eval('#epsilon-chart canvas', (c) => {
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data
+    let n = 0
+    for (let i = 0; i < d.length; i += 4) {
+      // #3056d3, the epsilon series' stroke, give or take antialiasing.
+      if (Math.abs(d[i] - 0x30) < 24 && Math.abs(d[i + 1] - 0x56) < 24 && Math.abs(d[i + 2] - 0xd3) < 24 && d[i + 3] > 200) n++
+    }
+    return n
+  })
+  seen.task_agents = await page.$$eval('#agents tbody tr', (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)))
+  await page.screenshot({ path: `${out}/task.png`, fullPage: true })
 
   // A bad search answers with the server's reason, not a blank page.
   await page.goto(`${url}#/search/${'9'.repeat(30)}`)

@@ -148,6 +148,31 @@ pub struct Coordinator {
     shared: Arc<Shared>,
 }
 
+/// Reads the round histories (accuracy, loss, epsilon, contributions) of the
+/// tasks this coordinator runs; cheap to clone.
+#[derive(Clone)]
+pub struct Histories {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Histories {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Histories").finish_non_exhaustive()
+    }
+}
+
+impl Histories {
+    /// The closed rounds of `task_id`, if this coordinator runs it.
+    pub async fn of(&self, task_id: &str) -> Option<Vec<RoundRecord>> {
+        let id = task_id.to_owned();
+        self.shared
+            .query(move |e| e.task(&id).map(|m| m.state().history.clone()))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -330,12 +355,14 @@ impl Coordinator {
 
     /// The closed rounds of a task so far.
     pub async fn history(&self, task_id: &str) -> Option<Vec<RoundRecord>> {
-        let id = task_id.to_owned();
-        self.shared
-            .query(move |e| e.task(&id).map(|m| m.state().history.clone()))
-            .await
-            .ok()
-            .flatten()
+        self.histories().of(task_id).await
+    }
+
+    /// A handle that reads tasks' round histories, for the node's explorer.
+    pub fn histories(&self) -> Histories {
+        Histories {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops accepting connections and closes the open ones.

@@ -136,6 +136,7 @@ async function showEntry(index) {
     verdict('proof-result', failure ?? headFailure,
       `included in the signed head of ${e.head.size} entries (checked in this page)`),
     el('p', {}, 'signer ', el('a', { href: `#/account/${e.transaction.signer}`, class: 'hex' }, e.transaction.signer)),
+    related(e.transaction),
     el('pre', { id: 'decoded' }, JSON.stringify(e.transaction.tx, null, 2)),
     el('details', {}, el('summary', {}, `Inclusion proof: ${path.length} hashes`),
       el('pre', { id: 'proof' }, e.proof.path.join('\n'))),
@@ -161,9 +162,111 @@ async function showSearch(q) {
   return [el('h2', {}, `Search: ${q}`), entryTable(r.entries)];
 }
 
+// One uPlot line chart per series set, rounds on the x axis.
+function chart(id, title, rounds, series) {
+  const box = el('div', { id, class: 'chart' })
+  const data = [rounds, ...series.map((s) => s.values)]
+  // Fixed size, so uPlot draws into the box before it is in the page.
+  new uPlot({
+    title, width: 900, height: 260,
+    scales: { x: { time: false } },
+    axes: [{ label: 'round', incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, {}],
+    series: [{ label: 'round' }, ...series.map((s) => ({ label: s.label, stroke: s.stroke, width: 2, points: { size: 6 } }))],
+  }, data, box)
+  return box
+}
+
+async function showTask(id) {
+  const t = await api(`/api/tasks/${encodeURIComponent(id)}`)
+  const parts = [el('h2', {}, `Task ${t.task_id}`)]
+  if (t.submitted) {
+    parts.push(el('p', {}, 'submitted in ', el('a', { href: `#/entry/${t.submitted.index}` }, `entry ${t.submitted.index}`),
+      ` · reward budget ${t.submitted.reward_budget}`))
+  }
+  if (t.rounds && t.rounds.length) {
+    const r = t.rounds.map((x) => x.round)
+    parts.push(chart('accuracy-chart', 'Accuracy and loss on the validation set (this node coordinates the task)', r, [
+      { label: 'accuracy', stroke: '#0a7d38', values: t.rounds.map((x) => x.accuracy) },
+      { label: 'loss', stroke: '#b3261e', values: t.rounds.map((x) => x.loss) },
+    ]))
+  } else {
+    parts.push(el('p', {}, 'Accuracy and loss are kept by the coordinating node, not on the ledger; this node does not coordinate the task.'))
+  }
+  if (t.epsilon.length) {
+    parts.push(chart('epsilon-chart', 'Privacy spent (ε, as recorded on the ledger)', t.epsilon.map((x) => x.round), [
+      { label: 'ε', stroke: '#3056d3', values: t.epsilon.map((x) => x.epsilon) },
+    ]))
+  }
+  const byAgent = new Map()
+  for (const c of t.contributions) {
+    const a = byAgent.get(c.agent) ?? { score: 0, reward: 0, rounds: 0 }
+    a.score += c.score; a.rounds += 1
+    byAgent.set(c.agent, a)
+  }
+  for (const w of t.rewards) {
+    const a = byAgent.get(w.account) ?? { score: 0, reward: 0, rounds: 0 }
+    a.reward += Number(w.amount)
+    byAgent.set(w.account, a)
+  }
+  const body = el('tbody')
+  for (const [agent, a] of byAgent) {
+    body.append(el('tr', { 'data-agent': agent },
+      el('td', {}, el('a', { href: `#/account/${agent}`, class: 'hex' }, short(agent))),
+      el('td', {}, a.rounds), el('td', {}, a.score.toFixed(4)), el('td', {}, a.reward)))
+  }
+  parts.push(el('h3', {}, 'Agents'), el('table', { id: 'agents' },
+    el('thead', {}, el('tr', {}, el('th', {}, 'agent'), el('th', {}, 'rounds'), el('th', {}, 'contribution (sum)'), el('th', {}, 'reward'))),
+    body))
+  return parts
+}
+
+async function showKey(owner, key) {
+  const k = await api(`/api/keys/${owner}/${encodeURIComponent(key)}`)
+  const body = el('tbody')
+  for (const o of k.operations) {
+    body.append(el('tr', { 'data-index': o.index },
+      el('td', {}, el('a', { href: `#/entry/${o.index}` }, o.index)),
+      el('td', {}, el('span', { class: 'kind' }, o.operation)),
+      el('td', {}, el('a', { href: `#/account/${o.actor}`, class: 'hex' }, short(o.actor))),
+      el('td', {}, o.key_version ?? ''), el('td', {}, o.grant_id ?? ''), el('td', {}, o.outcome),
+      el('td', {}, when(o.timestamp_ms))))
+  }
+  return [
+    el('h2', {}, `Key ${k.key_id}`),
+    el('p', {}, 'owner ', el('a', { href: `#/account/${k.owner}`, class: 'hex' }, k.owner)),
+    el('table', { id: 'audit' },
+      el('thead', {}, el('tr', {}, ...['index', 'operation', 'actor', 'version', 'grant', 'outcome', 'time'].map((h) => el('th', {}, h)))),
+      body),
+  ]
+}
+
+async function showZk() {
+  const z = await api('/api/zk?limit=100')
+  const body = el('tbody')
+  for (const q of z.queries) {
+    body.append(el('tr', { 'data-index': q.index },
+      el('td', {}, el('a', { href: `#/entry/${q.index}` }, q.index)),
+      el('td', {}, el('a', { href: `#/account/${q.verifier}`, class: 'hex' }, short(q.verifier))),
+      el('td', {}, q.record_id), el('td', { class: 'hex' }, short(q.predicates_hash)),
+      el('td', {}, q.outcome), el('td', {}, when(q.timestamp_ms))))
+  }
+  return [el('h2', {}, 'ZK verifications'), el('table', { id: 'zk' },
+    el('thead', {}, el('tr', {}, ...['index', 'verifier', 'record', 'predicates', 'outcome', 'time'].map((h) => el('th', {}, h)))),
+    body)]
+}
+
+// Links from an entry to the pages about what it names.
+function related(tx) {
+  const [[kind, p]] = Object.entries(tx.tx.payload)
+  const links = []
+  if (p && p.task_id) links.push(el('a', { href: `#/task/${encodeURIComponent(p.task_id)}`, id: 'task-link' }, `task ${p.task_id}`))
+  if (kind === 'KeyAudit') links.push(el('a', { href: `#/key/${p.owner}/${encodeURIComponent(p.key_id)}`, id: 'key-link' }, `audit trail of key ${p.key_id}`))
+  return links.length ? el('p', {}, 'see ', ...links.flatMap((l, i) => (i ? [' · ', l] : [l]))) : ''
+}
+
 async function route() {
   const main = document.getElementById('main');
-  const [, page, arg] = location.hash.split('/');
+  const [, page, arg, arg2] = location.hash.split('/');
   try {
     await showHead();
     let content;
@@ -171,6 +274,9 @@ async function route() {
     else if (page === 'account') content = await showAccount(arg);
     else if (page === 'search') content = await showSearch(decodeURIComponent(arg ?? ''));
     else if (page === 'page') content = await showEntries(arg);
+    else if (page === 'task') content = await showTask(decodeURIComponent(arg));
+    else if (page === 'key') content = await showKey(arg, decodeURIComponent(arg2));
+    else if (page === 'zk') content = await showZk();
     else content = await showEntries();
     main.replaceChildren(...content);
   } catch (e) {
