@@ -238,10 +238,9 @@ pub fn task(
                 account,
                 amount,
             } = ledger.entry(i)?.tx.payload
+                && t == task_id
             {
-                if t == task_id {
-                    rewards.push(json!({ "index": i, "round": round, "account": hex::encode(account), "amount": amount }));
-                }
+                rewards.push(json!({ "index": i, "round": round, "account": hex::encode(account), "amount": amount }));
             }
         }
     }
