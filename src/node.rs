@@ -314,6 +314,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
+    let raft_gauges = tokio::spawn(report_raft(ledger.clone()));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -422,6 +423,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
         sweeper.abort();
+        raft_gauges.abort();
     }));
     tracing::info!(%addr, principal = %identity.principal(), size = ledger.len(), "node serving");
     if let Some(fl) = federated {
@@ -453,4 +455,19 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
 /// The gRPC name a service answers to, as the health service reports it.
 fn name_of<S: tonic::server::NamedService>(_: &S) -> &'static str {
     S::NAME
+}
+
+/// The consensus state as gauges, once a second (docs/metrics.md).
+async fn report_raft(ledger: Ledger) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let s = ledger.status();
+        metrics::gauge!("yilian_raft_term").set(s.term as f64);
+        metrics::gauge!("yilian_raft_leader").set(if s.is_leader { 1.0 } else { 0.0 });
+        metrics::gauge!("yilian_raft_voters").set(s.voters.len() as f64);
+        if let Some(ms) = s.last_contact_ms {
+            metrics::gauge!("yilian_raft_last_contact_seconds").set(ms as f64 / 1000.0);
+        }
+    }
 }

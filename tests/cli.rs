@@ -404,6 +404,7 @@ classes = 2
 
 #[test]
 fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
+    let metrics = free_port();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("net");
     let d = data.to_str().unwrap();
@@ -426,7 +427,7 @@ fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
         .arg("127.0.0.1:0")
         .arg("--insecure-dev-setup")
         .arg("--metrics")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{metrics}"))
         .started();
     wait_for(grpc);
     for (role, name) in [("data-holder", "holder"), ("verifier", "bank")] {
@@ -541,4 +542,89 @@ fn a_holder_lets_a_bank_ask_one_question_from_the_command_line() {
         &[&h[..], &["--grant", &grant]].concat(),
     );
     assert!(out.contains("after 1 uses"), "{out}");
+
+    // A client that speaks no TLS at all is a failed handshake.
+    let mut junk = TcpStream::connect(("127.0.0.1", grpc)).unwrap();
+    junk.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let _ = junk.read(&mut [0u8; 64]);
+    // What the operator's Prometheus sees of all this (docs/metrics.md).
+    let mut m = String::new();
+    for _ in 0..50 {
+        m = http_get(metrics, "/metrics");
+        if m.contains("yilian_raft_term") && m.contains("yilian_tls_handshake_failures_total") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for series in [
+        "yilian_kms_operations_total{operation=\"create-key\",outcome=\"ok\"}",
+        "yilian_kms_audit_seconds",
+        "yilian_zk_proofs_total{outcome=\"answered\"} 1",
+        "yilian_zk_prove_seconds",
+        "yilian_zk_refusals_total{code=\"PermissionDenied\"}",
+        "yilian_tls_handshake_failures_total",
+        "yilian_raft_term",
+        "yilian_raft_leader 1",
+        "yilian_ledger_size",
+    ] {
+        assert!(m.contains(series), "no `{series}` in:\n{m}");
+    }
+}
+
+/// Every series the code emits is documented in docs/metrics.md, and the
+/// Grafana dashboard queries only documented series.
+#[test]
+fn every_metric_is_documented_and_the_dashboard_uses_only_those() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap();
+    let documented = |name: &str| doc.contains(&format!("| `{name}` |"));
+    let mut emitted = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                if !["target", "node_modules", ".git", ".venv", "fuzz"].contains(&name.as_str()) {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for kind in ["counter!(", "gauge!(", "histogram!("] {
+                    for part in text.split(kind).skip(1) {
+                        let part = part.trim_start();
+                        if let Some(rest) = part.strip_prefix("\"yilian_") {
+                            let metric = format!("yilian_{}", rest.split('"').next().unwrap());
+                            emitted.push((metric, path.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(emitted.len() > 20, "found only {emitted:?}");
+    for (metric, path) in &emitted {
+        assert!(
+            documented(metric),
+            "{metric} ({}) is not in docs/metrics.md",
+            path.display()
+        );
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("yilian_") {
+                    assert!(
+                        documented(word),
+                        "the dashboard's `{expr}` uses {word}, which docs/metrics.md lacks"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub async fn next_message(recv: &mut quinn::RecvStream) -> Result<Option<Message
         Err(quinn::ReadExactError::ReadError(e)) => return Err(FlError::Read(e)),
     }
     let len = frame_len(len)?;
+    metrics::counter!("yilian_fl_bytes_total", "direction" => "received").increment(4 + len as u64);
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(_) => FlError::TruncatedFrame,
@@ -50,7 +51,11 @@ pub const UNENCODABLE: u32 = 0x45;
 /// the message, which would leave the peer waiting for it forever.
 pub(crate) fn frame_or_reset(send: &mut quinn::SendStream, m: &Message) -> Option<Vec<u8>> {
     match encode(m) {
-        Ok(frame) => Some(frame),
+        Ok(frame) => {
+            metrics::counter!("yilian_fl_bytes_total", "direction" => "sent")
+                .increment(frame.len() as u64);
+            Some(frame)
+        }
         Err(e) => {
             tracing::error!(error = %e, "resetting a stream: a message could not be framed");
             let _ = send.reset(UNENCODABLE.into());

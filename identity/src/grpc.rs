@@ -336,10 +336,12 @@ pub fn incoming_within(
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::info!(%remote, error = %e, "TLS handshake refused");
+                        metrics::counter!("yilian_tls_handshake_failures_total").increment(1);
                         return;
                     }
                     Err(_) => {
                         tracing::info!(%remote, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+                        crate::tls::refused("handshake-timeout");
                         return;
                     }
                 };

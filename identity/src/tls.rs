@@ -151,13 +151,16 @@ impl ClientCertVerifier for AdmittedClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|e| refused(refusal_reason(e)))?;
         let principal = principal_from_cert(end_entity).map_err(|e| {
             tracing::warn!(error = %e, "refused a certificate without a Yilian identity");
+            refused("no-identity");
             rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
         })?;
         if self.revoked.is_revoked(&principal.serial) {
             tracing::warn!(%principal, "refused a revoked certificate");
+            refused("revoked");
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(ClientCertVerified::assertion())
@@ -183,5 +186,28 @@ impl ClientCertVerifier for AdmittedClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// Counts a client certificate refused at the handshake, by reason.
+pub(crate) fn refused(reason: &'static str) {
+    metrics::counter!("yilian_tls_refusals_total", "reason" => reason).increment(1);
+}
+
+fn refusal_reason(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => "unknown-ca",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not-yet-valid"
+            }
+            CertificateError::BadSignature => "bad-signature",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "wrong-key-usage"
+            }
+            _ => "invalid-certificate",
+        },
+        _ => "other",
     }
 }

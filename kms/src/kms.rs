@@ -339,12 +339,17 @@ impl<A: AuditLog, S: KeyStore> Kms<A, S> {
     async fn finish<T>(&self, base: AuditBase, decided: Result<Decided<T, S::Write>>) -> Result<T> {
         match decided {
             Ok(d) => {
+                let operation = base.operation;
                 let entry = base.with("ok", d.version);
                 let retraction = KeyAudit {
                     outcome: "not-committed".to_owned(),
                     ..entry.clone()
                 };
+                let started = std::time::Instant::now();
                 self.inner.audit.record(entry).await?;
+                metrics::histogram!("yilian_kms_audit_seconds").record(started.elapsed());
+                metrics::counter!("yilian_kms_operations_total", "operation" => operation, "outcome" => "ok")
+                    .increment(1);
                 if let Some(txn) = d.txn
                     && let Err(e) = txn.commit()
                 {
@@ -356,6 +361,12 @@ impl<A: AuditLog, S: KeyStore> Kms<A, S> {
                 Ok(d.value)
             }
             Err(e) => {
+                metrics::counter!(
+                    "yilian_kms_operations_total",
+                    "operation" => base.operation,
+                    "outcome" => e.reason()
+                )
+                .increment(1);
                 let entry = base.with(e.reason(), None);
                 if let Err(audit_err) = self.inner.audit.record(entry).await {
                     tracing::warn!(reason = e.reason(), error = %audit_err, "refusal could not be audited");
@@ -1073,11 +1084,15 @@ impl<A: AuditLog, S: KeyStore> Kms<A, S> {
             if pkg.owner != caller.account && pkg.trustee_index(&caller.account).is_none() {
                 return Err(KmsError::NotTrustee(hex::encode(caller.account)));
             }
-            policy::check_reader(
-                &recipient,
-                self.inner.audit.admission(&recipient).as_ref(),
-                (self.inner.clock)(),
-            )?;
+            let admission = self.inner.audit.admission(&recipient);
+            policy::check_reader(&recipient, admission.as_ref(), (self.inner.clock)())?;
+            // Read-only roles never touch key material, recovered keys included.
+            if let Some(a) = admission.filter(|a| a.role.is_read_only()) {
+                return Err(KmsError::WrongRole {
+                    role: a.role.to_string(),
+                    action: "receive recovered keys",
+                });
+            }
             let rec = RecoveryRecord {
                 recovery_id: random_id("r")?,
                 key_id: key_id.to_owned(),
@@ -1170,6 +1185,7 @@ impl<A: AuditLog, S: KeyStore> Kms<A, S> {
         );
         let _w = self.inner.writer.lock().await;
         let decided = (|| {
+            policy::check_key_user_role(caller, "receive recovered keys")?;
             let mut txn = self.begin_write()?;
             let mut rec: RecoveryRecord = Self::get(&txn, Table::Recoveries, recovery_id)?
                 .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))?;

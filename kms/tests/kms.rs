@@ -605,6 +605,17 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         .collect();
     assert_eq!(kms.escrow_package(&tc[1], "vault").unwrap(), pkg);
 
+    // A read-only identity (an auditor) is never a recovery's recipient.
+    let auditor = key();
+    env.admit(&auditor, Role::Auditor).await;
+    let refused = kms
+        .start_recovery(&tc[0], "vault", auditor.verifying_key().to_bytes())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, KmsError::WrongRole { role, .. } if role == "auditor"),
+        "{refused}"
+    );
     let rec = kms
         .start_recovery(&tc[0], "vault", recipient.account)
         .await

@@ -298,7 +298,11 @@ impl Shared {
             wtx.commit()?;
             Ok(())
         };
-        if let Err(e) = write() {
+        let started = std::time::Instant::now();
+        let written = write();
+        // The durable apply (redb commit, fsync included) of one batch.
+        metrics::histogram!("yilian_ledger_commit_seconds").record(started.elapsed());
+        if let Err(e) = written {
             tracing::error!(error = %e, "ledger apply failed; the member must restart");
             let _ = self.failed.set(format!("applying committed entries: {e}"));
             return Err(e.to_string());

@@ -202,6 +202,7 @@ impl From<ZkError> for tonic::Status {
             Kms(k) => return tonic::Status::from(k),
             Groth16(_) | Io(_) | Storage(_) | Corrupt(_) => Code::Internal,
         };
+        metrics::counter!("yilian_zk_refusals_total", "code" => format!("{code:?}")).increment(1);
         tonic::Status::new(code, message)
     }
 }

@@ -1503,6 +1503,12 @@ impl ZkService {
                 .prove(&record, &key, &q, set.as_deref(), &mut keys::os_rng())
         })
         .await;
+        metrics::histogram!("yilian_zk_prove_seconds").record(started.elapsed());
+        metrics::counter!(
+            "yilian_zk_proofs_total",
+            "outcome" => if proved.is_ok() { "answered" } else { "failed" }
+        )
+        .increment(1);
         let proof = match proved {
             Ok(p) => p,
             Err(e) => {
@@ -1602,7 +1608,12 @@ impl ZkService {
                 ),
             );
         }
-        match blocking(move || verifier::verify(&pvk, &proof, &public)).await {
+        let started = std::time::Instant::now();
+        let verified = blocking(move || verifier::verify(&pvk, &proof, &public)).await;
+        metrics::histogram!("yilian_zk_verify_seconds").record(started.elapsed());
+        metrics::counter!("yilian_zk_verifications_total", "valid" => if verified.is_ok() { "true" } else { "false" })
+            .increment(1);
+        match verified {
             Ok(answer) => {
                 out.valid = true;
                 out.answer = answer;

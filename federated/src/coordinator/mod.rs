@@ -771,6 +771,15 @@ async fn record_round(
             }
         }
     }
+    if written {
+        // Once per round: a round whose entries are retried counts when they land.
+        metrics::counter!("yilian_fl_rounds_total").increment(1);
+        metrics::gauge!("yilian_fl_participants").set(record.participants.len() as f64);
+        metrics::counter!("yilian_fl_participants_total")
+            .increment(record.participants.len() as u64);
+        metrics::counter!("yilian_fl_dropouts_total").increment(record.missing.len() as u64);
+        metrics::counter!("yilian_fl_rejected_total").increment(record.rejected.len() as u64);
+    }
     written.then_some(proofs)
 }
 
