@@ -48,6 +48,8 @@ const DIGITS: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
 pub async fn run(dir: Option<PathBuf>, keep_running: bool) -> Result<()> {
     let _tmp;
+    // A temporary directory goes when the devnet ends: paths into it say so.
+    let keeps_files = dir.is_some() || keep_running;
     let root = match dir {
         Some(d) => d,
         None => {
@@ -141,7 +143,7 @@ pub async fn run(dir: Option<PathBuf>, keep_running: bool) -> Result<()> {
         println!("zk act through {} ({c}): its ZK records stay on that node", MEMBER_ORGS[2]);
         zk_act(&net, &c, vk_hash).await?;
         clock.lap("zk", &pids(&members));
-        learning_act(&net, &root, &addr, fl).await?;
+        learning_act(&net, &root, &addr, fl, keeps_files).await?;
         clock.lap("learning", &pids(&members));
         let survivor = failover_act(&net, &mut members).await?;
         clock.lap("failover", &pids(&members));
@@ -690,6 +692,10 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
         rec.index
     );
 
+    // Adults on the day the devnet runs: born on or before today, 18 years ago.
+    let (y, m, d) = civil_date(days_since_epoch());
+    let adult_cutoff = (y - 18) * 10_000 + i64::from(m) * 100 + i64::from(d);
+    let age_question = format!("age >= 18 (born on or before {}-{m:02}-{d:02})", y - 18);
     let questions = [
         (
             "ID number is 310101199001011234",
@@ -699,10 +705,10 @@ async fn zk_act(net: &NetworkDir, addr: &str, ceremony_vk: [u8; 32]) -> Result<(
             },
         ),
         (
-            "age >= 18 (born on or before 2007-11-25)",
+            age_question.as_str(),
             Predicate::Lte {
                 field: "birth_date".into(),
-                value: 20_071_125,
+                value: u64::try_from(adult_cutoff)?,
             },
         ),
         (
@@ -923,6 +929,7 @@ async fn learning_act(
     root: &std::path::Path,
     addr: &str,
     fl: SocketAddr,
+    keeps_files: bool,
 ) -> Result<()> {
     let data_dir = root.join("data");
     std::fs::create_dir_all(&data_dir)?;
@@ -967,11 +974,16 @@ async fn learning_act(
         "rewards earned ({earned}) are not on the ledger ({on_ledger})"
     );
     println!(
-        "learning: task {} closed {} rounds; final validation accuracy {:.3}; model exported to {}",
+        "learning: task {} closed {} rounds; final validation accuracy {:.3}; model exported to {}{}",
         report.task_id,
         report.history.len(),
         last.accuracy,
-        report.onnx_path.display()
+        report.onnx_path.display(),
+        if keeps_files {
+            ""
+        } else {
+            " (in the devnet's temporary directory, removed when it ends: pass --dir to keep it)"
+        }
     );
     Ok(())
 }
@@ -1168,4 +1180,43 @@ async fn explorer_head_size(addr: &str) -> Result<u64> {
     head["size"]
         .as_u64()
         .context("the explorer's head has no size")
+}
+
+fn days_since_epoch() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (secs / 86_400) as i64
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant,
+/// "chrono-Compatible Low-Level Date Algorithms", `civil_from_days`).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn day_counts_give_their_calendar_dates() {
+        // Reference values from Python's datetime.date.
+        for (days, date) in [
+            (0, (1970, 1, 1)),
+            (10_956, (1999, 12, 31)),
+            (11_016, (2000, 2, 29)),
+            (20_790, (2026, 12, 3)),
+            (-1, (1969, 12, 31)),
+        ] {
+            assert_eq!(super::civil_date(days), date, "day {days}");
+        }
+    }
 }
