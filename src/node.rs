@@ -381,11 +381,29 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     ];
     serving.extend(control_server.as_ref().map(name_of));
     let (health, health_server) = tonic_health::server::health_reporter();
+    let kms_name = name_of(&kms_server);
     for &name in &serving {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    // A sealed KMS answers only Unseal: it is not serving until operators
+    // unseal it. The watch ends with the KMS, when the node stops.
+    let mut sealed = kms.sealed_changes();
+    let kms_health = health.clone();
+    tokio::spawn(async move {
+        loop {
+            let status = if *sealed.borrow_and_update() {
+                tonic_health::ServingStatus::NotServing
+            } else {
+                tonic_health::ServingStatus::Serving
+            };
+            kms_health.set_service_status(kms_name, status).await;
+            if sealed.changed().await.is_err() {
+                break;
+            }
+        }
+    });
     // Both reflection versions: grpcurl asks for v1, grpcio-reflection's
     // client for v1alpha. Each lists only what this node serves.
     serving.push(name_of(&health_server));

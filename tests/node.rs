@@ -19,6 +19,10 @@ struct Net {
 }
 
 async fn network(extra: &[(&str, Role, &str)]) -> Net {
+    network_with(extra, |_| {}).await
+}
+
+async fn network_with(extra: &[(&str, Role, &str)], adjust: impl FnOnce(&mut NodeConfig)) -> Net {
     let tmp = tempfile::tempdir().unwrap();
     let dir = NetworkDir::new(tmp.path());
     network::init_network(&dir, "test", "127.0.0.1:0")
@@ -33,7 +37,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
                 .unwrap();
         }
     }
-    let cfg = NodeConfig {
+    let mut cfg = NodeConfig {
         data_dir: tmp.path().to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         metrics: None,
@@ -48,6 +52,7 @@ async fn network(extra: &[(&str, Role, &str)]) -> Net {
             listen: "127.0.0.1:0".parse().unwrap(),
         }),
     };
+    adjust(&mut cfg);
     let node = node::start(&cfg).await.unwrap();
     let addr = node.addr.to_string();
     Net {
@@ -792,5 +797,52 @@ async fn explorer_parameters_that_are_wrong_get_400_or_404() {
     let (ok, body) = http_get(addr, "/").await;
     assert!(ok == 200 && body.contains("Yilian explorer"), "{body}");
     assert_eq!(net.node.ledger.tree_head(), before);
+    net.node.stop().await.unwrap();
+}
+
+/// A node started with its KMS sealed reports the KMS as not serving (and
+/// the rest as serving) until operators unseal it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_kms_is_reported_not_serving() {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let net = network_with(&[("bank", Role::Verifier, "alice")], |cfg| {
+        cfg.kms_sealed = true
+    })
+    .await;
+    let alice = net.dir.load_identity("alice").unwrap();
+    let ch = yilian_identity::grpc::connect(&net.addr, &alice)
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+    let status = |service: &str| {
+        let mut h = health.clone();
+        let service = service.to_owned();
+        async move {
+            h.check(HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let mut kms = status("yilian.kms.v1.Kms").await;
+    for _ in 0..50 {
+        if kms == ServingStatus::NotServing as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        kms = status("yilian.kms.v1.Kms").await;
+    }
+    assert_eq!(kms, ServingStatus::NotServing as i32);
+    assert_eq!(
+        status("yilian.ledger.v1.Ledger").await,
+        ServingStatus::Serving as i32
+    );
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
     net.node.stop().await.unwrap();
 }

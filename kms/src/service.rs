@@ -71,6 +71,8 @@ pub struct KmsNode<A> {
     audit: A,
     clock: Clock,
     state: tokio::sync::RwLock<NodeState<A>>,
+    /// Whether the store is still sealed, for the node's health service.
+    sealed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Progress of unsealing.
@@ -91,7 +93,13 @@ impl<A: AuditLog + Clone> KmsNode<A> {
             state: tokio::sync::RwLock::new(NodeState::Sealed {
                 unsealer: Unsealer::new(),
             }),
+            sealed: tokio::sync::watch::Sender::new(true),
         })
+    }
+
+    /// True while sealed; changes once, when operators unseal it.
+    pub fn sealed_changes(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.sealed.subscribe()
     }
 
     /// An unsealed node (devnet key file, or a root key from elsewhere).
@@ -102,6 +110,7 @@ impl<A: AuditLog + Clone> KmsNode<A> {
             audit,
             clock,
             state: tokio::sync::RwLock::new(NodeState::Unsealed(kms)),
+            sealed: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -130,6 +139,7 @@ impl<A: AuditLog + Clone> KmsNode<A> {
                 match Kms::open(&self.path, root, self.audit.clone(), self.clock.clone()) {
                     Ok(kms) => {
                         *state = NodeState::Unsealed(kms);
+                        self.sealed.send_replace(false);
                         tracing::info!("KMS unsealed");
                         Ok(UnsealProgress {
                             sealed: false,

@@ -13,6 +13,7 @@ struct Net {
     _net: Network,
     ids: Vec<Identity>,
     addr: String,
+    sealed: tokio::sync::watch::Receiver<bool>,
 }
 
 const NAMES: &[(&str, Role)] = &[
@@ -30,20 +31,22 @@ async fn net(sealed: bool) -> (Net, Option<Vec<yilian_kms::secret::UnsealShare>>
     let mut ids = vec![net.load("node")];
     ids.extend(net.admit_all(&NAMES[1..]).await);
     let (dir, ledger, key) = (net.dir.path(), net.ledger.clone(), net.node.signing_key());
-    let (server, shares) = if sealed {
+    let (kms, server, shares) = if sealed {
         let (_root, shares) = seal::split_root_key(2, 3).unwrap();
-        let (_, server) = service::sealed(dir, ledger, key.clone());
-        (server, Some(shares))
+        let (kms, server) = service::sealed(dir, ledger, key.clone());
+        (kms, server, Some(shares))
     } else {
-        let (_, server) = service::with_key_file(dir, ledger, key.clone()).unwrap();
-        (server, None)
+        let (kms, server) = service::with_key_file(dir, ledger, key.clone()).unwrap();
+        (kms, server, None)
     };
+    let sealed = kms.sealed_changes();
     let addr = yilian_testkit::serve(&ids[0], Default::default(), Routes::new(server)).await;
     (
         Net {
             _net: net,
             ids,
             addr,
+            sealed,
         },
         shares,
     )
@@ -79,6 +82,7 @@ async fn roles_are_checked_on_the_wire() {
 async fn a_sealed_node_refuses_until_operators_unseal_it() {
     let (n, shares) = net(true).await;
     let shares = shares.unwrap();
+    assert!(*n.sealed.borrow(), "a sealed node says it is sealed");
     let mut owner = Client::connect(&n.addr, &n.ids[1]).await.unwrap();
     let e = owner.create_key("k", false, false).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable);
@@ -120,6 +124,10 @@ async fn a_sealed_node_refuses_until_operators_unseal_it() {
         .unwrap()
         .into_inner();
     assert!(!r.sealed);
+    assert!(
+        !*n.sealed.borrow(),
+        "unsealing is announced to the node's health service"
+    );
     owner.create_key("k", false, false).await.unwrap();
     let env = owner
         .encrypt("k", b"after unseal", b"", None)
