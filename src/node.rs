@@ -314,7 +314,10 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    let raft_gauges = tokio::spawn(report_raft(ledger.clone()));
+    // Sampled only for an exporter that will show them.
+    let raft_gauges = cfg
+        .metrics
+        .map(|_| tokio::spawn(report_raft(ledger.clone())));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -380,28 +383,27 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
         name_of(&zk_server),
     ];
     serving.extend(control_server.as_ref().map(name_of));
-    let (health, health_server) = tonic_health::server::health_reporter();
-    let kms_name = name_of(&kms_server);
-    for &name in &serving {
-        health
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
     // A sealed KMS answers only Unseal: it is not serving until operators
     // unseal it. The watch ends with the KMS, when the node stops.
+    let kms_name = name_of(&kms_server);
     let mut sealed = kms.sealed_changes();
+    let status = |serving: bool| {
+        if serving {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        }
+    };
+    let (health, health_server) = tonic_health::server::health_reporter();
+    for &name in &serving {
+        let up = name != kms_name || !*sealed.borrow_and_update();
+        health.set_service_status(name, status(up)).await;
+    }
     let kms_health = health.clone();
     tokio::spawn(async move {
-        loop {
-            let status = if *sealed.borrow_and_update() {
-                tonic_health::ServingStatus::NotServing
-            } else {
-                tonic_health::ServingStatus::Serving
-            };
-            kms_health.set_service_status(kms_name, status).await;
-            if sealed.changed().await.is_err() {
-                break;
-            }
+        while sealed.changed().await.is_ok() {
+            let up = !*sealed.borrow_and_update();
+            kms_health.set_service_status(kms_name, status(up)).await;
         }
     });
     // Both reflection versions: grpcurl asks for v1, grpcio-reflection's
@@ -441,7 +443,9 @@ pub async fn start(cfg: &NodeConfig) -> Result<RunningNode> {
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = rx.await;
         sweeper.abort();
-        raft_gauges.abort();
+        if let Some(g) = raft_gauges {
+            g.abort();
+        }
     }));
     tracing::info!(%addr, principal = %identity.principal(), size = ledger.len(), "node serving");
     if let Some(fl) = federated {

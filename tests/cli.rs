@@ -39,15 +39,7 @@ fn wait_for(port: u16) {
 }
 
 fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
+    yilian_testkit::http_get(([127, 0, 0, 1], port).into(), path).1
 }
 
 #[test]

@@ -544,26 +544,12 @@ async fn the_python_client_works_against_a_real_node() {
     net.node.stop().await.unwrap();
 }
 
-/// One HTTP/1.1 GET on loopback: the status code and the body.
+/// [`yilian_testkit::http_get`], off the runtime's threads.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || yilian_testkit::http_get(addr, &path))
         .await
-        .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).await.unwrap();
-    let status = raw
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP answer: {raw}"));
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|b| b.1)
-        .unwrap_or("")
-        .to_owned();
-    (status, body)
+        .unwrap()
 }
 
 /// The explorer in a real headless chromium (Debian's, driven by
@@ -825,14 +811,8 @@ async fn a_sealed_kms_is_reported_not_serving() {
                 .status
         }
     };
-    let mut kms = status("yilian.kms.v1.Kms").await;
-    for _ in 0..50 {
-        if kms == ServingStatus::NotServing as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        kms = status("yilian.kms.v1.Kms").await;
-    }
+    // Set before the node serves: there is no moment it says otherwise.
+    let kms = status("yilian.kms.v1.Kms").await;
     assert_eq!(kms, ServingStatus::NotServing as i32);
     assert_eq!(
         status("yilian.ledger.v1.Ledger").await,

@@ -14,12 +14,13 @@ pub mod view;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 use yilian_federated::coordinator::Histories;
 use yilian_ledger::Ledger;
 
@@ -91,19 +92,7 @@ pub async fn serve(
 }
 
 fn router(sources: Sources) -> Router {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP) }),
-        )
-        .route(
-            "/style.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+    let api = Router::new()
         .route("/api/head", get(head))
         .route("/api/entries", get(entries))
         .route("/api/entries/{index}", get(entry))
@@ -111,25 +100,45 @@ fn router(sources: Sources) -> Router {
         .route("/api/search", get(search))
         .route("/api/tasks/{task}", get(task))
         .route("/api/keys/{owner}/{key}", get(key_audit))
-        .route("/api/zk", get(zk_queries))
-        .route(
-            "/vendor/uPlot.iife.min.js",
-            get(|| async { asset("text/javascript; charset=utf-8", UPLOT) }),
-        )
-        .route(
-            "/vendor/uPlot.min.css",
-            get(|| async { asset("text/css; charset=utf-8", UPLOT_CSS) }),
-        )
-        .fallback(|| async { refuse(Refusal::NotFound("no such page".into())) })
+        .route("/api/zk", get(zk_queries));
+    ASSETS
+        .iter()
+        .fold(api, |r, &(path, content_type, body)| {
+            r.route(path, get(move || async move { asset(content_type, body) }))
+        })
+        .fallback(|| async { Refusal::NotFound("no such page".into()) })
         .with_state(sources)
 }
 
-const INDEX: &str = include_str!("assets/index.html");
-const APP: &str = include_str!("assets/app.js");
-const STYLE: &str = include_str!("assets/style.css");
-// uPlot 1.6.32 from npm, MIT (assets/vendor/README.md).
-const UPLOT: &str = include_str!("assets/vendor/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("assets/vendor/uPlot.min.css");
+/// The page's files, compiled in: path, content type, body. uPlot 1.6.32
+/// is from npm, MIT (assets/vendor/README.md).
+const ASSETS: [(&str, &str, &str); 5] = [
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("assets/index.html"),
+    ),
+    (
+        "/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/app.js"),
+    ),
+    (
+        "/style.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/style.css"),
+    ),
+    (
+        "/vendor/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/vendor/uPlot.iife.min.js"),
+    ),
+    (
+        "/vendor/uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/vendor/uPlot.min.css"),
+    ),
+];
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -146,113 +155,77 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-fn answer(result: Result<serde_json::Value, Refusal>) -> Response {
-    match result {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => refuse(e),
+/// A refusal answers with its status and `{"error": reason}`.
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "explorer request failed");
+        }
+        (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
-fn refuse(e: Refusal) -> Response {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() {
-        tracing::warn!(error = %e, "explorer request failed");
-    }
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": e.to_string() })),
-    )
-        .into_response()
-}
+type Answer = Result<Json<Value>, Refusal>;
 
 /// Query parameters arrive as text, so a bad one gets this endpoint's own
 /// message rather than the framework's.
 fn number(q: &HashMap<String, String>, name: &'static str) -> Result<Option<u64>, Refusal> {
-    q.get(name)
-        .map(|v| {
-            v.parse().map_err(|_| Refusal::BadParameter {
-                name,
-                expected: "a whole number below 2^64",
-            })
-        })
-        .transpose()
+    q.get(name).map(|v| view::whole_number(name, v)).transpose()
 }
 
-async fn head(State(Sources { ledger, .. }): State<Sources>) -> Response {
-    answer(Ok(view::head(&ledger)))
+async fn head(State(Sources { ledger, .. }): State<Sources>) -> Json<Value> {
+    Json(view::head(&ledger))
 }
 
 async fn entries(
     State(Sources { ledger, .. }): State<Sources>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    answer((|| {
-        view::entries(&ledger, number(&q, "before")?, number(&q, "limit")?)
-    })())
+) -> Answer {
+    view::entries(&ledger, number(&q, "before")?, number(&q, "limit")?).map(Json)
 }
 
-async fn entry(
-    State(Sources { ledger, .. }): State<Sources>,
-    Path(index): Path<String>,
-) -> Response {
-    answer((|| {
-        let index = index.parse().map_err(|_| Refusal::BadParameter {
-            name: "index",
-            expected: "a whole number below 2^64",
-        })?;
-        view::entry(&ledger, index)
-    })())
+async fn entry(State(Sources { ledger, .. }): State<Sources>, Path(index): Path<String>) -> Answer {
+    view::entry(&ledger, view::whole_number("index", &index)?).map(Json)
 }
 
 async fn account(
     State(Sources { ledger, .. }): State<Sources>,
     Path(account): Path<String>,
-) -> Response {
-    answer((|| {
-        let account = view::parse_account(&account).ok_or(Refusal::BadParameter {
-            name: "account",
-            expected: "an account: 64 hex digits",
-        })?;
-        view::account(&ledger, &account)
-    })())
+) -> Answer {
+    view::account(&ledger, &view::account_param("account", &account)?).map(Json)
 }
 
 async fn search(
     State(Sources { ledger, .. }): State<Sources>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    answer(view::search(
-        &ledger,
-        q.get("q").map(String::as_str).unwrap_or(""),
-    ))
+) -> Answer {
+    view::search(&ledger, q.get("q").map(String::as_str).unwrap_or("")).map(Json)
 }
 
-async fn task(State(sources): State<Sources>, Path(task): Path<String>) -> Response {
+async fn task(State(sources): State<Sources>, Path(task): Path<String>) -> Answer {
     let rounds = match &sources.rounds {
         Some(h) => h.of(&task).await,
         None => None,
     };
-    answer(view::task(&sources.ledger, &task, rounds.as_deref()))
+    view::task(&sources.ledger, &task, rounds.as_deref()).map(Json)
 }
 
 async fn key_audit(
     State(Sources { ledger, .. }): State<Sources>,
     Path((owner, key)): Path<(String, String)>,
-) -> Response {
-    answer((|| {
-        let owner = view::parse_account(&owner).ok_or(Refusal::BadParameter {
-            name: "owner",
-            expected: "an account: 64 hex digits",
-        })?;
-        view::key_audit(&ledger, &owner, &key)
-    })())
+) -> Answer {
+    view::key_audit(&ledger, &view::account_param("owner", &owner)?, &key).map(Json)
 }
 
 async fn zk_queries(
     State(Sources { ledger, .. }): State<Sources>,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    answer((|| {
-        view::zk_queries(&ledger, number(&q, "from")?, number(&q, "limit")?)
-    })())
+) -> Answer {
+    view::zk_queries(&ledger, number(&q, "from")?, number(&q, "limit")?).map(Json)
 }

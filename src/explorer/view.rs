@@ -59,13 +59,7 @@ pub fn head(ledger: &Ledger) -> Value {
 /// A page of entries, newest first: those below `before` (default: the
 /// log's size), at most `limit` of them.
 pub fn entries(ledger: &Ledger, before: Option<u64>, limit: Option<u64>) -> Result<Value, Refusal> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Refusal::BadParameter {
-            name: "limit",
-            expected: "a number from 1 to 100",
-        });
-    }
+    let limit = page_limit(limit)?;
     let size = ledger.len();
     let to = before.unwrap_or(size).min(size);
     let from = to.saturating_sub(limit);
@@ -83,10 +77,7 @@ pub fn entries(ledger: &Ledger, before: Option<u64>, limit: Option<u64>) -> Resu
 pub fn entry(ledger: &Ledger, index: u64) -> Result<Value, Refusal> {
     let head = ledger.tree_head();
     if index >= head.tree_size {
-        return Err(Refusal::NotFound(format!(
-            "no entry {index}: the log has {} entries",
-            head.tree_size
-        )));
+        return Err(no_entry(index, head.tree_size));
     }
     let bytes = ledger.entry_bytes(index)?;
     let tx = SignedTransaction::decode(&bytes)?;
@@ -132,31 +123,27 @@ pub fn account(ledger: &Ledger, account: &AccountId) -> Result<Value, Refusal> {
 /// (record, task, statement).
 pub fn search(ledger: &Ledger, q: &str) -> Result<Value, Refusal> {
     let q = q.trim();
-    if q.is_empty() || q.len() > MAX_QUERY_BYTES {
-        return Err(Refusal::BadParameter {
-            name: "q",
-            expected: "an entry index, an account (64 hex digits) or an id of at most 256 bytes",
-        });
-    }
+    id_param(
+        "q",
+        q,
+        "an entry index, an account (64 hex digits) or an id of at most 256 bytes",
+    )?;
     if q.bytes().all(|b| b.is_ascii_digit()) {
-        let index: u64 = q.parse().map_err(|_| Refusal::BadParameter {
-            name: "q",
-            expected: "an entry index below 2^64",
-        })?;
+        let index = whole_number("q", q)?;
         if index >= ledger.len() {
-            return Err(Refusal::NotFound(format!(
-                "no entry {index}: the log has {} entries",
-                ledger.len()
-            )));
+            return Err(no_entry(index, ledger.len()));
         }
         return Ok(json!({ "found": "index", "entries": summaries(ledger, &[index])? }));
     }
-    if let Some(account) = parse_account(q) {
-        let indexes = account_entries(ledger, &account)?;
-        if !indexes.is_empty() || ledger.member(&account).is_some() {
-            return Ok(
-                json!({ "found": "account", "account": q, "entries": summaries(ledger, &indexes)? }),
-            );
+    if let Some(id) = parse_account(q) {
+        match account(ledger, &id) {
+            Ok(mut found) => {
+                found["found"] = "account".into();
+                return Ok(found);
+            }
+            // 64 hex digits that name no account may still be an id.
+            Err(Refusal::NotFound(_)) => {}
+            Err(e) => return Err(e),
         }
     }
     let mut indexes = Vec::new();
@@ -184,12 +171,7 @@ pub fn task(
     task_id: &str,
     rounds: Option<&[yilian_federated::round::RoundRecord]>,
 ) -> Result<Value, Refusal> {
-    if task_id.is_empty() || task_id.len() > MAX_QUERY_BYTES {
-        return Err(Refusal::BadParameter {
-            name: "task",
-            expected: "a task id of 1 to 256 bytes",
-        });
-    }
+    id_param("task", task_id, "a task id of 1 to 256 bytes")?;
     let id = task_id.as_bytes();
     let mut submitted = None;
     let mut epsilon = std::collections::BTreeMap::new();
@@ -276,12 +258,7 @@ pub fn task(
 
 /// Every audited operation on one key, in log order.
 pub fn key_audit(ledger: &Ledger, owner: &AccountId, key_id: &str) -> Result<Value, Refusal> {
-    if key_id.is_empty() || key_id.len() > MAX_QUERY_BYTES {
-        return Err(Refusal::BadParameter {
-            name: "key",
-            expected: "a key id of 1 to 256 bytes",
-        });
-    }
+    id_param("key", key_id, "a key id of 1 to 256 bytes")?;
     let mut index_key = owner.to_vec();
     index_key.extend_from_slice(key_id.as_bytes());
     let mut operations = Vec::new();
@@ -322,13 +299,7 @@ pub fn zk_queries(
     from: Option<u64>,
     limit: Option<u64>,
 ) -> Result<Value, Refusal> {
-    let limit = limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Refusal::BadParameter {
-            name: "limit",
-            expected: "a number from 1 to 100",
-        });
-    }
+    let limit = page_limit(limit)?;
     let mut queries = Vec::new();
     for i in ledger.indexed("zk-query", &[], from.unwrap_or(0), limit as usize)? {
         let tx = ledger.entry(i)?;
@@ -352,6 +323,46 @@ pub fn zk_queries(
         }
     }
     Ok(json!({ "queries": queries }))
+}
+
+/// A `limit` parameter: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
+fn page_limit(limit: Option<u64>) -> Result<u64, Refusal> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Refusal::BadParameter {
+            name: "limit",
+            expected: "a number from 1 to 100",
+        });
+    }
+    Ok(limit)
+}
+
+/// A text parameter of 1 to [`MAX_QUERY_BYTES`] bytes.
+fn id_param(name: &'static str, value: &str, expected: &'static str) -> Result<(), Refusal> {
+    if value.is_empty() || value.len() > MAX_QUERY_BYTES {
+        return Err(Refusal::BadParameter { name, expected });
+    }
+    Ok(())
+}
+
+fn no_entry(index: u64, size: u64) -> Refusal {
+    Refusal::NotFound(format!("no entry {index}: the log has {size} entries"))
+}
+
+/// A whole-number parameter, as text from a path or query.
+pub fn whole_number(name: &'static str, text: &str) -> Result<u64, Refusal> {
+    text.parse().map_err(|_| Refusal::BadParameter {
+        name,
+        expected: "a whole number below 2^64",
+    })
+}
+
+/// An account parameter: 64 hex digits.
+pub fn account_param(name: &'static str, text: &str) -> Result<AccountId, Refusal> {
+    parse_account(text).ok_or(Refusal::BadParameter {
+        name,
+        expected: "an account: 64 hex digits",
+    })
 }
 
 /// Payload kinds indexed by a record, task or statement id.
