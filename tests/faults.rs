@@ -282,6 +282,7 @@ async fn device(fl_addr: SocketAddr, id: Identity, data: Dataset, done: Arc<Atom
             label_column: "y".into(),
             policy: AgentPolicy::default(),
             single_task: true,
+            earlier_today: Default::default(),
         };
         let _ = agent::run(&id, cfg, |_| {}).await;
         tokio::time::sleep(Duration::from_millis(200)).await;

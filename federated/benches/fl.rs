@@ -176,6 +176,7 @@ classes = 10
                     label_column: "y".into(),
                     policy: AgentPolicy::default(),
                     single_task: true,
+                    earlier_today: Default::default(),
                 };
                 if agent::run(&id, cfg, |_| {}).await.is_ok() {
                     return retries;

@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 use yilian_identity::Identity;
 use yilian_models::{Dataset, ModelSpec, OnnxModel, OutputKind, TrainConfig};
 
-use crate::protocol::{ALPN, ChunkAssembler, Message, WeightsPurpose, weight_messages};
+use crate::protocol::{
+    ALPN, ChunkAssembler, Message, RewardProof, WeightsPurpose, weight_messages,
+};
+use crate::schedule::{DailyBytes, Pause, Readings};
 use crate::wire::{next_message, spawn_writer};
 use crate::{AgentId, AgentPolicy, DataSchema, FlError, RejectReason};
 
@@ -51,6 +54,19 @@ pub enum AgentEvent {
         reward: u64,
         /// Ledger index of the reward, if its inclusion proof verified.
         ledger_index: Option<u64>,
+        /// The proof, when it verified, for the owner to check again.
+        proof: Option<Box<RewardProof>>,
+    },
+    /// The owner's schedule kept the device from training this round.
+    Paused {
+        round: u32,
+        reason: Pause,
+    },
+    /// Bytes this session has sent and received so far (QUIC datagrams,
+    /// handshakes included).
+    Traffic {
+        sent: u64,
+        received: u64,
     },
     Done {
         task_id: String,
@@ -98,6 +114,8 @@ pub struct AgentConfig {
     pub policy: AgentPolicy,
     /// Stop after the first task finishes.
     pub single_task: bool,
+    /// Bytes earlier sessions moved, for the daily budget.
+    pub earlier_today: DailyBytes,
 }
 
 /// A QUIC client endpoint presenting `identity`.
@@ -219,8 +237,9 @@ impl AgentMachine {
                 params,
             } => {
                 let verdict = self
-                    .schema
-                    .check_against(&wanted)
+                    .policy
+                    .admits_task(&task_id)
+                    .and_then(|()| self.schema.check_against(&wanted))
                     .and_then(|()| self.policy.admits(local_epochs, params));
                 match verdict {
                     Ok(()) => {
@@ -299,9 +318,9 @@ impl AgentMachine {
                 reward,
                 proof,
             } => {
-                let ledger_index = match (&self.task, proof) {
+                let proof = match (&self.task, proof) {
                     (Some((task_id, _)), Some(p)) => match p.verify(task_id, round, &self.me) {
-                        Ok(amount) if amount == reward => Some(p.index),
+                        Ok(amount) if amount == reward => Some(p),
                         Ok(_) => None,
                         Err(e) => {
                             tracing::warn!("reward proof for round {round} failed: {e}");
@@ -310,6 +329,7 @@ impl AgentMachine {
                     },
                     _ => None,
                 };
+                let ledger_index = proof.as_ref().map(|p| p.index);
                 if let Some((task_id, _)) = &self.task
                     && reward > 0
                 {
@@ -327,6 +347,7 @@ impl AgentMachine {
                     contribution,
                     reward,
                     ledger_index,
+                    proof: proof.map(Box::new),
                 }));
             }
             Message::EvaluationOffer {
@@ -338,8 +359,9 @@ impl AgentMachine {
                 model_sha256,
             } => {
                 let verdict = self
-                    .schema
-                    .check_against(&wanted)
+                    .policy
+                    .admits_task(&task_id)
+                    .and_then(|()| self.schema.check_against(&wanted))
                     .and_then(|()| self.policy.admits_onnx(model_bytes, params));
                 match verdict {
                     Ok(()) => {
@@ -464,6 +486,24 @@ impl AgentMachine {
         Ok(out)
     }
 
+    /// The owner's schedule keeps the device out of `round`: it forgets
+    /// the round's model and tells the coordinator why, so the round goes
+    /// on without it.
+    pub fn sit_out(&mut self, round: u32, reason: Pause) -> Vec<Action> {
+        self.training_from = None;
+        let mut out = vec![Action::Event(AgentEvent::Paused {
+            round,
+            reason: reason.clone(),
+        })];
+        if let Some((task_id, _)) = &self.task {
+            out.push(Action::Send(Message::TaskDecline {
+                task_id: task_id.clone(),
+                reason: reason.to_string(),
+            }));
+        }
+        out
+    }
+
     /// The evaluation's counts: the report to send.
     pub fn evaluated(&mut self, counts: yilian_models::EvalCounts) -> Result<Vec<Action>, FlError> {
         let job = self
@@ -498,13 +538,45 @@ fn decline(task_id: String, e: &FlError) -> Vec<Action> {
     ]
 }
 
+/// What the schedule needs now: the clock, the load and today's bytes
+/// (earlier sessions' and this connection's).
+fn readings(earlier: DailyBytes, conn: &quinn::Connection) -> Readings {
+    let unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (sent, received) = traffic(conn);
+    Readings {
+        unix_secs,
+        load_per_core: load_per_core(),
+        bytes_today: earlier.on(unix_secs).bytes + sent + received,
+    }
+}
+
+/// Bytes this connection sent and received, as UDP datagrams.
+fn traffic(conn: &quinn::Connection) -> (u64, u64) {
+    let s = conn.stats();
+    (s.udp_tx.bytes, s.udp_rx.bytes)
+}
+
+/// The 1-minute load average per core (Linux `/proc/loadavg`).
+fn load_per_core() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load: f64 = text.split_whitespace().next()?.parse().ok()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Some(load / cores as f64)
+}
+
 /// Takes part in tasks until the connection ends (or, with `single_task`,
-/// until the first task is done). Returns the rewards earned.
+/// until the first task is done), within the owner's schedule: a round
+/// outside it is sat out, and a spent byte budget ends the session with
+/// [`FlError::Paused`]. Returns the rewards earned.
 pub async fn run(
     identity: &Identity,
     cfg: AgentConfig,
     mut on_event: impl FnMut(AgentEvent),
 ) -> Result<Vec<EarnedReward>, FlError> {
+    let schedule = cfg.policy.schedule.clone();
+    schedule.check()?;
     let endpoint = client_endpoint(identity)?;
     let (conn, tx, mut recv) = connect(&endpoint, cfg.node, &cfg.server_name).await?;
     let schema = DataSchema {
@@ -520,26 +592,57 @@ pub async fn run(
         cfg.single_task,
     );
     let data = Arc::new(cfg.data);
+    let earlier = cfg.earlier_today;
     let mut actions: std::collections::VecDeque<Action> = first.into();
-    'session: loop {
+    let outcome = 'session: loop {
         while let Some(action) = actions.pop_front() {
             match action {
-                Action::Send(m) => tx.send(m).await.map_err(|_| FlError::ConnectionClosed)?,
-                Action::Event(e) => on_event(e),
-                Action::Stop => break 'session,
+                Action::Send(m) => {
+                    if tx.send(m).await.is_err() {
+                        break 'session Err(FlError::ConnectionClosed);
+                    }
+                }
+                Action::Event(e) => {
+                    let counts =
+                        matches!(e, AgentEvent::Sent { .. } | AgentEvent::RoundResult { .. });
+                    on_event(e);
+                    if counts {
+                        let (sent, received) = traffic(&conn);
+                        on_event(AgentEvent::Traffic { sent, received });
+                    }
+                }
+                Action::Stop => break 'session Ok(()),
                 Action::Train {
                     round,
                     spec,
                     global,
                     config,
                 } => {
+                    if let Err(pause) = schedule.may_train(&readings(earlier, &conn)) {
+                        if matches!(pause, Pause::ByteBudget { .. }) {
+                            break 'session Err(pause.into());
+                        }
+                        actions.extend(machine.sit_out(round, pause));
+                        continue;
+                    }
                     let data = data.clone();
+                    let started = std::time::Instant::now();
                     let trained = tokio::task::spawn_blocking(move || {
                         yilian_models::train(&spec, &global, &data, &config)
                     })
                     .await
-                    .map_err(|e| FlError::Worker(e.to_string()))??;
-                    actions.extend(machine.trained(round, trained, &mut rand::rng())?);
+                    .map_err(|e| FlError::Worker(e.to_string()))?;
+                    let trained = match trained {
+                        Ok(t) => t,
+                        Err(e) => break 'session Err(e.into()),
+                    };
+                    // Keep to the CPU share: rest before sending, so the
+                    // next round cannot start training at once.
+                    tokio::time::sleep(schedule.rest_after(started.elapsed())).await;
+                    match machine.trained(round, trained, &mut rand::rng()) {
+                        Ok(next) => actions.extend(next),
+                        Err(e) => break 'session Err(e),
+                    }
                 }
                 Action::Evaluate { model, output } => {
                     let (data, policy) = (data.clone(), cfg.policy.clone());
@@ -550,18 +653,35 @@ pub async fn run(
                         Ok::<_, FlError>(onnx.evaluate_counts(&data, output)?)
                     })
                     .await
-                    .map_err(|e| FlError::Worker(e.to_string()))??;
-                    actions.extend(machine.evaluated(counts)?);
+                    .map_err(|e| FlError::Worker(e.to_string()))?;
+                    match counts.and_then(|c| machine.evaluated(c)) {
+                        Ok(next) => actions.extend(next),
+                        Err(e) => break 'session Err(e),
+                    }
                 }
             }
         }
-        match next_message(&mut recv).await? {
-            Some(message) => actions.extend(machine.handle(message)?),
-            None => break,
+        // Every message counts against the budget, not only training.
+        if let Err(pause) = schedule.within_budget(readings(earlier, &conn).bytes_today) {
+            break 'session Err(pause.into());
         }
-    }
+        match next_message(&mut recv).await {
+            Ok(Some(message)) => match machine.handle(message) {
+                Ok(next) => actions.extend(next),
+                Err(e) => break 'session Err(e),
+            },
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    let (sent, received) = traffic(&conn);
+    on_event(AgentEvent::Traffic { sent, received });
     drop(tx);
-    conn.close(0u32.into(), b"done");
+    let reason: &[u8] = match &outcome {
+        Err(FlError::Paused(_)) => b"the owner's byte budget is spent",
+        _ => b"done",
+    };
+    conn.close(0u32.into(), reason);
     endpoint.wait_idle().await;
-    Ok(machine.rewards)
+    outcome.map(|()| machine.rewards)
 }

@@ -16,6 +16,10 @@ pub enum FlError {
         asked: u64,
         allowed: u64,
     },
+    #[error(
+        "task {task} is not in the policy's tasks ({listed}); policy.tasks in the agent's configuration lists them"
+    )]
+    TaskNotListed { task: String, listed: String },
     #[error("invalid task: {0}")]
     InvalidTask(&'static str),
     #[error("update from {} rejected: {reason}", hex::encode(&agent[..4]))]
@@ -81,6 +85,11 @@ pub enum FlError {
     ModelNotOffered,
     #[error("reward proof: {0}")]
     BadRewardProof(String),
+    /// The device owner's schedule ended the session.
+    #[error("{0}")]
+    Paused(#[from] crate::schedule::Pause),
+    #[error("{0}")]
+    Schedule(#[from] crate::schedule::BadSchedule),
     #[error("a worker thread failed: {0}")]
     Worker(String),
     #[error("reading a frame: {0}")]
@@ -225,6 +234,7 @@ impl From<FlError> for tonic::Status {
         let code = match &e {
             FlError::SchemaMismatch { .. }
             | FlError::PolicyExceeded { .. }
+            | FlError::TaskNotListed { .. }
             | FlError::InvalidTask(_)
             | FlError::UpdateRejected { .. }
             | FlError::ProtocolVersion { .. }
@@ -238,6 +248,7 @@ impl From<FlError> for tonic::Status {
             | FlError::UploadTooLarge { .. }
             | FlError::UploadSizeMismatch { .. }
             | FlError::TruncatedFrame
+            | FlError::Schedule(_)
             | FlError::Unexpected(_) => Code::InvalidArgument,
             FlError::UnknownAgent { .. }
             | FlError::WrongRole { .. }
@@ -256,9 +267,10 @@ impl From<FlError> for tonic::Status {
             | FlError::ConnectionClosed
             | FlError::Read(_)
             | FlError::NoSession => Code::Unavailable,
-            FlError::Refused(_) | FlError::ModelNotOffered | FlError::BadRewardProof(_) => {
-                Code::FailedPrecondition
-            }
+            FlError::Refused(_)
+            | FlError::ModelNotOffered
+            | FlError::BadRewardProof(_)
+            | FlError::Paused(_) => Code::FailedPrecondition,
             FlError::ModelFileChanged(_)
             | FlError::Store(_)
             | FlError::Io(_)

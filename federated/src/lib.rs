@@ -60,6 +60,7 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("federated_descriptor");
 }
+pub mod schedule;
 #[cfg(feature = "coordinator")]
 pub mod sim;
 #[cfg(feature = "coordinator")]

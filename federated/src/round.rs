@@ -371,6 +371,24 @@ impl RoundMachine {
         self.advance(now_ms)
     }
 
+    /// A recruited agent sits out the open round (its owner's schedule
+    /// keeps it from training): the round stops waiting for it, and it
+    /// stays recruited for later rounds.
+    pub fn sit_out(&mut self, agent: AgentId, now_ms: u64) -> Vec<Effect> {
+        if let Phase::Training {
+            selected,
+            received,
+            dropped,
+            ..
+        } = &mut self.state.phase
+            && selected.contains(&agent)
+            && !received.contains_key(&agent)
+        {
+            dropped.insert(agent);
+        }
+        self.advance(now_ms)
+    }
+
     /// The clock moved: start a round, or close one whose deadline passed.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
         self.advance(now_ms)

@@ -472,8 +472,9 @@ impl TaskFile {
     }
 }
 
-/// What a device owner lets tasks use.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a device owner lets tasks use, and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AgentPolicy {
     pub max_threads: u32,
     pub max_epochs: u32,
@@ -482,6 +483,13 @@ pub struct AgentPolicy {
     /// from configuration files written before evaluation tasks existed.
     #[serde(default = "default_max_model_bytes")]
     pub max_model_bytes: u64,
+    /// Task ids this device takes part in (`digits-*` matches by prefix);
+    /// empty: any task its data fits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<String>,
+    /// Windows, idleness, CPU share and byte budget (`[policy.schedule]`).
+    #[serde(default)]
+    pub schedule: crate::schedule::Schedule,
 }
 
 fn default_max_model_bytes() -> u64 {
@@ -495,11 +503,29 @@ impl Default for AgentPolicy {
             max_epochs: 10,
             max_params: 1_000_000,
             max_model_bytes: default_max_model_bytes(),
+            tasks: Vec::new(),
+            schedule: Default::default(),
         }
     }
 }
 
 impl AgentPolicy {
+    /// Accepts a task only if the owner listed it, or listed none.
+    pub fn admits_task(&self, id: &str) -> Result<(), FlError> {
+        let listed = |p: &String| match p.strip_suffix('*') {
+            Some(prefix) => id.starts_with(prefix),
+            None => id == p,
+        };
+        if self.tasks.is_empty() || self.tasks.iter().any(listed) {
+            Ok(())
+        } else {
+            Err(FlError::TaskNotListed {
+                task: id.to_owned(),
+                listed: self.tasks.join(", "),
+            })
+        }
+    }
+
     /// Accepts a task only if it fits every limit.
     pub fn admits(&self, epochs: u32, params: u64) -> Result<(), FlError> {
         if epochs > self.max_epochs {
@@ -536,6 +562,30 @@ impl AgentPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_policy_lists_its_tasks_and_schedule_and_refuses_unknown_keys() {
+        let p: AgentPolicy = toml::from_str(
+            "max_threads = 1\ntasks = [\"digits-*\", \"bc\"]\n[schedule]\nwindows = [\"22:00-06:00\"]\nmax_bytes_per_day = 1000000\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.max_threads, p.max_epochs),
+            (1, AgentPolicy::default().max_epochs)
+        );
+        assert_eq!(p.schedule.max_bytes_per_day, Some(1_000_000));
+        assert!(p.admits_task("digits-mlp").is_ok() && p.admits_task("bc").is_ok());
+        let e = p.admits_task("bcx").unwrap_err().to_string();
+        assert!(
+            e.contains("bcx is not in the policy's tasks (digits-*, bc)"),
+            "{e}"
+        );
+        assert!(AgentPolicy::default().admits_task("anything").is_ok());
+        for bad in ["max_thread = 1", "[schedule]\nwindow = []"] {
+            let e = toml::from_str::<AgentPolicy>(bad).unwrap_err().to_string();
+            assert!(e.contains("unknown field"), "{bad}: {e}");
+        }
+    }
 
     pub(crate) fn sample_toml() -> &'static str {
         r#"

@@ -91,6 +91,36 @@ fn round_waits_for_stragglers_until_the_deadline_then_closes_with_the_minimum() 
 }
 
 #[test]
+fn an_agent_sitting_out_ends_the_wait_for_it_and_stays_recruited() {
+    let (mut m, agents) = small_machine(3, 2);
+    for a in &agents {
+        m.recruit(a.id, &schema()).unwrap();
+    }
+    m.tick(0);
+    for a in agents.iter().take(2) {
+        let u = trained(&m, a);
+        assert!(m.submit(a.id, 0, u, 10).is_empty(), "the third is awaited");
+    }
+    // The third sits out: the round closes now, not at the deadline.
+    let effects = m.sit_out(agents[2].id, 20);
+    let Some(Effect::RoundClosed(record)) = effects.first() else {
+        panic!("round closes once nobody is awaited: {effects:?}")
+    };
+    assert_eq!(record.participants.len(), 2);
+    assert!(m.state().recruited.contains(&agents[2].id));
+    // The next round starts at once, and it is in it.
+    assert!(
+        effects.iter().any(|e| matches!(
+            e,
+            Effect::SendModel { agent, round: 1, .. } if *agent == agents[2].id
+        )),
+        "it is sent the next round's model: {effects:?}"
+    );
+    // Sitting out when not selected, or twice, changes nothing.
+    assert!(m.sit_out([9; 32], 22).is_empty());
+}
+
+#[test]
 fn too_few_updates_abandon_the_round_and_resample() {
     let (mut m, agents) = small_machine(5, 3);
     for a in &agents {

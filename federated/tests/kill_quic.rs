@@ -140,6 +140,7 @@ async fn quic_coordinator_killed_at_random_points_pays_every_reward_exactly_once
                     label_column: "y".into(),
                     policy: AgentPolicy::default(),
                     single_task: true,
+                    earlier_today: Default::default(),
                 };
                 if agent::run(&id, cfg, |_| {}).await.is_ok() {
                     return;

@@ -79,6 +79,7 @@ fn agent_config(addr: std::net::SocketAddr, data: yilian_models::Dataset) -> Age
         label_column: "y".into(),
         policy: AgentPolicy::default(),
         single_task: true,
+        earlier_today: Default::default(),
     }
 }
 

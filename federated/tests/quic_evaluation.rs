@@ -158,6 +158,7 @@ async fn agents_evaluate_an_onnx_model_and_the_aggregate_equals_the_central_metr
         label_column: "y".into(),
         policy,
         single_task: true,
+        earlier_today: Default::default(),
     };
     let c = cfg(honest_shards[0].clone(), policy);
     let cautious_run = tokio::spawn(async move {

@@ -1,18 +1,26 @@
-//! `yilian-agent`: runs on a device owner's machine. It joins a node's
-//! federated tasks over QUIC with the device's admitted certificate, trains
-//! on local data that never leaves the machine, and runs exported models
-//! locally. This library holds the agent's configuration and the
-//! prediction helper; the protocol lives in `yilian-federated`.
+//! `yilian-agent`: runs on a device owner's machine, long-lived, from an
+//! `agent.toml`. It joins a node's federated tasks over QUIC with the
+//! device's admitted certificate, trains on local data that never leaves the
+//! machine, within the owner's policy (tasks, threads, CPU share, windows,
+//! idleness, bytes per day), and keeps a status file that `yilian-agent
+//! status` reads. It also runs exported models locally. This library holds
+//! the configuration, the status book and the prediction helper; the
+//! protocol lives in `yilian-federated`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use yilian_federated::AgentPolicy;
+use yilian_federated::agent::AgentEvent;
+use yilian_federated::protocol::RewardProof;
+use yilian_federated::schedule::DailyBytes;
 use yilian_models::{Dataset, LabelColumn, OnnxModel};
 
 /// An agent configuration file (TOML); command-line flags override it.
+/// Relative paths in it are relative to the file's directory.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
@@ -22,6 +30,9 @@ pub struct AgentFile {
     pub label_column: Option<String>,
     pub classes: Option<usize>,
     pub server_name: Option<String>,
+    /// Where the agent keeps its status (default: `agent-state` beside
+    /// the file).
+    pub state: Option<PathBuf>,
     #[serde(default)]
     pub policy: Option<AgentPolicy>,
 }
@@ -30,8 +41,246 @@ impl AgentFile {
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(toml::from_str(&text)?)
+        let mut file: AgentFile = toml::from_str(&text)
+            .with_context(|| format!("{}: fix the field named below", path.display()))?;
+        if let Some(policy) = &file.policy {
+            policy
+                .schedule
+                .check()
+                .with_context(|| path.display().to_string())?;
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut file.identity, &mut file.data, &mut file.state]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        file.state.get_or_insert_with(|| base.join("agent-state"));
+        Ok(file)
     }
+}
+
+/// The status file's name inside the state directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// A task as this device saw it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub rounds: u32,
+    /// Rounds this device trained and sent an update for.
+    pub trained: u32,
+    /// Rounds the owner's schedule kept it out of.
+    pub sat_out: u32,
+    pub last_pause: Option<String>,
+    pub finished: bool,
+    /// The last rounds counted, so that a round retried after it was
+    /// abandoned counts once.
+    #[serde(default)]
+    pub last_trained: Option<u32>,
+    #[serde(default)]
+    pub last_sat_out: Option<u32>,
+}
+
+/// Counts `round` once: `last` is the round counted before.
+fn count_once(count: &mut u32, last: &mut Option<u32>, round: u32) {
+    if *last != Some(round) {
+        *count += 1;
+        *last = Some(round);
+    }
+}
+
+/// A reward as the agent received it, with the proof it verified.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredReward {
+    pub task_id: String,
+    pub round: u32,
+    pub amount: u64,
+    pub contribution: f64,
+    pub proof: Option<RewardProof>,
+}
+
+/// What the agent has done, kept in `status.json` so that `yilian-agent
+/// status` can tell the owner without asking the node. It holds counts and
+/// proofs only, never the owner's data or the models.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The device's account (hex of its ledger key).
+    pub account: String,
+    pub node: String,
+    /// What the agent is doing now, in words.
+    pub state: String,
+    pub updated_unix: u64,
+    /// Bytes sent and received today (UTC), for the daily budget.
+    pub today: DailyBytes,
+    pub sent_total: u64,
+    pub received_total: u64,
+    pub tasks: BTreeMap<String, TaskProgress>,
+    pub rewards: Vec<StoredReward>,
+    /// The task the current session takes part in.
+    #[serde(skip)]
+    current: Option<String>,
+    /// This session's counts so far, to add only what is new.
+    #[serde(skip)]
+    session: (u64, u64),
+}
+
+impl Status {
+    /// The status kept in `dir`, or a fresh one.
+    pub fn load(dir: &Path) -> anyhow::Result<Status> {
+        let path = dir.join(STATUS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{}: not an agent status file; move it away and the agent starts a new one",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Status::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the status whole to `dir`, replacing the old file only once
+    /// the new one is complete.
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!("{STATUS_FILE}.new"));
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, dir.join(STATUS_FILE))
+            .with_context(|| format!("replacing {}", dir.join(STATUS_FILE).display()))
+    }
+
+    /// A new session begins: its traffic counts from zero.
+    pub fn new_session(&mut self) {
+        self.session = (0, 0);
+        self.current = None;
+    }
+
+    /// Takes in what the agent reported at `unix_secs`.
+    pub fn record(&mut self, event: &AgentEvent, unix_secs: u64) {
+        self.updated_unix = unix_secs;
+        let current = self.current.clone().unwrap_or_default();
+        match event {
+            AgentEvent::Joined { task_id, rounds } => {
+                self.tasks.entry(task_id.clone()).or_default().rounds = *rounds;
+                self.current = Some(task_id.clone());
+                self.state = format!("in task {task_id}");
+            }
+            AgentEvent::Sent { round, .. } => {
+                let t = self.tasks.entry(current).or_default();
+                count_once(&mut t.trained, &mut t.last_trained, *round);
+                self.state = format!("sent round {round}'s update");
+            }
+            AgentEvent::Paused { round, reason } => {
+                let t = self.tasks.entry(current).or_default();
+                count_once(&mut t.sat_out, &mut t.last_sat_out, *round);
+                t.last_pause = Some(reason.to_string());
+                self.state = format!("sat out round {round}: {reason}");
+            }
+            AgentEvent::RoundResult {
+                round,
+                contribution,
+                reward,
+                proof,
+                ..
+            } if *reward > 0 => self.rewards.push(StoredReward {
+                task_id: current,
+                round: *round,
+                amount: *reward,
+                contribution: *contribution,
+                proof: proof.as_deref().cloned(),
+            }),
+            AgentEvent::Done { task_id } => {
+                self.tasks.entry(task_id.clone()).or_default().finished = true;
+                self.state = format!("task {task_id} finished");
+            }
+            AgentEvent::Traffic { sent, received } => {
+                let (s0, r0) = self.session;
+                let (ds, dr) = (sent.saturating_sub(s0), received.saturating_sub(r0));
+                self.session = (*sent, *received);
+                self.sent_total += ds;
+                self.received_total += dr;
+                self.today = self.today.on(unix_secs);
+                self.today.bytes += ds + dr;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The owner's view of `status.json` in `state`: tasks, rounds, bytes and
+/// rewards, each reward's inclusion proof verified again here, offline.
+pub fn status_report(state: &Path, now_unix: u64) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let path = state.join(STATUS_FILE);
+    anyhow::ensure!(
+        path.exists(),
+        "{} does not exist; start the agent with `yilian-agent join --config agent.toml`, or pass --state with the directory it uses",
+        path.display()
+    );
+    let st = Status::load(state)?;
+    let account: yilian_federated::AgentId = hex::decode(&st.account)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("{}: field account: not a 32-byte hex key", path.display()))?;
+    let mut out = String::new();
+    let ago = now_unix.saturating_sub(st.updated_unix);
+    writeln!(out, "device {} on node {}", &st.account, st.node)?;
+    writeln!(out, "now: {} (updated {ago} s ago)", st.state)?;
+    writeln!(
+        out,
+        "bytes today (UTC): {}; all time: {} sent, {} received (model updates and protocol only; your data never leaves this machine)",
+        st.today.on(now_unix).bytes,
+        st.sent_total,
+        st.received_total
+    )?;
+    if st.tasks.is_empty() {
+        writeln!(out, "tasks: none joined yet")?;
+    }
+    for (id, t) in &st.tasks {
+        let end = if t.finished { ", finished" } else { "" };
+        writeln!(
+            out,
+            "task {id}: {} of {} rounds trained, {} sat out{end}",
+            t.trained, t.rounds, t.sat_out
+        )?;
+        if let Some(p) = &t.last_pause {
+            writeln!(out, "  last sat out: {p}")?;
+        }
+    }
+    let (mut verified, mut total) = (0u64, 0u64);
+    writeln!(out, "rewards:")?;
+    for r in &st.rewards {
+        total += r.amount;
+        let check = match &r.proof {
+            None => "no proof: not counted as on the ledger".to_owned(),
+            Some(p) => match p.verify(&r.task_id, r.round, &account) {
+                Ok(amount) if amount == r.amount => {
+                    verified += r.amount;
+                    format!(
+                        "ledger entry {}, inclusion verified under the head of size {}",
+                        p.index, p.head.tree_size
+                    )
+                }
+                Ok(amount) => format!("PROOF DISAGREES: the ledger entry says {amount} units"),
+                Err(e) => format!("PROOF FAILED: {e}"),
+            },
+        };
+        writeln!(
+            out,
+            "  task {} round {}: {} units (contribution {:.4}); {check}",
+            r.task_id, r.round, r.amount, r.contribution
+        )?;
+    }
+    writeln!(
+        out,
+        "total: {total} units, {verified} of them with verified proofs"
+    )?;
+    Ok(out)
 }
 
 /// Reads a device's training data: a CSV with a header naming the label column.
@@ -106,7 +355,79 @@ pub fn predict(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use yilian_federated::schedule::Pause;
     use yilian_models::{ModelSpec, Optimizer, TrainConfig};
+
+    #[test]
+    fn the_documented_agent_toml_loads_with_its_paths_beside_it() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/agent.toml");
+        let f = AgentFile::load(&doc).unwrap();
+        let base = doc.parent().unwrap();
+        assert_eq!(f.identity.as_deref(), Some(base.join("identity").as_path()));
+        assert_eq!(f.state.as_deref(), Some(base.join("agent-state").as_path()));
+        let p = f.policy.unwrap();
+        assert_eq!(p.tasks, ["digits-*"]);
+        assert_eq!(p.schedule.windows.len(), 1);
+        assert_eq!(p.schedule.max_cpu_share, Some(0.5));
+    }
+
+    #[test]
+    fn the_status_counts_rounds_once_and_bytes_by_day_across_sessions() {
+        let day = 20_000 * 86_400;
+        let mut st = Status::default();
+        st.new_session();
+        st.record(
+            &AgentEvent::Joined {
+                task_id: "t".into(),
+                rounds: 3,
+            },
+            day,
+        );
+        let sent = |round| AgentEvent::Sent {
+            round,
+            samples: 5,
+            loss: 0.1,
+        };
+        let traffic = |sent, received| AgentEvent::Traffic { sent, received };
+        st.record(&sent(0), day);
+        // Round 0 abandoned and tried again: still one round trained.
+        st.record(&sent(0), day);
+        st.record(&traffic(100, 50), day);
+        st.record(&traffic(300, 60), day);
+        let pause = Pause::ByteBudget { used: 1, limit: 1 };
+        st.record(
+            &AgentEvent::Paused {
+                round: 1,
+                reason: pause.clone(),
+            },
+            day,
+        );
+        st.record(
+            &AgentEvent::Paused {
+                round: 1,
+                reason: pause,
+            },
+            day,
+        );
+        assert_eq!((st.tasks["t"].trained, st.tasks["t"].sat_out), (1, 1));
+        assert_eq!(
+            (st.sent_total, st.received_total, st.today.bytes),
+            (300, 60, 360)
+        );
+        // A new session counts from zero; the next day's budget from zero.
+        st.new_session();
+        st.record(&traffic(10, 10), day + 86_400);
+        assert_eq!(st.today.bytes, 20);
+        assert_eq!(st.sent_total, 310);
+        // Kept whole on disk.
+        let dir = tempfile::tempdir().unwrap();
+        st.save(dir.path()).unwrap();
+        let back = Status::load(dir.path()).unwrap();
+        assert_eq!((back.tasks, back.today), (st.tasks.clone(), st.today));
+        std::fs::write(dir.path().join(STATUS_FILE), "{").unwrap();
+        let e = format!("{:#}", Status::load(dir.path()).unwrap_err());
+        assert!(e.contains("status.json: not an agent status file"), "{e}");
+    }
 
     #[test]
     fn predict_runs_an_exported_model_on_csv_rows_like_candle() {

@@ -126,6 +126,7 @@ classes = 10
                 label_column: "y".into(),
                 policy: AgentPolicy::default(),
                 single_task: true,
+                earlier_today: Default::default(),
             };
             yilian_federated::agent::run(&identity, cfg, |_| {}).await
         }));

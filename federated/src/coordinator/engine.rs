@@ -512,6 +512,13 @@ impl Engine {
             }
             Message::TaskDecline { task_id, reason } => {
                 tracing::info!(task_id, reason, "agent declined");
+                // A joined agent declining sits out the open round.
+                if joined.as_deref() == Some(task_id.as_str())
+                    && let Some(machine) = self.tasks.get_mut(&task_id)
+                {
+                    let effects = machine.sit_out(agent, now_ms);
+                    self.effects(&task_id, effects, now_ms, step);
+                }
             }
             Message::EvaluationReport { task_id, counts } => {
                 if joined.as_deref() != Some(task_id.as_str()) {
