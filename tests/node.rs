@@ -506,11 +506,51 @@ async fn other_stacks_connect_with_the_identity_files_as_written() {
 /// tests that need the node, which must run rather than skip.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_works_against_a_real_node() {
-    let net = network(&[
-        ("bank", Role::DataHolder, "holder"),
-        ("regulator", Role::Auditor, "auditor"),
-    ])
+    let net = network_with(
+        &[
+            ("bank", Role::DataHolder, "holder"),
+            ("regulator", Role::Auditor, "auditor"),
+            ("lab", Role::Engineer, "eng"),
+            ("people", Role::Device, "py-dev-0"),
+            ("people", Role::Device, "py-dev-1"),
+        ],
+        |cfg| cfg.federated = Some(yilian_testkit::free_udp_addr()),
+    )
     .await;
+    // The engineer's tests submit a digits task; two devices wait for it.
+    let data = net.dir.root.join("py-fl");
+    std::fs::create_dir_all(&data).unwrap();
+    let digits = yilian_models::Dataset::digits(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits.csv.gz"),
+    )
+    .unwrap();
+    let (rest, test) = digits.split(0.2, 5);
+    let (train, validation) = rest.split(0.15, 6);
+    validation
+        .write_csv(&data.join("validation.csv"), "y")
+        .unwrap();
+    test.write_csv(&data.join("test.csv"), "y").unwrap();
+    let quic = net.node.federated.unwrap();
+    let agents: Vec<_> = train
+        .partition_iid(2, 7)
+        .into_iter()
+        .enumerate()
+        .map(|(i, shard)| {
+            let id = net.dir.load_identity(&format!("py-dev-{i}")).unwrap();
+            tokio::spawn(async move {
+                let cfg = yilian_federated::agent::AgentConfig {
+                    node: quic,
+                    server_name: "localhost".into(),
+                    data: shard,
+                    label_column: "y".into(),
+                    policy: Default::default(),
+                    single_task: true,
+                    earlier_today: Default::default(),
+                };
+                yilian_federated::agent::run(&id, cfg, |_| {}).await
+            })
+        })
+        .collect();
     let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
     let identities = net.dir.identity("holder").parent().unwrap().to_owned();
     let addr = net.addr.clone();
@@ -529,6 +569,7 @@ async fn the_python_client_works_against_a_real_node() {
             .current_dir(&client)
             .env("YILIAN_NODE", &addr)
             .env("YILIAN_IDENTITIES", &identities)
+            .env("YILIAN_FL_DATA", &data)
             .output()
             .unwrap()
     })
@@ -541,6 +582,10 @@ async fn the_python_client_works_against_a_real_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!text.contains("skipped"), "a Python test skipped:\n{text}");
+    // Each device stayed to the end of the task the Python engineer submitted.
+    for a in agents {
+        a.await.unwrap().unwrap();
+    }
     net.node.stop().await.unwrap();
 }
 

@@ -98,6 +98,7 @@ pub enum Robust {
 
 /// A training task as submitted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub id: String,
     pub model: ModelSpec,
@@ -562,6 +563,14 @@ impl AgentPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_training_task_with_a_field_it_does_not_know_is_refused_by_name() {
+        let text = format!("local_epoch = 3\n{}", sample_toml());
+        let e = TaskFile::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains("unknown field `local_epoch`"), "{e}");
+        assert!(TaskFile::from_toml(sample_toml()).is_ok());
+    }
 
     #[test]
     fn an_agent_policy_lists_its_tasks_and_schedule_and_refuses_unknown_keys() {
