@@ -20,6 +20,10 @@ pub enum FlError {
         "task {task} is not in the policy's tasks ({listed}); policy.tasks in the agent's configuration lists them"
     )]
     TaskNotListed { task: String, listed: String },
+    #[error(
+        "format {0} is not a model format; ask for MODEL_FORMAT_SAFETENSORS (0) or MODEL_FORMAT_ONNX (1)"
+    )]
+    UnknownFormat(i32),
     #[error("invalid task: {0}")]
     InvalidTask(&'static str),
     #[error("update from {} rejected: {reason}", hex::encode(&agent[..4]))]
@@ -235,6 +239,7 @@ impl From<FlError> for tonic::Status {
             FlError::SchemaMismatch { .. }
             | FlError::PolicyExceeded { .. }
             | FlError::TaskNotListed { .. }
+            | FlError::UnknownFormat(_)
             | FlError::InvalidTask(_)
             | FlError::UpdateRejected { .. }
             | FlError::ProtocolVersion { .. }

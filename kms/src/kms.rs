@@ -1117,6 +1117,18 @@ impl<A: AuditLog, S: KeyStore> Kms<A, S> {
             .ok_or_else(|| KmsError::UnknownRecovery(recovery_id.to_owned()))
     }
 
+    /// A recovery as `caller` may see it: its recipient, the key's owner
+    /// and the escrow's own trustees (who need its nonce to sign). A
+    /// trustee of other escrows is refused.
+    pub fn recovery_for(&self, caller: &Caller, recovery_id: &str) -> Result<RecoveryRecord> {
+        let rec = self.recovery(recovery_id)?;
+        if rec.recipient == caller.account || self.escrow_package(caller, &rec.key_id).is_ok() {
+            Ok(rec)
+        } else {
+            Err(KmsError::NotRecipient(rec.recovery_id))
+        }
+    }
+
     /// A trustee approves a recovery with its share and a signature over
     /// (recovery id, key id, recipient, nonce, share hash). Returns the
     /// number of approvals so far.

@@ -446,15 +446,7 @@ impl<A: AuditLog + Clone> pb::kms_server::Kms for KmsService<A> {
     async fn get_recovery(&self, req: Request<pb::RecoveryRef>) -> R<pb::Recovery> {
         let c = caller(&req)?;
         let kms = self.node.kms().await?;
-        let rec = kms.recovery(&req.get_ref().recovery_id)?;
-        // Trustees need the nonce to sign; anyone else admitted may only see
-        // recoveries they are the recipient of.
-        if c.role != Role::Trustee && rec.recipient != c.account {
-            let owner_ok = kms.escrow_package(&c, &rec.key_id).is_ok();
-            if !owner_ok {
-                return Err(KmsError::NotRecipient(rec.recovery_id).into());
-            }
-        }
+        let rec = kms.recovery_for(&c, &req.get_ref().recovery_id)?;
         Ok(Response::new(rec.into()))
     }
 

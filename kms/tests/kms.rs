@@ -621,6 +621,18 @@ async fn escrow_two_of_three_and_recovery_by_two_trustees() {
         .await
         .unwrap();
     let rid = rec.recovery_id.as_str();
+    // The recovery shows to its recipient, the owner and this escrow's
+    // trustees; a trustee of no escrow of this key is refused.
+    for who in [&recipient, &owner, &tc[1]] {
+        assert_eq!(kms.recovery_for(who, rid).unwrap().nonce, rec.nonce);
+    }
+    let outsider_key = key();
+    env.admit(&outsider_key, Role::Trustee).await;
+    let outsider = caller(&outsider_key, Role::Trustee);
+    assert!(matches!(
+        kms.recovery_for(&outsider, rid),
+        Err(KmsError::NotRecipient(_))
+    ));
     let sign = |i: usize, rid: &str, nonce: &[u8; 32]| {
         yilian_kms::escrow::sign_approval(
             &trustees[i],

@@ -104,3 +104,10 @@ def test_a_task_file_on_disk_and_a_refused_submission(tmp_path):
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND, "nothing was stored"
         with pytest.raises(ValueError, match="fmt"):
             eng.download("py-digits", "pickle")
+        # A format number the node does not know is refused, not read as safetensors.
+        from yilian._pb import federated_pb2 as pb
+
+        with pytest.raises(grpc.RpcError) as bad_format:
+            list(eng._stub.Download(pb.DownloadRequest(task_id="py-digits", format=7)))
+        assert bad_format.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "format 7 is not a model format" in bad_format.value.details()

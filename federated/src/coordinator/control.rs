@@ -656,7 +656,10 @@ async fn download(shared: &Shared, req: pb::DownloadRequest) -> Result<ChunkStre
                 .ok_or_else(|| not_training(e, &id))
         })
         .await??;
-    let bytes = match req.format() {
+    // `req.format()` would read an unknown number as the default format.
+    let format =
+        pb::ModelFormat::try_from(req.format).map_err(|_| FlError::UnknownFormat(req.format))?;
+    let bytes = match format {
         pb::ModelFormat::Safetensors => yilian_models::to_safetensors_bytes(&spec, &weights)?,
         pb::ModelFormat::Onnx => yilian_models::to_onnx(&spec, &weights)?,
     };
