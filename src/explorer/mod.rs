@@ -197,15 +197,18 @@ async fn entry(State(Sources { ledger, .. }): State<Sources>, Path(index): Path<
 async fn account(
     State(Sources { ledger, .. }): State<Sources>,
     Path(account): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    view::account(&ledger, &view::account_param("account", &account)?).map(Json)
+    let id = view::account_param("account", &account)?;
+    view::account(&ledger, &id, number(&q, "from")?).map(Json)
 }
 
 async fn search(
     State(Sources { ledger, .. }): State<Sources>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Answer {
-    view::search(&ledger, q.get("q").map(String::as_str).unwrap_or("")).map(Json)
+    let text = q.get("q").map(String::as_str).unwrap_or("");
+    view::search(&ledger, text, number(&q, "from")?).map(Json)
 }
 
 async fn task(State(sources): State<Sources>, Path(task): Path<String>) -> Answer {

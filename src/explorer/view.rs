@@ -102,10 +102,12 @@ pub fn entry(ledger: &Ledger, index: u64) -> Result<Value, Refusal> {
 }
 
 /// An account's balance, admission and the entries that name it.
-pub fn account(ledger: &Ledger, account: &AccountId) -> Result<Value, Refusal> {
+/// An account: its admission, balance and entries (a page of them from
+/// `from`; `next` says where the next page starts).
+pub fn account(ledger: &Ledger, account: &AccountId, from: Option<u64>) -> Result<Value, Refusal> {
     let member = ledger.member(account);
-    let indexes = account_entries(ledger, account)?;
-    if member.is_none() && indexes.is_empty() {
+    let (indexes, next) = page_of(ledger, &ACCOUNT_KINDS, account, from, MAX_PAGE)?;
+    if member.is_none() && indexes.is_empty() && from.is_none() {
         return Err(Refusal::NotFound(format!(
             "no account {} on the ledger",
             hex::encode(account)
@@ -116,12 +118,13 @@ pub fn account(ledger: &Ledger, account: &AccountId) -> Result<Value, Refusal> {
         "member": member,
         "balance": ledger.balance(account),
         "entries": summaries(ledger, &indexes)?,
+        "next": next,
     }))
 }
 
 /// Entries found by an index number, an account (64 hex digits) or an id
 /// (record, task, statement).
-pub fn search(ledger: &Ledger, q: &str) -> Result<Value, Refusal> {
+pub fn search(ledger: &Ledger, q: &str, from: Option<u64>) -> Result<Value, Refusal> {
     let q = q.trim();
     id_param(
         "q",
@@ -136,7 +139,7 @@ pub fn search(ledger: &Ledger, q: &str) -> Result<Value, Refusal> {
         return Ok(json!({ "found": "index", "entries": summaries(ledger, &[index])? }));
     }
     if let Some(id) = parse_account(q) {
-        match account(ledger, &id) {
+        match account(ledger, &id, from) {
             Ok(mut found) => {
                 found["found"] = "account".into();
                 return Ok(found);
@@ -146,18 +149,13 @@ pub fn search(ledger: &Ledger, q: &str) -> Result<Value, Refusal> {
             Err(e) => return Err(e),
         }
     }
-    let mut indexes = Vec::new();
-    for kind in ID_KINDS {
-        indexes.extend(ledger.indexed(kind, q.as_bytes(), 0, MAX_PAGE as usize)?);
-    }
-    if indexes.is_empty() {
+    let (indexes, next) = page_of(ledger, &ID_KINDS, q.as_bytes(), from, MAX_PAGE)?;
+    if indexes.is_empty() && from.is_none() {
         return Err(Refusal::NotFound(format!(
             "nothing on the ledger is indexed by `{q}`"
         )));
     }
-    indexes.sort_unstable();
-    indexes.truncate(MAX_PAGE as usize);
-    Ok(json!({ "found": "id", "entries": summaries(ledger, &indexes)? }))
+    Ok(json!({ "found": "id", "entries": summaries(ledger, &indexes)?, "next": next }))
 }
 
 /// The most entries a task's or a key's page reads from the ledger.
@@ -299,9 +297,9 @@ pub fn zk_queries(
     from: Option<u64>,
     limit: Option<u64>,
 ) -> Result<Value, Refusal> {
-    let limit = page_limit(limit)?;
+    let (indexes, next) = page_of(ledger, &["zk-query"], &[], from, page_limit(limit)?)?;
     let mut queries = Vec::new();
-    for i in ledger.indexed("zk-query", &[], from.unwrap_or(0), limit as usize)? {
+    for i in indexes {
         let tx = ledger.entry(i)?;
         if let Payload::ZkQuery {
             record_id,
@@ -322,7 +320,7 @@ pub fn zk_queries(
             }));
         }
     }
-    Ok(json!({ "queries": queries }))
+    Ok(json!({ "queries": queries, "next": next }))
 }
 
 /// A `limit` parameter: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when absent.
@@ -384,15 +382,26 @@ pub fn parse_account(s: &str) -> Option<AccountId> {
     bytes.try_into().ok()
 }
 
-fn account_entries(ledger: &Ledger, account: &AccountId) -> Result<Vec<u64>, Refusal> {
+/// A page of the entries indexed under `key` by any of `kinds`, from
+/// entry `from` on, in log order, and where the next page starts.
+fn page_of(
+    ledger: &Ledger,
+    kinds: &[&str],
+    key: &[u8],
+    from: Option<u64>,
+    limit: u64,
+) -> Result<(Vec<u64>, Option<u64>), Refusal> {
     let mut indexes = Vec::new();
-    for kind in ACCOUNT_KINDS {
-        indexes.extend(ledger.indexed(kind, account, 0, MAX_PAGE as usize)?);
+    // One more than a page tells whether another page follows.
+    let want = limit as usize + 1;
+    for kind in kinds {
+        indexes.extend(ledger.indexed(kind, key, from.unwrap_or(0), want)?);
     }
     indexes.sort_unstable();
     indexes.dedup();
-    indexes.truncate(MAX_PAGE as usize);
-    Ok(indexes)
+    let next = indexes.get(limit as usize).copied();
+    indexes.truncate(limit as usize);
+    Ok((indexes, next))
 }
 
 fn summaries(ledger: &Ledger, indexes: &[u64]) -> Result<Vec<Value>, Refusal> {
@@ -509,24 +518,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn indexed_pages_follow_each_other_to_the_end() {
+        let (net, alice) = ledger_with_notes(5).await;
+        let mut seen = Vec::new();
+        let mut from = None;
+        loop {
+            let (page, next) = page_of(&net.ledger, &["note"], &[], from, 2).unwrap();
+            assert!(page.len() <= 2);
+            seen.extend(page);
+            match next {
+                Some(n) => from = Some(n),
+                None => break,
+            }
+        }
+        let all = net.ledger.indexed("note", &[], 0, 100).unwrap();
+        assert_eq!(seen, all);
+        assert_eq!(all.len(), 5);
+        // Past the last entry: an empty page, not a missing account.
+        let past =
+            super::account(&net.ledger, &alice.principal().public_key, Some(1 << 40)).unwrap();
+        assert_eq!(past["entries"], json!([]));
+        assert_eq!(past["next"], Value::Null);
+    }
+
+    #[tokio::test]
     async fn search_finds_by_index_account_and_id() {
         let (net, alice) = ledger_with_notes(3).await;
-        let by_index = search(&net.ledger, "1").unwrap();
+        let by_index = search(&net.ledger, "1", None).unwrap();
         assert_eq!(by_index["found"], "index");
         let account = hex::encode(alice.principal().public_key);
-        assert_eq!(search(&net.ledger, &account).unwrap()["found"], "account");
-        assert_eq!(search(&net.ledger, "no-such-id").unwrap_err().status(), 404);
-        assert_eq!(search(&net.ledger, " ").unwrap_err().status(), 400);
         assert_eq!(
-            search(&net.ledger, "99999999999999999999")
+            search(&net.ledger, &account, None).unwrap()["found"],
+            "account"
+        );
+        assert_eq!(
+            search(&net.ledger, "no-such-id", None)
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(search(&net.ledger, " ", None).unwrap_err().status(), 400);
+        assert_eq!(
+            search(&net.ledger, "99999999999999999999", None)
                 .unwrap_err()
                 .status(),
             400
         );
-        let a = super::account(&net.ledger, &alice.principal().public_key).unwrap();
+        let a = super::account(&net.ledger, &alice.principal().public_key, None).unwrap();
         assert_eq!(a["member"]["name"], "alice");
         assert_eq!(
-            super::account(&net.ledger, &[9; 32]).unwrap_err().status(),
+            super::account(&net.ledger, &[9; 32], None)
+                .unwrap_err()
+                .status(),
             404
         );
     }

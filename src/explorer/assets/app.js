@@ -143,23 +143,31 @@ async function showEntry(index) {
   ];
 }
 
-async function showAccount(account) {
-  const a = await api(`/api/accounts/${account}`);
+async function showAccount(account, from) {
+  const a = await api(`/api/accounts/${account}${from ? `?from=${encodeURIComponent(from)}` : ''}`);
   const who = a.member ? `${a.member.org}/${a.member.name} (${a.member.role})${a.member.revoked ? ', revoked' : ''}` : 'not admitted';
   return [
     el('h2', {}, 'Account ', el('code', {}, a.account)),
     el('p', { id: 'balance' }, `${who} · balance ${a.balance}`),
     entryTable(a.entries),
+    more(a.next, (n) => `#/account/${account}/${n}`),
   ];
 }
 
-async function showSearch(q) {
-  const r = await api(`/api/search?q=${encodeURIComponent(q)}`);
+// A link to the next page of an indexed list, when there is one.
+function more(next, hash) {
+  return next == null ? '' : el('p', {}, el('a', { href: hash(next), id: 'more' }, 'more'));
+}
+
+async function showSearch(q, from) {
+  const at = from ? `&from=${encodeURIComponent(from)}` : '';
+  const r = await api(`/api/search?q=${encodeURIComponent(q)}${at}`);
   if (r.found === 'index' && r.entries.length === 1) {
     location.hash = `#/entry/${r.entries[0].index}`;
     return [];
   }
-  return [el('h2', {}, `Search: ${q}`), entryTable(r.entries)];
+  return [el('h2', {}, `Search: ${q}`), entryTable(r.entries),
+    more(r.next, (n) => `#/search/${encodeURIComponent(q)}/${n}`)];
 }
 
 // One uPlot line chart per series set, rounds on the x axis.
@@ -240,8 +248,8 @@ async function showKey(owner, key) {
   ]
 }
 
-async function showZk() {
-  const z = await api('/api/zk?limit=100')
+async function showZk(from) {
+  const z = await api(`/api/zk?limit=100${from ? `&from=${encodeURIComponent(from)}` : ''}`)
   const body = el('tbody')
   for (const q of z.queries) {
     body.append(el('tr', { 'data-index': q.index },
@@ -252,7 +260,7 @@ async function showZk() {
   }
   return [el('h2', {}, 'ZK verifications'), el('table', { id: 'zk' },
     el('thead', {}, el('tr', {}, ...['index', 'verifier', 'record', 'predicates', 'outcome', 'time'].map((h) => el('th', {}, h)))),
-    body)]
+    body), more(z.next, (n) => `#/zk/${n}`)]
 }
 
 // Links from an entry to the pages about what it names.
@@ -271,12 +279,12 @@ async function route() {
     await showHead();
     let content;
     if (page === 'entry') content = await showEntry(arg);
-    else if (page === 'account') content = await showAccount(arg);
-    else if (page === 'search') content = await showSearch(decodeURIComponent(arg ?? ''));
+    else if (page === 'account') content = await showAccount(arg, arg2);
+    else if (page === 'search') content = await showSearch(decodeURIComponent(arg ?? ''), arg2);
     else if (page === 'page') content = await showEntries(arg);
     else if (page === 'task') content = await showTask(decodeURIComponent(arg));
     else if (page === 'key') content = await showKey(arg, decodeURIComponent(arg2));
-    else if (page === 'zk') content = await showZk();
+    else if (page === 'zk') content = await showZk(arg);
     else content = await showEntries();
     main.replaceChildren(...content);
   } catch (e) {
