@@ -4,5 +4,6 @@
 //! crates keep typed errors and no command-line types in their APIs.
 
 pub mod kms;
+pub mod progress;
 pub mod task;
 pub mod zk;

@@ -93,8 +93,21 @@ impl TaskCommand {
                 print_status(&task_status(&node.endpoint(), &task_id).await?);
             }
             TaskCommand::Watch { task_id, node } => {
-                watch(&node.endpoint(), &task_id, |e| {
-                    println!("{}", event_line(e))
+                let endpoint = node.endpoint();
+                // An evaluation has no rounds: its bar is one step.
+                let (rounds, mut closed) = match task_status(&endpoint, &task_id).await?.kind {
+                    Some(pb::task_status_response::Kind::Training(t)) => {
+                        (t.rounds, t.history.len() as u32)
+                    }
+                    _ => (1, 0),
+                };
+                let bar = super::progress::rounds(&task_id, rounds, closed);
+                watch(&endpoint, &task_id, |e| {
+                    if let Some(pb::task_event::Event::Closed(r)) = &e.event {
+                        closed = closed.max(r.round + 1);
+                        bar.closed(closed);
+                    }
+                    bar.say(&event_line(e));
                 })
                 .await?;
             }

@@ -338,11 +338,15 @@ pub async fn contribute_anchored(
     channel: tonic::transport::Channel,
     member: &yilian_identity::Identity,
 ) -> anyhow::Result<(yilian_zk::ceremony::transcript::Step, u64)> {
+    let working = super::progress::working(
+        "contributing (checking the transcript, then adding your randomness)",
+    );
     let step = tokio::task::spawn_blocking({
         let dir = dir.to_owned();
         move || yilian_zk::ceremony::transcript::contribute(&dir, &mut keys::os_rng())
     })
     .await??;
+    drop(working);
     let submitted = yilian_ledger::service::LedgerClient::new(channel)
         .submit(
             &yilian_ledger::Transaction::new(yilian_ledger::Payload::CeremonyContribution {
@@ -380,6 +384,7 @@ impl CeremonyCommand {
                 let bytes = std::fs::read(&ptau)
                     .with_context(|| format!("reading --ptau {}", ptau.display()))?;
                 let d = dir.clone();
+                let _working = super::progress::working(format!("importing {}", ptau.display()));
                 let digest = tokio::task::spawn_blocking(move || {
                     transcript::import_ptau(
                         &d,
@@ -425,10 +430,12 @@ impl CeremonyCommand {
             }
             CeremonyCommand::FinishPhase1 { dir, statement } => {
                 let d = dir.clone();
+                let working = super::progress::working("deriving the statement's phase-2 key");
                 tokio::task::spawn_blocking(move || {
                     transcript::finish_phase1(&d, &Qap::statement(statement)?)
                 })
                 .await??;
+                drop(working);
                 println!(
                     "phase 1 finished; phase 2 starts from the derived key in {}",
                     dir.display()
@@ -442,10 +449,13 @@ impl CeremonyCommand {
                 identity,
             } => {
                 let d = dir.clone();
+                let working =
+                    super::progress::working("verifying every contribution of the transcript");
                 let (pk, steps) = tokio::task::spawn_blocking(move || {
                     transcript::verify(&d, &Qap::statement(statement)?, &mut keys::os_rng())
                 })
                 .await??;
+                drop(working);
                 if let (Some(node), Some(identity)) = (node, identity) {
                     let conn = Conn { node, identity };
                     let (channel, _) = conn.channel().await?;
@@ -759,7 +769,9 @@ impl Command {
             }
             Command::Setup { out, statement } => {
                 std::fs::create_dir_all(&out)?;
+                let working = super::progress::working("generating the proving and verifying keys");
                 let (pk, vk) = keys::setup(statement, &mut keys::os_rng())?;
+                drop(working);
                 keys::write_key(&out.join("kyc.pk"), &pk)?;
                 keys::write_key(&out.join("kyc.vk"), &vk)?;
                 write_json(&out.join("verification_key.json"), &snarkjs::export_vk(&vk))?;
