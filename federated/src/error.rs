@@ -265,8 +265,10 @@ impl From<FlError> for tonic::Status {
             FlError::NotTraining(_)
             | FlError::TooFewSurvivors { .. }
             | FlError::Unrecoverable { .. } => Code::FailedPrecondition,
-            FlError::Ledger(_)
-            | FlError::Stopped
+            // The ledger's refusal keeps the ledger's code: a quorum lost is
+            // UNAVAILABLE, a refused signer is not.
+            FlError::Ledger(l) => tonic::Status::from(l.clone()).code(),
+            FlError::Stopped
             | FlError::Connection(_)
             | FlError::Connect(_)
             | FlError::ConnectionClosed
@@ -313,3 +315,29 @@ store_err!(
     redb::StorageError,
     redb::CommitError
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yilian_ledger::LedgerError;
+
+    #[test]
+    fn a_ledger_refusal_keeps_the_ledgers_code() {
+        let code = |l| tonic::Status::from(FlError::Ledger(l)).code();
+        assert_eq!(
+            code(LedgerError::NoQuorum { millis: 5 }),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code(LedgerError::SignerRevoked),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            code(LedgerError::InsufficientBalance {
+                balance: 1,
+                amount: 2
+            }),
+            tonic::Code::FailedPrecondition
+        );
+    }
+}

@@ -129,7 +129,9 @@ pub enum KmsError {
     BadUnsealShare,
     #[error("unseal share {0} was already given")]
     DuplicateUnsealShare(u8),
-    #[error("the root key does not open this store")]
+    #[error(
+        "the root key does not open this KMS's store: give the unseal shares (or key file) made for this node"
+    )]
     WrongRootKey,
     #[error("audit could not be written, operation refused: {0}")]
     AuditFailed(String),
@@ -254,10 +256,12 @@ impl From<KmsError> for tonic::Status {
             | TrusteeNotAdmitted { .. }
             | NotAdmitted(_)
             | IdentityRevoked(_)
-            | IdentityExpired(_) => Code::FailedPrecondition,
+            | IdentityExpired(_)
+            // Unseal shares of another KMS: the caller's to fix, not ours.
+            | WrongRootKey => Code::FailedPrecondition,
             EscrowExists(_) => Code::AlreadyExists,
             Sealed | AuditFailed(_) => Code::Unavailable,
-            WrongRootKey | EscrowCorrupt | Storage(_) | Corrupt(_) | Random => Code::Internal,
+            EscrowCorrupt | Storage(_) | Corrupt(_) | Random => Code::Internal,
             Rpc(s) => s.code(),
             Connect(_) => Code::Unavailable,
             BadReply(_) | AuditNotProven { .. } => Code::DataLoss,

@@ -32,7 +32,12 @@ async fn net(sealed: bool) -> (Net, Option<Vec<yilian_kms::secret::UnsealShare>>
     ids.extend(net.admit_all(&NAMES[1..]).await);
     let (dir, ledger, key) = (net.dir.path(), net.ledger.clone(), net.node.signing_key());
     let (kms, server, shares) = if sealed {
-        let (_root, shares) = seal::split_root_key(2, 3).unwrap();
+        // The store is first opened with the split root, as at set-up, so
+        // that shares of any other root are refused.
+        let (root, shares) = seal::split_root_key(2, 3).unwrap();
+        let audit = yilian_kms::LedgerAudit::new(ledger.clone(), key.clone());
+        let store = dir.join("kms.redb");
+        drop(yilian_kms::Kms::open(&store, root, audit, yilian_kms::system_clock()).unwrap());
         let (kms, server) = service::sealed(dir, ledger, key.clone());
         (kms, server, Some(shares))
     } else {
@@ -105,6 +110,18 @@ async fn a_sealed_node_refuses_until_operators_unseal_it() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    // Shares of another KMS combine but do not open this one; the node
+    // forgets them and stays sealed.
+    let (_, foreign) = seal::split_root_key(2, 3).unwrap();
+    let given = |share: &yilian_kms::secret::UnsealShare| pb::UnsealRequest {
+        share: share.expose().to_owned(),
+    };
+    let r = owner.raw.unseal(given(&foreign[0])).await.unwrap();
+    assert_eq!(r.into_inner().shares_given, 1);
+    let e = owner.raw.unseal(given(&foreign[1])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("root key"), "{}", e.message());
+    assert!(*n.sealed.borrow(), "foreign shares leave the node sealed");
     let r = owner
         .raw
         .unseal(pb::UnsealRequest {
