@@ -681,17 +681,21 @@ async fn a_cut_off_member_refuses_writes_reads_stale_and_catches_up() {
         }
     }
     // The majority keeps committing. On a loaded machine a write just after
-    // the cut can miss its quorum deadline while the cut member's heartbeats
-    // time out; Unavailable says to retry, and a resubmitted transaction is
-    // the same entry, so the client retries as it is told to.
+    // the cut can miss its quorum deadline, or meet an election in progress
+    // (an immediate NotLeader), while the cut member's heartbeats time out;
+    // Unavailable says to retry, and a resubmitted transaction is the same
+    // entry, so the client retries as it is told to, pausing between tries
+    // so that fast refusals do not use up its patience in milliseconds.
     let mut last = 0;
     for k in 0..20 {
         let tx = note(&net.client, format!("majority {k}"));
-        let mut tries = 0;
+        let patience = Instant::now() + Duration::from_secs(90);
         last = loop {
             match clients[other].submit(&tx).await {
                 Ok(r) => break r.index,
-                Err(e) if e.code() == tonic::Code::Unavailable && tries < 5 => tries += 1,
+                Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < patience => {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
                 Err(e) => panic!("the majority refused a write: {e:?}"),
             }
         };
