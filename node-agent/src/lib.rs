@@ -144,8 +144,13 @@ impl Status {
     }
 
     /// Writes the status whole to `dir`, replacing the old file only once
-    /// the new one is complete.
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+    /// the new one is complete, stamped with the time it was written: every
+    /// change of state is saved, so the stamp says how fresh the state is.
+    pub fn save(&mut self, dir: &Path) -> anyhow::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.updated_unix = self.updated_unix.max(now);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let tmp = dir.join(format!("{STATUS_FILE}.new"));
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
@@ -424,6 +429,7 @@ mod tests {
         st.save(dir.path()).unwrap();
         let back = Status::load(dir.path()).unwrap();
         assert_eq!((back.tasks, back.today), (st.tasks.clone(), st.today));
+        assert!(back.updated_unix > day + 86_400, "stamped as written");
         std::fs::write(dir.path().join(STATUS_FILE), "{").unwrap();
         let e = format!("{:#}", Status::load(dir.path()).unwrap_err());
         assert!(e.contains("status.json: not an agent status file"), "{e}");
