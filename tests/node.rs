@@ -513,10 +513,16 @@ async fn the_python_client_works_against_a_real_node() {
             ("lab", Role::Engineer, "eng"),
             ("people", Role::Device, "py-dev-0"),
             ("people", Role::Device, "py-dev-1"),
+            ("bank", Role::Verifier, "bank"),
         ],
-        |cfg| cfg.federated = Some(yilian_testkit::free_udp_addr()),
+        |cfg| {
+            cfg.federated = Some(yilian_testkit::free_udp_addr());
+            // A single-party setup is enough to test the bank's checks.
+            cfg.insecure_dev_setup = true;
+        },
     )
     .await;
+    let (record, grant) = record_granted_to_the_bank(&net).await;
     // The engineer's tests submit a digits task; two devices wait for it.
     let data = net.dir.root.join("py-fl");
     std::fs::create_dir_all(&data).unwrap();
@@ -570,6 +576,9 @@ async fn the_python_client_works_against_a_real_node() {
             .env("YILIAN_NODE", &addr)
             .env("YILIAN_IDENTITIES", &identities)
             .env("YILIAN_FL_DATA", &data)
+            .env("YILIAN_ZK_RECORD", &record)
+            .env("YILIAN_ZK_GRANT", &grant[0])
+            .env("YILIAN_ZK_EXAMPLE_GRANT", &grant[1])
             .output()
             .unwrap()
     })
@@ -587,6 +596,71 @@ async fn the_python_client_works_against_a_real_node() {
         a.await.unwrap().unwrap();
     }
     net.node.stop().await.unwrap();
+}
+
+/// The holder's side of a ZK question, as `docs/bank.md` has it done with
+/// the CLI: a customer record encrypted, anchored and registered, and a
+/// one-use grant for the verifier `bank` to ask `income >= 100000`, and
+/// another for the bank's example.
+async fn record_granted_to_the_bank(net: &Net) -> (String, [String; 2]) {
+    let work = net.dir.root.join("py-zk");
+    std::fs::create_dir_all(&work).unwrap();
+    let ids = net.dir.identity("holder").parent().unwrap().to_owned();
+    let addr = net.addr.clone();
+    tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| -> String {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_yilian"))
+                .args(args)
+                .current_dir(&work)
+                .env("YILIAN_NODE", &addr)
+                .env("YILIAN_IDENTITY", ids.join("holder"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "yilian {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        run(&["kms", "create-key", "--zk", "py-customer"]);
+        run(&["kms", "create-key", "py-records"]);
+        let issued: serde_json::Value =
+            serde_json::from_str(&run(&["kms", "zk-key", "py-customer", "--reveal"])).unwrap();
+        std::fs::write(work.join("zk.key"), issued["elements"].as_str().unwrap()).unwrap();
+        std::fs::write(
+            work.join("customer.json"),
+            r#"{"fields": [["id_number", {"identifier": "F-0001"}], ["income", {"integer": 120000}]]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            work.join("q.json"),
+            r#"[{"op": "gte", "field": "income", "value": 100000}]"#,
+        )
+        .unwrap();
+        run(&[
+            "zk", "register-record", "--record-id", "py-c1", "--record", "customer.json",
+            "--key-file", "zk.key", "--nonce", "7", "--out", "c1.rec",
+        ]);
+        run(&[
+            "zk", "register", "--record", "c1.rec", "--key-file", "zk.key", "--wrap-key",
+            "py-records",
+        ]);
+        let bank = ids.join("bank").display().to_string();
+        let grant = || {
+            let granted = run(&[
+                "zk", "grant", "--record", "py-c1", "--verifier", &bank, "--allow", "q.json",
+            ]);
+            granted
+                .lines()
+                .find_map(|l| l.strip_prefix("grant "))
+                .unwrap_or_else(|| panic!("no grant id in {granted}"))
+                .to_owned()
+        };
+        ("py-c1".to_owned(), [grant(), grant()])
+    })
+    .await
+    .unwrap()
 }
 
 /// [`yilian_testkit::http_get`], off the runtime's threads.

@@ -50,10 +50,23 @@ def engineer():
     return eng.channel(NODE)
 
 
+def torch_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(64, 10), nn.Softmax(dim=1))
+
+
 def test_an_engineer_submits_follows_downloads_and_runs_the_model():
+    from yilian.pytorch import from_sequential, load_into
+
+    net = torch_model()
+    converted = from_sequential(net, [64])
     with engineer() as ch:
         eng = yilian.Engineer(ch)
-        submitted = eng.submit(task("py-digits"), data("validation.csv"))
+        spec = {**task("py-digits"), "model": converted.model}
+        submitted = eng.submit(spec, data("validation.csv"), initial_weights=converted.weights)
         assert submitted.task_id == "py-digits"
         assert submitted.params == 64 * 10 + 10
         assert submitted.ledger_index > 0
@@ -80,6 +93,66 @@ def test_an_engineer_submits_follows_downloads_and_runs_the_model():
 
         weights = eng.download("py-digits", "safetensors")
         assert weights[8:9] == b"{", "a safetensors header"
+        # The trained weights back in the PyTorch model: torch's forward pass
+        # and the node's ONNX export agree on them.
+        import numpy as np
+        import torch
+
+        load_into(net, weights)
+        with torch.no_grad():
+            ours = net(torch.tensor(x[:50], dtype=torch.float32)).numpy()
+        assert np.allclose(ours, model.probabilities(x[:50]), atol=1e-5)
+
+
+def test_a_pytorch_model_starts_a_task_from_its_own_weights():
+    """The devices have left (each took one task), so this task waits at
+    round 0 and its global model is the one PyTorch gave."""
+    from torch import nn
+
+    from yilian.pytorch import UnsupportedLayer, from_sequential, read_safetensors
+
+    net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 10), nn.Softmax(dim=1))
+    converted = from_sequential(net, [64])
+    assert converted.model == {
+        "input": [64],
+        "layers": [{"linear": {"out": 16}}, "relu", {"dropout": {"p": 0.1}}, {"linear": {"out": 10}}, "softmax"],
+    }
+    with engineer() as ch:
+        eng = yilian.Engineer(ch)
+        eng.submit({**task("py-torch-init"), "model": converted.model}, data("validation.csv"),
+                   initial_weights=converted.weights)
+        served = read_safetensors(eng.download("py-torch-init", "safetensors"))
+    for name, param in net.state_dict().items():
+        shape, raw = served[f"layers.{name}"]
+        assert shape == list(param.shape)
+        assert raw == param.detach().numpy().astype("<f4").tobytes(), name
+    for bad, why in [
+        (nn.Sequential(nn.Linear(64, 10), nn.Tanh()), r"layer 1 \(Tanh\) is not one the node trains"),
+        (nn.Sequential(nn.Linear(64, 10, bias=False)), r"layer 0 \(Linear\): bias=False"),
+        (nn.Sequential(nn.Conv2d(1, 4, 3, stride=2)), r"layer 0 \(Conv2d\): the node convolves with stride 1"),
+        (nn.Sequential(nn.MaxPool2d(2, stride=1)), r"layer 0 \(MaxPool2d\)"),
+        (nn.Linear(64, 10), "give an nn.Sequential"),
+    ]:
+        with pytest.raises(UnsupportedLayer, match=why):
+            from_sequential(bad, [1, 8, 8])
+
+
+def test_a_cnn_converts_layer_by_layer():
+    from torch import nn
+
+    from yilian.pytorch import from_sequential, read_safetensors
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10), nn.Softmax(dim=1),
+    )
+    converted = from_sequential(net, [1, 8, 8])
+    assert converted.model["layers"][:4] == [
+        {"conv2d": {"out_channels": 4, "kernel": 3, "padding": 1}}, "relu", {"max_pool": {"size": 2}}, "flatten",
+    ]
+    tensors = read_safetensors(converted.weights)
+    assert {k: v[0] for k, v in tensors.items()} == {
+        "layers.0.weight": [4, 1, 3, 3], "layers.0.bias": [4], "layers.4.weight": [10, 64], "layers.4.bias": [10],
+    }
 
 
 def test_a_task_file_on_disk_and_a_refused_submission(tmp_path):

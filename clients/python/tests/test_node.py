@@ -118,3 +118,51 @@ def test_the_examples_run_as_documented(tmp_path):
     assert (tmp_path / "notes.txt.env").exists()
     second = run(here / "examples/auditor.py", NODE, ids / "auditor", head)
     assert "consistent with the earlier head" in second
+    record, grant = os.environ["YILIAN_ZK_RECORD"], os.environ["YILIAN_ZK_EXAMPLE_GRANT"]
+    asked = run(here / "examples/bank.py", NODE, ids / "bank", record, grant)
+    assert "income >= 100000 is True; proof verified here" in asked, asked
+
+
+def test_the_bank_asks_once_and_checks_the_answer_itself():
+    from yilian import groth16
+    from yilian._pb import zk_pb2
+
+    record, grant = os.environ["YILIAN_ZK_RECORD"], os.environ["YILIAN_ZK_GRANT"]
+    asked = [yilian.Predicate("income", "gte", 100000)]
+    with identity("bank").channel(NODE) as ch:
+        bank = yilian.Bank(ch)
+        answer = bank.ask(record, grant, asked)
+        assert answer.answer is True and answer.record_id == record
+        good = answer.response
+
+        def altered(change):
+            r = zk_pb2.QueryResponse()
+            r.CopyFrom(good)
+            change(r)
+            return r
+
+        def flip_answer(r):
+            r.answer = not r.answer
+
+        def forge_a(r):
+            r.proof.proof = groth16.compress_g1(groth16.g1(bytes([1]) + bytes(31))) + r.proof.proof[32:]
+
+        def other_nonce(r):
+            n = groth16.fr(r.proof.public_inputs[3]) + 1
+            r.proof.public_inputs[3] = n.to_bytes(32, "little")
+
+        for change, why in [
+            (flip_answer, "not the answer the node gave"),
+            (forge_a, "does not verify"),
+            (other_nonce, "another record or ciphertext|does not verify"),
+        ]:
+            with pytest.raises(yilian.ZkCheckError, match=why):
+                bank.check(altered(change), record, asked)
+        with pytest.raises(yilian.ZkCheckError, match="another question"):
+            bank.check(good, record, [yilian.Predicate("income", "gte", 200000)])
+        with pytest.raises(yilian.ZkCheckError, match="anchor by its holder"):
+            bank.check(good, "someone-else", asked)
+        # The grant was for one use: burnt after reading.
+        with pytest.raises(grpc.RpcError) as again:
+            bank.ask(record, grant, asked)
+        assert again.value.code() == grpc.StatusCode.PERMISSION_DENIED, again.value
