@@ -222,6 +222,17 @@ pub async fn download(
     task_id: &str,
     format: pb::ModelFormat,
 ) -> Result<(u32, Vec<u8>)> {
+    download_with(node, task_id, format, |_, _| {}).await
+}
+
+/// [`download`], telling `progress` the bytes received and the total
+/// announced after each chunk.
+pub async fn download_with(
+    node: &Endpoint,
+    task_id: &str,
+    format: pb::ModelFormat,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(u32, Vec<u8>)> {
     let mut chunks = client(node)
         .await?
         .download(pb::DownloadRequest {
@@ -237,8 +248,10 @@ pub async fn download(
         .map_err(refused)?
         .ok_or(FlError::ModelDamaged("the node sent no model"))?;
     let mut bytes = first.data;
+    progress(bytes.len() as u64, first.total_bytes);
     while let Some(c) = chunks.message().await.map_err(refused)? {
         bytes.extend_from_slice(&c.data);
+        progress(bytes.len() as u64, first.total_bytes);
         if bytes.len() as u64 > first.total_bytes {
             return Err(FlError::ModelDamaged(
                 "the node sent more bytes than it announced",

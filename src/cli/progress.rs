@@ -1,7 +1,7 @@
 //! Progress for the long CLI operations. Work that cannot report how far
 //! it is (a ceremony step, a setup, a proof) shows a spinner with the time
-//! it has taken; a task's rounds show as a bar. Both draw only on a
-//! terminal, so scripts and logs see the result lines alone.
+//! it has taken; a task's rounds and a model's download show as bars. All
+//! draw only on a terminal, so scripts and logs see the result lines alone.
 
 use std::time::Duration;
 
@@ -57,6 +57,32 @@ impl Rounds {
 }
 
 impl Drop for Rounds {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// A bar over the bytes of a file being received.
+pub struct Bytes(ProgressBar);
+
+pub fn bytes(what: impl Into<String>) -> Bytes {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(what.into());
+    Bytes(bar)
+}
+
+impl Bytes {
+    pub fn received(&self, got: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(got);
+    }
+}
+
+impl Drop for Bytes {
     fn drop(&mut self) {
         self.0.finish_and_clear();
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use yilian_federated::client::{Endpoint, download, submit, task_status, watch};
+use yilian_federated::client::{Endpoint, download_with, submit, task_status, watch};
 use yilian_federated::pb;
 
 /// How to reach a node.
@@ -128,7 +128,13 @@ impl TaskCommand {
                         Format::Safetensors => ("safetensors", pb::ModelFormat::Safetensors),
                         Format::Onnx => ("onnx", pb::ModelFormat::Onnx),
                     };
-                    let (rounds, bytes) = download(&node.endpoint(), &task_id, pf).await?;
+                    let bar = super::progress::bytes(format!("{task_id}.{ext}"));
+                    let (rounds, bytes) =
+                        download_with(&node.endpoint(), &task_id, pf, |got, total| {
+                            bar.received(got, total)
+                        })
+                        .await?;
+                    drop(bar);
                     let path = out.join(format!("{task_id}.{ext}"));
                     std::fs::write(&path, bytes)
                         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -106,8 +106,9 @@ pub enum Command {
     },
     /// Ask a record's node a question under a grant (as the verifier); the
     /// proof is checked here against the verifying key and the record anchor
-    /// on the ledger, and written to `--out` with its public inputs. (That
-    /// the proven query is the one asked is not checked here yet.)
+    /// on the ledger, and that it states the question asked (operators,
+    /// constants and clauses; field positions are the holder's), then
+    /// written to `--out` with its public inputs.
     Ask {
         #[command(flatten)]
         conn: Conn,
@@ -755,6 +756,11 @@ impl Command {
                     &proof.public,
                     &anchor,
                 )?;
+                anyhow::ensure!(
+                    query::states(&predicates, &proof.public.query),
+                    "the node proved another question than {}: its public inputs state other operators, constants or clauses",
+                    query_file.display()
+                );
                 std::fs::create_dir_all(&out)?;
                 write_json(
                     &out.join("proof.json"),

@@ -137,6 +137,85 @@ pub fn compile(record: &EncryptedRecord, predicates: &[Predicate]) -> Result<Que
     Ok(Query::from_clauses(&clauses)?)
 }
 
+/// One atom as a verifier without the record sees it: the operator and its
+/// constants, with the holder's field positions left out.
+type Seen = (u8, [u8; 32], [u8; 32]);
+
+fn seen_comparison(op: CmpOp, a: Fr, b: Fr) -> Seen {
+    if op.against_field() {
+        // Operands are field positions, which only the record knows.
+        (op.code(), [0; 32], [0; 32])
+    } else {
+        (op.code(), crate::fr_to_bytes(&a), crate::fr_to_bytes(&b))
+    }
+}
+
+fn seen_set(op: SetOp, root: Fr) -> Seen {
+    (0x80 | op as u8, crate::fr_to_bytes(&root), [0; 32])
+}
+
+fn seen_asked(p: &Predicate) -> Seen {
+    let int = |v: u64| Fr::from(v);
+    match p {
+        Predicate::Eq { value, .. } => seen_comparison(CmpOp::Eq, value.encode(), Fr::zero()),
+        Predicate::Ne { value, .. } => seen_comparison(CmpOp::Ne, value.encode(), Fr::zero()),
+        Predicate::Lt { value, .. } => seen_comparison(CmpOp::Lt, int(*value), Fr::zero()),
+        Predicate::Lte { value, .. } => seen_comparison(CmpOp::Lte, int(*value), Fr::zero()),
+        Predicate::Gt { value, .. } => seen_comparison(CmpOp::Gt, int(*value), Fr::zero()),
+        Predicate::Gte { value, .. } => seen_comparison(CmpOp::Gte, int(*value), Fr::zero()),
+        Predicate::Between { low, high, .. } => {
+            seen_comparison(CmpOp::Between, int(*low), int(*high))
+        }
+        Predicate::In { root, .. } => seen_set(SetOp::In, *root),
+        Predicate::Nin { root, .. } => seen_set(SetOp::NotIn, *root),
+        Predicate::EqField { .. } => seen_comparison(CmpOp::EqField, Fr::zero(), Fr::zero()),
+        Predicate::NeField { .. } => seen_comparison(CmpOp::NeField, Fr::zero(), Fr::zero()),
+        Predicate::LtField { .. } => seen_comparison(CmpOp::LtField, Fr::zero(), Fr::zero()),
+        Predicate::LteField { .. } => seen_comparison(CmpOp::LteField, Fr::zero(), Fr::zero()),
+        Predicate::GtField { .. } => seen_comparison(CmpOp::GtField, Fr::zero(), Fr::zero()),
+        Predicate::GteField { .. } => seen_comparison(CmpOp::GteField, Fr::zero(), Fr::zero()),
+        // Not an atom; [`Predicate::atoms`] opens it.
+        Predicate::Any { .. } => (0xff, [0; 32], [0; 32]),
+    }
+}
+
+/// Whether a proven query states the question `asked`, as far as a
+/// verifier without the record can tell: the same clauses (ANDed), each
+/// with the same operators and constants (ORed), in any order. Which field
+/// each atom reads is the holder's encoding and is not compared.
+pub fn states(asked: &[Predicate], proven: &Query) -> bool {
+    let mut want: Vec<Vec<Seen>> = asked
+        .iter()
+        .map(|p| {
+            let mut c: Vec<Seen> = p.atoms().iter().map(seen_asked).collect();
+            c.sort();
+            c
+        })
+        .collect();
+    let mut slots: Vec<Option<Seen>> = proven
+        .comparisons
+        .iter()
+        .map(|c| (c.op != CmpOp::Always).then(|| seen_comparison(c.op, c.a, c.b)))
+        .collect();
+    slots.push((proven.set.op != SetOp::None).then(|| seen_set(proven.set.op, proven.set.root)));
+    let mut got: Vec<Vec<Seen>> = (0..slots.len() as u8)
+        .map(|j| {
+            let mut c: Vec<Seen> = slots
+                .iter()
+                .zip(&proven.clauses)
+                .filter(|(_, k)| **k == j)
+                .filter_map(|(s, _)| *s)
+                .collect();
+            c.sort();
+            c
+        })
+        .filter(|c| !c.is_empty())
+        .collect();
+    want.sort();
+    got.sort();
+    want == got
+}
+
 fn atom(record: &EncryptedRecord, p: &Predicate) -> Result<Atom> {
     let integer = |field: &str| -> Result<u8> {
         let (index, kind) = record.field_index(field)?;
@@ -220,4 +299,81 @@ fn atom(record: &EncryptedRecord, p: &Predicate) -> Result<Atom> {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{CipherKey, Record};
+
+    fn record() -> EncryptedRecord {
+        let r = Record {
+            fields: vec![
+                ("id_number".into(), FieldValue::Identifier("F-0001".into())),
+                ("income".into(), FieldValue::Integer(120_000)),
+                ("age".into(), FieldValue::Integer(40)),
+                ("loan".into(), FieldValue::Integer(50_000)),
+            ],
+        };
+        EncryptedRecord::encrypt(
+            "c1",
+            &r,
+            &CipherKey::new([Fr::from(3u64), Fr::from(4u64)]),
+            7,
+        )
+        .unwrap()
+    }
+
+    fn gte(field: &str, value: u64) -> Predicate {
+        Predicate::Gte {
+            field: field.into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn a_compiled_query_states_what_was_asked_and_nothing_else() {
+        let rec = record();
+        let asked = vec![
+            gte("income", 100_000),
+            Predicate::Any {
+                any: vec![
+                    Predicate::Between {
+                        field: "age".into(),
+                        low: 18,
+                        high: 65,
+                    },
+                    Predicate::GteField {
+                        field: "income".into(),
+                        other: "loan".into(),
+                    },
+                ],
+            },
+            Predicate::Eq {
+                field: "id_number".into(),
+                value: FieldValue::Identifier("F-0001".into()),
+            },
+        ];
+        let proven = compile(&rec, &asked).unwrap();
+        assert!(states(&asked, &proven));
+        // Reordered clauses and atoms are the same question.
+        let mut reordered = asked.clone();
+        reordered.reverse();
+        assert!(states(&reordered, &proven));
+        // Another constant, a clause ANDed instead of ORed, or one missing
+        // is another question.
+        let mut other = asked.clone();
+        other[0] = gte("income", 100_001);
+        assert!(!states(&other, &proven));
+        let Predicate::Any { any } = asked[1].clone() else {
+            unreachable!()
+        };
+        let anded = [vec![asked[0].clone(), asked[2].clone()], any].concat();
+        assert!(!states(&anded, &proven));
+        assert!(!states(&asked[..2], &proven));
+        // A compiled question about another field with the same constant is
+        // the same as far as the verifier can see: positions are the holder's.
+        let same_constant = compile(&rec, &[gte("age", 100_000)]).unwrap();
+        assert!(states(&[gte("income", 100_000)], &same_constant));
+    }
 }
