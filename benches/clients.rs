@@ -64,12 +64,12 @@ async fn fill(c: &LedgerClient, writer: &yilian_identity::Identity, n: usize, ta
     assert_eq!(done, n);
 }
 
-/// The SDK's median microseconds per call of `rpc` (one at a time), as
+/// The SDK's median microseconds per GetTreeHead (one call at a time), as
 /// a Python program measures them.
-fn python_us(dir: &std::path::Path, addr: &str, identity: &std::path::Path, calls: usize) -> f64 {
+fn python_us(addr: &str, identity: &std::path::Path, calls: usize) -> f64 {
     let client = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
     let python = yilian_testkit::python_venv(&client);
-    let script = r#"
+    const SCRIPT: &str = r#"
 import statistics, sys, time
 import yilian
 from yilian._pb import ledger_pb2, ledger_pb2_grpc
@@ -84,25 +84,16 @@ with yilian.Identity(ident).channel(addr) as ch:
         times.append((time.perf_counter() - t) * 1e6)
 print(statistics.median(times))
 "#;
-    let path = dir.join("calls.py");
-    std::fs::write(&path, script).unwrap();
-    let out = std::process::Command::new(python)
-        .arg(&path)
-        .args([addr, &identity.display().to_string(), &calls.to_string()])
-        .current_dir(&client)
-        .env("PYTHONPATH", &client)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    yilian_testkit::stdout_of(
+        std::process::Command::new(python)
+            .args(["-c", SCRIPT, addr, &identity.display().to_string()])
+            .arg(calls.to_string())
+            .current_dir(&client)
+            .env("PYTHONPATH", &client),
+    )
+    .trim()
+    .parse()
+    .unwrap()
 }
 
 fn main() {
@@ -133,19 +124,14 @@ fn main() {
             }
         }
         let cfg = NodeConfig {
-            data_dir: tmp.path().to_owned(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            metrics: None,
-            identity: dir.identity(network::NODE_IDENTITY),
-            kms_sealed: false,
-            insecure_dev_setup: false,
-            zk_ceremony: None,
-            federated: None,
-            cluster: Default::default(),
-            connections: Default::default(),
             explorer: Some(yilian::explorer::ExplorerConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
             }),
+            ..NodeConfig::new(
+                tmp.path(),
+                "127.0.0.1:0".parse().unwrap(),
+                dir.identity(network::NODE_IDENTITY),
+            )
         };
         let node = node::start(&cfg).await.unwrap();
         let addr = node.addr.to_string();
@@ -195,7 +181,7 @@ fn main() {
             times.push(t.elapsed().as_secs_f64() * 1e6);
         }
         let rust = median(times);
-        let python = python_us(tmp.path(), &addr, &dir.identity("auditor"), CALLS);
+        let python = python_us(&addr, &dir.identity("auditor"), CALLS);
         report.figure(
             "Python SDK GetTreeHead, one call at a time",
             python,

@@ -110,21 +110,12 @@ async fn consortium(n: usize) -> Net {
             net.identity(&format!("node-{i}"))
         };
         let cfg = NodeConfig {
-            data_dir: data,
-            listen: listen.parse().unwrap(),
-            metrics: None,
-            identity,
-            kms_sealed: false,
-            insecure_dev_setup: false,
-            zk_ceremony: None,
-            federated: None,
             cluster: ClusterConfig {
                 advertise: Some(listen.clone()),
                 peers: if i == 0 { vec![] } else { vec![first.clone()] },
                 ..Default::default()
             },
-            connections: Default::default(),
-            explorer: None,
+            ..NodeConfig::new(data, listen.parse().unwrap(), identity)
         };
         nodes.push(node::start(&cfg).await.unwrap());
     }

@@ -141,6 +141,30 @@ struct FileConfig {
 }
 
 impl NodeConfig {
+    /// A node of the network in `data_dir`, serving gRPC on `listen` as
+    /// `identity`, with nothing else on: no metrics, explorer or federated
+    /// learning, an unsealed KMS, keys from the ceremony and no peers. Set
+    /// the fields to turn the rest on.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        listen: SocketAddr,
+        identity: impl Into<PathBuf>,
+    ) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            metrics: None,
+            identity: identity.into(),
+            kms_sealed: false,
+            insecure_dev_setup: false,
+            zk_ceremony: None,
+            federated: None,
+            connections: Default::default(),
+            cluster: Default::default(),
+            explorer: None,
+        }
+    }
+
     /// File, then environment and flags on top (clap merges those two).
     pub fn load(file: Option<&Path>, over: &NodeOverrides) -> Result<NodeConfig> {
         let f: FileConfig = match file {

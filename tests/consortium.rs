@@ -18,16 +18,7 @@ use yilian_ledger::{Payload, Transaction};
 use yilian_testkit::NodeProcess;
 
 fn yilian(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_yilian"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "yilian {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    yilian_testkit::stdout_of(Command::new(env!("CARGO_BIN_EXE_yilian")).args(args))
 }
 
 /// One member organisation's node: its data directory, port and process.

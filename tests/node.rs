@@ -38,19 +38,14 @@ async fn network_with(extra: &[(&str, Role, &str)], adjust: impl FnOnce(&mut Nod
         }
     }
     let mut cfg = NodeConfig {
-        data_dir: tmp.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        metrics: None,
-        identity: dir.identity(network::NODE_IDENTITY),
-        kms_sealed: false,
-        insecure_dev_setup: false,
-        zk_ceremony: None,
-        federated: None,
-        cluster: Default::default(),
-        connections: Default::default(),
         explorer: Some(yilian::explorer::ExplorerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
         }),
+        ..NodeConfig::new(
+            tmp.path(),
+            "127.0.0.1:0".parse().unwrap(),
+            dir.identity(network::NODE_IDENTITY),
+        )
     };
     adjust(&mut cfg);
     let node = node::start(&cfg).await.unwrap();
@@ -608,20 +603,14 @@ async fn record_granted_to_the_bank(net: &Net) -> (String, [String; 2]) {
     let ids = net.dir.identity("holder").parent().unwrap().to_owned();
     let addr = net.addr.clone();
     tokio::task::spawn_blocking(move || {
-        let run = |args: &[&str]| -> String {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_yilian"))
-                .args(args)
-                .current_dir(&work)
-                .env("YILIAN_NODE", &addr)
-                .env("YILIAN_IDENTITY", ids.join("holder"))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "yilian {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap()
+        let run = |args: &[&str]| {
+            yilian_testkit::stdout_of(
+                std::process::Command::new(env!("CARGO_BIN_EXE_yilian"))
+                    .args(args)
+                    .current_dir(&work)
+                    .env("YILIAN_NODE", &addr)
+                    .env("YILIAN_IDENTITY", ids.join("holder")),
+            )
         };
         run(&["kms", "create-key", "--zk", "py-customer"]);
         run(&["kms", "create-key", "py-records"]);

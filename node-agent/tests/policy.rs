@@ -142,18 +142,12 @@ impl Agent {
     }
 
     fn status(&self) -> String {
-        let out = Command::new(AGENT)
-            .arg("status")
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        yilian_testkit::stdout_of(
+            Command::new(AGENT)
+                .arg("status")
+                .arg("--config")
+                .arg(&self.config),
+        )
     }
 
     fn status_file(&self) -> yilian_node_agent::Status {

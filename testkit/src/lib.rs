@@ -331,6 +331,21 @@ where
     }
 }
 
+/// What `cmd` printed to standard output. It must exit successfully;
+/// otherwise the panic names the command and shows its standard error.
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A loopback UDP address nothing is bound to at the time of the call.
 pub fn free_udp_addr() -> std::net::SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0")

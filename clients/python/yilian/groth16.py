@@ -19,7 +19,6 @@ from py_ecc.optimized_bn128 import (
     b,
     b2,
     curve_order,
-    eq,
     field_modulus,
     final_exponentiate,
     is_inf,
@@ -192,9 +191,9 @@ class VerifyingKey:
                 p2(j["vk_delta_2"], "vk_delta_2"),
                 [p1(v, f"IC[{i}]") for i, v in enumerate(j["IC"])],
             )
+        except Groth16Error:
+            raise
         except (KeyError, TypeError, ValueError) as e:
-            if isinstance(e, Groth16Error):
-                raise
             raise Groth16Error(f"verification key: {e}") from e
 
     def compressed(self) -> bytes:
@@ -245,6 +244,5 @@ def verify(vk: VerifyingKey, proof_points, inputs: list[int]) -> bool:
 
 
 __all__ = [
-    "Groth16Error", "VerifyingKey", "compress_g1", "compress_g2", "eq", "fr", "g1", "g2",
-    "proof", "verify",
+    "Groth16Error", "VerifyingKey", "compress_g1", "compress_g2", "fr", "g1", "g2", "proof", "verify",
 ]

@@ -9,12 +9,12 @@ train is refused by its index and name, with what to use instead.
     task = {..., "model": converted.model}
     engineer.submit(task, validation, initial_weights=converted.weights)
 
-torch is needed only here (`pip install torch`); the rest of the SDK runs
-without it.
+torch and safetensors (the format's reference implementation) are needed
+only here (`pip install './clients/python[torch]'`); the rest of the SDK
+runs without them.
 """
 
 import json
-import struct
 from dataclasses import dataclass
 
 SPEC_VERSION = 1
@@ -85,73 +85,43 @@ def _layer(i: int, m, nn) -> tuple[object, list]:
     )
 
 
-def safetensors_bytes(tensors: list[tuple[str, list[int], bytes]], metadata: dict[str, str]) -> bytes:
-    """The safetensors encoding: a little-endian u64 header length, the JSON
-    header (padded to 8 bytes), then the tensors' bytes in order."""
-    header, offset = {"__metadata__": metadata}, 0
-    for name, shape, data in tensors:
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(d for _, _, d in tensors)
-
-
 def from_sequential(model, input_shape: list[int]) -> Converted:
     """The task model and initial weights of `model`, an nn.Sequential whose
     input (without the batch dimension) has `input_shape`."""
     import numpy as np
     import torch
+    from safetensors.numpy import save
     from torch import nn
 
     if not isinstance(model, nn.Sequential):
         raise UnsupportedLayer(f"the model is a {type(model).__name__}; give an nn.Sequential of its layers")
-    layers, tensors = [], []
+    layers, tensors = [], {}
     for i, m in enumerate(model):
         spec, owned = _layer(i, m, nn)
         layers.append(spec)
         for suffix, t in owned:
-            data = t.detach().to(torch.float32).cpu().numpy().astype("<f4", copy=False)
+            data = t.detach().to(torch.float32).cpu().numpy()
             if not np.isfinite(data).all():
                 raise UnsupportedLayer(f"layer {i} ({type(m).__name__}): its {suffix} is not finite")
-            tensors.append((f"layers.{i}.{suffix}", list(data.shape), data.tobytes()))
+            tensors[f"layers.{i}.{suffix}"] = data
     if not layers:
         raise UnsupportedLayer("the Sequential has no layers")
     spec = {"version": SPEC_VERSION, "input": [int(d) for d in input_shape], "layers": layers}
-    weights = safetensors_bytes(tensors, {SPEC_KEY: json.dumps(spec, separators=(",", ":"))})
+    weights = save(tensors, metadata={SPEC_KEY: json.dumps(spec, separators=(",", ":"))})
     return Converted({"input": spec["input"], "layers": layers}, weights)
-
-
-def read_safetensors(data: bytes) -> dict[str, tuple[list[int], bytes]]:
-    """The F32 tensors of a safetensors file, by name: (shape, bytes)."""
-    if len(data) < 8:
-        raise ValueError("safetensors: shorter than its header length")
-    (n,) = struct.unpack("<Q", data[:8])
-    if 8 + n > len(data):
-        raise ValueError("safetensors: the header runs past the end")
-    header = json.loads(data[8:8 + n])
-    body, out = data[8 + n:], {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = t["data_offsets"]
-        if t["dtype"] != "F32" or not 0 <= start <= end <= len(body):
-            raise ValueError(f"safetensors: tensor {name} is not F32 within the file")
-        out[name] = (t["shape"], body[start:end])
-    return out
 
 
 def load_into(model, weights: bytes) -> None:
     """Copies weights the node sent (a downloaded model's safetensors) into
     `model`, the nn.Sequential they were converted from."""
-    import numpy as np
     import torch
+    from safetensors.numpy import load
 
-    tensors = read_safetensors(weights)
+    tensors = load(weights)
     state = {}
     for name, param in model.state_dict().items():
-        shape, data = tensors.get(f"layers.{name}", (None, None))
-        if shape is None or list(param.shape) != shape:
+        t = tensors.get(f"layers.{name}")
+        if t is None or t.shape != tuple(param.shape):
             raise UnsupportedLayer(f"the weights have no tensor layers.{name} of shape {list(param.shape)}")
-        state[name] = torch.from_numpy(np.frombuffer(data, dtype="<f4").reshape(shape).copy())
+        state[name] = torch.from_numpy(t.copy())
     model.load_state_dict(state)

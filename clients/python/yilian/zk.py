@@ -24,9 +24,10 @@ from . import groth16
 from ._pb import zk_pb2, zk_pb2_grpc
 from .ledger import Auditor, Head
 
+# The circuit's comparison op codes (CmpOp in circuits/src/kyc.rs).
 _INTEGER_OPS = {"eq": 1, "ne": 2, "lt": 3, "lte": 4, "gt": 5, "gte": 6, "between": 7}
-# A comparison with another field of the record: op code + 7.
-_FIELD_OPS = {"eq": 8, "ne": 9, "lt": 10, "lte": 11, "gt": 12, "gte": 13}
+# The same comparisons with another field of the record (EqField = 8, ...).
+_FIELD_OPS = {op: code + 7 for op, code in _INTEGER_OPS.items() if op != "between"}
 _SET_OPS = {"in": 1, "nin": 2}
 _COMPARISON_SLOTS, _SLOTS, _CLAUSE_BITS = 4, 5, 3
 PUBLIC_INPUTS = 25
