@@ -373,6 +373,32 @@ mod tests {
     }
 
     #[test]
+    fn the_python_client_s_vector_is_this_note() {
+        // Made with the Python client (`cryptography`'s Ed25519); the same
+        // file is its known answer, so the two implementations agree.
+        let v: serde_json::Value = serde_json::from_str(include_str!(
+            "../../clients/python/tests/vectors/checkpoint.json"
+        ))
+        .unwrap();
+        let (keys, cosigners) = members(3);
+        let b = body();
+        let cp = Checkpoint {
+            body: b.clone(),
+            cosignatures: keys
+                .iter()
+                .zip(&cosigners)
+                .map(|(k, c)| Cosignature::sign(&b, &c.name, k, 1679315147))
+                .collect(),
+        };
+        assert_eq!(v["timestamp"], 1679315147);
+        assert_eq!(cp.to_note(), v["note"].as_str().unwrap());
+        for (c, j) in cosigners.iter().zip(v["cosigners"].as_array().unwrap()) {
+            assert_eq!(j["name"], c.name.as_str());
+            assert_eq!(j["key"], hex::encode(c.key));
+        }
+    }
+
+    #[test]
     fn a_forged_cosignature_is_refused_by_name() {
         let (keys, cosigners) = members(2);
         let b = body();

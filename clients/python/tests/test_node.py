@@ -96,6 +96,37 @@ def test_the_auditor_checks_heads_entries_and_consistency():
             merkle.verify_consistency(old.size, new.size, new.root, new.root, list(c.path))
 
 
+def test_the_auditor_trusts_a_head_on_the_members_cosignatures():
+    auditor_id, holder = identity("auditor"), identity("holder")
+    with auditor_id.channel(NODE) as ch, holder.channel(NODE) as hch:
+        auditor = yilian.Auditor(ch)
+        first = auditor.cosigned_head()
+        # This network has one member; its node cosigned under its certificate's name.
+        assert [c.name for c in auditor.cosigners] == list(first.signers) and len(first.signers) == 1
+        assert first.size >= 1
+        for i in range(first.size):
+            auditor.entry(i, first)
+        # The node's own head and the cosigned one agree where they meet.
+        own = auditor.head()
+        assert own.size >= first.size
+        if own.size == first.size:
+            assert own.root == first.root
+        yilian.KeyOwner(hch, holder.principal.account).create_key("py-cosigned")
+        later = auditor.cosigned_head()
+        assert later.size > first.size, "the audited operation was cosigned"
+        # The member's key under another name, or another key: nothing counts.
+        pinned = auditor.cosigners
+        renamed = [yilian.Cosigner("other/org/node", pinned[0].key)]
+        with pytest.raises(yilian.CheckpointError, match="from 0 trusted member"):
+            yilian.Auditor(ch, cosigners=renamed).cosigned_head()
+        stranger = [yilian.Cosigner(pinned[0].name, bytes(32))]
+        with pytest.raises(yilian.CheckpointError, match="from 0 trusted member"):
+            yilian.Auditor(ch, cosigners=stranger).cosigned_head()
+        # Asking for more cosigners than the network has members is refused.
+        with pytest.raises(yilian.CheckpointError, match="2 are needed"):
+            yilian.Auditor(ch, cosigners=pinned, min_cosigners=2).cosigned_head()
+
+
 def test_the_examples_run_as_documented(tmp_path):
     import subprocess
     import sys
