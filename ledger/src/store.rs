@@ -210,8 +210,11 @@ impl Shared {
     }
 
     /// Cosigns the tree as applied (and so checked) by this member, if the
-    /// witness rules allow, and recounts the trusted checkpoint.
-    fn cosign_applied(&self, r: &mut Replica, now_ms: u64) {
+    /// witness rules allow, and counts that size towards the trusted
+    /// checkpoint. Every recent size is recounted only when the applied
+    /// entries changed the consortium (`members_before`): recounting all of
+    /// them after every batch cost more than the rest of a small batch's apply.
+    fn cosign_applied(&self, r: &mut Replica, now_ms: u64, members_before: &[Cosigner]) {
         let size = r.tree.len();
         let me = self.my_name(r);
         let members = self.cosigners(r);
@@ -221,7 +224,11 @@ impl Shared {
                 .cosign(tree, size, &me, &self.key, now_ms / 1000)
                 .is_some()
         {
-            witness.recount(&members);
+            if members.as_slice() == members_before {
+                witness.promote(size, &members);
+            } else {
+                witness.recount(&members);
+            }
         }
     }
 
@@ -232,6 +239,7 @@ impl Shared {
     ) -> std::result::Result<Vec<Applied>, String> {
         let mut inner = self.inner.write().expect("ledger lock poisoned");
         let start = inner.tree.len();
+        let members_before = self.cosigners(&inner);
         let mut rows: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut fresh: Vec<(u64, SignedTransaction)> = Vec::new();
         // One result per Raft entry, as openraft expects; only batches have outcomes.
@@ -257,7 +265,7 @@ impl Shared {
         if let Some(n) = inner.state.network().map(str::to_owned) {
             inner.witness.adopt_origin(&n);
         }
-        self.cosign_applied(&mut inner, now);
+        self.cosign_applied(&mut inner, now, &members_before);
         let write = || -> std::result::Result<(), redb::Error> {
             let mut wtx = self.db.begin_write()?;
             // Durable with the next Raft log append; a crash before that
@@ -631,10 +639,12 @@ impl Ledger {
             accept_invalid: opts.accept_invalid,
         });
         // Cosign what was replayed (and so checked) under this member's
-        // current name, so the head served from the start is its own.
+        // current name, so the head served from the start is its own, and
+        // count every recent size anew (no members before).
         shared.cosign_applied(
             &mut shared.inner.write().expect("ledger lock poisoned"),
             now_ms(),
+            &[],
         );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -250,7 +250,9 @@ impl Witness {
         }
     }
 
-    fn promote(&mut self, size: u64, members: &[Cosigner]) {
+    /// Counts the cosignatures held for `size` among `members`, making it
+    /// the trusted checkpoint if it is a quorum's and newer.
+    pub fn promote(&mut self, size: u64, members: &[Cosigner]) {
         let Some((root, sigs)) = self.recent.get(&size) else {
             return;
         };
@@ -390,6 +392,32 @@ mod tests {
         let trusted = w.trusted().unwrap();
         assert_eq!(trusted.body.size, 10);
         assert_eq!(trusted.verify(&cosigners, 2).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn counting_the_newly_cosigned_size_alone_trusts_what_a_recount_would() {
+        // A member alone: its own cosignature is the quorum. What the store
+        // does after each batch (promote the new size) and after a
+        // membership change (recount all) agree on the trusted head.
+        let (k, me) = member(1);
+        let members = vec![me.clone()];
+        let (mut one, mut all) = (Witness::new("net"), Witness::new("net"));
+        for size in 1..=20 {
+            let t = tree(size, 0);
+            one.cosign(&t, size, &me.name, &k, size).unwrap();
+            all.cosign(&t, size, &me.name, &k, size).unwrap();
+            one.promote(size, &members);
+            all.recount(&members);
+            assert_eq!(one.trusted(), all.trusted());
+            assert_eq!(one.trusted().unwrap().body.size, size);
+        }
+        // A second member joins: only a recount sees that one of two is no
+        // longer a majority for the newest size.
+        let members = vec![me.clone(), member(2).1];
+        let t = tree(21, 0);
+        one.cosign(&t, 21, &me.name, &k, 21).unwrap();
+        one.recount(&members);
+        assert_eq!(one.trusted().unwrap().body.size, 20);
     }
 
     #[test]
