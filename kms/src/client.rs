@@ -222,9 +222,25 @@ impl Client {
             let tx = bundle
                 .verify(&trusted)
                 .map_err(|err| not_proven(err.to_string()))?;
-            let a = crate::audit::key_audit_of(&tx)
-                .ok_or_else(|| not_proven("the proven entry is not a key audit".into()))?;
-            if a.operation != e.operation || a.outcome != e.outcome || a.key_id != e.key_id {
+            let records = crate::audit::key_audits_of(&tx);
+            if records.is_empty() {
+                return Err(not_proven("the proven entry is not a key audit".into()));
+            }
+            let a = records.get(e.position as usize).ok_or_else(|| {
+                not_proven(format!(
+                    "the proven entry holds {} records, none at position {}",
+                    records.len(),
+                    e.position
+                ))
+            })?;
+            if a.operation != e.operation
+                || a.outcome != e.outcome
+                || a.key_id != e.key_id
+                || a.actor.as_slice() != e.actor.as_slice()
+                || a.request_hash.as_slice() != e.request_hash.as_slice()
+                || a.grant_id != e.grant_id
+                || a.key_version != e.key_version
+            {
                 return Err(not_proven(
                     "the record differs from the proven ledger entry".into(),
                 ));

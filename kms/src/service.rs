@@ -500,6 +500,7 @@ impl<A: AuditLog + Clone> pb::kms_server::Kms for KmsService<A> {
                 .into_iter()
                 .map(|a| pb::AuditEntry {
                     index: a.index,
+                    position: a.position,
                     actor: a.entry.actor.to_vec(),
                     operation: a.entry.operation,
                     key_id: a.entry.key_id,

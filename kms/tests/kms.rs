@@ -1102,3 +1102,80 @@ async fn the_engine_runs_on_any_conforming_store() {
     );
     assert!(matches!(wrong, Err(KmsError::WrongRootKey)));
 }
+
+/// Operations that finish while an audit entry is being committed share the
+/// next entry, under one signature, each record in its place and each
+/// proven; a record the ledger would refuse is refused alone, failing no
+/// operation it would have shared an entry with.
+#[tokio::test]
+async fn concurrent_audits_share_an_entry_and_a_bad_record_fails_alone() {
+    use yilian_kms::LedgerAudit;
+    use yilian_kms::audit::KeyAudit;
+    let env = Env::new().await;
+    let audit = LedgerAudit::new(env.ledger.clone(), env.node.clone());
+    let owner = [3u8; 32];
+    let records: Vec<KeyAudit> = (0..40u8)
+        .map(|i| KeyAudit {
+            owner,
+            actor: [i; 32],
+            operation: "encrypt".into(),
+            key_id: if i == 7 { "k".repeat(257) } else { "k".into() },
+            key_version: Some(1),
+            grant_id: None,
+            outcome: "ok".into(),
+            request_hash: [i; 32],
+        })
+        .collect();
+    let before = env.ledger.len();
+    // This runtime has one thread and runs tasks in the order spawned, so
+    // every record is queued before the batcher (spawned by the first) runs.
+    let tasks: Vec<_> = records
+        .iter()
+        .cloned()
+        .map(|r| {
+            let audit = audit.clone();
+            tokio::spawn(async move { audit.record(r).await })
+        })
+        .collect();
+    let mut receipts = Vec::new();
+    for t in tasks {
+        receipts.push(t.await.unwrap());
+    }
+    match &receipts[7] {
+        Err(KmsError::AuditFailed(why)) => assert!(
+            why.starts_with("`key-audits.key_id` is 257 bytes, more than the 256"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let ok: Vec<_> = receipts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 7)
+        .map(|(_, r)| r.as_ref().unwrap().clone())
+        .collect();
+    assert_eq!(env.ledger.len(), before + 1, "one entry for all 39 records");
+    assert!(ok.iter().all(|r| r.index == before));
+    assert_eq!(
+        ok.iter().map(|r| r.position).collect::<Vec<_>>(),
+        (0..39).collect::<Vec<u32>>()
+    );
+    // The trail returns each record from that entry, at its place, proven.
+    let trail = audit
+        .trail(&owner, Some("k"), Page::new(0, 0))
+        .unwrap()
+        .entries;
+    assert_eq!(trail.len(), 39);
+    let head = env.ledger.tree_head();
+    for (a, want) in trail.iter().zip(records.iter().filter(|r| r.key_id == "k")) {
+        assert_eq!(&a.entry, want);
+        assert_eq!(a.index, before);
+        let proven = a.bundle.verify(&head.log_key).unwrap();
+        assert_eq!(
+            &yilian_kms::audit::key_audits_of(&proven)[a.position as usize],
+            want
+        );
+    }
+    // The refused record left nothing: no entry holds an actor of 7.
+    assert!(trail.iter().all(|a| a.entry.actor != [7; 32]));
+}

@@ -47,7 +47,7 @@ pub use merkle::{ConsistencyProof, Hash, InclusionProof, ProofError};
 pub use state::{Decision, LedgerState, Member};
 #[cfg(feature = "node")]
 pub use store::{Ledger, OwnTransaction, Receipt};
-pub use tx::{AccountId, Payload, SignedTransaction, Transaction, TxId};
+pub use tx::{AccountId, KeyAuditRecord, Payload, SignedTransaction, Transaction, TxId};
 pub use yilian_identity::Role;
 
 /// Every way a ledger operation can be refused. It travels between member
@@ -66,6 +66,11 @@ pub enum LedgerError {
         len: usize,
         max: usize,
     },
+    /// A `KeyAudits` entry over [`tx::limits::MAX_AUDIT_RECORDS`].
+    #[error(
+        "a key-audits entry holds {len} records, more than the {max} one entry allows; split them over several entries"
+    )]
+    TooManyRecords { len: usize, max: usize },
     #[error("unsupported transaction version {0}")]
     UnsupportedVersion(u16),
     #[error("bad signature")]
@@ -163,7 +168,7 @@ impl LedgerError {
     pub fn reason(&self) -> &'static str {
         match self {
             LedgerError::Malformed(_) => "malformed",
-            LedgerError::FieldTooLong { .. } => "too-long",
+            LedgerError::FieldTooLong { .. } | LedgerError::TooManyRecords { .. } => "too-long",
             LedgerError::UnsupportedVersion(_) => "version",
             LedgerError::BadSignature | LedgerError::BadTreeHead => "signature",
             LedgerError::UntrustedLogKey => "log-key",
@@ -206,6 +211,7 @@ impl From<LedgerError> for tonic::Status {
         let code = match &e {
             LedgerError::Malformed(_)
             | LedgerError::FieldTooLong { .. }
+            | LedgerError::TooManyRecords { .. }
             | LedgerError::UnsupportedVersion(_) => Code::InvalidArgument,
             LedgerError::BadSignature
             | LedgerError::BadTreeHead

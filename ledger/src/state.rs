@@ -600,6 +600,76 @@ mod tests {
     }
 
     #[test]
+    fn audit_batches_are_bounded_and_a_bad_one_changes_nothing() {
+        use crate::tx::KeyAuditRecord;
+        use crate::tx::limits::{MAX_AUDIT_RECORDS, MAX_LABEL_BYTES};
+        let mut n = Net::new();
+        let node = key(1);
+        n.admit(&node, Role::Member);
+        let record = |key_id: &str| KeyAuditRecord {
+            owner: [7; 32],
+            actor: [8; 32],
+            operation: "decrypt".into(),
+            key_id: key_id.into(),
+            key_version: Some(1),
+            grant_id: None,
+            outcome: "ok".into(),
+            request_hash: [0; 32],
+        };
+        let len = n.state.len();
+        let batch = |records| Payload::KeyAudits { records };
+        let refusals = [
+            (
+                batch(vec![]),
+                "malformed transaction: a key-audits entry holds no record; send at least one",
+            ),
+            (
+                batch(vec![record("k"); MAX_AUDIT_RECORDS + 1]),
+                "a key-audits entry holds 65 records, more than the 64 one entry allows; split them over several entries",
+            ),
+            (
+                batch(vec![record("k"), record(&"k".repeat(MAX_LABEL_BYTES + 1))]),
+                "`key-audits.key_id` is 257 bytes, more than the 256 a ledger entry allows; shorten it, or keep the document off the ledger and record its hash",
+            ),
+            (
+                batch(vec![
+                    record(&"k".repeat(MAX_LABEL_BYTES));
+                    MAX_AUDIT_RECORDS
+                ]),
+                "`key-audits.records` is 16960 bytes, more than the 16384 a ledger entry allows; shorten it, or keep the document off the ledger and record its hash",
+            ),
+        ];
+        for (p, message) in refusals {
+            let err = n.submit(&node, p).unwrap_err();
+            assert_eq!(err.to_string(), message);
+            assert_eq!(n.state.len(), len, "nothing was appended");
+        }
+        // A device may not write the KMS's audit.
+        let device = key(2);
+        n.admit(&device, Role::Device);
+        let len = n.state.len();
+        assert!(matches!(
+            n.submit(&device, batch(vec![record("k")])),
+            Err(LedgerError::RoleNotAllowed { .. })
+        ));
+        assert_eq!(n.state.len(), len);
+        let full = batch(vec![record("k"); MAX_AUDIT_RECORDS]);
+        assert_eq!(n.submit(&node, full.clone()).unwrap(), Decision::Append);
+        // Index rows: the owner, and owner and key, once each however many records.
+        let mut by_key = [7u8; 32].to_vec();
+        by_key.push(b'k');
+        assert_eq!(
+            full.index_keys(),
+            vec![
+                ("key-audit", vec![]),
+                ("key-audit", [7u8; 32].to_vec()),
+                ("key-audit", by_key)
+            ]
+        );
+        assert_eq!(full.key_audit_records().unwrap().len(), MAX_AUDIT_RECORDS);
+    }
+
+    #[test]
     fn privacy_spent_needs_a_real_epsilon_and_delta_and_changes_nothing_otherwise() {
         let mut n = Net::new();
         let member = key(1);

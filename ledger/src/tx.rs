@@ -35,6 +35,60 @@ pub mod limits {
     pub const MAX_NOTE_BYTES: usize = 4096;
     /// A certificate serial: RFC 5280 section 4.1.2.2 allows at most 20 octets.
     pub const MAX_SERIAL_BYTES: usize = 20;
+    /// KMS records one `KeyAudits` entry carries.
+    pub const MAX_AUDIT_RECORDS: usize = 64;
+    /// The text (operation, key, grant and outcome) of one `KeyAudits`
+    /// entry's records together, so that a batch stays near a note's size.
+    pub const MAX_AUDIT_TEXT_BYTES: usize = 16 * 1024;
+}
+
+/// One KMS operation as the audit records it: who did what to which key
+/// and grant, and the result. Identifiers and a request hash only, never
+/// key material or plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAuditRecord {
+    #[serde(with = "crate::hexbytes")]
+    pub owner: AccountId,
+    #[serde(with = "crate::hexbytes")]
+    pub actor: AccountId,
+    pub operation: String,
+    pub key_id: String,
+    pub key_version: Option<u32>,
+    pub grant_id: Option<String>,
+    /// "ok" or the refusal's reason label.
+    pub outcome: String,
+    #[serde(with = "crate::hexbytes")]
+    pub request_hash: [u8; 32],
+}
+
+impl KeyAuditRecord {
+    /// Its variable-length text, as [`limits::MAX_AUDIT_TEXT_BYTES`] counts it.
+    pub fn text_bytes(&self) -> usize {
+        self.operation.len()
+            + self.key_id.len()
+            + self.grant_id.as_ref().map_or(0, String::len)
+            + self.outcome.len()
+    }
+
+    /// Refuses a field longer than its limit, naming it as `field` under `kind`.
+    fn check_sizes(&self, kind: &str) -> Result<(), LedgerError> {
+        use limits::*;
+        let g = self.grant_id.as_deref().unwrap_or("");
+        let fields = [
+            ("operation", self.operation.len(), MAX_LABEL_BYTES),
+            ("key_id", self.key_id.len(), MAX_LABEL_BYTES),
+            ("grant_id", g.len(), MAX_LABEL_BYTES),
+            ("outcome", self.outcome.len(), MAX_TEXT_BYTES),
+        ];
+        match fields.iter().find(|(_, len, max)| len > max) {
+            Some(&(field, len, max)) => Err(LedgerError::FieldTooLong {
+                field: format!("{kind}.{field}").into(),
+                len,
+                max,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What happened. New variants are only ever appended, so old entries decode.
@@ -172,6 +226,11 @@ pub enum Payload {
         #[serde(with = "crate::hexbytes")]
         hash: [u8; 32],
     },
+    /// KMS operations audited together: every operation a node's KMS
+    /// finished while its previous audit entry was being committed, under
+    /// one signature (what the KMS writes; `KeyAudit` is the older form of
+    /// one record alone, still read).
+    KeyAudits { records: Vec<KeyAuditRecord> },
 }
 
 /// A change to the set of member nodes that replicate and cosign the ledger.
@@ -211,7 +270,7 @@ impl Payload {
             Payload::Revoke { .. } => "revoke",
             Payload::Transfer { .. } => "transfer",
             Payload::Note { .. } => "note",
-            Payload::KeyAudit { .. } => "key-audit",
+            Payload::KeyAudit { .. } | Payload::KeyAudits { .. } => "key-audit",
             Payload::RecordAnchor { .. } => "record-anchor",
             Payload::VerifyingKeyAnchor { .. } => "verifying-key-anchor",
             Payload::TaskSubmitted { .. } => "task-submitted",
@@ -237,10 +296,18 @@ impl Payload {
 
     fn own_index_keys(&self) -> Vec<(&'static str, Vec<u8>)> {
         match self {
-            Payload::KeyAudit { owner, key_id, .. } => {
-                let mut k = owner.to_vec();
-                k.extend_from_slice(key_id.as_bytes());
-                vec![("key-audit", owner.to_vec()), ("key-audit", k)]
+            Payload::KeyAudit { .. } | Payload::KeyAudits { .. } => {
+                let mut rows = Vec::new();
+                for r in self.key_audit_records().unwrap_or_default() {
+                    let mut k = r.owner.to_vec();
+                    k.extend_from_slice(r.key_id.as_bytes());
+                    for row in [("key-audit", r.owner.to_vec()), ("key-audit", k)] {
+                        if !rows.contains(&row) {
+                            rows.push(row);
+                        }
+                    }
+                }
+                rows
             }
             Payload::RecordAnchor { record_id, .. } => {
                 vec![("record-anchor", record_id.as_bytes().to_vec())]
@@ -265,10 +332,48 @@ impl Payload {
         }
     }
 
+    /// The KMS records of a `KeyAudit` or `KeyAudits` entry, in order.
+    pub fn key_audit_records(&self) -> Option<Vec<KeyAuditRecord>> {
+        match self {
+            Payload::KeyAudit {
+                owner,
+                actor,
+                operation,
+                key_id,
+                key_version,
+                grant_id,
+                outcome,
+                request_hash,
+            } => Some(vec![KeyAuditRecord {
+                owner: *owner,
+                actor: *actor,
+                operation: operation.clone(),
+                key_id: key_id.clone(),
+                key_version: *key_version,
+                grant_id: grant_id.clone(),
+                outcome: outcome.clone(),
+                request_hash: *request_hash,
+            }]),
+            Payload::KeyAudits { records } => Some(records.clone()),
+            _ => None,
+        }
+    }
+
     /// Refuses a payload with a field longer than its limit in [`limits`],
     /// naming the field as `kind.field`.
     pub fn check_sizes(&self) -> Result<(), LedgerError> {
         use limits::*;
+        match self {
+            Payload::KeyAudits { records } => return check_audit_batch(records),
+            Payload::KeyAudit { .. } => {
+                return self
+                    .key_audit_records()
+                    .iter()
+                    .flatten()
+                    .try_for_each(|r| r.check_sizes("key-audit"));
+            }
+            _ => {}
+        }
         let label = |f, s: &str| (f, s.len(), MAX_LABEL_BYTES);
         let text = |f, s: &str| (f, s.len(), MAX_TEXT_BYTES);
         let opt = |f, s: &Option<String>| label(f, s.as_deref().unwrap_or(""));
@@ -290,18 +395,6 @@ impl Payload {
             Payload::Note { topic, body } => &[
                 label("note.topic", topic),
                 ("note.body", body.len(), MAX_NOTE_BYTES),
-            ],
-            Payload::KeyAudit {
-                operation,
-                key_id,
-                grant_id,
-                outcome,
-                ..
-            } => &[
-                label("key-audit.operation", operation),
-                label("key-audit.key_id", key_id),
-                opt("key-audit.grant_id", grant_id),
-                text("key-audit.outcome", outcome),
             ],
             Payload::RecordAnchor { record_id, .. } => {
                 &[label("record-anchor.record_id", record_id)]
@@ -337,6 +430,7 @@ impl Payload {
             Payload::CeremonyContribution { statement, .. } => {
                 &[label("ceremony-contribution.statement", statement)]
             }
+            Payload::KeyAudit { .. } | Payload::KeyAudits { .. } => &[],
         };
         match fields.iter().find(|(_, len, max)| len > max) {
             Some(&(field, len, max)) => Err(LedgerError::FieldTooLong {
@@ -356,7 +450,7 @@ impl Payload {
             Payload::Transfer { .. } | Payload::Note { .. } => {
                 &[Member, Trustee, DataHolder, Verifier, Engineer, Device]
             }
-            Payload::KeyAudit { .. } => &[Member, Trustee],
+            Payload::KeyAudit { .. } | Payload::KeyAudits { .. } => &[Member, Trustee],
             Payload::RecordAnchor { .. } | Payload::VerifyingKeyAnchor { .. } => {
                 &[Member, DataHolder]
             }
@@ -371,6 +465,36 @@ impl Payload {
             Payload::CeremonyContribution { .. } => &[Member],
         }
     }
+}
+
+/// A `KeyAudits` entry holds 1 to [`limits::MAX_AUDIT_RECORDS`] records,
+/// each within the field limits, and at most
+/// [`limits::MAX_AUDIT_TEXT_BYTES`] of text in all.
+fn check_audit_batch(records: &[KeyAuditRecord]) -> Result<(), LedgerError> {
+    use limits::*;
+    if records.is_empty() {
+        return Err(LedgerError::Malformed(
+            "a key-audits entry holds no record; send at least one".into(),
+        ));
+    }
+    if records.len() > MAX_AUDIT_RECORDS {
+        return Err(LedgerError::TooManyRecords {
+            len: records.len(),
+            max: MAX_AUDIT_RECORDS,
+        });
+    }
+    for r in records {
+        r.check_sizes("key-audits")?;
+    }
+    let text: usize = records.iter().map(KeyAuditRecord::text_bytes).sum();
+    if text > MAX_AUDIT_TEXT_BYTES {
+        return Err(LedgerError::FieldTooLong {
+            field: "key-audits.records".into(),
+            len: text,
+            max: MAX_AUDIT_TEXT_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// The signed body.

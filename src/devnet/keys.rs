@@ -164,9 +164,11 @@ pub async fn act(addr: &str, cast: Cast<'_>) -> Result<()> {
         trail.iter().any(|e| e.outcome == "grant-exhausted"),
         "the refused grant use is not audited"
     );
+    let entries: std::collections::BTreeSet<u64> = trail.iter().map(|e| e.index).collect();
     println!(
-        "kms: audit trail of `{key_id}`: {} ledger entries, each inclusion proof verified",
-        trail.len()
+        "kms: audit trail of `{key_id}`: {} records in {} ledger entries, each inclusion proof verified",
+        trail.len(),
+        entries.len()
     );
     Ok(())
 }

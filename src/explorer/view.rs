@@ -262,22 +262,19 @@ pub fn key_audit(ledger: &Ledger, owner: &AccountId, key_id: &str) -> Result<Val
     let mut operations = Vec::new();
     for i in ledger.indexed("key-audit", &index_key, 0, MAX_HISTORY)? {
         let tx = ledger.entry(i)?;
-        if let Payload::KeyAudit {
-            actor,
-            operation,
-            key_version,
-            grant_id,
-            outcome,
-            ..
-        } = tx.tx.payload
-        {
+        let records = tx.tx.payload.key_audit_records().unwrap_or_default();
+        for (r, position) in records.into_iter().zip(0u32..) {
+            if &r.owner != owner || r.key_id != key_id {
+                continue;
+            }
             operations.push(json!({
                 "index": i,
-                "operation": operation,
-                "actor": hex::encode(actor),
-                "key_version": key_version,
-                "grant_id": grant_id,
-                "outcome": outcome,
+                "position": position,
+                "operation": r.operation,
+                "actor": hex::encode(r.actor),
+                "key_version": r.key_version,
+                "grant_id": r.grant_id,
+                "outcome": r.outcome,
                 "timestamp_ms": tx.tx.timestamp_ms,
             }));
         }
@@ -634,8 +631,42 @@ mod tests {
             .submit(audit.sign(member.signing_key()))
             .await
             .unwrap();
+        // A batch as the KMS writes it: the key's records in it, and not
+        // another key's.
+        let record = |key_id: &str, operation: &str| yilian_ledger::KeyAuditRecord {
+            owner: agent,
+            actor: agent,
+            operation: operation.into(),
+            key_id: key_id.into(),
+            key_version: Some(1),
+            grant_id: None,
+            outcome: "ok".into(),
+            request_hash: [0; 32],
+        };
+        let batch = Transaction::new(Payload::KeyAudits {
+            records: vec![
+                record("k", "encrypt"),
+                record("other-key", "encrypt"),
+                record("k", "decrypt"),
+            ],
+        });
+        net.ledger
+            .submit(batch.sign(member.signing_key()))
+            .await
+            .unwrap();
         let k = key_audit(&net.ledger, &agent, "k").unwrap();
-        assert_eq!(k["operations"][0]["operation"], "create-key");
+        let ops: Vec<(&str, u64)> = k["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["operation"].as_str().unwrap(),
+                    o["position"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ops, [("create-key", 0), ("encrypt", 0), ("decrypt", 2)]);
         assert_eq!(
             key_audit(&net.ledger, &agent, "other")
                 .unwrap_err()

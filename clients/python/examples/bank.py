@@ -20,5 +20,5 @@ with me.channel(target) as channel:
     print(
         f"{record}: income >= 100000 is {answer.answer}; proof verified here against the "
         f"verifying key at ledger entry {answer.vk_anchor_index} and the record anchor at "
-        f"entry {answer.anchor_index}, under the head of size {answer.head.size}"
+        f"entry {answer.anchor_index}, under the members' cosigned head of size {answer.head.size}"
     )

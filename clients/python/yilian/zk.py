@@ -6,7 +6,7 @@ checked here rather than taken from the node.
 
 - the verifying key's compressed encoding hashes to the key the node names,
   and a `verifying-key-anchor` entry for that hash and statement is in the
-  ledger (inclusion proven under a signed head);
+  ledger (inclusion proven under the head a majority of members cosigned);
 - the record's `record-anchor` entry is in the ledger too, signed by the
   holder the node names, and the proof's first public inputs are that
   anchor's record id, ciphertext hash and key commitment;
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from . import groth16
 from ._pb import zk_pb2, zk_pb2_grpc
-from .ledger import Auditor, Head
+from .checkpoint import Checkpoint, Cosigner
+from .ledger import Auditor
 
 # The circuit's comparison op codes (CmpOp in circuits/src/kyc.rs).
 _INTEGER_OPS = {"eq": 1, "ne": 2, "lt": 3, "lte": 4, "gt": 5, "gte": 6, "between": 7}
@@ -124,7 +125,8 @@ class Answer:
     anchor_index: int
     vk_anchor_index: int
     holder: bytes
-    head: Head
+    #: The members' cosigned head the anchors were proven under.
+    head: Checkpoint
     #: The node's QueryResponse, proof and public inputs, for keeping.
     response: object
 
@@ -190,14 +192,25 @@ def _anchor(entry: bytes, variant: int, where: str) -> tuple[tuple, bytes]:
 
 
 class Bank:
-    """A verifier (`--role verifier`) asking consented questions."""
+    """A verifier (`--role verifier`) asking consented questions. The
+    anchors an answer rests on are proven under the head a majority of the
+    consortium's members cosigned (`Auditor.cosigned_head`; `cosigners` and
+    `min_cosigners` as there), not under the answering node's word."""
 
-    def __init__(self, channel, trusted: set[bytes] | None = None):
+    def __init__(self, channel, cosigners: list[Cosigner] | None = None, min_cosigners: int | None = None):
         self._zk = zk_pb2_grpc.ZkStub(channel)
-        self._auditor = Auditor(channel, trusted)
+        self._auditor = Auditor(channel, cosigners=cosigners, min_cosigners=min_cosigners)
         self._keys = {}
 
-    def _verifying_key(self, statement: str, head: Head) -> tuple[groth16.VerifyingKey, bytes, int]:
+    def _entry(self, index: int, head: Checkpoint) -> bytes:
+        if index >= head.size:
+            raise ZkCheckError(
+                f"ledger entry {index} is newer than the newest cosigned head (size {head.size}); "
+                "ask again once the members have cosigned it"
+            )
+        return self._auditor.entry(index, head)
+
+    def _verifying_key(self, statement: str, head: Checkpoint) -> tuple[groth16.VerifyingKey, bytes, int]:
         if statement not in self._keys:
             r = self._zk.VerifyingKey(zk_pb2.VerifyingKeyRequest(statement=statement))
             vk = groth16.VerifyingKey.from_snarkjs(r.snarkjs_json)
@@ -206,7 +219,7 @@ class Bank:
             self._keys[statement] = (vk, r.vk_hash, r.anchor_index)
         vk, vk_hash, index = self._keys[statement]
         (anchored_statement, anchored_hash), _ = _anchor(
-            self._auditor.entry(index, head), _Postcard.VERIFYING_KEY_ANCHOR, f"ledger entry {index}"
+            self._entry(index, head), _Postcard.VERIFYING_KEY_ANCHOR, f"ledger entry {index}"
         )
         if anchored_statement != statement or anchored_hash != vk_hash:
             raise ZkCheckError(f"ledger entry {index} anchors another verifying key than {statement}'s")
@@ -222,7 +235,7 @@ class Bank:
         return self.check(r, record_id, predicates)
 
     def check(self, r, record_id: str, predicates: list[Predicate]) -> Answer:
-        head = self._auditor.head()
+        head = self._auditor.cosigned_head()
         statement = r.proof.statement or "kyc8-v2"
         vk, vk_hash, vk_index = self._verifying_key(statement, head)
         if r.proof.vk_hash != vk_hash:
@@ -231,7 +244,7 @@ class Bank:
             raise ZkCheckError(f"{len(r.proof.public_inputs)} public inputs, not {PUBLIC_INPUTS}")
         inputs = [groth16.fr(x, f"public input {i}") for i, x in enumerate(r.proof.public_inputs)]
         (anchored_id, ciphertext_hash, key_commitment), signer = _anchor(
-            self._auditor.entry(r.anchor_index, head), _Postcard.RECORD_ANCHOR, f"ledger entry {r.anchor_index}"
+            self._entry(r.anchor_index, head), _Postcard.RECORD_ANCHOR, f"ledger entry {r.anchor_index}"
         )
         if anchored_id != record_id or signer != r.holder:
             raise ZkCheckError(f"ledger entry {r.anchor_index} is not {record_id}'s anchor by its holder")

@@ -268,7 +268,14 @@ function related(tx) {
   const [[kind, p]] = Object.entries(tx.tx.payload)
   const links = []
   if (p && p.task_id) links.push(el('a', { href: `#/task/${encodeURIComponent(p.task_id)}`, id: 'task-link' }, `task ${p.task_id}`))
-  if (kind === 'KeyAudit') links.push(el('a', { href: `#/key/${p.owner}/${encodeURIComponent(p.key_id)}`, id: 'key-link' }, `audit trail of key ${p.key_id}`))
+  const keyLink = (r) => el('a', { href: `#/key/${r.owner}/${encodeURIComponent(r.key_id)}`, class: 'key-link' }, `audit trail of key ${r.key_id}`)
+  if (kind === 'KeyAudit') links.push(keyLink(p))
+  if (kind === 'KeyAudits') {
+    const seen = new Set()
+    for (const r of p.records) {
+      if (!seen.has(r.owner + '/' + r.key_id)) { seen.add(r.owner + '/' + r.key_id); links.push(keyLink(r)) }
+    }
+  }
   return links.length ? el('p', {}, 'see ', ...links.flatMap((l, i) => (i ? [' · ', l] : [l]))) : ''
 }
 
