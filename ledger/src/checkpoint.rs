@@ -343,18 +343,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn notes_round_trip_and_count_distinct_members() {
-        let (keys, cosigners) = members(3);
+    /// The example body cosigned by `n` members at `timestamp`.
+    fn cosigned_by(n: u8, timestamp: u64) -> (Checkpoint, Vec<Cosigner>) {
+        let (keys, cosigners) = members(n);
         let b = body();
         let cp = Checkpoint {
             body: b.clone(),
             cosignatures: keys
                 .iter()
                 .zip(&cosigners)
-                .map(|(k, c)| Cosignature::sign(&b, &c.name, k, 1_700_000_000))
+                .map(|(k, c)| Cosignature::sign(&b, &c.name, k, timestamp))
                 .collect(),
         };
+        (cp, cosigners)
+    }
+
+    #[test]
+    fn notes_round_trip_and_count_distinct_members() {
+        let (cp, cosigners) = cosigned_by(3, 1_700_000_000);
         let note = cp.to_note();
         let back = Checkpoint::from_note(&note, &cosigners).unwrap();
         assert_eq!(back, cp);
@@ -380,16 +386,7 @@ mod tests {
             "../../clients/python/tests/vectors/checkpoint.json"
         ))
         .unwrap();
-        let (keys, cosigners) = members(3);
-        let b = body();
-        let cp = Checkpoint {
-            body: b.clone(),
-            cosignatures: keys
-                .iter()
-                .zip(&cosigners)
-                .map(|(k, c)| Cosignature::sign(&b, &c.name, k, 1679315147))
-                .collect(),
-        };
+        let (cp, cosigners) = cosigned_by(3, 1679315147);
         assert_eq!(v["timestamp"], 1679315147);
         assert_eq!(cp.to_note(), v["note"].as_str().unwrap());
         for (c, j) in cosigners.iter().zip(v["cosigners"].as_array().unwrap()) {
