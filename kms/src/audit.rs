@@ -292,11 +292,8 @@ impl AuditLog for LedgerAudit {
     async fn record(&self, a: KeyAudit) -> Result<AuditReceipt> {
         // A record the ledger would refuse is refused alone, before it can
         // fail the batch it would share with other operations.
-        Payload::KeyAudits {
-            records: vec![a.clone()],
-        }
-        .check_sizes()
-        .map_err(|e| KmsError::AuditFailed(e.to_string()))?;
+        a.check_sizes("key-audits")
+            .map_err(|e| KmsError::AuditFailed(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         self.queue()
             .send((a, tx))

@@ -71,7 +71,7 @@ impl KeyAuditRecord {
     }
 
     /// Refuses a field longer than its limit, naming it as `field` under `kind`.
-    fn check_sizes(&self, kind: &str) -> Result<(), LedgerError> {
+    pub fn check_sizes(&self, kind: &str) -> Result<(), LedgerError> {
         use limits::*;
         let g = self.grant_id.as_deref().unwrap_or("");
         let fields = [
@@ -296,18 +296,9 @@ impl Payload {
 
     fn own_index_keys(&self) -> Vec<(&'static str, Vec<u8>)> {
         match self {
-            Payload::KeyAudit { .. } | Payload::KeyAudits { .. } => {
-                let mut rows = Vec::new();
-                for r in self.key_audit_records().unwrap_or_default() {
-                    let mut k = r.owner.to_vec();
-                    k.extend_from_slice(r.key_id.as_bytes());
-                    for row in [("key-audit", r.owner.to_vec()), ("key-audit", k)] {
-                        if !rows.contains(&row) {
-                            rows.push(row);
-                        }
-                    }
-                }
-                rows
+            Payload::KeyAudit { owner, key_id, .. } => audit_index_keys([(owner, key_id)]),
+            Payload::KeyAudits { records } => {
+                audit_index_keys(records.iter().map(|r| (&r.owner, &r.key_id)))
             }
             Payload::RecordAnchor { record_id, .. } => {
                 vec![("record-anchor", record_id.as_bytes().to_vec())]
@@ -465,6 +456,24 @@ impl Payload {
             Payload::CeremonyContribution { .. } => &[Member],
         }
     }
+}
+
+/// The index rows of audit records: by owner, and by owner and key, each
+/// once however many records share it.
+fn audit_index_keys<'a>(
+    records: impl IntoIterator<Item = (&'a AccountId, &'a String)>,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let mut rows = Vec::new();
+    for (owner, key_id) in records {
+        let mut k = owner.to_vec();
+        k.extend_from_slice(key_id.as_bytes());
+        for row in [("key-audit", owner.to_vec()), ("key-audit", k)] {
+            if !rows.contains(&row) {
+                rows.push(row);
+            }
+        }
+    }
+    rows
 }
 
 /// A `KeyAudits` entry holds 1 to [`limits::MAX_AUDIT_RECORDS`] records,
